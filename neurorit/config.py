@@ -1,0 +1,324 @@
+"""One config for a whole experiment.
+
+Typed dataclasses (model, data, mining, stage1, stage2, eval, runtime) loaded from a YAML file, overridden from
+the command line with dotted keys (``--stage1.lr 2e-5`` or ``--stage1.lr=2e-5``), validated after parsing.
+Every error names the bad key and what is allowed. ``save_config`` writes the resolved config next to an output.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+from neurorit.errors import UserError
+
+Method = Literal["neurorit", "full", "layer", "random", "robust_sft", "none"]
+
+
+@dataclass
+class ModelConfig:
+    path: str = "assets/base-model"  # a Hugging Face checkpoint directory (local; no hub at run time)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    train_file: str = "outputs/benchmark/train.jsonl"
+    dev_file: str = "outputs/benchmark/dev.jsonl"
+    test_file: str = "outputs/benchmark/test.jsonl"
+    prompt_style: Literal["compact", "paper"] = "paper"  # compact = the embedded model's word-level prompts
+    num_docs: int = 5  # K documents in stage and evaluation prompts
+    max_length: int = 1024  # tokens; documents are truncated, never the question or the target
+    benchmark_seed: int = 0  # seed of the embedded benchmark generator
+    benchmark_questions: int = 6000  # questions the embedded benchmark generates (all splits)
+
+
+@dataclass
+class MiningConfig:
+    file: str = ""  # records to mine on; empty = data.train_file
+    num_examples: int = 400
+    method: Literal["fast", "reference"] = "fast"
+    steps: int = 20
+    ig_rule: Literal["standard", "ircan"] = "standard"
+    baseline: Literal["query", "zero"] = "query"
+    target: Literal["yes_prob", "answer_logprob"] = "yes_prob"
+    chunk_rows: int = 64  # (layer, step) rows per single-token sweep; bounds memory
+    threshold_ratio: float = 0.1  # keep scores >= ratio x the example's max
+    top_k: int = 20  # per example
+    n_relevant: int = 100
+    n_irrelevant: int = 100
+    n_shared: int = 30
+    n_target_layers: int = 3
+    shard_every: int = 16  # examples between atomic per-rank shard writes
+    zero_stage: Literal[0, 3] = 3
+    output_dir: str = ""  # empty = <runtime.output_dir>/mining
+
+
+@dataclass
+class StageConfig:
+    method: Method = "neurorit"
+    lr: float = 1e-5
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 caps the optimizer steps (the same budget for every method)
+    batch_size: int = 4  # global batch (all ranks, after accumulation)
+    micro_batch_size: int = 4  # per rank per forward
+    weight_decay: float = 0.0
+    optimizer: Literal["adamw", "adamw_torch", "adamw_8bit"] = "adamw"
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_ratio: float = 0.03
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = False
+    zero_stage: Literal[0, 2, 3] = 3
+    ds_config: str = ""  # empty = ds_configs/zero<stage>.json (or the CPU test config on CPU)
+    num_docs: int = 5
+    num_examples: int = -1  # -1 = all training records
+    save_every: int = 0  # steps between DeepSpeed checkpoints; 0 = only at the end
+    eval_every: int = 0  # steps between dev-loss evaluations; 0 = never
+    log_every: int = 1
+    init_from: str = ""  # empty = model.path (stage 2 defaults to stage 1's export in the pipeline)
+    output_dir: str = ""  # empty = <runtime.output_dir>/<stage name>
+
+
+@dataclass
+class EvalConfig:
+    settings: list[str] = field(
+        default_factory=lambda: ["gold", "top5", "noise_only", "counterfactual", "closed_book"]
+    )
+    instruction: Literal["two_step", "answer_only"] = "two_step"
+    num_examples: int = -1
+    batch_size: int = 32
+    max_new_tokens: int = 32
+    bootstrap: int = 1000
+    output_dir: str = ""  # empty = <runtime.output_dir>/eval
+
+
+@dataclass
+class RuntimeConfig:
+    output_dir: str = "outputs/run"
+    seed: int = 0
+    torch_threads: int = 0  # 0 = leave torch's default
+    log_level: Literal["debug", "info", "warning"] = "info"
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(
+        default_factory=lambda: StageConfig(lr=2e-5, epochs=2.0)
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+EVAL_SETTINGS = ("gold", "top5", "noise_only", "counterfactual", "closed_book")
+
+
+# --------------------------------------------------------------------------------------------- coercion
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp) -> Any:
+    """Convert ``value`` (from YAML or a command-line string) to ``tp`` or raise a UserError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(key, value, args[0])
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        for a in allowed:
+            if value == a or (isinstance(value, str) and str(a) == value):
+                return a
+        raise UserError(f"config key '{key}': {value!r} is not allowed; use {_describe(tp)}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise UserError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"config key '{key}': expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value))
+        except ValueError:
+            raise UserError(f"config key '{key}': expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"config key '{key}': expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"config key '{key}': expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"config key '{key}': expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _apply(obj, data: dict, prefix: str) -> None:
+    types_ = _field_types(type(obj))
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in types_:
+            allowed = ", ".join(sorted(types_))
+            raise UserError(f"unknown config key '{dotted}'; allowed here: {allowed}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"config key '{dotted}': expected a mapping of its fields, got {value!r}")
+            _apply(current, value, dotted + ".")
+        else:
+            setattr(obj, key, _coerce(dotted, value, types_[key]))
+
+
+def set_key(cfg: ExperimentConfig, dotted: str, value: Any) -> None:
+    """Set one dotted key (``stage1.lr``) from a YAML value or command-line string."""
+    parts = dotted.split(".")
+    node: dict = {}
+    cursor = node
+    for p in parts[:-1]:
+        cursor[p] = {}
+        cursor = cursor[p]
+    cursor[parts[-1]] = value
+    _apply(cfg, node, "")
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Checks that span fields; each error names the key."""
+    for name in ("stage1", "stage2"):
+        st: StageConfig = getattr(cfg, name)
+        if st.lr <= 0:
+            raise UserError(f"config key '{name}.lr' must be > 0, got {st.lr}")
+        if st.batch_size <= 0 or st.micro_batch_size <= 0:
+            raise UserError(f"config keys '{name}.batch_size' and '{name}.micro_batch_size' must be > 0")
+        if not 0 <= st.warmup_ratio < 1:
+            raise UserError(f"config key '{name}.warmup_ratio' must be in [0, 1), got {st.warmup_ratio}")
+    for s in cfg.eval.settings:
+        if s not in EVAL_SETTINGS:
+            raise UserError(f"config key 'eval.settings': {s!r} is not allowed; use any of {', '.join(EVAL_SETTINGS)}")
+    m = cfg.mining
+    if m.steps < 1:
+        raise UserError(f"config key 'mining.steps' must be >= 1, got {m.steps}")
+    if not 0 <= m.threshold_ratio <= 1:
+        raise UserError(f"config key 'mining.threshold_ratio' must be in [0, 1], got {m.threshold_ratio}")
+    if m.chunk_rows < 1:
+        raise UserError(f"config key 'mining.chunk_rows' must be >= 1, got {m.chunk_rows}")
+    if cfg.data.num_docs < 0:
+        raise UserError(f"config key 'data.num_docs' must be >= 0, got {cfg.data.num_docs}")
+    return cfg
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """Defaults <- YAML file <- ``--dotted.key value`` overrides; then validated."""
+    cfg = ExperimentConfig()
+    if path:
+        if not os.path.isfile(path):
+            raise UserError(f"config file not found: {path}")
+        with open(path) as fh:
+            try:
+                data = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as err:
+                raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path}: expected a mapping at the top level")
+        _apply(cfg, data, "")
+    for key, value in _parse_overrides(overrides or []):
+        set_key(cfg, key, value)
+    return validate(cfg)
+
+
+def _parse_overrides(argv: list[str]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or len(arg) <= 2:
+            raise UserError(f"unexpected argument {arg!r}; overrides look like --section.key value")
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise UserError(f"override {arg} has no value")
+            key, value = body, argv[i + 1]
+            i += 2
+        if "." not in key:
+            raise UserError(f"unknown option {arg!r}; config overrides are dotted, e.g. --stage1.lr 2e-5")
+        out.append((key, value))
+    return out
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: ExperimentConfig, directory: str, name: str = "config.yaml") -> str:
+    """Write the resolved config next to an output (atomically)."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="experiment YAML (see configs/); defaults apply without it")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by the deepspeed launcher; LOCAL_RANK from the environment otherwise")
+
+
+def parse_args(description: str, argv: Optional[list[str]] = None,
+               extra: Optional[typing.Callable[[argparse.ArgumentParser], None]] = None):
+    """Entry-point parsing: ``--config`` + entry-specific flags + any ``--section.key value`` overrides.
+
+    Returns (args, cfg). Unknown dotted flags are config overrides; anything else is an error.
+    """
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Any config field can be overridden with a dotted flag, e.g. --stage1.lr 2e-5 --runtime.output_dir out/x",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(parser)
+    if extra is not None:
+        extra(parser)
+    args, rest = parser.parse_known_args(argv)
+    cfg = load_config(args.config, rest)
+    return args, cfg
