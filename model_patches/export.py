@@ -1,0 +1,186 @@
+"""Merge neuron deltas (and optionally deactivations) into the weights, and export a plain HF checkpoint.
+
+``merge_into_weights`` folds in place (the live model changes, the deltas are removed). ``export_hf`` leaves the
+live model alone: it walks the parameters one at a time (a ZeRO-3 gather of that one parameter plus its layer's
+small deltas), folds a copy on rank 0, and writes safetensors shards + index + config that
+``AutoModelForCausalLM.from_pretrained`` loads with no project code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Optional
+
+import torch
+from safetensors.torch import save_file
+
+from model_patches.ffn_forward import DELTA_INDEX, DELTA_NAMES
+from model_patches.patcher import FFNPatcher, get_patcher, unwrap
+from neurorit import dist
+from neurorit.errors import UserError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def _roles(patcher: FFNPatcher) -> dict[int, tuple[int, str]]:
+    """``id(weight) -> (layer, role)`` for every FFN weight; role is gate / up / gate_up / down."""
+    out = {}
+    for ctl in patcher.controls:
+        mod = ctl.module
+        if patcher.adapter.layout == "moe":
+            named = {"gate_up": mod.gate_up_proj, "down": mod.down_proj}
+        elif patcher.adapter.layout == "fused":
+            named = {"gate_up": mod.gate_up_proj.weight, "down": mod.down_proj.weight}
+        else:
+            named = {"gate": mod.gate_proj.weight, "up": mod.up_proj.weight, "down": mod.down_proj.weight}
+        out.update({id(p): (ctl.layer, role) for role, p in named.items()})
+    return out
+
+
+def _fold(patcher: FFNPatcher, role: str, weight: torch.Tensor, deltas: Optional[tuple],
+          dead: Optional[torch.Tensor]) -> torch.Tensor:
+    """A folded copy of one FFN weight (full, gathered tensors in; a new tensor out)."""
+    w = weight.detach().clone()
+    moe = patcher.adapter.layout == "moe"
+    width = patcher.adapter.expert_size
+    if deltas is not None:
+        ids, d_gate, d_up, d_down = (t.detach().to(w.device, w.dtype) if t.is_floating_point() else t.to(w.device)
+                                     for t in deltas)
+        experts, local = patcher.adapter.split(ids)
+        lead = (experts,) if moe else ()
+        if role in ("gate", "gate_up"):
+            w.index_put_(lead + (local,), d_gate, accumulate=True)
+        if role in ("up", "gate_up"):
+            w.index_put_(lead + (local + (width if role == "gate_up" else 0),), d_up, accumulate=True)
+        if role == "down":
+            w.transpose(-1, -2).index_put_(lead + (local,), d_down.t(), accumulate=True)
+    if dead is not None and role == "down":
+        experts, local = patcher.adapter.split(dead.to(w.device))
+        w.transpose(-1, -2).index_put_(((experts,) if moe else ()) + (local,), w.new_zeros(()))
+    return w
+
+
+def _layer_deltas(patcher: FFNPatcher, layer: int) -> Optional[tuple]:
+    return patcher.neuron_deltas().get(layer)
+
+
+def merge_into_weights(model: torch.nn.Module, fold_deactivation: bool = False) -> None:
+    """Add the neuron deltas into the base weights (then remove them); with ``fold_deactivation`` also zero the
+    down columns of deactivated neurons and clear the deactivation. The forward output is unchanged."""
+    model = unwrap(model)
+    patcher = get_patcher(model)
+    roles = _roles(patcher)
+    dead = patcher.deactivated() if fold_deactivation else {}
+    for param in model.parameters():
+        if id(param) not in roles:
+            continue
+        layer, role = roles[id(param)]
+        deltas = _layer_deltas(patcher, layer)
+        if deltas is None and layer not in dead:
+            continue
+        small = list(deltas[1:]) if deltas else []
+        with dist.gathered([param] + small, modifier_rank=0):
+            with torch.no_grad():
+                param.copy_(_fold(patcher, role, param, deltas, dead.get(layer)))
+    patcher.remove_neuron_deltas()
+    if fold_deactivation:
+        patcher.clear_deactivated()
+
+
+def _shard_limit(max_shard_size) -> int:
+    if isinstance(max_shard_size, int):
+        return max_shard_size
+    m = _SIZE.match(str(max_shard_size))
+    if not m:
+        raise UserError(f"max_shard_size {max_shard_size!r}: use an int or a size like '2GB', '500MB'")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").upper()])
+
+
+def _persistent_buffers(model: torch.nn.Module):
+    for mod_name, mod in model.named_modules():
+        for name, buf in mod.named_buffers(recurse=False):
+            if name not in mod._non_persistent_buffers_set:
+                yield (f"{mod_name}.{name}" if mod_name else name), buf
+
+
+class _ShardWriter:
+    """Rank-0 accumulator of tensors into safetensors shards of at most ``limit`` bytes (temp names until done)."""
+
+    def __init__(self, out_dir: str, limit: int):
+        self.out_dir, self.limit = out_dir, limit
+        self.current: dict[str, torch.Tensor] = {}
+        self.size = 0
+        self.files: list[tuple[str, list[str]]] = []
+        self.total = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.current and self.size + nbytes > self.limit:
+            self.flush()
+        self.current[name] = tensor.contiguous()
+        self.size += nbytes
+        self.total += nbytes
+
+    def flush(self) -> None:
+        if not self.current:
+            return
+        tmp = os.path.join(self.out_dir, f".shard-{len(self.files):05d}.tmp")
+        save_file(self.current, tmp, metadata={"format": "pt"})
+        self.files.append((tmp, list(self.current)))
+        self.current, self.size = {}, 0
+
+    def finish(self) -> None:
+        self.flush()
+        if len(self.files) == 1:
+            os.replace(self.files[0][0], os.path.join(self.out_dir, "model.safetensors"))
+            return
+        weight_map = {}
+        for i, (tmp, names) in enumerate(self.files):
+            final = f"model-{i + 1:05d}-of-{len(self.files):05d}.safetensors"
+            os.replace(tmp, os.path.join(self.out_dir, final))
+            weight_map.update({n: final for n in names})
+        index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
+        tmp = os.path.join(self.out_dir, ".index.tmp")
+        with open(tmp, "w") as fh:
+            json.dump(index, fh, indent=2)
+        os.replace(tmp, os.path.join(self.out_dir, "model.safetensors.index.json"))
+
+
+def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactivation: bool = False,
+              max_shard_size="2GB") -> None:
+    """Write a plain Hugging Face checkpoint of ``model`` with deltas (and, if asked, deactivations) folded in.
+
+    Every rank must call it (ZeRO-3 gathers are collective); rank 0 alone writes. The live model is unchanged.
+    """
+    model = unwrap(model)
+    patcher = getattr(model, "_neurorit_patcher", None)
+    roles = _roles(patcher) if patcher is not None else {}
+    dead = patcher.deactivated() if (patcher is not None and fold_deactivation) else {}
+    writer = _ShardWriter(out_dir, _shard_limit(max_shard_size)) if dist.is_main() else None
+    if writer is not None:
+        os.makedirs(out_dir, exist_ok=True)
+    for name, param in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in DELTA_NAMES:
+            continue
+        layer, role = roles.get(id(param), (None, None))
+        deltas = _layer_deltas(patcher, layer) if layer is not None else None
+        small = list(deltas[1:]) if deltas else []
+        with dist.gathered([param] + small):
+            if writer is not None:
+                value = param.detach()
+                if role is not None and (deltas is not None or layer in dead):
+                    value = _fold(patcher, role, value, deltas, dead.get(layer))
+                writer.add(name, value.to("cpu", copy=True))
+    if writer is not None:
+        for name, buf in _persistent_buffers(model):
+            if not name.endswith(DELTA_INDEX):
+                writer.add(name, buf.detach().to("cpu", copy=True))
+        writer.finish()
+        model.config.save_pretrained(out_dir)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(out_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+    dist.barrier()
