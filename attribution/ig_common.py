@@ -1,0 +1,89 @@
+"""What the two integrated-gradients paths share: settings, inputs, results, the step grid, and the baseline.
+
+IG at layer ``l``, last position only (DESIGN.md §2)::
+
+    attr_i = (a_i - a'_i) / m * sum_{k=0}^{m-1} w_k * dF/dh_i  at  h = a' + (k/m)(a - a')
+
+with ``w_k = 1`` (``standard``, the left Riemann sum) or ``w_k = k/m`` (``ircan``, the release's variant that
+differentiates with respect to the end point). ``a`` is the activation on the prompt, ``a'`` the activation at
+the last position of the query-only prompt (``query`` baseline) or zero (``zero`` baseline).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from attribution.targets import Target
+
+IG_RULES = ("standard", "ircan")
+
+
+@dataclass(frozen=True)
+class IGSettings:
+    steps: int = 20
+    ig_rule: str = "standard"
+    chunk_rows: int = 64  # rows (layer, step) per pass: bounds memory, never changes the result
+
+    def __post_init__(self):
+        if self.ig_rule not in IG_RULES:
+            raise ValueError(f"unknown ig_rule {self.ig_rule!r}; use one of {', '.join(IG_RULES)}")
+        if self.steps < 1 or self.chunk_rows < 1:
+            raise ValueError("steps and chunk_rows must be >= 1")
+
+
+@dataclass
+class IGInput:
+    """One prompt to attribute: token ids ``[T]``, the baseline prompt ids (None = zero baseline), the target."""
+
+    input_ids: torch.Tensor
+    baseline_ids: Optional[torch.Tensor]
+    target: Target
+
+
+@dataclass
+class IGResult:
+    attributions: torch.Tensor  # [layers, d_ff] float64
+    f_input: float  # F on the prompt, nothing scaled
+    f_baseline: torch.Tensor  # [layers]: F with layer l's last-position activation set to the baseline
+
+    def completeness_gap(self) -> torch.Tensor:
+        """Per layer: sum of attributions minus (F(a) - F(a')); tends to 0 as steps grow (standard rule)."""
+        return self.attributions.sum(dim=1) - (self.f_input - self.f_baseline)
+
+
+def step_grid(settings: IGSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alphas ``k/m``, weights ``w_k``) for k = 0..m-1, fp32 and fp64."""
+    k = torch.arange(settings.steps, dtype=torch.float64)
+    alphas = k / settings.steps
+    weights = torch.ones_like(alphas) if settings.ig_rule == "standard" else alphas.clone()
+    return alphas.float(), weights
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def last_position(model, patcher, ids: torch.Tensor, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Probe every layer at the last position: (activations ``[layers, d_ff]`` fp32, last logits ``[1, V]``,
+    the model output)."""
+    with patcher.probe(layers=None, positions="last") as store:
+        out = model(input_ids=ids, logits_to_keep=1, **forward_kwargs)
+    acts = torch.stack([store[layer][0].float() for layer in range(patcher.num_layers)])
+    return acts, out.logits[:, -1], out
+
+
+def baseline_activations(model, patcher, inp: IGInput, like: torch.Tensor) -> torch.Tensor:
+    """``a'`` for every layer: the query-only prompt's last-position activations, or zeros."""
+    if inp.baseline_ids is None:
+        return torch.zeros_like(like)
+    ids = inp.baseline_ids.view(1, -1).to(model_device(model))
+    acts, _, _ = last_position(model, patcher, ids, use_cache=False)
+    return acts
+
+
+def finish(acts: torch.Tensor, base: torch.Tensor, grad_sums: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(a - a') / m * sum_k w_k g_k`` in fp64."""
+    return (acts.double() - base.double()) * grad_sums / steps

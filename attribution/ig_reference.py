@@ -1,0 +1,41 @@
+"""Reference integrated gradients: the obviously-correct, slow method the fast path is tested against.
+
+For each layer, the full prompt is repeated once per step (in chunks of ``chunk_rows`` steps), the
+last-position activation of that layer is scaled from the baseline towards its value, and the gradient of the
+target with respect to the scaled activation is taken. Cost: ``layers x steps`` full-sequence passes.
+"""
+from __future__ import annotations
+
+import torch
+
+from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, last_position,
+                                   model_device, step_grid)
+
+
+def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
+    device = model_device(model)
+    dtype = next(model.parameters()).dtype
+    ids = inp.input_ids.view(1, -1).to(device)
+    acts, logits, _ = last_position(model, patcher, ids, use_cache=False)
+    f_input = float(inp.target.value(logits)[0])
+    base = baseline_activations(model, patcher, inp, acts)
+    alphas, weights = step_grid(settings)
+    layers, width = acts.shape
+    grad_sums = torch.zeros(layers, width, dtype=torch.float64)
+    f_base = torch.zeros(layers, dtype=torch.float64)
+    for layer in range(layers):
+        for start in range(0, settings.steps, settings.chunk_rows):
+            ks = torch.arange(start, min(settings.steps, start + settings.chunk_rows))
+            rows = len(ks)
+            patcher.set_scale({layer: (torch.arange(rows, device=device), alphas[ks].to(device, dtype),
+                                       base[layer].to(device, dtype).expand(rows, width))})
+            try:
+                out = model(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=1)
+                f = inp.target.value(out.logits[:, -1])
+                (grad,) = torch.autograd.grad(f.sum(), [patcher.scaled[layer]])
+            finally:
+                patcher.clear_scale()
+            grad_sums[layer] += (weights[ks, None] * grad.detach().double().cpu()).sum(0)
+            if start == 0:
+                f_base[layer] = float(f[0])
+    return IGResult(finish(acts.cpu(), base.cpu(), grad_sums, settings.steps), f_input, f_base)

@@ -1,0 +1,211 @@
+"""RAG records: the JSONL schema of DESIGN.md §4, its common spellings, and per-question passage roles.
+
+One question a line: ``id``, ``question``, ``answers`` (list), ``ctxs`` (list of ``title``, ``text``, optional
+``score``, optional ``has_answer``), optional ``evidence``. DPR / BERGEN / InstructRAG / FlashRAG spellings are
+accepted (``query``, ``golden_answers``, ``contexts``, ``passages``, ``content``, ``hasanswer``, ...). A bad line
+raises ``UserError`` naming the file and line. Records become a ``datasets.Dataset`` with ``to_dataset``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import string
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from neurorit.errors import UserError
+
+QUESTION_KEYS = ("question", "query", "input", "q")
+ANSWER_KEYS = ("answers", "answer", "golden_answers", "gold_answers", "possible_answers", "label", "output")
+CTXS_KEYS = ("ctxs", "contexts", "passages", "docs", "documents", "retrieved_docs")
+TEXT_KEYS = ("text", "content", "contents", "passage", "paragraph_text")
+ID_KEYS = ("id", "_id", "qid", "question_id")
+EVIDENCE_KEYS = ("evidence", "rationale", "summary")
+
+
+@dataclass
+class Passage:
+    title: str
+    text: str
+    score: Optional[float] = None
+    has_answer: Optional[bool] = None
+    kind: str = ""  # embedded benchmark only: gold, same_relation, same_entity, near_duplicate, random, ...
+
+    def render_text(self) -> str:
+        return self.text
+
+
+@dataclass
+class Record:
+    id: str
+    question: str
+    answers: list[str]
+    ctxs: list[Passage]
+    evidence: str = ""
+    counterfactual_ctxs: list[Passage] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return d
+
+
+# ------------------------------------------------------------------------------------------------ answers
+def _norm(text: str) -> str:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def passage_has_answer(p: Passage, answers: list[str]) -> bool:
+    if p.has_answer is not None:
+        return bool(p.has_answer)
+    body = " " + _norm(p.title + " " + p.text) + " "
+    return any(_norm(a) and f" {_norm(a)} " in body for a in answers)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def _first(d: dict, keys: tuple[str, ...]):
+    for k in keys:
+        if k in d:
+            return k, d[k]
+    return None, None
+
+
+def _parse_passage(raw: Any, where: str) -> Passage:
+    if isinstance(raw, str):
+        return Passage(title="", text=raw)
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: a passage must be an object or a string, got {type(raw).__name__}")
+    _, text = _first(raw, TEXT_KEYS)
+    title = raw.get("title", "") or ""
+    if text is None:
+        raise UserError(f"{where}: passage has none of the text fields {', '.join(TEXT_KEYS)}")
+    text = str(text)
+    if not title and text.startswith('"') and '"\n' in text:  # FlashRAG "contents": '"Title"\ntext'
+        title, text = text[1:].split('"\n', 1)
+    score = raw.get("score")
+    has = raw.get("has_answer", raw.get("hasanswer"))
+    return Passage(title=str(title), text=text, score=None if score is None else float(score),
+                   has_answer=None if has is None else bool(has), kind=str(raw.get("kind", "")))
+
+
+def parse_record(raw: Any, where: str) -> Record:
+    """One JSON object -> Record, or a UserError naming ``where`` (file:line)."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    qkey, question = _first(raw, QUESTION_KEYS)
+    if not isinstance(question, str) or not question.strip():
+        raise UserError(f"{where}: record has no question (looked for {', '.join(QUESTION_KEYS)})")
+    akey, answers = _first(raw, ANSWER_KEYS)
+    if isinstance(answers, str):
+        try:  # PopQA stores possible_answers as a JSON string
+            decoded = json.loads(answers)
+            answers = decoded if isinstance(decoded, list) else [answers]
+        except json.JSONDecodeError:
+            answers = [answers]
+    if not isinstance(answers, list) or not [a for a in answers if str(a).strip()]:
+        raise UserError(f"{where}: record has no answers (looked for {', '.join(ANSWER_KEYS)})")
+    answers = [str(a) for a in answers if str(a).strip()]
+    ckey, ctxs = _first(raw, CTXS_KEYS)
+    if ctxs is None:
+        raise UserError(f"{where}: record has no passages (looked for {', '.join(CTXS_KEYS)})")
+    if not isinstance(ctxs, list) or not ctxs:
+        raise UserError(f"{where}: record has an empty '{ckey}' list; every record needs retrieved passages")
+    passages = [_parse_passage(c, f"{where} {ckey}[{i}]") for i, c in enumerate(ctxs)]
+    cf = [_parse_passage(c, f"{where} counterfactual_ctxs[{i}]")
+          for i, c in enumerate(raw.get("counterfactual_ctxs", []) or [])]
+    _, rid = _first(raw, ID_KEYS)
+    _, evidence = _first(raw, EVIDENCE_KEYS)
+    meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
+    return Record(id=str(rid) if rid is not None else where, question=question.strip(), answers=answers,
+                  ctxs=passages, evidence=str(evidence or ""), counterfactual_ctxs=cf, meta=dict(meta))
+
+
+def load_records(path: str, limit: int = -1) -> list[Record]:
+    """Read a JSONL file of records (any accepted spelling). Bad lines raise UserError with file:line."""
+    if not os.path.isfile(path):
+        raise UserError(f"records file not found: {path}")
+    out: list[Record] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+            out.append(parse_record(raw, where))
+            if 0 < limit <= len(out):
+                break
+    if not out:
+        raise UserError(f"{path}: no records")
+    return out
+
+
+def write_records(records: list[Record], path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def to_dataset(records: list[Record]):
+    """Records as a ``datasets.Dataset`` (one row per record, passages nested)."""
+    import datasets
+
+    return datasets.Dataset.from_list([r.to_json() for r in records])
+
+
+# ------------------------------------------------------------------------------------------ passage roles
+def ranked(record: Record) -> list[Passage]:
+    """Passages best first: by score when every passage has one, else in file order (retrieval order)."""
+    if record.ctxs and all(p.score is not None for p in record.ctxs):
+        return sorted(record.ctxs, key=lambda p: -p.score)
+    return list(record.ctxs)
+
+
+def relevant_passages(record: Record) -> list[Passage]:
+    """Passages holding an answer (has_answer, or the answer string); else the top-ranked one."""
+    rel = [p for p in ranked(record) if passage_has_answer(p, record.answers)]
+    return rel if rel else ranked(record)[:1]
+
+
+def irrelevant_passages(record: Record, k: int, pool: Optional[list[Record]] = None,
+                        rng: Optional[random.Random] = None) -> list[Passage]:
+    """``k`` passages without the answer: bottom-ranked of this record, topped up from other questions."""
+    own = [p for p in reversed(ranked(record)) if not passage_has_answer(p, record.answers)]
+    out = own[:k]
+    if len(out) < k and pool:
+        rng = rng or random.Random(0)
+        others = [r for r in pool if r.id != record.id]
+        tries = 0
+        while len(out) < k and others and tries < 50 * k:
+            tries += 1
+            cand = rng.choice(rng.choice(others).ctxs)
+            if not passage_has_answer(cand, record.answers) and cand not in out:
+                out.append(cand)
+    return out
+
+
+def noise_passages(record: Record, k: int) -> list[Passage]:
+    """Top-``k`` after removing every passage that holds an answer (the all-noise setting)."""
+    return [p for p in ranked(record) if not passage_has_answer(p, record.answers)][:k]
+
+
+def mining_pairs(records: list[Record], rng_seed: int = 0) -> list[tuple[Record, Passage, Passage]]:
+    """Per question: (record, one relevant passage, one irrelevant passage) — DESIGN.md §2 mining data."""
+    rng = random.Random(rng_seed)
+    pairs = []
+    for r in records:
+        rel = relevant_passages(r)
+        irr = irrelevant_passages(r, 1, pool=records, rng=rng)
+        if rel and irr:
+            pairs.append((r, rel[0], irr[0]))
+    return pairs
