@@ -37,5 +37,5 @@ def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult
                 patcher.clear_scale()
             grad_sums[layer] += (weights[ks, None] * grad.detach().double().cpu()).sum(0)
             if start == 0:
-                f_base[layer] = float(f[0])
+                f_base[layer] = float(f[0].detach())
     return IGResult(finish(acts.cpu(), base.cpu(), grad_sums, settings.steps), f_input, f_base)
