@@ -39,3 +39,6 @@ demo-quick: setup
 
 clean:
 	rm -rf outputs runs
+
+test-slurm: setup
+	bash scripts/slurm/test_local_cluster.sh
