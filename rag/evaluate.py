@@ -1,0 +1,281 @@
+"""Evaluate one model (one method) on the test records under every retrieval setting.
+
+For each test question and each setting (``gold``, ``top5``, ``noise_only``, ``counterfactual``,
+``closed_book``; see ``rag/settings.py``) the prompt uses the inference instruction (``eval.instruction``:
+``two_step`` = write the evidence, then ``answer:``; or ``answer_only``), the model answers greedily, the answer
+is extracted, and Match / EM / F1 are computed (``rag/metrics.py``). Results are reported for all questions
+and per question kind (``meta.kind``: ``world`` / ``fresh`` in the embedded benchmark), each Match with a seeded
+95% bootstrap interval.
+
+Distributed: prompts are cut into length-sorted batches that do not depend on the number of ranks; rank r
+generates batches r, r+W, ... (``dist.shard_indices``); the outputs are gathered, so every rank holds the same
+result and it equals a one-rank run exactly. Rank 0 writes the files, TensorBoard scalars and a progress bar.
+
+    python -m rag.evaluate --config configs/embedded.yaml --model outputs/demo/stage2/export --name neurorit
+    deepspeed --num_gpus 2 rag/evaluate.py --config ... --model ... --name base      # same numbers, faster
+
+Writes ``<eval.output_dir>/<name>.eval.json`` (metrics, model, settings, trainable parameters),
+``<name>.predictions.jsonl`` (one line per question x setting: prompt length, raw output, extracted answer,
+scores) and ``<name>.config.yaml``; TensorBoard scalars go to ``<runtime.output_dir>/tensorboard/eval_<name>``.
+``rag/report.py`` combines the ``*.eval.json`` files of all methods into results.json / results.md / a chart.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from typing import Optional
+
+import torch
+
+from neurorit import dist
+from neurorit.config import ExperimentConfig, parse_args, save_config
+from neurorit.errors import UserError, main_guard
+from rag import metrics
+from rag.generate import eos_ids_of, generate_all, length_batches, pad_id_of
+from rag.prompts import PromptBuilder, TruncationCounter, encode
+from rag.records import Record, load_records
+from rag.settings import SETTINGS, docs_for_setting, has_setting
+
+log = logging.getLogger("rag.evaluate")
+KINDS = ("world", "fresh")
+
+
+# ------------------------------------------------------------------------------------------ answer extraction
+def _marker_regex(marker: str) -> re.Pattern:
+    """``"answer :"`` / ``"Answer:"`` -> a case-insensitive pattern with flexible spaces around the words."""
+    words = [re.escape(w) for w in marker.replace(":", " : ").split()]
+    return re.compile(r"\s*".join(words), re.IGNORECASE)
+
+
+def extract_answer(output: str, instruction: str, answer_marker: str) -> str:
+    """The answer inside a model output.
+
+    ``answer_only``: the whole output. ``two_step``: the text after the first answer marker up to the end of
+    that line; without a marker, the last non-empty line (the whole text when it is one line).
+    """
+    text = output.strip()
+    if instruction == "answer_only":
+        return text
+    found = _marker_regex(answer_marker).search(text)
+    if found:
+        after = text[found.end():].strip()
+        return after.splitlines()[0].strip() if after else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+def build_jobs(records: list[Record], settings: list[str], builder: PromptBuilder, tokenizer, instruction: str,
+               num_docs: int, max_length: int) -> tuple[list[dict], list[list[int]], TruncationCounter]:
+    """One job per (setting, record) that has the setting: its metadata and its prompt token ids."""
+    jobs: list[dict] = []
+    prompts: list[list[int]] = []
+    trunc = TruncationCounter()
+    make = builder.two_step if instruction == "two_step" else builder.answer_only
+    for setting in settings:
+        for rec in records:
+            if not has_setting(rec, setting):
+                continue
+            parts = make(rec.question, docs_for_setting(rec, setting, num_docs))
+            enc = encode(tokenizer, parts, max_length, with_target=False)
+            trunc.add(enc, rec.id)
+            jobs.append({"id": rec.id, "setting": setting, "kind": str(rec.meta.get("kind", "")),
+                         "answers": rec.answers})
+            prompts.append(enc.input_ids)
+    return jobs, prompts, trunc
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfig, show_progress: bool = True):
+    """Generate, extract and score on this rank's batches; gather; return ``(summary, predictions)``.
+
+    Every rank returns the same objects. ``summary`` = ``{"settings": {setting: stats}, "by_kind": {kind:
+    {setting: stats}}}`` with stats ``{"match", "em", "f1", "match_ci95", "n"}``; ``predictions`` = one dict per
+    job in a fixed order (settings, then records).
+    """
+    ev = cfg.eval
+    settings = [s for s in ev.settings if s in SETTINGS]
+    builder = PromptBuilder(cfg.data.prompt_style)
+    jobs, prompts, trunc = build_jobs(records, settings, builder, tokenizer, ev.instruction, cfg.data.num_docs,
+                                      cfg.data.max_length)
+    if trunc.truncated and dist.is_main():
+        log.warning(trunc.report("evaluation prompts"))
+    eos_ids = eos_ids_of(model, tokenizer)
+    pad_id = pad_id_of(tokenizer, eos_ids)
+    batches = length_batches(prompts, ev.batch_size)
+    mine = set(dist.shard_indices(len(batches)))
+    bar = None
+    if show_progress and dist.is_main():
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(batches[b]) for b in mine), desc="evaluate (rank 0)", unit="prompt",
+                   file=sys.stderr, dynamic_ncols=True)
+    model.eval()
+    try:
+        local = generate_all(model, prompts, ev.max_new_tokens, ev.batch_size, eos_ids, pad_id,
+                             keep=lambda b: b in mine, progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    local_text = {i: tokenizer.decode(toks, skip_special_tokens=True) for i, toks in local.items()}
+    gathered: dict[int, str] = {}
+    for part in dist.all_gather_objects(local_text):
+        gathered.update(part)
+    if len(gathered) != len(jobs):
+        raise RuntimeError(f"gathered {len(gathered)} outputs for {len(jobs)} prompts")
+
+    predictions = []
+    for i, job in enumerate(jobs):
+        output = gathered[i]
+        answer = extract_answer(output, ev.instruction, builder.answer_marker)
+        predictions.append({**job, "prompt_tokens": len(prompts[i]), "output": output, "answer": answer,
+                            **metrics.score(answer, job["answers"])})
+    return summarize(predictions, settings, ev.bootstrap, cfg.runtime.seed), predictions
+
+
+def summarize(predictions: list[dict], settings: list[str], bootstrap: int, seed: int) -> dict:
+    """Per setting and per question kind aggregates of scored predictions (settings with no question left out)."""
+    def block(rows: list[dict]) -> dict:
+        out = {}
+        for s in settings:
+            sel = [r for r in rows if r["setting"] == s]
+            if sel:
+                out[s] = metrics.summarize(sel, bootstrap, seed)
+        return out
+
+    kinds = [k for k in KINDS if any(r["kind"] == k for r in predictions)]
+    kinds += sorted({r["kind"] for r in predictions if r["kind"] and r["kind"] not in KINDS})
+    return {"settings": block(predictions),
+            "by_kind": {k: block([r for r in predictions if r["kind"] == k]) for k in kinds}}
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def load_model(path: str, cfg: ExperimentConfig):
+    """The model to evaluate, full on every rank (no ZeRO partitioning: generation runs rank by rank)."""
+    from model_patches import load_causal_lm
+
+    return load_causal_lm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"no tokenizer could be loaded from {path}: {str(err).splitlines()[0]}") from None
+
+
+def apply_deactivation(model, map_path: str) -> int:
+    """Hard-deactivate the irrelevant-only neurons of a mined neuron map; returns how many were switched off."""
+    from attribution.neuron_map import NeuronMap
+    from model_patches import patch_model
+
+    if not os.path.exists(map_path):
+        raise UserError(f"--deactivate-map: neuron map not found: {map_path}")
+    neuron_map = NeuronMap.load(map_path)
+    if hasattr(neuron_map, "check_model"):
+        neuron_map.check_model(model)
+    spec = neuron_map.per_layer("irrelevant_only")
+    patch_model(model).set_deactivated(spec)
+    return sum(len(v) for v in spec.values())
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def eval_dir(cfg: ExperimentConfig) -> str:
+    return cfg.eval.output_dir or os.path.join(cfg.runtime.output_dir, "eval")
+
+
+def write_outputs(out_dir: str, name: str, result: dict, predictions: list[dict]) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.eval.json")
+    _atomic_write(path, json.dumps(result, indent=2) + "\n")
+    _atomic_write(os.path.join(out_dir, f"{name}.predictions.jsonl"),
+                  "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+    return path
+
+
+def write_tensorboard(logdir: str, summary: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(logdir)
+    try:
+        groups = [("eval", summary["settings"])] + [(f"eval_{k}", v) for k, v in summary["by_kind"].items()]
+        for group, block in groups:
+            for setting, stats in block.items():
+                for metric in ("match", "em", "f1"):
+                    writer.add_scalar(f"{group}/{setting}/{metric}", stats[metric], 0)
+    finally:
+        writer.close()
+
+
+def print_table(name: str, summary: dict) -> None:
+    print(f"{name}: " + "  ".join(f"{s} match={v['match']:.3f} [{v['match_ci95'][0]:.3f},{v['match_ci95'][1]:.3f}]"
+                                  f" (n={v['n']})" for s, v in summary["settings"].items()))
+
+
+# --------------------------------------------------------------------------------------------------- entry
+def _extra_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="", help="checkpoint folder to evaluate (default: model.path)")
+    parser.add_argument("--name", required=True,
+                        help="method name for the outputs, e.g. base, robust_sft, layer_tuning, random_neurons, "
+                             "neurorit_stage1, neurorit, neurorit_hard_deactivation")
+    parser.add_argument("--deactivate-map", default="",
+                        help="neuron map (attribution/mine.py output): hard-deactivate its irrelevant-only "
+                             "neurons before evaluating (the hard-deactivation baseline)")
+    parser.add_argument("--trainable-params", type=int, default=0,
+                        help="trainable parameter count of the method, recorded for the report (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args, cfg: ExperimentConfig) -> Optional[dict]:
+    """Evaluate per ``args`` / ``cfg``; returns the result dict (on every rank) after rank 0 wrote it."""
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", args.name):
+        raise UserError(f"--name {args.name!r}: use letters, digits, '_', '-' or '.' only")
+    if cfg.eval.batch_size <= 0:
+        raise UserError(f"config key 'eval.batch_size' must be > 0, got {cfg.eval.batch_size}")
+    if cfg.runtime.torch_threads > 0:
+        torch.set_num_threads(cfg.runtime.torch_threads)
+    dist.init_distributed(args.local_rank)
+    model_path = args.model or cfg.model.path
+    records = load_records(cfg.data.test_file, cfg.eval.num_examples)
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path, cfg)
+    deactivated = apply_deactivation(model, args.deactivate_map) if args.deactivate_map else 0
+    summary, predictions = evaluate_model(model, tokenizer, records, cfg, show_progress=not args.no_progress)
+    result = {"name": args.name, "model": model_path, "trainable_params": int(args.trainable_params),
+              "deactivate_map": args.deactivate_map, "deactivated_neurons": deactivated,
+              "instruction": cfg.eval.instruction, "prompt_style": cfg.data.prompt_style,
+              "test_file": cfg.data.test_file, "num_questions": len(records), "world_size": dist.world_size(),
+              **summary}
+    if dist.is_main():
+        out = eval_dir(cfg)
+        path = write_outputs(out, args.name, result, predictions)
+        save_config(cfg, out, f"{args.name}.config.yaml")
+        write_tensorboard(os.path.join(cfg.runtime.output_dir, "tensorboard", f"eval_{args.name}"), summary)
+        print_table(args.name, summary)
+        print(f"wrote {path}")
+    dist.barrier()
+    return result
+
+
+@main_guard
+def main(argv=None) -> Optional[dict]:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args, cfg = parse_args(__doc__, argv, _extra_args)
+    return run(args, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Batched greedy generation for evaluation: left padding, a KV cache, stop at end-of-sequence.
+
+``greedy_generate`` decodes one batch; ``generate_all`` cuts a list of prompts into batches that depend only on
+the prompts themselves (sorted by length, longest first, ties by index) and runs the batches whose index
+``keep(batch_index)`` accepts. Because a batch never depends on the number of ranks, an evaluation split over
+ranks by batch produces bit-identical tokens to one rank (same shapes, same padding, same arithmetic).
+
+Greedy decoding is deterministic: argmax picks the first maximum, no sampling, no randomness anywhere.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+
+
+def eos_ids_of(model, tokenizer) -> list[int]:
+    """End-of-sequence ids: the tokenizer's plus any the model's generation config lists."""
+    ids: list[int] = []
+    for value in (getattr(tokenizer, "eos_token_id", None),
+                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if v is not None and int(v) not in ids:
+                ids.append(int(v))
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model defines an end-of-sequence token")
+    return ids
+
+
+def pad_id_of(tokenizer, eos_ids: Sequence[int]) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return int(pad) if pad is not None else int(eos_ids[0])
+
+
+@torch.inference_mode()
+def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Iterable[int],
+                    pad_id: int) -> list[list[int]]:
+    """Greedy continuations of ``prompts`` (token id lists), one batch, left-padded.
+
+    Each result holds the new tokens up to and excluding the first end-of-sequence token, at most
+    ``max_new_tokens`` of them. Position ids count real tokens only, so padding does not shift positions.
+    """
+    if not prompts:
+        return []
+    if max_new_tokens <= 0:
+        return [[] for _ in prompts]
+    device = next(model.parameters()).device
+    batch, width = len(prompts), max(len(p) for p in prompts)
+    if min(len(p) for p in prompts) == 0:
+        raise ValueError("empty prompt: every prompt needs at least one token")
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        input_ids[row, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[row, width - len(p):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    eos = torch.as_tensor(sorted(set(int(e) for e in eos_ids)), device=device)
+
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    steps: list[torch.Tensor] = []
+    for step in range(max_new_tokens):
+        token = out.logits[:, -1, :].argmax(dim=-1)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        steps.append(token)
+        done = done | torch.isin(token, eos)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                    past_key_values=out.past_key_values, use_cache=True)
+
+    tokens = torch.stack(steps, dim=1).tolist()
+    eos_set = set(eos.tolist())
+    results = []
+    for row in tokens:
+        cut = next((i for i, t in enumerate(row) if t in eos_set), len(row))
+        results.append(row[:cut])
+    return results
+
+
+def length_batches(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped into batches: longest first (less padding), ties by index; rank-independent."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}")
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def generate_all(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int,
+                 eos_ids: Iterable[int], pad_id: int, keep: Optional[Callable[[int], bool]] = None,
+                 progress=None) -> dict[int, list[int]]:
+    """``{prompt index: new tokens}`` for every prompt in the batches ``keep`` accepts (all by default).
+
+    ``progress`` (optional) is called with the number of prompts of each finished batch (a tqdm ``update``).
+    """
+    eos_ids = list(eos_ids)
+    out: dict[int, list[int]] = {}
+    for b, idx in enumerate(length_batches(prompts, batch_size)):
+        if keep is not None and not keep(b):
+            continue
+        for i, toks in zip(idx, greedy_generate(model, [prompts[i] for i in idx], max_new_tokens, eos_ids, pad_id)):
+            out[i] = toks
+        if progress is not None:
+            progress(len(idx))
+    return out
