@@ -1,0 +1,136 @@
+"""scripts/plan.py (the memory planner) against hand-computed values, transformers' own parameter counts and
+DeepSpeed's ZeRO-3 estimator."""
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("neurorit_plan", os.path.join(ROOT, "scripts", "plan.py"))
+plan_mod = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = plan_mod  # dataclasses look their module up
+_spec.loader.exec_module(plan_mod)
+
+GIB = 1024 ** 3
+
+# hidden 8, FFN 16, 2 layers, 2 heads of 4 (1 kv head), vocab 32, untied
+TINY = {"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 32, "tie_word_embeddings": False}
+
+
+def tiny_options(**kw):
+    base = dict(nodes=1, gpus_per_node=2, gpu_gib=1.0, reserve_gib=0.5, offload=False, mining_seq_len=4, seq_len=6,
+                micro_batch=3, chunk_rows=5, steps=20, n_relevant=2, n_irrelevant=3, n_shared=1, target_layers=1,
+                gradient_checkpointing=False, prefetch_bucket=10, reduce_bucket=20, overlap_comm=True)
+    base.update(kw)
+    return plan_mod.Options(**base)
+
+
+def test_tiny_shape_by_hand():
+    s = plan_mod.shape_from_config("tiny", TINY)
+    # q 8x8 + k,v 8x4 each + o 8x8 + gate/up/down 3x8x16 + 2 norms of 8
+    assert s.layer_params() == 64 + 64 + 64 + 384 + 16 == 592
+    # 2 layers + embedding 32x8 + lm_head 32x8 + final norm
+    assert s.total_params() == 2 * 592 + 2 * 256 + 8 == 1704
+    assert s.largest_layer_params() == 256  # the embedding
+
+
+def test_tiny_plan_by_hand():
+    r = plan_mod.plan(plan_mod.shape_from_config("tiny", TINY), tiny_options())
+    usable = GIB // 2
+    assert r["usable"] == usable
+    m = r["mining"]
+    assert m["weights_shard"] == 2 * 1704 // 2 == 1704
+    assert m["gathered_layer"] == 4 * 256 == 1024
+    assert m["zero_buffers"] == 2 * 10 * 2 == 40  # bf16 prefetch bucket, doubled by overlap_comm
+    assert m["kv_cache"] == 2 * 2 * 2 * 4 * 4 == 128  # bytes x (k, v) x layers x kv width x tokens
+    # per layer: 10 x 8 + 4 x 16 + 2 x 4 x 4 (own k/v copy) + 2 x 2 x 4 (scores) = 192; x 2 layers x 2 bytes
+    # + logits 8 bytes x 32
+    assert m["per_row"] == 2 * 2 * 192 + 8 * 32 == 1024
+    assert m["ig_rows"] == 5 * 1024
+    assert m["total"] == 1704 + 1024 + 40 + 128 + 5120 == 8016
+    assert m["max_chunk_rows"] == (usable - 2896) // 1024 == 524285
+    assert m["rows_per_example"] == 40
+
+    s1, s2 = r["stage1"], r["stage2"]
+    assert s1["trainable_params"] == 3 * 3 * 8 == 72  # 3 neurons x (gate row + up row + down column)
+    assert s2["trainable_params"] == 6 * 24 + 1 * 3 * 8 * 16 == 528  # 6 neurons + one whole FFN
+    assert s1["zero_buffers"] == 2 * (10 + 20) * 2 == 120
+    assert (s1["deltas"], s1["optimizer"]) == (6 * 72 // 2, 12 * 72 // 2) == (216, 432)
+    assert (s2["deltas"], s2["optimizer"]) == (6 * 528 // 2, 12 * 528 // 2) == (1584, 3168)
+    # per token per layer 10 x 8 + 4 x 16 + 2 x 4 = 152; 2 bytes x 6 tokens x 2 layers; logits 10 B x 6 x 32
+    assert s1["per_sequence"] == 2 * 6 * 2 * 152 + 10 * 6 * 32 == 5568
+    assert s1["activations"] == 3 * 5568
+    assert s1["total"] == 1704 + 1024 + 120 + 216 + 432 + 3 * 5568 == 20200
+    assert s2["total"] == 1704 + 1024 + 120 + 1584 + 3168 + 3 * 5568 == 24304
+    assert s1["max_micro_batch_no_ckpt"] == (usable - (1704 + 1024 + 120 + 216 + 432)) // 5568
+    # checkpointing: layer inputs 2 x 6 x (2 x 8) + one layer recomputed 2 x 6 x 152 + logits
+    assert s1["max_micro_batch_ckpt"] == (usable - 3496) // (2 * 6 * (2 * 8 + 152) + 1920)
+    assert s1["cpu_per_node"] == 0
+
+
+def test_tiny_offload_and_checkpointing():
+    r = plan_mod.plan(plan_mod.shape_from_config("tiny", TINY), tiny_options(offload=True, gradient_checkpointing=True))
+    s2 = r["stage2"]
+    assert (s2["weights_shard"], s2["deltas"], s2["optimizer"]) == (0, 0, 0)
+    assert s2["per_sequence"] == 2 * 6 * (2 * 8 + 152) + 1920 == 3936
+    assert s2["total"] == 1024 + 120 + 3 * 3936
+    # host: 1.5 x (2 bytes x 1704 weights + 18 bytes x 528 trainable) on one node
+    assert s2["cpu_per_node"] == int(1.5 * (2 * 1704 + 18 * 528))
+    assert r["mining"]["weights_shard"] == 0
+
+
+def test_crosscheck_matches_deepspeed_estimator():
+    pytest.importorskip("deepspeed")
+    r = plan_mod.plan(plan_mod.shape_from_config("tiny", TINY), tiny_options())
+    c = r["crosscheck"]
+    assert c["ours"] == {"frozen_weights": 1704 + 1024, "full_finetune": 18 * 1704 // 2 + 1024, "all_offloaded": 1024}
+    assert c["deepspeed"] == c["ours"]
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("Llama-3-8B", 8_030_261_248), ("Llama-3-70B", 70_553_706_496),
+    ("Mistral-7B", 7_241_732_096), ("Qwen2.5-72B", 72_706_203_648),
+])
+def test_bundled_configs_parameter_counts(name, expected):
+    _, cfg = plan_mod.resolve_config(name.lower())
+    assert plan_mod.shape_from_config(name, cfg).total_params() == expected
+
+
+@pytest.mark.parametrize("extra", [{}, {"model_type": "qwen2"}, {"tie_word_embeddings": True},
+                                   {"attention_bias": True}, {"head_dim": 6}])
+def test_parameter_count_matches_transformers(extra):
+    """The analytic count equals the parameters of the real Hugging Face module (built on the meta device)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = dict(TINY, **extra)
+    hf_cfg = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf_cfg)
+    assert plan_mod.shape_from_config("tiny", cfg).total_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_cli_llama70b_on_4x8(capsys):
+    assert plan_mod.main(["--model", "Llama-3-70B", "--nodes", "4", "--gpus-per-node", "8", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["ranks"] == 32
+    assert r["params"] == 70_553_706_496
+    assert r["mining"]["weights_shard"] == -(-2 * 70_553_706_496 // 32)
+    for phase in ("mining", "stage1", "stage2"):
+        assert r[phase]["total"] <= r["usable"], phase
+    assert r["mining"]["max_chunk_rows"] >= r["mining"]["rows"]
+    if r["crosscheck"]["deepspeed"] is not None:
+        assert r["crosscheck"]["deepspeed"] == r["crosscheck"]["ours"]
+
+
+def test_cli_text_and_errors(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    assert plan_mod.main(["--model", str(tmp_path), "--nodes", "1", "--gpus-per-node", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "largest IG chunk that fits" in out and "stage2" in out and "cross-check" in out
+    assert plan_mod.main(["--model", "no-such-model"]) == 2
+    assert "not a bundled config" in capsys.readouterr().err
+    assert plan_mod.main(["--model", "Mistral-7B", "--nodes", "0"]) == 2
+    assert "--nodes must be >= 1" in capsys.readouterr().err
