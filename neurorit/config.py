@@ -82,6 +82,7 @@ class StageConfig:
     num_examples: int = -1  # -1 = all training records
     save_every: int = 0  # steps between DeepSpeed checkpoints; 0 = only at the end
     eval_every: int = 0  # steps between dev-loss evaluations; 0 = never
+    eval_examples: int = 64  # dev records scored for the periodic dev loss
     log_every: int = 1
     init_from: str = ""  # empty = model.path (stage 2 defaults to stage 1's export in the pipeline)
     output_dir: str = ""  # empty = <runtime.output_dir>/<stage name>

@@ -1,0 +1,136 @@
+"""Stage datasets and the deterministic step plan (length-grouped, split across ranks, resumable).
+
+Examples (loss on the output tokens + EOS only, via ``rag.prompts.encode``):
+
+- ``stage1``: instruction + question + K irrelevant documents -> EOS only;
+- ``stage2``: instruction + question + top-K documents -> evidence summary (``record.evidence``; else the
+  sentences of the shown documents that hold a gold answer; else ``PromptBuilder.no_evidence()``);
+- ``robust_sft`` (RetRobust-style baseline): question + top-K documents, or K noise-only documents for a seeded
+  half of the records -> the first gold answer.
+
+``StepPlan`` fixes, from (seed, epoch) alone, which examples every rank sees at every optimizer step: each epoch
+is shuffled, cut into mega-batches of 32 global batches, sorted by length inside each so that padding stays small,
+cut into global batches (an incomplete last one is dropped), and the global batches shuffled again. Rank ``r``
+takes the ``r``-th contiguous slice of a global batch and cuts it into micro-batches. The consumed samples after
+``step`` optimizer steps are ``step x batch_size``, so a resumed run continues with exactly the next batch.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+
+import torch
+
+from neurorit.errors import UserError
+from rag.prompts import Encoded, PromptBuilder, TruncationCounter, encode
+from rag.records import Record, irrelevant_passages
+from rag.settings import docs_for_setting, record_rng
+
+KINDS = ("stage1", "stage2", "robust_sft")
+MEGA_BATCHES = 32
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def evidence_for(record: Record, docs, builder: PromptBuilder) -> str:
+    """The stage-2 target: the record's evidence, else the answer-bearing sentences of ``docs``, else the fixed
+    no-evidence sentence."""
+    if record.evidence.strip():
+        return record.evidence.strip()
+    answers = [a.lower() for a in record.answers if a.strip()]
+    found = []
+    for doc in docs:
+        for sentence in _SENTENCE.split(doc.text.strip()):
+            if any(a in sentence.lower() for a in answers) and sentence not in found:
+                found.append(sentence)
+    return " ".join(found) if found else builder.no_evidence()
+
+
+def build_examples(kind: str, records: list[Record], tokenizer, style: str, num_docs: int, max_length: int,
+                   seed: int) -> tuple[list[Encoded], TruncationCounter]:
+    """Tokenized examples of one kind, one per record, in record order."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown example kind {kind!r}; use one of {', '.join(KINDS)}")
+    builder = PromptBuilder(style)
+    rng = random.Random(seed)
+    counter = TruncationCounter()
+    out = []
+    for record in records:
+        if kind == "stage1":
+            parts = builder.stage1(record.question, irrelevant_passages(record, num_docs, pool=records, rng=rng))
+        elif kind == "stage2":
+            docs = docs_for_setting(record, "top5", num_docs)
+            parts = builder.stage2(record.question, docs, evidence_for(record, docs, builder))
+        else:
+            setting = "noise_only" if record_rng(record, f"robust{seed}").random() < 0.5 else "top5"
+            parts = builder.answer_only(record.question, docs_for_setting(record, setting, num_docs),
+                                        record.answers[0])
+        enc = encode(tokenizer, parts, max_length)
+        counter.add(enc, record.id)
+        out.append(enc)
+    return out, counter
+
+
+def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` (-100 on prompt and padding)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class StepPlan:
+    """Deterministic assignment of examples to (step, rank, micro-batch); see the module docstring."""
+
+    def __init__(self, lengths: list[int], batch_size: int, micro_batch_size: int, world: int, rank: int,
+                 epochs: float, max_steps: int, seed: int):
+        if batch_size % (micro_batch_size * world):
+            raise UserError(f"batch_size {batch_size} must be a multiple of micro_batch_size {micro_batch_size} "
+                            f"x world size {world}")
+        self.lengths, self.batch_size, self.micro = lengths, batch_size, micro_batch_size
+        self.world, self.rank, self.seed = world, rank, seed
+        self.steps_per_epoch = len(lengths) // batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{len(lengths)} training examples are fewer than one global batch ({batch_size})")
+        total = math.ceil(epochs * self.steps_per_epoch)
+        self.total_steps = min(total, max_steps) if max_steps > 0 else total
+        self._epoch, self._batches = -1, []
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        mega = self.batch_size * MEGA_BATCHES
+        grouped = []
+        for start in range(0, len(order), mega):
+            grouped += sorted(order[start:start + mega], key=lambda i: -self.lengths[i])
+        batches = [grouped[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps_per_epoch)]
+        rng.shuffle(batches)
+        return batches
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """This rank's micro-batches (example indices) for optimizer step ``step`` (0-based)."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, self._epoch_batches(epoch)
+        per_rank = self.batch_size // self.world
+        mine = self._batches[index][self.rank * per_rank:(self.rank + 1) * per_rank]
+        return [mine[i:i + self.micro] for i in range(0, per_rank, self.micro)]
+
+
+def eval_batches(n: int, micro_batch_size: int, world: int, rank: int) -> list[tuple[list[int], float]]:
+    """This rank's dev micro-batches as (indices, weight). Every rank gets the same number (ZeRO-3 needs equal
+    forward counts): a rank short of data repeats example 0 with weight 0."""
+    mine = list(range(rank, n, world))
+    count = math.ceil(math.ceil(n / world) / micro_batch_size)
+    out = []
+    for b in range(count):
+        chunk = mine[b * micro_batch_size:(b + 1) * micro_batch_size]
+        out.append((chunk, 1.0) if chunk else ([0], 0.0))
+    return out

@@ -1,0 +1,281 @@
+"""The one training loop behind ``train/stage1.py`` and ``train/stage2.py`` (and every baseline).
+
+Order (DESIGN.md §5): distributed init -> neuron map -> model load (partitioned under ZeRO-3, HfDeepSpeedConfig
+alive) -> patch + trainable set (deltas added before ``deepspeed.initialize``) -> data -> optimizer and schedule
+-> ``deepspeed.initialize`` -> resume -> steps (TensorBoard, checkpoints, dev loss) -> export.
+
+Files, under the stage's output folder ``stage<N>.output_dir`` (default ``<runtime.output_dir>/stage<N>``):
+``config.yaml`` (resolved config), ``tb/`` (TensorBoard, rank 0), ``checkpoints/step<N>/`` (DeepSpeed, for
+resume), ``export/`` (plain Hugging Face checkpoint with the tokenizer, deltas merged) and ``train_summary.json``.
+Stage 1 starts from ``model.path``; stage 2 from ``<stage 1 output>/export`` (override with
+``stage<N>.init_from``). The neuron map is read from ``<mining.output_dir>/neuron_map.safetensors`` (default
+``<runtime.output_dir>/mining``) by the methods that need one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from typing import Optional
+
+import torch
+
+from model_patches import export_hf, load_causal_lm, patch_model
+from neurorit import dist
+from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_config
+from neurorit.errors import UserError, main_guard
+from rag.records import load_records
+from train import checkpoint
+from train.data import StepPlan, build_examples, collate, eval_batches
+from train.monitor import Monitor
+from train.trainable import NEEDS_MAP, Trainable, setup_trainable
+
+
+# ------------------------------------------------------------------------------------------------ paths
+def stage_dir(cfg: ExperimentConfig, stage: str) -> str:
+    return getattr(cfg, stage).output_dir or os.path.join(cfg.runtime.output_dir, stage)
+
+
+def init_path(cfg: ExperimentConfig, stage: str) -> str:
+    """Where a stage's starting weights come from: ``init_from``, else model.path (stage 1) or stage 1's export."""
+    explicit = getattr(cfg, stage).init_from
+    if explicit:
+        return explicit
+    if stage == "stage1":
+        return cfg.model.path
+    path = os.path.join(stage_dir(cfg, "stage1"), "export")
+    if not os.path.isdir(path):
+        raise UserError(f"stage 2 starts from stage 1's export {path}, which does not exist: run train/stage1.py "
+                        f"first or set --stage2.init_from")
+    return path
+
+
+def neuron_map_dir(cfg: ExperimentConfig) -> str:
+    return cfg.mining.output_dir or os.path.join(cfg.runtime.output_dir, "mining")
+
+
+# -------------------------------------------------------------------------------------- optimization
+def build_optimizer(params: list, st: StageConfig, ds_config: dict, device: torch.device) -> torch.optim.Optimizer:
+    """``adamw``: DeepSpeed's CPU Adam under optimizer offload, its fused Adam on CUDA, torch's AdamW otherwise;
+    ``adamw_torch``: torch's AdamW; ``adamw_8bit``: bitsandbytes (a UserError where it cannot run)."""
+    kwargs = dict(lr=st.lr, weight_decay=st.weight_decay)
+    if st.optimizer == "adamw_8bit":
+        return _adamw_8bit(params, kwargs, device)
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    if st.optimizer == "adamw" and offload != "none":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+    if st.optimizer == "adamw" and device.type == "cuda":
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(params, adam_w_mode=True, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def _adamw_8bit(params: list, kwargs: dict, device: torch.device) -> torch.optim.Optimizer:
+    """bitsandbytes AdamW8bit, after one probe step on this device so that a broken install fails here, clearly."""
+    try:
+        import bitsandbytes as bnb
+
+        probe = torch.nn.Parameter(torch.zeros(4096, device=device))
+        probe.grad = torch.ones_like(probe)
+        bnb.optim.AdamW8bit([probe], lr=1e-3).step()
+    except Exception as err:  # an import error, a missing native library, an unsupported device: all alike
+        raise UserError(f"optimizer adamw_8bit needs bitsandbytes, which cannot run on {device.type} here "
+                        f"({type(err).__name__}: {err}); use --stageN.optimizer adamw") from None
+    return bnb.optim.AdamW8bit(params, **kwargs)
+
+
+def lr_factor(schedule: str, warmup: int, total: int):
+    """Multiplier of the base lr at optimizer step ``s`` (0-based): linear warmup, then constant/linear/cosine."""
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / (warmup + 1)
+        progress = (s - warmup) / max(1, total - warmup)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+    return factor
+
+
+def _grad_norm(params: list) -> float:
+    """L2 norm of the (already reduced) gradients, for engines that do not report one (no ZeRO)."""
+    sq = sum(float(p.grad.detach().float().pow(2).sum()) for p in params if p.grad is not None)
+    return math.sqrt(sq)
+
+
+# -------------------------------------------------------------------------------------------- the loop
+def _on_device(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def dev_loss(engine, examples: list, micro: int, pad_id: int) -> float:
+    """Mean token loss over the dev examples (output tokens only), all ranks together."""
+    total = torch.zeros(2, dtype=torch.float64)
+    engine.eval()
+    with torch.no_grad():
+        for idx, weight in eval_batches(len(examples), micro, dist.world_size(), dist.rank()):
+            batch = _on_device(collate([examples[i] for i in idx], pad_id), engine.device)
+            logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
+                                                     ignore_index=-100, reduction="sum")
+            total += weight * torch.tensor([float(loss), float((labels != -100).sum())], dtype=torch.float64)
+    engine.train()
+    dist.all_reduce_sum(total)
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def _train_step(engine, plan: StepPlan, step: int, examples: list, pad_id: int, params: list) -> dict:
+    """One optimizer step (all micro-batches of this rank); returns the rank-summed loss, tokens, grad norm."""
+    start = time.perf_counter()
+    loss_sum, tokens, norm = 0.0, 0, None
+    micro = plan.micro_batches(step)
+    for idx in micro:
+        batch = _on_device(collate([examples[i] for i in idx], pad_id), engine.device)
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        if engine.is_gradient_accumulation_boundary() and not engine.zero_optimization():
+            norm = _grad_norm(params)
+        engine.step()
+        loss_sum += loss.item()
+        tokens += int(batch["attention_mask"].sum())
+    stats = dist.all_reduce_sum(torch.tensor([loss_sum / len(micro), tokens], dtype=torch.float64))
+    reported = engine.get_global_grad_norm()
+    norm = float(reported) if reported is not None else norm
+    return {"loss": float(stats[0]) / dist.world_size(), "tokens": float(stats[1]), "grad_norm": norm,
+            "seconds": time.perf_counter() - start}
+
+
+def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_after: int = 0,
+              local_rank: Optional[int] = None) -> dict:
+    """Train ``stage`` ("stage1" / "stage2") as configured; returns the summary also written to disk."""
+    import deepspeed
+    from transformers import AutoTokenizer
+
+    info = dist.init_distributed(local_rank)
+    if cfg.runtime.torch_threads > 0:
+        torch.set_num_threads(cfg.runtime.torch_threads)
+    random.seed(cfg.runtime.seed)
+    torch.manual_seed(cfg.runtime.seed)
+    st: StageConfig = getattr(cfg, stage)
+    out_dir, init_from = stage_dir(cfg, stage), init_path(cfg, stage)
+    if dist.is_main():
+        save_config(cfg, out_dir)
+    nmap = None
+    if st.method in NEEDS_MAP:
+        from attribution.neuron_map import NeuronMap
+
+        nmap = NeuronMap.load(neuron_map_dir(cfg))
+    tokenizer = AutoTokenizer.from_pretrained(init_from)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if st.method == "none":
+        model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation)
+        return _finish(model, tokenizer, out_dir, stage, st, init_from, Trainable(), 0, None, nmap)
+
+    ds_config = dist.ds_config_for(st.zero_stage, st.batch_size, st.micro_batch_size, st.ds_config,
+                                   cfg.model.dtype, st.grad_clip)
+    ds_config["zero_allow_untested_optimizer"] = True
+    model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
+    if nmap is not None:
+        nmap.check_model(model)
+    model.config.use_cache = False
+    patcher = patch_model(model)
+    trainable = setup_trainable(model, patcher, st.method, stage, nmap, cfg.runtime.seed)
+    if not trainable.params:
+        raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")
+    if st.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    kind = "robust_sft" if st.method == "robust_sft" else stage
+    records = load_records(cfg.data.train_file, st.num_examples)
+    examples, truncation = build_examples(kind, records, tokenizer, cfg.data.prompt_style, st.num_docs,
+                                          cfg.data.max_length, cfg.runtime.seed)
+    dev = []
+    if st.eval_every > 0:
+        dev, _ = build_examples(kind, load_records(cfg.data.dev_file, st.eval_examples), tokenizer,
+                                cfg.data.prompt_style, st.num_docs, cfg.data.max_length, cfg.runtime.seed)
+    plan = StepPlan([len(e.input_ids) for e in examples], st.batch_size, st.micro_batch_size, dist.world_size(),
+                    dist.rank(), st.epochs, st.max_steps, cfg.runtime.seed)
+
+    optimizer = build_optimizer(trainable.params, st, ds_config, info.device)
+    factor = lr_factor(st.schedule, int(st.warmup_ratio * plan.total_steps), plan.total_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_config, model_parameters=trainable.params,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
+
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    identity = {"stage": stage, "method": st.method, "neuron_map_hash": nmap.hash() if nmap else None}
+    step = 0
+    found = checkpoint.find(ckpt_dir, resume)
+    if found:
+        client = checkpoint.load(engine, found, identity)
+        step = client["step"]
+        if client["consumed_samples"] != step * st.batch_size:
+            raise UserError(f"checkpoint {found} consumed {client['consumed_samples']} samples in {step} steps; "
+                            f"resume with the batch_size it was taken with")
+
+    monitor = Monitor(os.path.join(out_dir, "tb"), plan.total_steps, step, stage)
+    monitor.print(trainable.describe(model.config.hidden_size))
+    monitor.print(truncation.report(f"{stage} training data"))
+    if found:
+        monitor.print(f"resumed from {found} at step {step}")
+    monitor.scalars(step, {"train/trainable_params": trainable.count})
+    stop_at = min(plan.total_steps, step + stop_after) if stop_after > 0 else plan.total_steps
+    engine.train()
+    last = {"loss": None}
+    while step < stop_at:
+        last = _train_step(engine, plan, step, examples, pad_id, trainable.params)
+        step += 1
+        monitor.advance(last["loss"])
+        if step % max(1, st.log_every) == 0 or step == stop_at:
+            monitor.scalars(step, {"train/loss": last["loss"], "train/lr": engine.get_lr()[0],
+                                   "train/grad_norm": last["grad_norm"],
+                                   "train/tokens_per_s": last["tokens"] / max(last["seconds"], 1e-9)})
+        if dev and (step % st.eval_every == 0 or step == plan.total_steps):
+            monitor.scalars(step, {"dev/loss": dev_loss(engine, dev, st.micro_batch_size, pad_id)})
+        if (st.save_every > 0 and step % st.save_every == 0) or step == stop_at:
+            checkpoint.save(engine, ckpt_dir, step, step * st.batch_size, identity)
+    monitor.close()
+    if step < plan.total_steps:
+        monitor.print(f"stopped after step {step} of {plan.total_steps}; rerun the same command to resume")
+        return {"stage": stage, "step": step, "total_steps": plan.total_steps, "finished": False}
+    return _finish(engine.module, tokenizer, out_dir, stage, st, init_from, trainable, step, last["loss"], nmap)
+
+
+def _finish(model, tokenizer, out_dir: str, stage: str, st: StageConfig, init_from: str, trainable: Trainable,
+            step: int, loss: Optional[float], nmap) -> dict:
+    """Export the stage's output as a plain Hugging Face checkpoint and write ``train_summary.json``."""
+    export_dir = os.path.join(out_dir, "export")
+    export_hf(model, export_dir, tokenizer=tokenizer)
+    summary = {"stage": stage, "method": st.method, "step": step, "finished": True,
+               "final_loss": loss, "trainable_params": trainable.count, "init_from": init_from,
+               "export_dir": export_dir, "neuron_map_hash": nmap.hash() if nmap else None}
+    if dist.is_main():
+        path = os.path.join(out_dir, "train_summary.json")
+        with open(path + ".tmp", "w") as fh:
+            json.dump(summary, fh, indent=1)
+        os.replace(path + ".tmp", path)
+        print(f"{stage}: exported {export_dir}")
+    return summary
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", default="auto",
+                        help="auto (default): continue from the latest checkpoint of this stage if any; never; "
+                             "or a checkpoint folder <stage output>/checkpoints/step<N>")
+    parser.add_argument("--stop_after", "--stop-after", type=int, default=0,
+                        help="stop (with a checkpoint) after this many optimizer steps of this invocation; "
+                             "for time-limited jobs. 0 = run to the end")
+
+
+@main_guard
+def main(stage: str, argv: Optional[list[str]] = None) -> dict:
+    args, cfg = parse_args(f"Neuro-RIT {stage} training (DeepSpeed)", argv, extra=_flags)
+    return run_stage(stage, cfg, resume=args.resume, stop_after=args.stop_after, local_rank=args.local_rank)
