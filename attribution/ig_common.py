@@ -84,6 +84,12 @@ def baseline_activations(model, patcher, inp: IGInput, like: torch.Tensor) -> to
     return acts
 
 
+def rows_of(base: torch.Tensor, rows: int, device, dtype) -> torch.Tensor:
+    """The baseline repeated for ``rows`` rows, as a leaf that requires grad: the scaled activation
+    ``h = a' + alpha (a - a')`` then joins the autograd graph even when every weight is frozen."""
+    return base.to(device, dtype).expand(rows, -1).clone().requires_grad_(True)
+
+
 def finish(acts: torch.Tensor, base: torch.Tensor, grad_sums: torch.Tensor, steps: int) -> torch.Tensor:
     """``(a - a') / m * sum_k w_k g_k`` in fp64."""
     return (acts.double() - base.double()) * grad_sums / steps

@@ -15,7 +15,7 @@ import copy
 import torch
 
 from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, last_position,
-                                   model_device, step_grid)
+                                   model_device, rows_of, step_grid)
 
 
 def _expanded(cache, rows: int):
@@ -61,7 +61,7 @@ def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
         for layer, items in by_layer.items():
             rows = torch.tensor([r for r, _ in items], device=device)
             ks = torch.tensor([k for _, k in items])
-            scale[layer] = (rows, alphas[ks].to(device, dtype), base[layer].to(device, dtype).expand(len(items), width))
+            scale[layer] = (rows, alphas[ks].to(device, dtype), rows_of(base[layer], len(items), device, dtype))
         patcher.set_scale(scale)
         try:
             out = model(input_ids=last.expand(len(chunk), 1), cache=_expanded(prefix, len(chunk)), use_cache=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, last_position,
-                                   model_device, step_grid)
+                                   model_device, rows_of, step_grid)
 
 
 def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
@@ -28,7 +28,7 @@ def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult
             ks = torch.arange(start, min(settings.steps, start + settings.chunk_rows))
             rows = len(ks)
             patcher.set_scale({layer: (torch.arange(rows, device=device), alphas[ks].to(device, dtype),
-                                       base[layer].to(device, dtype).expand(rows, width))})
+                                       rows_of(base[layer], rows, device, dtype))})
             try:
                 out = model(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=1)
                 f = inp.target.value(out.logits[:, -1])

@@ -1,0 +1,203 @@
+"""Mine a neuron map: integrated gradients over mining pairs, split across ranks, reduced, selected, saved.
+
+    python attribution/mine.py --config configs/embedded.yaml [--mining.steps 20 ...]
+    deepspeed --num_gpus 2 attribution/mine.py --config configs/embedded.yaml      (also torchrun / srun)
+
+Examples are dealt round-robin over ranks. With ``mining.zero_stage: 3`` and several ranks the weights are
+sharded with ZeRO-3 and ranks run in lockstep (a rank without an example, or with a skipped one, runs stand-in
+passes: ZeRO-3 hangs if ranks run different passes); ``zero_stage: 0`` is plain data parallel. Each rank writes
+its statistics to ``<out>/stats/`` every ``mining.shard_every`` examples (atomic); rerunning the same command
+after a crash continues where it stopped. ``<out>`` is ``mining.output_dir`` (default ``<runtime.output_dir>/
+mining``) and receives, from rank 0: ``neuron_stats.safetensors`` (reduced statistics), ``neuron_map.safetensors``
++ ``neuron_map.json``, ``neuron_map.png``, ``summary.txt``, ``config.yaml`` and TensorBoard events in
+``tensorboard/``.
+
+Fault injection for the resume test: ``NEURORIT_MINE_KILL_AFTER=<rank>:<n>`` makes that rank ``SIGKILL`` itself
+right after a shard holding at least ``n`` examples is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+
+import torch
+
+from attribution.examples import ExampleBuilder, MiningExample, examples_digest
+from attribution.ig import integrated_gradients
+from attribution.ig_common import IGSettings
+from attribution.neuron_map import NeuronMap, model_fingerprint
+from attribution.plot import log_tensorboard, save_png, summary
+from attribution.selection import example_topk
+from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, reduce_stats, scan_shards,
+                               shard_path)
+from neurorit import dist
+from neurorit.config import ExperimentConfig, parse_args, save_config
+from neurorit.errors import UserError, main_guard
+
+
+def output_dir(cfg: ExperimentConfig) -> str:
+    return cfg.mining.output_dir or os.path.join(cfg.runtime.output_dir, "mining")
+
+
+def load_model(cfg: ExperimentConfig, zero3: bool):
+    """The frozen, patched model (ZeRO-3 partitioned and hooked by a DeepSpeed engine when ``zero3``)."""
+    from model_patches.loading import load_causal_lm
+    from model_patches.patcher import patch_model
+
+    ds_config = dist.ds_config_for(3, dist.world_size(), 1, dtype=cfg.model.dtype) if zero3 else None
+    model = load_causal_lm(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
+    model.requires_grad_(False)
+    model.eval()
+    patcher = patch_model(model)
+    if zero3:
+        import deepspeed
+
+        deepspeed.initialize(model=model, config=ds_config)
+    return model, patcher
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"no tokenizer could be loaded from {path}: {str(err).splitlines()[0]}") from None
+
+
+def attribute(model, patcher, ex: MiningExample, pads, settings: IGSettings, cfg: ExperimentConfig,
+              lockstep: bool, top_k: int) -> ExampleResult:
+    """Both sides of one example (or stand-in passes for a skipped one under lockstep)."""
+    empty = ExampleResult(ex.index, ex.status, ex.truncated, torch.full((2, top_k), -1, dtype=torch.long),
+                          torch.zeros(2, top_k, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    if ex.status != OK and not lockstep:
+        return empty
+    inputs = ex.inputs if ex.status == OK else pads
+    results = [integrated_gradients(model, patcher, inp, settings, cfg.mining.method) for inp in inputs]
+    if ex.status != OK:
+        return empty
+    attr = torch.stack([r.attributions for r in results])
+    f_input = torch.tensor([r.f_input for r in results], dtype=torch.float64)
+    if not (torch.isfinite(attr).all() and torch.isfinite(f_input).all()):
+        empty.status = NON_FINITE
+        return empty
+    tops = [example_topk(a, cfg.mining.threshold_ratio, top_k) for a in attr]
+    return ExampleResult(ex.index, OK, ex.truncated, torch.stack([t[0] for t in tops]),
+                         torch.stack([t[1] for t in tops]), f_input, attr)
+
+
+def _kill_point() -> int:
+    spec = os.environ.get("NEURORIT_MINE_KILL_AFTER", "")
+    if not spec:
+        return 0
+    rank, n = (int(x) for x in spec.split(":"))
+    return n if rank == dist.rank() else 0
+
+
+def mine_examples(model, patcher, builder: ExampleBuilder, pairs, todo: list[int], path: str, run_id: str,
+                  cfg: ExperimentConfig, lockstep: bool, layers: int, width: int) -> RankStats:
+    """This rank's share of ``todo``; its shard is rewritten every ``shard_every`` examples and at the end."""
+    from tqdm import tqdm
+
+    m = cfg.mining
+    rank, world = dist.rank(), dist.world_size()
+    mine = todo[rank::world]
+    rounds = math.ceil(len(todo) / world) if lockstep else len(mine)
+    settings = IGSettings(steps=m.steps, ig_rule=m.ig_rule, chunk_rows=m.chunk_rows)
+    part = RankStats(layers, width, m.top_k)
+    pads = builder.pad_inputs()
+    kill_after = _kill_point()
+    bar = tqdm(total=len(todo), unit="ex", desc="mining", disable=not dist.is_main(), dynamic_ncols=True)
+    for r in range(rounds):
+        ex = builder.build(mine[r], *pairs[mine[r]]) if r < len(mine) else MiningExample(-1, "", -1)
+        result = attribute(model, patcher, ex, pads, settings, cfg, lockstep, m.top_k)
+        if ex.index >= 0:
+            part.add(result)
+            if len(part) % m.shard_every == 0:
+                part.save(path, run_id)
+                if kill_after and len(part) >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        bar.update(min(world, len(todo) - r * world) if lockstep else 1)
+    bar.close()
+    if len(part):
+        part.save(path, run_id)
+    return part
+
+
+def run_fingerprint(cfg: ExperimentConfig, fingerprint: dict, pairs, max_length: int) -> str:
+    """What decides the statistics; shards of another run are refused."""
+    m = cfg.mining
+    body = {"model": os.path.abspath(cfg.model.path), "dtype": cfg.model.dtype, "fingerprint": fingerprint,
+            "examples": examples_digest(pairs), "style": cfg.data.prompt_style, "max_length": max_length,
+            "mining": [m.method, m.steps, m.ig_rule, m.baseline, m.target, m.threshold_ratio, m.top_k]}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerprint: dict) -> NeuronMap:
+    """Rank 0: reduced statistics, neuron map, picture, TensorBoard image, summary, config."""
+    m = cfg.mining
+    stats.save(os.path.join(out, "neuron_stats.safetensors"))
+    bad = stats.status_counts()
+    settings = {"mining": dataclasses.asdict(m), "model_path": cfg.model.path, "prompt_style": cfg.data.prompt_style,
+                "examples": len(stats.example_ids), "example_status": bad}
+    sizes = {"relevant_only": m.n_relevant, "irrelevant_only": m.n_irrelevant, "shared": m.n_shared}
+    nmap = NeuronMap.from_stats(stats, sizes, m.n_target_layers, fingerprint, settings)
+    nmap.save(out)
+    save_png(nmap, os.path.join(out, "neuron_map.png"))
+    log_tensorboard(nmap, os.path.join(out, "tensorboard"))
+    text = summary(nmap, stats, {k: v for k, v in bad.items() if k != "ok"})
+    with open(os.path.join(out, "summary.txt.tmp"), "w") as fh:
+        fh.write(text + "\n")
+    os.replace(os.path.join(out, "summary.txt.tmp"), os.path.join(out, "summary.txt"))
+    save_config(cfg, out)
+    print(text)
+    print(f"wrote {out}/neuron_map.safetensors, neuron_map.json, neuron_map.png, summary.txt")
+    return nmap
+
+
+@main_guard
+def main(argv=None) -> None:
+    from rag.records import load_records, mining_pairs
+
+    args, cfg = parse_args("Mine a neuron map with integrated gradients (DESIGN.md §2).", argv)
+    dist.init_distributed(args.local_rank)
+    if cfg.runtime.torch_threads > 0:
+        torch.set_num_threads(cfg.runtime.torch_threads)
+    torch.manual_seed(cfg.runtime.seed)
+    m = cfg.mining
+    out = output_dir(cfg)
+    pairs = mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed)
+    pairs = pairs[: m.num_examples] if m.num_examples > 0 else pairs
+    if not pairs:
+        raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a relevant and "
+                        f"an irrelevant passage)")
+    zero3 = m.zero_stage == 3 and dist.world_size() > 1
+    model, patcher = load_model(cfg, zero3)
+    tokenizer = load_tokenizer(cfg.model.path)
+    max_length = min(cfg.data.max_length, getattr(model.config, "max_position_embeddings", cfg.data.max_length))
+    builder = ExampleBuilder(tokenizer, cfg.data.prompt_style, m.target, m.baseline, max_length)
+    fingerprint = model_fingerprint(model)
+    layers, width = fingerprint["num_layers"], fingerprint["intermediate_size"]
+    run_id = run_fingerprint(cfg, fingerprint, pairs, max_length)
+    stats_dir = os.path.join(out, "stats")
+    state = scan_shards(stats_dir, run_id, layers, width, m.top_k)
+    todo = [i for i in range(len(pairs)) if i not in state.done]
+    if dist.is_main() and state.done:
+        print(f"resuming: {len(state.done)} examples already in {stats_dir}, {len(todo)} to go", file=sys.stderr)
+    path = shard_path(stats_dir, state.generation, dist.rank())
+    mine = mine_examples(model, patcher, builder, pairs, todo, path, run_id, cfg, zero3, layers, width)
+    rank, world = dist.rank(), dist.world_size()
+    earlier = [RankStats.load(p, layers, width, m.top_k) for j, p in enumerate(state.paths) if j % world == rank]
+    stats = reduce_stats([mine] + earlier, [p[0].id for p in pairs], layers, width, m.top_k)
+    if dist.is_main():
+        write_outputs(cfg, out, stats, fingerprint)
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main()
