@@ -11,7 +11,23 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Optional, Sequence
 
+import inspect
+
 import torch
+
+
+def _cache_kwargs(model) -> tuple[str, dict]:
+    """The name the model's forward uses for the KV cache (``cache`` in recent transformers, else
+    ``past_key_values``) and ``logits_to_keep=1`` when supported (only the last position's logits are needed)."""
+    params = inspect.signature(model.forward).parameters
+    name = "cache" if "cache" in params else "past_key_values"
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return name, extra
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def eos_ids_of(model, tokenizer) -> list[int]:
@@ -57,7 +73,8 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     eos = torch.as_tensor(sorted(set(int(e) for e in eos_ids)), device=device)
 
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache_name, extra = _cache_kwargs(model)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     steps: list[torch.Tensor] = []
     for step in range(max_new_tokens):
@@ -69,8 +86,8 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
             break
         mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
         positions = positions[:, -1:] + 1
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                    past_key_values=out.past_key_values, use_cache=True)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                    **{cache_name: _cache_of(out)}, **extra)
 
     tokens = torch.stack(steps, dim=1).tolist()
     eos_set = set(eos.tolist())

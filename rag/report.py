@@ -1,0 +1,240 @@
+"""Combine the per-method evaluations (``<name>.eval.json`` from ``rag/evaluate.py``) into the experiment report.
+
+Writes three files to the output folder (default ``runtime.output_dir``):
+
+- ``results.json``: ``{"methods": {name: {"trainable_params": int, "settings": {setting: {"match", "em", "f1",
+  "match_ci95": [lo, hi]}}, "by_kind": {"world": {setting: {...}}, "fresh": {...}}}}}`` — nothing else, so
+  scripts can rely on the shape; methods in the canonical order (base, baselines, Neuro-RIT variants, others).
+- ``results.md``: readable tables — Match with its 95% interval per method x setting (plus trainable
+  parameters), EM / F1, and the same Match table for world-fact and fresh-fact questions.
+- ``match_by_setting.png``: grouped bars of Match per setting per method with the interval as error bars; one
+  panel for all questions and one per question kind.
+
+    python -m rag.report --config configs/embedded.yaml                # reads <runtime.output_dir>/eval
+    python -m rag.report --eval-dir outputs/demo/eval --out outputs/demo --methods base,neurorit
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from typing import Optional
+
+from neurorit.config import parse_args
+from neurorit.errors import UserError, main_guard
+from rag.settings import SETTINGS
+
+METHOD_ORDER = ("base", "robust_sft", "layer_tuning", "random_neurons", "neurorit_stage1", "neurorit",
+                "neurorit_hard_deactivation")
+KIND_ORDER = ("world", "fresh")
+STAT_KEYS = ("match", "em", "f1", "match_ci95")
+SUFFIX = ".eval.json"
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_evaluations(eval_dir: str, methods: Optional[list[str]] = None) -> dict[str, dict]:
+    """``{name: eval dict}`` from ``<eval_dir>/<name>.eval.json`` (all of them, or exactly ``methods``)."""
+    if not os.path.isdir(eval_dir):
+        raise UserError(f"evaluation folder not found: {eval_dir} (run python -m rag.evaluate first)")
+    if methods:
+        paths = {m: os.path.join(eval_dir, m + SUFFIX) for m in methods}
+        missing = [p for p in paths.values() if not os.path.isfile(p)]
+        if missing:
+            raise UserError(f"no evaluation for: {', '.join(missing)}")
+    else:
+        paths = {os.path.basename(p)[: -len(SUFFIX)]: p for p in sorted(glob.glob(os.path.join(eval_dir, "*" + SUFFIX)))}
+        if not paths:
+            raise UserError(f"no *{SUFFIX} files in {eval_dir} (run python -m rag.evaluate first)")
+    out = {}
+    for name, path in paths.items():
+        with open(path, encoding="utf-8") as fh:
+            try:
+                out[name] = json.load(fh)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}: not valid JSON ({err.msg})") from None
+    return out
+
+
+def ordered(names) -> list[str]:
+    """Canonical methods first (in ``METHOD_ORDER``), then any others alphabetically."""
+    names = list(names)
+    return [m for m in METHOD_ORDER if m in names] + sorted(n for n in names if n not in METHOD_ORDER)
+
+
+def _stats(block: dict) -> dict:
+    """Keep the known settings, in canonical order, with exactly the four reported numbers."""
+    out = {}
+    for setting in [s for s in SETTINGS if s in block] + sorted(s for s in block if s not in SETTINGS):
+        st = block[setting]
+        out[setting] = {"match": float(st["match"]), "em": float(st["em"]), "f1": float(st["f1"]),
+                        "match_ci95": [float(st["match_ci95"][0]), float(st["match_ci95"][1])]}
+    return out
+
+
+def combine(evaluations: dict[str, dict], trainable_params: Optional[dict[str, int]] = None) -> dict:
+    """The results.json object (see module docstring); ``trainable_params`` overrides the recorded counts."""
+    overrides = trainable_params or {}
+    methods = {}
+    for name in ordered(evaluations):
+        ev = evaluations[name]
+        by_kind = ev.get("by_kind", {})
+        kinds = [k for k in KIND_ORDER if k in by_kind] + sorted(k for k in by_kind if k not in KIND_ORDER)
+        methods[name] = {"trainable_params": int(overrides.get(name, ev.get("trainable_params", 0))),
+                         "settings": _stats(ev.get("settings", {})),
+                         "by_kind": {k: _stats(by_kind[k]) for k in kinds}}
+    return {"methods": methods}
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+def _settings_of(results: dict, kind: Optional[str] = None) -> list[str]:
+    seen: list[str] = []
+    for m in results["methods"].values():
+        block = m["settings"] if kind is None else m["by_kind"].get(kind, {})
+        seen += [s for s in block if s not in seen]
+    return [s for s in SETTINGS if s in seen] + [s for s in seen if s not in SETTINGS]
+
+
+def _kinds_of(results: dict) -> list[str]:
+    seen: list[str] = []
+    for m in results["methods"].values():
+        seen += [k for k in m["by_kind"] if k not in seen]
+    return [k for k in KIND_ORDER if k in seen] + [k for k in seen if k not in KIND_ORDER]
+
+
+def _cell(st: Optional[dict], metric: str = "match") -> str:
+    if st is None:
+        return "–"
+    if metric == "match":
+        lo, hi = st["match_ci95"]
+        return f"{100 * st['match']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{100 * st[metric]:.1f}"
+
+
+def _table(results: dict, kind: Optional[str], metric: str = "match", params: bool = False) -> list[str]:
+    settings = _settings_of(results, kind)
+    head = ["method"] + (["trainable params"] if params else []) + settings
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in results["methods"].items():
+        block = m["settings"] if kind is None else m["by_kind"].get(kind, {})
+        row = [f"`{name}`"] + ([f"{m['trainable_params']:,}"] if params else [])
+        lines.append("| " + " | ".join(row + [_cell(block.get(s), metric) for s in settings]) + " |")
+    return lines
+
+
+def render_markdown(results: dict, counts: Optional[dict[str, dict]] = None) -> str:
+    """results.md text. ``counts``: optional ``{setting: questions}`` shown under the first table."""
+    out = ["# Results", "",
+           "Match (%, normalized gold answer contained in the extracted answer) with its 95% bootstrap interval; "
+           "settings: `gold` = gold passage only, `top5` = natural top-5, `noise_only` = top-5 with every "
+           "answer-bearing passage removed, `counterfactual` = gold + a contradicting passage, `closed_book` = "
+           "no documents.", "", "## All questions", ""]
+    out += _table(results, None, "match", params=True)
+    if counts:
+        out += ["", "Questions per setting: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + "."]
+    for metric, title in (("em", "Exact match (%)"), ("f1", "Token F1 (%)")):
+        out += ["", f"## {title}", ""] + _table(results, None, metric)
+    for kind in _kinds_of(results):
+        out += ["", f"## {kind.capitalize()}-fact questions (Match %)", ""] + _table(results, kind, "match")
+    return "\n".join(out) + "\n"
+
+
+def plot(results: dict, path: str) -> str:
+    """Grouped bar chart of Match per setting per method (one panel for all questions, one per kind)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(None, "all questions")] + [(k, f"{k} facts") for k in _kinds_of(results)]
+    names = list(results["methods"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False, sharey=True)
+    width = 0.8 / max(1, len(names))
+    colors = plt.get_cmap("tab10")
+    for ax, (kind, title) in zip(axes[0], panels):
+        settings = _settings_of(results, kind)
+        for j, name in enumerate(names):
+            m = results["methods"][name]
+            block = m["settings"] if kind is None else m["by_kind"].get(kind, {})
+            xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(settings))]
+            vals = [block[s]["match"] if s in block else 0.0 for s in settings]
+            err = [[max(0.0, v - block[s]["match_ci95"][0]) if s in block else 0.0 for s, v in zip(settings, vals)],
+                   [max(0.0, block[s]["match_ci95"][1] - v) if s in block else 0.0 for s, v in zip(settings, vals)]]
+            ax.bar(xs, vals, width, yerr=err, capsize=2, label=name, color=colors(j % 10))
+        ax.set_xticks(range(len(settings)))
+        ax.set_xticklabels(settings, rotation=20)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("Match")
+    axes[0][-1].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_report(results: dict, out_dir: str, counts: Optional[dict[str, int]] = None) -> dict[str, str]:
+    """Write results.json, results.md and match_by_setting.png into ``out_dir``; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, "results.json"), "md": os.path.join(out_dir, "results.md"),
+             "png": os.path.join(out_dir, "match_by_setting.png")}
+    _atomic_write(paths["json"], json.dumps(results, indent=2) + "\n")
+    _atomic_write(paths["md"], render_markdown(results, counts))
+    plot(results, paths["png"])
+    return paths
+
+
+def report(eval_dir: str, out_dir: str, methods: Optional[list[str]] = None,
+           trainable_params: Optional[dict[str, int]] = None) -> dict[str, str]:
+    """Load, combine and write; the library entry the demo pipeline calls."""
+    evaluations = load_evaluations(eval_dir, methods)
+    results = combine(evaluations, trainable_params)
+    first = evaluations[ordered(evaluations)[0]]
+    counts = {s: st.get("n") for s, st in first.get("settings", {}).items() if st.get("n") is not None}
+    return write_report(results, out_dir, counts or None)
+
+
+# --------------------------------------------------------------------------------------------------- entry
+def _parse_params(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise UserError(f"--trainable-params {item!r}: use NAME=COUNT, e.g. neurorit=73728") from None
+    return out
+
+
+def _extra_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval-dir", default="", help="folder of <name>.eval.json files "
+                        "(default: eval.output_dir or <runtime.output_dir>/eval)")
+    parser.add_argument("--out", default="", help="where results.json/.md/.png go (default: runtime.output_dir)")
+    parser.add_argument("--methods", default="", help="comma-separated method names (default: every evaluation)")
+    parser.add_argument("--trainable-params", nargs="*", default=[], metavar="NAME=COUNT",
+                        help="override the trainable parameter count recorded for a method")
+
+
+@main_guard
+def main(argv=None) -> dict[str, str]:
+    args, cfg = parse_args(__doc__, argv, _extra_args)
+    eval_dir = args.eval_dir or cfg.eval.output_dir or os.path.join(cfg.runtime.output_dir, "eval")
+    methods = [m for m in args.methods.split(",") if m] or None
+    paths = report(eval_dir, args.out or cfg.runtime.output_dir, methods, _parse_params(args.trainable_params))
+    for what, path in paths.items():
+        print(f"{what}: {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()
