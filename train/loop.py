@@ -226,7 +226,8 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     monitor.print(truncation.report(f"{stage} training data"))
     if found:
         monitor.print(f"resumed from {found} at step {step}")
-    monitor.scalars(step, {"train/trainable_params": trainable.count})
+    if not found:
+        monitor.scalars(0, {"train/trainable_params": trainable.count})
     stop_at = min(plan.total_steps, step + stop_after) if stop_after > 0 else plan.total_steps
     engine.train()
     last = {"loss": None}

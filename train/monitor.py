@@ -1,8 +1,8 @@
 """Training monitor: TensorBoard scalars and a tqdm bar with ETA, on rank 0 only (other ranks get no-ops).
 
 Scalars (tags): ``train/loss``, ``train/lr``, ``train/grad_norm``, ``train/tokens_per_s``,
-``train/trainable_params`` and ``dev/loss``. One run directory per stage (``<stage output>/tb``); a resumed run
-purges events at or after its first step so that the curves never hold a step twice.
+``train/trainable_params`` (at step 0) and ``dev/loss``. One run directory per stage (``<stage output>/tb``); a run
+resumed after step N purges the events an interrupted run logged after N, so no curve holds a step twice.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class Monitor:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step or None)
+        self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
 
     def scalars(self, step: int, values: dict[str, Optional[float]]) -> None:

@@ -1,0 +1,120 @@
+"""train/ parts without DeepSpeed: the step plan, schedules, stage examples, trainable sets, optimizer errors."""
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from helpers_tiny_models import tiny_model  # noqa: E402
+from test_train_fixtures import GROUPS, HIDDEN, INTERMEDIATE, TARGET_LAYERS, neuron_map  # noqa: E402
+
+from model_patches import patch_model  # noqa: E402
+from neurorit.config import StageConfig  # noqa: E402
+from neurorit.errors import UserError  # noqa: E402
+from rag.prompts import PromptBuilder  # noqa: E402
+from rag.records import Passage, Record  # noqa: E402
+from train.data import StepPlan, build_examples, eval_batches, evidence_for  # noqa: E402
+from train.loop import build_optimizer, lr_factor  # noqa: E402
+from train.trainable import setup_trainable  # noqa: E402
+
+
+def test_step_plan_splits_each_epoch_across_ranks_and_groups_lengths():
+    lengths = [(i * 37) % 101 for i in range(50)]
+    plans = [StepPlan(lengths, 8, 2, 2, r, epochs=2, max_steps=-1, seed=3) for r in range(2)]
+    assert plans[0].steps_per_epoch == 6 and plans[0].total_steps == 12
+    for epoch in range(2):
+        seen = []
+        for step in range(epoch * 6, epoch * 6 + 6):
+            per_rank = [sum(p.micro_batches(step), []) for p in plans]
+            assert all(len(mb) == 2 for p in plans for mb in p.micro_batches(step))
+            seen += per_rank[0] + per_rank[1]
+            batch = sorted(lengths[i] for i in per_rank[0] + per_rank[1])
+            assert batch[-1] - batch[0] <= 60  # grouped: a batch spans a narrow length band
+        assert len(seen) == len(set(seen)) == 48
+    again = StepPlan(lengths, 8, 2, 2, 1, epochs=2, max_steps=-1, seed=3)
+    assert again.micro_batches(9) == plans[1].micro_batches(9)  # a resumed run sees the same batches
+    assert StepPlan(lengths, 8, 2, 2, 0, epochs=2, max_steps=5, seed=3).total_steps == 5
+    with pytest.raises(UserError):
+        StepPlan(lengths, 6, 4, 1, 0, 1, -1, 0)
+    with pytest.raises(UserError):
+        StepPlan(lengths[:3], 4, 2, 1, 0, 1, -1, 0)
+
+
+def test_eval_batches_give_every_rank_the_same_count():
+    parts = [eval_batches(5, 2, 2, r) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == 2
+    covered = [i for p in parts for idx, w in p if w for i in idx]
+    assert sorted(covered) == list(range(5))
+    assert eval_batches(1, 2, 2, 1) == [([0], 0.0)]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_lr_schedules_warm_up_then_decay(schedule):
+    f = lr_factor(schedule, warmup=2, total=10)
+    assert f(0) < f(1) < f(2) == 1.0
+    assert f(9) == 1.0 if schedule == "constant" else 0 < f(9) < f(5) < 1.0
+
+
+def test_stage_examples_have_the_right_targets():
+    from test_train_fixtures import PEOPLE, PLACES, RELATIONS
+    from rag.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(SimpleNamespace(words=lambda: PEOPLE + RELATIONS + PLACES))
+    rel = Passage("", "ann born paris . bob lives rome .", has_answer=True)
+    irr = [Passage("", f"{p} works oslo .", has_answer=False) for p in PEOPLE[1:6]]
+    records = [Record("a", "born ann ?", ["paris"], [rel] + irr), Record("b", "born ann ?", ["paris"], irr[:2])]
+    s1, _ = build_examples("stage1", records, tok, "compact", 3, 96, 0)
+    assert [t for t in s1[0].labels if t != -100] == [tok.eos_token_id]
+    assert "paris" not in tok.decode(s1[0].input_ids)
+    s2, _ = build_examples("stage2", records, tok, "compact", 3, 96, 0)
+    target = tok.decode([t for t in s2[0].labels if t != -100])
+    assert target.split() == ["ann", "born", "paris", ".", "</s>"]
+    builder = PromptBuilder("compact")
+    assert evidence_for(records[1], irr[:2], builder) == builder.no_evidence()
+    sft, _ = build_examples("robust_sft", records, tok, "compact", 3, 96, 0)
+    assert tok.decode([t for t in sft[0].labels if t != -100]).split() == ["paris", "</s>"]
+
+
+def _model():
+    return tiny_model("llama", hidden=HIDDEN, intermediate=INTERMEDIATE, vocab=97)
+
+
+def test_stage2_trainable_count_is_the_formula():
+    model = _model()
+    trainable = setup_trainable(model, patch_model(model), "neurorit", "stage2", neuron_map(model), seed=0)
+    outside = sum(1 for rows in GROUPS.values() for layer, _ in rows if layer not in TARGET_LAYERS)
+    ffn = sum(p.numel() for t in TARGET_LAYERS for p in model.model.layers[t].mlp.parameters()
+              if p.requires_grad)
+    assert ffn == 3 * HIDDEN * INTERMEDIATE * len(TARGET_LAYERS)
+    assert trainable.count == 3 * HIDDEN * outside + ffn
+    assert trainable.count == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert "25,536" in trainable.describe(HIDDEN)
+
+
+def test_stage1_and_baseline_trainable_sets():
+    counts = {}
+    for method in ("neurorit", "random", "layer", "full"):
+        model = _model()
+        t = setup_trainable(model, patch_model(model), method, "stage1", neuron_map(model), seed=0)
+        assert {id(p) for p in t.params} == {id(p) for p in model.parameters() if p.requires_grad}
+        counts[method] = t.count
+    n_irr = len(GROUPS["irrelevant_only"])
+    assert counts["neurorit"] == counts["random"] == 3 * HIDDEN * n_irr
+    assert counts["layer"] == 3 * HIDDEN * INTERMEDIATE
+    assert counts["full"] == sum(p.numel() for p in _model().parameters())
+    model = _model()
+    patcher = patch_model(model)
+    setup_trainable(model, patcher, "random", "stage2", neuron_map(model), seed=0)
+    chosen = {layer: ids.tolist() for layer, (ids, *_) in patcher.neuron_deltas().items()}
+    assert list(chosen) == [0] and len(chosen[0]) == 5 and chosen[0] != [3, 7, 9, 40, 100]
+
+
+def test_adamw_8bit_without_bitsandbytes_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    st = StageConfig(optimizer="adamw_8bit")
+    with pytest.raises(UserError, match="bitsandbytes"):
+        build_optimizer([torch.nn.Parameter(torch.zeros(3))], st, {}, torch.device("cpu"))
+    assert isinstance(build_optimizer([torch.nn.Parameter(torch.zeros(3))], StageConfig(), {}, torch.device("cpu")),
+                      torch.optim.AdamW)

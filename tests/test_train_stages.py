@@ -1,0 +1,126 @@
+"""Whole stages in this process (ZeRO-3, world of one): what trains and what stays bitwise frozen, resume equals an
+uninterrupted run, a checkpoint of another neuron map is refused, baselines and ``none`` run."""
+import os
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_train_fixtures import GROUPS, TARGET_LAYERS, make_workspace, single_process_env  # noqa: E402
+
+from neurorit.config import load_config  # noqa: E402
+from neurorit.errors import UserError  # noqa: E402
+from train.loop import run_stage  # noqa: E402
+
+FFN = ("gate_proj", "up_proj", "down_proj")
+
+
+def weights(folder: str) -> dict:
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def scalars(tb_dir: str) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(tb_dir)
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def trained_slices(spec: dict, full_layers: list) -> dict:
+    """name -> bool mask of the entries that must change (everything else must stay bitwise equal)."""
+    masks = {}
+    for layer in range(2):
+        prefix = f"model.layers.{layer}.mlp."
+        shape = {"gate_proj": (128, 64), "up_proj": (128, 64), "down_proj": (64, 128)}
+        for proj in FFN:
+            mask = torch.zeros(shape[proj], dtype=torch.bool)
+            if layer in full_layers:
+                mask[:] = True
+            for neuron in spec.get(layer, []):
+                if proj == "down_proj":
+                    mask[:, neuron] = True
+                else:
+                    mask[neuron] = True
+            masks[prefix + proj + ".weight"] = mask
+    return masks
+
+
+def assert_only(before: dict, after: dict, masks: dict) -> None:
+    assert before.keys() == after.keys()
+    for name, old in before.items():
+        mask = masks.get(name, torch.zeros_like(old, dtype=torch.bool))
+        new = after[name]
+        assert torch.equal(new[~mask], old[~mask]), f"{name} changed outside the trainable set"
+        if mask.any():
+            assert (new[mask] != old[mask]).float().mean() > 0.99, f"{name}: trainable entries did not change"
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    single_process_env(monkeypatch)
+    return make_workspace(str(tmp_path))
+
+
+def test_stages_train_exactly_their_sets(workspace):
+    cfg = load_config(workspace)
+    s1 = run_stage("stage1", cfg)
+    stage1_spec = {}
+    for layer, neuron in GROUPS["irrelevant_only"]:
+        stage1_spec.setdefault(layer, []).append(neuron)
+    exported1 = weights(s1["export_dir"])
+    assert_only(weights(cfg.model.path), exported1, trained_slices(stage1_spec, []))
+    assert s1["trainable_params"] == 3 * 64 * len(GROUPS["irrelevant_only"])
+
+    s2 = run_stage("stage2", cfg)
+    assert s2["init_from"] == s1["export_dir"]
+    stage2_spec = {}
+    for rows in GROUPS.values():
+        for layer, neuron in rows:
+            if layer not in TARGET_LAYERS:
+                stage2_spec.setdefault(layer, []).append(neuron)
+    assert_only(exported1, weights(s2["export_dir"]), trained_slices(stage2_spec, TARGET_LAYERS))
+    assert os.path.isfile(os.path.join(os.path.dirname(s2["export_dir"]), "config.yaml"))
+
+
+def test_resume_equals_uninterrupted_and_refuses_another_map(workspace, tmp_path):
+    straight = load_config(workspace, ["--stage1.max_steps", "4", "--stage1.save_every", "2",
+                                       "--stage1.output_dir", str(tmp_path / "straight")])
+    done = run_stage("stage1", straight)
+    split = load_config(workspace, ["--stage1.max_steps", "4", "--stage1.save_every", "2",
+                                    "--stage1.output_dir", str(tmp_path / "split")])
+    first = run_stage("stage1", split, stop_after=2)
+    assert first == {"stage": "stage1", "step": 2, "total_steps": 4, "finished": False}
+
+    mining = os.path.join(split.runtime.output_dir, "mining")
+    other = load_config(workspace, ["--mining.output_dir", str(tmp_path / "other_map"),
+                                    "--stage1.max_steps", "4", "--stage1.output_dir", str(tmp_path / "split")])
+    from attribution.neuron_map import NeuronMap
+
+    nmap = NeuronMap.load(mining)
+    nmap.groups["irrelevant_only"] = nmap.groups["irrelevant_only"][:3]
+    nmap.save(other.mining.output_dir)
+    with pytest.raises(UserError, match="neuron_map_hash"):
+        run_stage("stage1", other)
+
+    resumed = run_stage("stage1", split)
+    assert resumed["step"] == 4
+    a, b = weights(done["export_dir"]), weights(resumed["export_dir"])
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    logged_a, logged_b = scalars(str(tmp_path / "straight" / "tb")), scalars(str(tmp_path / "split" / "tb"))
+    for tag in ("train/loss", "train/lr"):
+        assert [s for s, _ in logged_b[tag]] == [s for s, _ in logged_a[tag]] == [1, 2, 3, 4]
+        assert [v for _, v in logged_b[tag]] == pytest.approx([v for _, v in logged_a[tag]], abs=1e-6)
+
+
+def test_robust_sft_trains_everything_and_none_reexports(workspace):
+    cfg = load_config(workspace, ["--stage2.method", "robust_sft", "--stage2.init_from",
+                                  load_config(workspace).model.path, "--stage2.max_steps", "1"])
+    out = run_stage("stage2", cfg)
+    base = weights(cfg.model.path)
+    assert out["trainable_params"] == sum(t.numel() for t in base.values())
+    cfg = load_config(workspace, ["--stage1.method", "none"])
+    out = run_stage("stage1", cfg)
+    assert all(torch.equal(base[k], v) for k, v in weights(out["export_dir"]).items())
