@@ -29,6 +29,9 @@ import re
 import sys
 from typing import Optional
 
+if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag/evaluate.py): import from the
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # repo root, not from rag/ itself
+
 import torch
 
 from neurorit import dist
@@ -175,11 +178,8 @@ def apply_deactivation(model, map_path: str) -> int:
     from attribution.neuron_map import NeuronMap
     from model_patches import patch_model
 
-    if not os.path.exists(map_path):
-        raise UserError(f"--deactivate-map: neuron map not found: {map_path}")
     neuron_map = NeuronMap.load(map_path)
-    if hasattr(neuron_map, "check_model"):
-        neuron_map.check_model(model)
+    neuron_map.check_model(model)
     spec = neuron_map.per_layer("irrelevant_only")
     patch_model(model).set_deactivated(spec)
     return sum(len(v) for v in spec.values())
@@ -232,7 +232,7 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
                         help="method name for the outputs, e.g. base, robust_sft, layer_tuning, random_neurons, "
                              "neurorit_stage1, neurorit, neurorit_hard_deactivation")
     parser.add_argument("--deactivate-map", default="",
-                        help="neuron map (attribution/mine.py output): hard-deactivate its irrelevant-only "
+                        help="neuron map (attribution/mine.py output folder or its neuron_map.safetensors): hard-deactivate its irrelevant-only "
                              "neurons before evaluating (the hard-deactivation baseline)")
     parser.add_argument("--trainable-params", type=int, default=0,
                         help="trainable parameter count of the method, recorded for the report (default 0)")

@@ -7,7 +7,7 @@ Writes three files to the output folder (default ``runtime.output_dir``):
   scripts can rely on the shape; methods in the canonical order (base, baselines, Neuro-RIT variants, others).
 - ``results.md``: readable tables — Match with its 95% interval per method x setting (plus trainable
   parameters), EM / F1, and the same Match table for world-fact and fresh-fact questions.
-- ``match_by_setting.png``: grouped bars of Match per setting per method with the interval as error bars; one
+- ``results.png``: grouped bars of Match per setting per method with the interval as error bars; one
   panel for all questions and one per question kind.
 
     python -m rag.report --config configs/embedded.yaml                # reads <runtime.output_dir>/eval
@@ -184,10 +184,10 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 def write_report(results: dict, out_dir: str, counts: Optional[dict[str, int]] = None) -> dict[str, str]:
-    """Write results.json, results.md and match_by_setting.png into ``out_dir``; returns their paths."""
+    """Write results.json, results.md and results.png into ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "results.json"), "md": os.path.join(out_dir, "results.md"),
-             "png": os.path.join(out_dir, "match_by_setting.png")}
+             "png": os.path.join(out_dir, "results.png")}
     _atomic_write(paths["json"], json.dumps(results, indent=2) + "\n")
     _atomic_write(paths["md"], render_markdown(results, counts))
     plot(results, paths["png"])

@@ -1,0 +1,185 @@
+"""Evaluation on one process: answer extraction, batched greedy generation, the entry point's outputs, hard
+deactivation from a neuron map, and the combined report (results.json shape read back)."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "dist_scripts"))
+import eval_setup  # noqa: E402
+
+from rag import evaluate, report  # noqa: E402
+from rag.evaluate import extract_answer  # noqa: E402
+from rag.generate import greedy_generate, length_batches  # noqa: E402
+
+SETTINGS = ["gold", "top5", "noise_only", "counterfactual", "closed_book"]
+STAT_KEYS = {"match", "em", "f1", "match_ci95"}
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evaluate")
+    model = eval_setup.make_checkpoint(str(d / "model"))
+    test_file = eval_setup.make_records(str(d / "test.jsonl"))
+    config = eval_setup.write_config(str(d), test_file, model)
+    return {"dir": d, "model": model, "config": config}
+
+
+@pytest.fixture(scope="module")
+def base_result(fixture_dir):
+    return evaluate.main(["--config", fixture_dir["config"], "--name", "base", "--no-progress",
+                          "--trainable-params", "0"])
+
+
+# ------------------------------------------------------------------------------------------ extraction
+@pytest.mark.parametrize("output, instruction, marker, want", [
+    ("kolim color red . answer : red", "two_step", "answer :", "red"),
+    ("evidence words ANSWER: Red Square", "two_step", "answer :", "Red Square"),
+    ("Evidence: Paris is the capital.\nAnswer: Paris\nmore text", "two_step", "Answer:", "Paris"),
+    ("Evidence: nothing useful\nParis", "two_step", "Answer:", "Paris"),
+    ("kolim color red .", "two_step", "answer :", "kolim color red ."),
+    ("answer :", "two_step", "answer :", ""),
+    ("", "two_step", "answer :", ""),
+    ("  red  ", "answer_only", "answer :", "red"),
+    ("answer : red", "answer_only", "answer :", "answer : red"),
+])
+def test_extract_answer(output, instruction, marker, want):
+    assert extract_answer(output, instruction, marker) == want
+
+
+# ------------------------------------------------------------------------------------------ generation
+def _reference_greedy(model, prompt, max_new, eos):
+    """No cache, no padding: the full sequence every step."""
+    ids = list(prompt)
+    out = []
+    with torch.no_grad():
+        for _ in range(max_new):
+            tok = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            if tok == eos:
+                break
+            out.append(tok)
+            ids.append(tok)
+    return out
+
+
+def test_batched_left_padded_generation_matches_one_by_one():
+    tok = eval_setup.make_tokenizer()
+    model = eval_setup.make_model(tok, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(4, len(tok), (n,), generator=gen).tolist() for n in (3, 9, 5, 12, 1)]
+    eos = tok.eos_token_id
+    batched = greedy_generate(model, prompts, 7, [eos], tok.pad_token_id)
+    single = [greedy_generate(model, [p], 7, [eos], tok.pad_token_id)[0] for p in prompts]
+    reference = [_reference_greedy(model, p, 7, eos) for p in prompts]
+    assert batched == single == reference
+    assert all(len(o) <= 7 and eos not in o for o in batched)
+    assert len({len(o) for o in batched}) > 1 or all(len(o) == 7 for o in batched)
+    assert greedy_generate(model, prompts, 0, [eos], 0) == [[] for _ in prompts]
+
+
+def test_batches_do_not_depend_on_ranks():
+    prompts = [[1] * n for n in (3, 5, 5, 2, 8, 1, 5)]
+    batches = length_batches(prompts, 3)
+    assert batches == [[4, 1, 2], [6, 0, 3], [5]]
+    assert sorted(i for b in batches for i in b) == list(range(len(prompts)))
+
+
+# ----------------------------------------------------------------------------------------- entry point
+def test_entry_writes_results_per_setting_and_kind(fixture_dir, base_result):
+    out = fixture_dir["dir"] / "run" / "eval"
+    saved = json.loads((out / "base.eval.json").read_text())
+    assert saved == json.loads(json.dumps(base_result))
+    assert list(saved["settings"]) == SETTINGS
+    assert set(saved["by_kind"]) == {"world", "fresh"}
+    for block in [saved["settings"], *saved["by_kind"].values()]:
+        for stats in block.values():
+            assert STAT_KEYS <= set(stats)
+            lo, hi = stats["match_ci95"]
+            assert 0.0 <= lo <= stats["match"] <= hi <= 1.0
+    n = saved["settings"]["gold"]["n"]
+    assert n == saved["num_questions"] == saved["by_kind"]["world"]["gold"]["n"] + saved["by_kind"]["fresh"]["gold"]["n"]
+    preds = [json.loads(line) for line in (out / "base.predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == n * len(SETTINGS)
+    assert {p["setting"] for p in preds} == set(SETTINGS)
+    assert any(p["output"] for p in preds) and any(not p["output"] for p in preds)  # ragged EOS stops
+    assert (out / "base.config.yaml").is_file()
+    tb = fixture_dir["dir"] / "run" / "tensorboard" / "eval_base"
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tb))
+
+
+def test_answer_only_prompts(fixture_dir):
+    from rag.prompts import PromptBuilder
+    from rag.records import load_records
+
+    tok = eval_setup.make_tokenizer()
+    recs = load_records(str(fixture_dir["dir"] / "test.jsonl"), 2)
+    jobs, prompts, _ = evaluate.build_jobs(recs, ["gold", "closed_book"], PromptBuilder("compact"), tok,
+                                           "answer_only", 5, 128)
+    assert [j["setting"] for j in jobs] == ["gold", "gold", "closed_book", "closed_book"]
+    text = tok.decode(prompts[0])
+    assert text.split()[1] == "qa" and text.endswith("answer :")
+    assert "doc" not in tok.decode(prompts[2])
+
+
+def test_hard_deactivation_from_a_neuron_map(fixture_dir, base_result):
+    from attribution.neuron_map import NeuronMap, model_fingerprint
+    from attribution.selection import GROUPS
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(fixture_dir["model"])
+    irrelevant = torch.tensor([[layer, n, 0, 1] for layer in (0, 1) for n in range(0, 64, 2)])
+    empty = torch.zeros((0, 4), dtype=torch.long)
+    groups = {g: (irrelevant if g == "irrelevant_only" else empty) for g in GROUPS}
+    map_dir = str(fixture_dir["dir"] / "mining")
+    NeuronMap(groups, [1], model_fingerprint(model)).save(map_dir)
+    result = evaluate.main(["--config", fixture_dir["config"], "--name", "hard", "--no-progress",
+                            "--deactivate-map", map_dir])
+    assert result["deactivated_neurons"] == 64
+    out = fixture_dir["dir"] / "run" / "eval"
+    base_preds = (out / "base.predictions.jsonl").read_text()
+    assert (out / "hard.predictions.jsonl").read_text() != base_preds  # half the FFN off changes the answers
+
+
+def test_bad_name_is_a_user_error(fixture_dir):
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--config", fixture_dir["config"], "--name", "a/b"])
+    assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------------------------------------- report
+def test_report_writes_the_results_shape(tmp_path):
+    def stats(m):
+        return {"match": m, "em": m / 2, "f1": m, "match_ci95": [m - 0.1, m + 0.1], "n": 10}
+
+    ev_dir = tmp_path / "eval"
+    ev_dir.mkdir()
+    for name, params, m in (("neurorit", 4096, 0.6), ("base", 0, 0.4), ("extra_method", 7, 0.5)):
+        block = {s: stats(m) for s in SETTINGS}
+        ev = {"name": name, "trainable_params": params, "settings": block,
+              "by_kind": {"fresh": block, "world": block}}
+        (ev_dir / f"{name}.eval.json").write_text(json.dumps(ev))
+    paths = report.main(["--eval-dir", str(ev_dir), "--out", str(tmp_path), "--trainable-params", "base=1"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"methods"}
+    assert list(results["methods"]) == ["base", "neurorit", "extra_method"]
+    for name, method in results["methods"].items():
+        assert set(method) == {"trainable_params", "settings", "by_kind"}
+        assert isinstance(method["trainable_params"], int)
+        assert list(method["settings"]) == SETTINGS
+        assert list(method["by_kind"]) == ["world", "fresh"]
+        for block in [method["settings"], *method["by_kind"].values()]:
+            for st in block.values():
+                assert set(st) == STAT_KEYS and len(st["match_ci95"]) == 2
+    assert results["methods"]["base"]["trainable_params"] == 1
+    assert results["methods"]["neurorit"]["settings"]["top5"]["match"] == 0.6
+    md = (tmp_path / "results.md").read_text()
+    assert "| `neurorit` | 4,096 | 60.0 [50.0, 70.0]" in md and "World-fact" in md and "Fresh-fact" in md
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert paths["json"] == str(tmp_path / "results.json")
+
+
+def test_report_without_evaluations_is_a_user_error(tmp_path):
+    with pytest.raises(SystemExit):
+        report.main(["--eval-dir", str(tmp_path), "--out", str(tmp_path)])
