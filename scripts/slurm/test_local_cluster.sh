@@ -1,0 +1,270 @@
+#!/bin/bash
+# `make test-slurm`: the SLURM path against a real SLURM, on this machine alone.
+#
+#  1. installs Debian's slurm-wlm and munge when missing (apt-get; needs root or sudo);
+#  2. starts a private one-node cluster on 127.0.0.1: its own munged, slurmctld and slurmd, with their own key,
+#     sockets, ports, spool and logs under a temporary directory (nothing system-wide is touched or stopped);
+#  3. smoke test: a 2-rank job through scripts/slurm/common.sh with torchrun (one task starting 2 processes) and
+#     with LAUNCHER=srun (2 tasks, ranks mapped by neurorit.dist), each doing a gloo all-reduce;
+#  4. submits scripts/slurm/pipeline.sbatch (mine -> stage1 -> stage2 -> eval, --dependency=afterok) for the tiny
+#     CPU config with 2 ranks, waits, checks every job COMPLETED, every stage's outputs, and that every stage's log
+#     shows rank 0 and rank 1 of 2;
+#  5. stops the daemons it started (also on failure or Ctrl-C).
+#
+# Knobs: SLURM_TEST_CONFIG [configs/slurm_test.yaml], SLURM_TEST_OUT [outputs/slurm_test],
+#        SLURM_TEST_TIMEOUT [2400 s for the pipeline], SLURM_TEST_SMOKE_ONLY=1 (steps 1-3 and 5 only),
+#        SLURM_TEST_KEEP=1 (keep the temporary directory), SLURM_TEST_LAUNCHER [torchrun].
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+[[ -x "$PY" ]] || PY=python3
+export PYTHON="$PY"
+CONFIG="${SLURM_TEST_CONFIG:-configs/slurm_test.yaml}"
+OUT="${SLURM_TEST_OUT:-outputs/slurm_test}"
+TIMEOUT="${SLURM_TEST_TIMEOUT:-2400}"
+
+say() { echo "[test-slurm $(date +%H:%M:%S)] $*"; }
+fail() { echo "[test-slurm] FAIL: $*" >&2; exit 1; }
+
+# ------------------------------------------------------------------------------------------------ 1. install
+need_install=0
+for exe in munged slurmctld slurmd sbatch srun squeue scontrol; do
+    command -v "$exe" >/dev/null 2>&1 || need_install=1
+done
+if [[ $need_install -eq 1 ]]; then
+    say "installing slurm-wlm and munge (Debian packages)"
+    SUDO=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || fail "slurm-wlm and munge are missing and this is not root: apt-get install -y slurm-wlm munge"
+        SUDO=(sudo)
+    fi
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq slurm-wlm munge >/dev/null
+fi
+for exe in munged slurmctld slurmd sbatch srun squeue scontrol; do
+    command -v "$exe" >/dev/null 2>&1 || fail "$exe not found after installing slurm-wlm and munge"
+done
+
+# ---------------------------------------------------------------------------------------- 2. private cluster
+STATE="$(mktemp -d /tmp/neurorit-slurm.XXXXXX)"
+chmod 755 "$STATE"
+PIDS=()
+cleanup() {
+    local rc=$?
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    if [[ $rc -ne 0 ]]; then
+        say "daemon logs kept in $STATE (slurmctld.log, slurmd.log, munged.log)"
+    elif [[ "${SLURM_TEST_KEEP:-0}" != 1 ]]; then
+        rm -rf "$STATE"
+    fi
+    say "stopped the daemons started by this test"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+HOST="$(hostname -s)"
+CTLD_PORT=$(free_port)
+SLURMD_PORT=$(free_port)
+while [[ "$SLURMD_PORT" == "$CTLD_PORT" ]]; do SLURMD_PORT=$(free_port); done
+mkdir -p "$STATE/ctld" "$STATE/spool" "$STATE/munge"
+chmod 700 "$STATE/munge"
+
+# munge: a private key and socket; --force because this test may run as root.
+dd if=/dev/urandom of="$STATE/munge/munge.key" bs=1024 count=1 status=none
+chmod 400 "$STATE/munge/munge.key"
+munged --foreground --force --key-file="$STATE/munge/munge.key" --socket="$STATE/munge/munge.sock" \
+    --pid-file="$STATE/munge/munged.pid" --log-file="$STATE/munged.log" --seed-file="$STATE/munge/seed" \
+    >"$STATE/munged.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 50); do [[ -S "$STATE/munge/munge.sock" ]] && break; sleep 0.2; done
+[[ -S "$STATE/munge/munge.sock" ]] || { cat "$STATE/munged.out" "$STATE/munged.log" 2>/dev/null; fail "munged did not start"; }
+
+# The node as slurmd sees it (CPUs, sockets, cores, memory), renamed to this host with address 127.0.0.1.
+NODE_LINE="$(slurmd -C | head -n1 | sed -e "s/^NodeName=[^ ]*/NodeName=$HOST NodeAddr=127.0.0.1/")"
+USER_NAME="$(id -un)"
+cat >"$STATE/slurm.conf" <<EOF
+ClusterName=neurorit-test
+SlurmctldHost=$HOST(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SlurmUser=$USER_NAME
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$STATE/munge/munge.sock
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/spool
+SlurmctldPidFile=$STATE/slurmctld.pid
+SlurmdPidFile=$STATE/slurmd.pid
+SlurmctldLogFile=$STATE/slurmctld.log
+SlurmdLogFile=$STATE/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SwitchType=switch/none
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+ReturnToService=2
+MinJobAge=3600
+KillWait=10
+InactiveLimit=0
+MailProg=/bin/true
+$NODE_LINE State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+EOF
+export SLURM_CONF="$STATE/slurm.conf"
+
+slurmctld -D -i -f "$SLURM_CONF" >"$STATE/slurmctld.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 60); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.5; done
+scontrol ping 2>/dev/null | grep -q UP || { tail -n 30 "$STATE/slurmctld.log" "$STATE/slurmctld.out"; fail "slurmctld did not come up"; }
+slurmd -D -N "$HOST" -f "$SLURM_CONF" >"$STATE/slurmd.out" 2>&1 &
+PIDS+=($!)
+state=""
+for _ in $(seq 1 60); do
+    state="$(sinfo -h -N -o '%T' 2>/dev/null | head -n1)"
+    [[ "$state" == idle ]] && break
+    sleep 0.5
+done
+[[ "$state" == idle ]] || { tail -n 30 "$STATE/slurmd.log" "$STATE/slurmd.out"; sinfo -N -l || true; fail "node not idle (state '$state')"; }
+say "cluster up: $(sinfo -h -N -o '%N %T cpus=%c mem=%m')  (slurm.conf: $SLURM_CONF)"
+
+# wait_jobs ID... : until none is pending or running (or the timeout), then each must be COMPLETED with 0:0.
+wait_jobs() {
+    local deadline=$((SECONDS + $1)) id left
+    shift
+    while :; do
+        left="$(squeue -h -j "$(IFS=,; echo "$*")" -o '%i %T' 2>/dev/null || true)"
+        [[ -z "$left" ]] && break
+        if [[ $SECONDS -ge $deadline ]]; then
+            scancel "$@" 2>/dev/null || true
+            fail "timed out after $1 s waiting for jobs: $left"
+        fi
+        sleep 5
+    done
+    for id in "$@"; do
+        local info st ec
+        info="$(scontrol show job "$id" 2>/dev/null || true)"
+        st="$(grep -o 'JobState=[A-Z_]*' <<<"$info" | head -n1 | cut -d= -f2)"
+        ec="$(grep -o ' ExitCode=[0-9:]*' <<<"$info" | head -n1 | cut -d= -f2)"
+        say "job $id: ${st:-unknown} (exit ${ec:-?})"
+        [[ "$st" == COMPLETED && "$ec" == 0:0 ]] || return 1
+    done
+}
+
+two_ranks() {  # two_ranks LOG: the log shows rank 0 and rank 1 of a world of 2
+    grep -q "rank 0 of 2" "$1" && grep -q "rank 1 of 2" "$1"
+}
+
+# ------------------------------------------------------------------------------------------------- 3. smoke
+SMOKE="$STATE/smoke"
+mkdir -p "$SMOKE"
+cat >"$SMOKE/probe.py" <<'EOF'
+import os
+import torch
+import torch.distributed as dist
+from neurorit.dist import init_distributed
+info = init_distributed()
+t = torch.ones(1) * (info.rank + 1)
+dist.all_reduce(t)
+print(f"probe rank {info.rank}/{info.world_size} sum={int(t.item())} master={os.environ.get('MASTER_ADDR')}", flush=True)
+assert info.world_size == 2 and int(t.item()) == 3
+EOF
+cat >"$SMOKE/smoke.sbatch" <<EOF
+#!/bin/bash
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --exclusive
+#SBATCH --time=00:05:00
+source "$ROOT/scripts/slurm/common.sh" || exit 1
+nr_setup
+nr_launch "$SMOKE/probe.py"
+EOF
+smoke_ids=()
+for launcher in torchrun srun; do
+    id=$(NEURORIT_ROOT="$ROOT" LAUNCHER=$launcher NPROC_PER_NODE=2 \
+        sbatch --parsable --job-name="smoke-$launcher" --output="$SMOKE/%x-%j.out" "$SMOKE/smoke.sbatch")
+    smoke_ids+=("${id%%;*}")
+done
+say "smoke jobs submitted: ${smoke_ids[*]} (torchrun, srun)"
+if ! wait_jobs 600 "${smoke_ids[@]}"; then
+    cat "$SMOKE"/*.out || true
+    fail "smoke jobs did not complete"
+fi
+for f in "$SMOKE"/*.out; do
+    n=$(grep -c "probe rank .*/2 sum=3" "$f" || true)
+    [[ "$n" -eq 2 ]] || { cat "$f"; fail "$(basename "$f"): expected 2 ranks to all-reduce, saw $n"; }
+    two_ranks "$f" || { cat "$f"; fail "$(basename "$f"): rank banners missing"; }
+    say "$(basename "$f"): 2 ranks, all-reduce ok"
+done
+if [[ "${SLURM_TEST_SMOKE_ONLY:-0}" == 1 ]]; then
+    say "PASS (smoke only)"
+    exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------- 4. pipeline
+for f in attribution/mine.py train/stage1.py train/stage2.py rag/evaluate.py; do
+    [[ -f "$f" ]] || fail "entry point $f does not exist yet"
+done
+[[ -f "$CONFIG" ]] || fail "config $CONFIG not found"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+LOGS="$OUT/slurm_logs"
+say "pipeline: $CONFIG -> $OUT, 1 node x 2 ranks (CPU), launcher ${SLURM_TEST_LAUNCHER:-torchrun}"
+pid_job=$(export NEURORIT_ROOT="$ROOT" CONFIG OUTPUT_DIR="$OUT" LOG_DIR="$LOGS" NODES=1 GPUS_PER_NODE=0 \
+        NPROC_PER_NODE=2 EVAL_BASE=0 LAUNCHER="${SLURM_TEST_LAUNCHER:-torchrun}"
+    sbatch --parsable --output="$OUT/pipeline-%j.out" scripts/slurm/pipeline.sbatch --config "$CONFIG")
+pid_job="${pid_job%%;*}"
+wait_jobs 300 "$pid_job" || { cat "$OUT"/pipeline-*.out; fail "the pipeline job (submitter) failed"; }
+cat "$OUT"/pipeline-*.out
+[[ -s "$LOGS/jobs.txt" ]] || fail "$LOGS/jobs.txt missing"
+mapfile -t stage_ids < <(awk '{print $2}' "$LOGS/jobs.txt")
+[[ ${#stage_ids[@]} -eq 4 ]] || fail "expected 4 stage jobs, got: $(cat "$LOGS/jobs.txt")"
+start=$SECONDS
+if ! wait_jobs "$TIMEOUT" "${stage_ids[@]}"; then
+    for f in "$LOGS"/*.out; do echo "=== $f"; tail -n 60 "$f"; done
+    fail "a pipeline stage failed"
+fi
+say "pipeline finished in $((SECONDS - start)) s"
+
+# outputs of each stage
+[[ -s "$OUT/mining/neuron_map.json" ]] || fail "mining: $OUT/mining/neuron_map.json missing"
+for stage in stage1 stage2; do
+    cfgjson="$(find "$OUT/$stage" -name config.json -path '*export*' 2>/dev/null | head -n1)"
+    [[ -n "$cfgjson" ]] || cfgjson="$(find "$OUT/$stage" -name config.json 2>/dev/null | head -n1)"
+    [[ -n "$cfgjson" ]] || fail "$stage: no exported checkpoint (config.json) under $OUT/$stage"
+    ls "$(dirname "$cfgjson")"/*.safetensors >/dev/null 2>&1 || fail "$stage: no safetensors next to $cfgjson"
+    say "$stage: export $(dirname "$cfgjson")"
+done
+results="$(find "$OUT/eval" -name 'results.json' 2>/dev/null | head -n1)"
+[[ -n "$results" ]] || fail "eval: no results.json under $OUT/eval"
+say "eval: $results"
+"$PY" -c 'import json, sys; r = json.load(open(sys.argv[1])); print(json.dumps(r)[:600])' "$results"
+
+# every stage ran on two ranks
+while read -r name id; do
+    log="$LOGS/nrit-$name-$id.out"
+    [[ -f "$log" ]] || fail "$name: log $LOGS/nrit-$name-$id.out missing"
+    two_ranks "$log" || fail "$name: $log does not show rank 0 and rank 1 of 2"
+    grep -q "= 2 ranks" "$log" || fail "$name: $log does not show the 2-rank launch"
+    say "$name (job $id): $(grep -c 'rank [01] of 2' "$log") rank banners (rank 0 and rank 1 of 2) in $log"
+done <"$LOGS/jobs.txt"
+say "PASS"
