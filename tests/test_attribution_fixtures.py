@@ -1,4 +1,4 @@
-"""Fixtures for the attribution tests: a tiny random model + word-level tokenizer saved to a folder, a tiny
+"""Fixtures (no tests) for the attribution tests: a tiny random model + word-level tokenizer saved to a folder, a tiny
 mining JSONL (with an empty passage and an over-long one), and a config YAML pointing at both."""
 from __future__ import annotations
 
