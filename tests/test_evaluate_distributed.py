@@ -1,4 +1,5 @@
-"""Evaluation over 2 real ranks (``deepspeed --num_gpus 2`` on CPU/gloo) equals the 1-rank evaluation exactly:
+"""Evaluation over 2 real ranks (``torchrun --nproc_per_node 2`` on CPU/gloo; the deepspeed launcher works the
+same but starts ~30 s slower on this machine) equals the 1-rank evaluation exactly:
 the same raw outputs, answers and scores for every question and setting, the same metrics and intervals."""
 import json
 import os
@@ -31,8 +32,8 @@ def test_two_ranks_equal_one_rank(tmp_path):
     config = eval_setup.write_config(str(tmp_path), test_file, model, batch_size=4, max_new_tokens=6)
     one = evaluate.main(["--config", config, "--name", "one_rank", "--no-progress"])
 
-    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            os.path.join(ROOT, "tests", "dist_scripts", "eval_two_ranks.py"),
            "--config", config, "--name", "two_ranks", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false")

@@ -2,6 +2,7 @@
 rank returned the same result; arguments are passed to ``rag.evaluate`` unchanged.
 
     deepspeed --num_gpus 2 tests/dist_scripts/eval_two_ranks.py --config X --model M --name two_ranks
+    torchrun --nproc_per_node 2 tests/dist_scripts/eval_two_ranks.py --config X --model M --name two_ranks
 """
 import json
 import sys
