@@ -84,7 +84,10 @@ def build_jobs(records: list[Record], settings: list[str], builder: PromptBuilde
             if not has_setting(rec, setting):
                 continue
             parts = make(rec.question, docs_for_setting(rec, setting, num_docs))
-            enc = encode(tokenizer, parts, max_length, with_target=False)
+            try:
+                enc = encode(tokenizer, parts, max_length, with_target=False)
+            except ValueError as err:
+                raise UserError(f"record {rec.id} ({setting}): {err}; raise data.max_length") from None
             trunc.add(enc, rec.id)
             jobs.append({"id": rec.id, "setting": setting, "kind": str(rec.meta.get("kind", "")),
                          "answers": rec.answers})
@@ -107,6 +110,7 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
                                       cfg.data.max_length)
     if trunc.truncated and dist.is_main():
         log.warning(trunc.report("evaluation prompts"))
+    check_positions(model, prompts, ev.max_new_tokens)
     eos_ids = eos_ids_of(model, tokenizer)
     pad_id = pad_id_of(tokenizer, eos_ids)
     batches = length_batches(prompts, ev.batch_size)
@@ -138,6 +142,15 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
         predictions.append({**job, "prompt_tokens": len(prompts[i]), "output": output, "answer": answer,
                             **metrics.score(answer, job["answers"])})
     return summarize(predictions, settings, ev.bootstrap, cfg.runtime.seed), predictions
+
+
+def check_positions(model, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """UserError when the longest prompt plus ``max_new_tokens`` exceeds the model's position range."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max((len(p) for p in prompts), default=0)
+    if limit and longest + max_new_tokens > limit:
+        raise UserError(f"the longest evaluation prompt ({longest} tokens) + eval.max_new_tokens ({max_new_tokens})"
+                        f" exceeds the model's {limit} positions; lower data.max_length or eval.max_new_tokens")
 
 
 def summarize(predictions: list[dict], settings: list[str], bootstrap: int, seed: int) -> dict:

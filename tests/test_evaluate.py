@@ -183,3 +183,9 @@ def test_report_writes_the_results_shape(tmp_path):
 def test_report_without_evaluations_is_a_user_error(tmp_path):
     with pytest.raises(SystemExit):
         report.main(["--eval-dir", str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_too_long_for_the_model_is_a_user_error(fixture_dir):
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--config", fixture_dir["config"], "--name", "long", "--eval.max_new_tokens", "600"])
+    assert exc.value.code == 2
