@@ -120,6 +120,9 @@ def moe_experts_forward(ctl: LayerControl, original, hidden_states: torch.Tensor
     idx = getattr(mod, DELTA_INDEX, None)
     deltas = ctl.expert_groups("deltas", idx) if idx is not None else {}
     dead = ctl.expert_groups("dead", ctl.dead) if ctl.dead is not None else {}
+    if deltas:  # each delta is used once, whole (as in the dense forward), then sliced per expert
+        extra_gate = F.linear(hidden_states, mod.neuron_delta_gate)
+        extra_up = F.linear(hidden_states, mod.neuron_delta_up)
     parts = []
     for e in hit:
         if e == num_experts:
@@ -129,21 +132,25 @@ def moe_experts_forward(ctl: LayerControl, original, hidden_states: torch.Tensor
         gate, up = F.linear(x, mod.gate_up_proj[e]).chunk(2, dim=-1)
         if e in deltas:
             sel, loc = deltas[e]
-            gate = gate.index_add(-1, loc, F.linear(x, mod.neuron_delta_gate[sel]))
-            up = up.index_add(-1, loc, F.linear(x, mod.neuron_delta_up[sel]))
+            gate = gate.index_add(-1, loc, extra_gate[tokens][:, sel])
+            up = up.index_add(-1, loc, extra_up[tokens][:, sel])
         a = mod.act_fn(gate) * up
         if e in dead:
             a = a.index_fill(-1, dead[e][1], 0.0)
         parts.append([e, top_k_pos, tokens, a])
     _moe_scale_and_probe(ctl, parts, hidden_states.shape[0])
     out = torch.zeros_like(hidden_states)
+    if deltas:  # routing-weighted activations of the delta neurons, [tokens, n], for one delta_down product
+        picked = hidden_states.new_zeros(hidden_states.shape[0], idx.numel())
     for e, top_k_pos, tokens, a in parts:
-        y = F.linear(a, mod.down_proj[e])
+        weights = top_k_weights[tokens, top_k_pos, None]
+        y = F.linear(a, mod.down_proj[e]) * weights
+        out.index_add_(0, tokens, y.to(out.dtype))
         if e in deltas:
             sel, loc = deltas[e]
-            y = y + F.linear(a.index_select(-1, loc), mod.neuron_delta_down[:, sel])
-        y = y * top_k_weights[tokens, top_k_pos, None]
-        out.index_add_(0, tokens, y.to(out.dtype))
+            picked = picked.index_put((tokens.unsqueeze(1), sel.unsqueeze(0)), a[:, loc] * weights, accumulate=True)
+    if deltas:
+        out = out + F.linear(picked, mod.neuron_delta_down).to(out.dtype)
     return out
 
 

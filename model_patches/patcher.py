@@ -133,7 +133,14 @@ class FFNPatcher:
     # ---------------------------------------------------------------------------------- neuron deltas
     def add_neuron_deltas(self, spec: dict) -> list[torch.nn.Parameter]:
         """Trainable zero deltas for ``{layer: neurons}`` — gate row, up row ``[n, hidden]`` and down column
-        ``[hidden, n]`` — registered on that layer's FFN module. Call before ``deepspeed.initialize``."""
+        ``[hidden, n]`` — registered on that layer's FFN module. Call before ``deepspeed.initialize``.
+
+        MoE: DeepSpeed ZeRO-3 runs each sparse-MoE block as a "leaf" whose gradients are reduced by a module
+        backward hook; when the block's input needs no gradient (frozen layers below) that hook fires before the
+        deltas' gradients exist. So the input embeddings are made to require grad (HF
+        ``enable_input_require_grads``), which costs only the backward through the frozen bottom layers."""
+        if self.adapter.layout == "moe" and not getattr(self.model, "_require_grads_hook", None):
+            self.model.enable_input_require_grads()
         new = []
         for layer, neurons in spec.items():
             ctl = self.controls[self._check_layer(layer)]
@@ -185,7 +192,9 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model inside a DeepSpeed engine (or the model itself)."""
-    while not hasattr(model, "config") and isinstance(getattr(model, "module", None), torch.nn.Module):
+    from transformers import PreTrainedModel
+
+    while not isinstance(model, PreTrainedModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     return model
 
