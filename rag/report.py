@@ -150,7 +150,7 @@ def plot(results: dict, path: str) -> str:
     names = list(results["methods"])
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False, sharey=True)
     width = 0.8 / max(1, len(names))
-    colors = plt.get_cmap("tab10")
+    colors = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     for ax, (kind, title) in zip(axes[0], panels):
         settings = _settings_of(results, kind)
         for j, name in enumerate(names):
@@ -160,15 +160,16 @@ def plot(results: dict, path: str) -> str:
             vals = [block[s]["match"] if s in block else 0.0 for s in settings]
             err = [[max(0.0, v - block[s]["match_ci95"][0]) if s in block else 0.0 for s, v in zip(settings, vals)],
                    [max(0.0, block[s]["match_ci95"][1] - v) if s in block else 0.0 for s, v in zip(settings, vals)]]
-            ax.bar(xs, vals, width, yerr=err, capsize=2, label=name, color=colors(j % 10))
+            ax.bar(xs, vals, width, yerr=err, capsize=2, label=name, color=colors(j % colors.N))
         ax.set_xticks(range(len(settings)))
         ax.set_xticklabels(settings, rotation=20)
         ax.set_ylim(0, 1.05)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("Match")
-    axes[0][-1].legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(names), 7), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
