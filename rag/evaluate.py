@@ -108,8 +108,12 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
     builder = PromptBuilder(cfg.data.prompt_style)
     jobs, prompts, trunc = build_jobs(records, settings, builder, tokenizer, ev.instruction, cfg.data.num_docs,
                                       cfg.data.max_length)
-    if trunc.truncated and dist.is_main():
-        log.warning(trunc.report("evaluation prompts"))
+    if dist.is_main():
+        if trunc.truncated:
+            log.warning(trunc.report("evaluation prompts"))
+        for s in settings:
+            if not any(j["setting"] == s for j in jobs):
+                log.warning("setting %s has no questions (no record has the passages it needs); left out", s)
     check_positions(model, prompts, ev.max_new_tokens)
     eos_ids = eos_ids_of(model, tokenizer)
     pad_id = pad_id_of(tokenizer, eos_ids)
