@@ -16,7 +16,7 @@
 #   LAUNCHER          torchrun (default) | deepspeed | srun
 #   PYTHON            interpreter (default: .venv/bin/python in the repository, else python3)
 #   NEURORIT_ROOT     the repository (default: the directory sbatch was called from)
-#   STAGE_RESUME      value for --<stage>.resume when the stage has that option (default auto)
+#   STAGE_RESUME      --resume value for the training stages: auto (default), never, or a checkpoint folder
 set -o pipefail
 
 NR_ROOT="${NEURORIT_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"
@@ -83,8 +83,9 @@ nr_config_get() {  # nr_config_get runtime.output_dir [CONFIG ARGS...] -> the re
 import sys
 from neurorit.config import parse_args
 def extra(p):  # entry-specific flags that may travel with the config arguments
-    p.add_argument("--model")
-    p.add_argument("--name")
+    for flag in ("--model", "--name", "--trainable-params", "--deactivate-map", "--resume", "--stop_after"):
+        p.add_argument(flag)
+    p.add_argument("--no-progress", action="store_true")
 args, cfg = parse_args("config value", sys.argv[2:], extra=extra)
 value = cfg
 for part in sys.argv[1].split("."):
@@ -94,15 +95,6 @@ PY
 }
 
 nr_output_dir() { nr_config_get runtime.output_dir "$@"; }
-
-nr_stage_has_key() {  # nr_stage_has_key stage1 resume -> exit 0 when --stage1.resume is a config key
-    "$PYTHON" - "$1" "$2" <<'PY' >/dev/null 2>&1
-import dataclasses, sys
-from neurorit.config import ExperimentConfig
-section = getattr(ExperimentConfig(), sys.argv[1])
-sys.exit(0 if sys.argv[2] in {f.name for f in dataclasses.fields(section)} else 1)
-PY
-}
 
 # ------------------------------------------------------------------------------------------------ batch side
 # nr_setup ARGS...: resolve nodes, MASTER_ADDR/PORT, hostfile, processes per node and the entry arguments (NR_ARGS).
@@ -142,11 +134,16 @@ nr_setup() {
         "master ${MASTER_ADDR}:${MASTER_PORT}; ${cpus} CPUs per node, OMP_NUM_THREADS=${OMP_NUM_THREADS}"
 }
 
-# nr_resume_args STAGE: "--STAGE.resume $STAGE_RESUME" when the stage supports resuming (requeue-friendly).
+# nr_resume_args ARGS...: NR_RESUME=(--resume $STAGE_RESUME) unless ARGS already hold --resume. The training
+# entries (train/stage1.py, train/stage2.py) take --resume auto|never|<checkpoint>; auto (their default too)
+# continues from the stage's latest DeepSpeed checkpoint, so a requeued job resumes by itself.
 nr_resume_args() {
-    NR_RESUME=()
-    # shellcheck disable=SC2034  # NR_RESUME is read by the sbatch files
-    if nr_stage_has_key "$1" resume; then NR_RESUME=("--$1.resume" "${STAGE_RESUME:-auto}"); fi
+    NR_RESUME=("--resume" "${STAGE_RESUME:-auto}")
+    local a
+    for a in "$@"; do
+        # shellcheck disable=SC2034  # NR_RESUME is read by the sbatch files
+        if [[ "$a" == --resume || "$a" == --resume=* ]]; then NR_RESUME=(); fi
+    done
 }
 
 # nr_launch ENTRY [ARGS...]: ENTRY is a script path (train/stage1.py) or "-m module" (-m rag.evaluate).
