@@ -1,0 +1,120 @@
+"""attribution/mine.py end to end: one process in-process, and real 2-rank ZeRO-3 DeepSpeed runs (odd number of
+examples, a killed rank and a resumed rerun) that must give the same statistics and neuron map."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from attribution.mine import main as mine_main
+from attribution.neuron_map import NeuronMap
+from attribution.stats import EMPTY_PASSAGE, FIXED_ONE, OK, NeuronStats, shard_paths
+from test_attribution_fixtures import make_fixture
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The fixture and its uninterrupted one-process run (the reference for every other run)."""
+    directory = str(tmp_path_factory.mktemp("mine"))
+    cfg = make_fixture(directory, n=7)
+    out = os.path.join(directory, "single")
+    mine_main(["--config", cfg, "--mining.output_dir", out])
+    return cfg, out
+
+
+def _load(out: str) -> tuple[NeuronStats, NeuronMap]:
+    return NeuronStats.load(os.path.join(out, "neuron_stats.safetensors")), NeuronMap.load(out)
+
+
+def assert_same(out_a: str, out_b: str, exact: bool) -> None:
+    """Integer statistics and the map always identical; float values bitwise when ``exact``, else to 1e-6
+    (ZeRO-3 computes the same linear layers through its own autograd function: last-bit differences)."""
+    (a, map_a), (b, map_b) = _load(out_a), _load(out_b)
+    assert a.example_ids == b.example_ids
+    for name in ("status", "truncated", "topk_ids"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    rtol = 0.0 if exact else 1e-6
+    assert torch.allclose(a.topk_scores, b.topk_scores, rtol=rtol, atol=0)
+    assert torch.allclose(a.f_input, b.f_input, rtol=rtol, atol=0)
+    assert (a.norm_sum - b.norm_sum).abs().max() <= rtol * FIXED_ONE * len(a.example_ids)
+    assert map_a.hash() == map_b.hash()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _deepspeed(cfg: str, out: str, env_extra: dict | None = None, timeout: int = 300):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), "attribution/mine.py",
+           "--config", cfg, "--mining.output_dir", out]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_single_process_outputs_and_idempotent_rerun(single, capsys):
+    cfg, out = single
+    for name in ("neuron_stats.safetensors", "neuron_map.safetensors", "neuron_map.json", "neuron_map.png",
+                 "summary.txt", "config.yaml"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert os.listdir(os.path.join(out, "tensorboard"))
+    stats, nmap = _load(out)
+    assert stats.status.tolist().count(OK) == 6 and stats.status.tolist().count(EMPTY_PASSAGE) == 1
+    assert stats.status_counts()["passages truncated"] == 1
+    summary = open(os.path.join(out, "summary.txt")).read()
+    assert "empty passage: 1" in summary and "passages truncated: 1" in summary
+    assert len(nmap.target_layers) == 1 and all(len(nmap.groups[g]) for g in nmap.groups)
+    before = stats.tensors()
+    mine_main(["--config", cfg, "--mining.output_dir", out])  # everything is in the shards: nothing to redo
+    assert "7 examples already" in capsys.readouterr().err
+    after, again = _load(out)
+    assert all(torch.equal(before[k], v) for k, v in after.tensors().items())
+    assert again.hash() == nmap.hash()
+
+
+def test_bad_config_is_one_line_exit_2(single):
+    cfg, out = single
+    with pytest.raises(SystemExit) as err:
+        mine_main(["--config", cfg, "--mining.output_dir", out + "-x", "--mining.file", "/nonexistent.jsonl"])
+    assert err.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def zero3(single, tmp_path_factory):
+    """An uninterrupted 2-rank ZeRO-3 run over the 7 examples (odd: one rank runs stand-in passes)."""
+    cfg, _ = single
+    out = str(tmp_path_factory.mktemp("zero3") / "out")
+    run = _deepspeed(cfg, out)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out
+
+
+@pytest.mark.distributed
+def test_two_rank_zero3_equals_one_process(single, zero3):
+    shards = shard_paths(os.path.join(zero3, "stats"))
+    assert sorted(os.path.basename(p) for p in shards) == ["shard-g0000-r00000.safetensors",
+                                                           "shard-g0000-r00001.safetensors"]
+    assert_same(single[1], zero3, exact=False)
+
+
+@pytest.mark.distributed
+def test_killed_rank_then_rerun_gives_identical_statistics(single, zero3, tmp_path):
+    cfg, out_single = single
+    out = str(tmp_path / "killed")
+    crashed = _deepspeed(cfg, out, {"NEURORIT_MINE_KILL_AFTER": "1:1"})
+    assert crashed.returncode != 0
+    assert not os.path.exists(os.path.join(out, "neuron_stats.safetensors"))
+    assert shard_paths(os.path.join(out, "stats"))
+    rerun = _deepspeed(cfg, out)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "already in" in rerun.stderr
+    assert_same(zero3, out, exact=True)
+    assert_same(out_single, out, exact=False)
