@@ -189,3 +189,20 @@ def test_too_long_for_the_model_is_a_user_error(fixture_dir):
     with pytest.raises(SystemExit) as exc:
         evaluate.main(["--config", fixture_dir["config"], "--name", "long", "--eval.max_new_tokens", "600"])
     assert exc.value.code == 2
+
+
+def test_real_data_shaped_records(fixture_dir, tmp_path):
+    """DPR-style records (no kinds, no counterfactual passages), paper prompts: the settings they allow only."""
+    rows = [{"question": f"who wrote book {i}?", "answers": ["Ann Lee", "A. Lee"],
+             "ctxs": [{"title": "Book", "text": f"Book {i} was written by Ann Lee.", "score": 2.0},
+                      {"title": "Other", "text": "Something unrelated.", "score": 1.0}]} for i in range(3)]
+    path = tmp_path / "dpr.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = evaluate.main(["--config", fixture_dir["config"], "--name", "dpr", "--no-progress",
+                            "--data.test_file", str(path), "--data.prompt_style", "paper",
+                            "--runtime.output_dir", str(tmp_path / "run")])
+    assert list(result["settings"]) == ["gold", "top5", "noise_only", "closed_book"]
+    assert result["by_kind"] == {} and result["settings"]["gold"]["n"] == 3
+    paths = report.main(["--eval-dir", str(tmp_path / "run" / "eval"), "--out", str(tmp_path)])
+    results = json.loads(open(paths["json"]).read())
+    assert results["methods"]["dpr"]["by_kind"] == {} and "World-fact" not in open(paths["md"]).read()
