@@ -28,7 +28,6 @@ from rag.settings import SETTINGS
 METHOD_ORDER = ("base", "robust_sft", "layer_tuning", "random_neurons", "neurorit_stage1", "neurorit",
                 "neurorit_hard_deactivation")
 KIND_ORDER = ("world", "fresh")
-STAT_KEYS = ("match", "em", "f1", "match_ci95")
 SUFFIX = ".eval.json"
 
 
