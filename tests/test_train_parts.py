@@ -16,7 +16,7 @@ from neurorit.errors import UserError  # noqa: E402
 from rag.prompts import PromptBuilder  # noqa: E402
 from rag.records import Passage, Record  # noqa: E402
 from train.data import StepPlan, build_examples, eval_batches, evidence_for  # noqa: E402
-from train.loop import build_optimizer, lr_factor  # noqa: E402
+from train.loop import build_optimizer, enable_gradient_checkpointing, lr_factor  # noqa: E402
 from train.trainable import setup_trainable  # noqa: E402
 
 
@@ -118,3 +118,17 @@ def test_adamw_8bit_without_bitsandbytes_is_a_user_error(monkeypatch):
         build_optimizer([torch.nn.Parameter(torch.zeros(3))], st, {}, torch.device("cpu"))
     assert isinstance(build_optimizer([torch.nn.Parameter(torch.zeros(3))], StageConfig(), {}, torch.device("cpu")),
                       torch.optim.AdamW)
+
+
+def test_gradient_checkpointing_reaches_deltas_behind_frozen_layers():
+    grads = []
+    for checkpointing in (False, True):
+        model = _model().train()
+        t = setup_trainable(model, patch_model(model), "neurorit", "stage1", neuron_map(model), seed=0)
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        x = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+        model(input_ids=x, labels=x).loss.backward()
+        grads.append([p.grad.clone() for p in t.params])
+    assert all(g.abs().sum() > 0 for g in grads[1])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))

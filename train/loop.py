@@ -110,6 +110,12 @@ def _grad_norm(params: list) -> float:
     return math.sqrt(sq)
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Non-reentrant checkpointing: trainable parameters inside a checkpointed layer get gradients even when
+    nothing before them requires grad (frozen embeddings and early layers), which reentrant checkpointing drops."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 # -------------------------------------------------------------------------------------------- the loop
 def _on_device(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
@@ -173,7 +179,10 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         from attribution.neuron_map import NeuronMap
 
         nmap = NeuronMap.load(neuron_map_dir(cfg))
-    tokenizer = AutoTokenizer.from_pretrained(init_from)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(init_from)
+    except (OSError, ValueError) as err:
+        raise UserError(f"no usable tokenizer in {init_from} ({err}); stage inputs need one saved with the model")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if st.method == "none":
         model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation)
@@ -191,7 +200,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     if not trainable.params:
         raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")
     if st.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
 
     kind = "robust_sft" if st.method == "robust_sft" else stage
     records = load_records(cfg.data.train_file, st.num_examples)

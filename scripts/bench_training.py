@@ -1,0 +1,215 @@
+"""Benchmark: a training step of Neuro-RIT stage 1 and stage 2 (neuron deltas) against full fine-tuning and
+against full-weight gradient masking (the release's way), on one random Llama (default 8 layers, width 512).
+
+    .venv/bin/python scripts/bench_training.py --json outputs/bench_training.json
+
+Every variant uses the project's trainable sets (``train.trainable``) and torch's AdamW (weight decay 0) on the same
+batches. Gradient masking trains the full FFN weights of the layers that hold selected neurons (stage 2: every
+layer) with their gradients zeroed outside the selected rows/columns; target-layer FFNs train unmasked.
+
+- step time: forward + backward + optimizer step, the median over rounds that visit the variants in turn, all in
+  this process (so background load hits them alike);
+- optimizer state: bytes held by AdamW after a step;
+- peak memory: the rise of peak resident memory while building and training the variant, measured in a forked
+  child per variant (CPU: ``VmHWM`` - ``VmRSS`` at fork; CUDA: ``max_memory_allocated``).
+
+The JSON holds every variant's numbers under ``variants`` and, relative to full fine-tuning,
+``stage1_optimizer_state_ratio``, ``stage1_step_time_ratio``, ``stage1_peak_memory_ratio`` and the same for
+stage 2; ``vs_grad_mask`` holds the same keys relative to gradient masking of the same neurons.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import transformers as tf
+
+from attribution.neuron_map import NeuronMap, model_fingerprint
+from model_patches import patch_model
+from train.trainable import neuron_spec, setup_trainable
+
+VARIANTS = ("full", "stage1", "stage2", "grad_mask_stage1", "grad_mask_stage2")
+
+
+def build_model(a) -> torch.nn.Module:
+    cfg = tf.LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                         num_hidden_layers=a.layers, num_attention_heads=8, num_key_value_heads=8,
+                         max_position_embeddings=max(256, a.seq), tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(a.device).train()
+
+
+def random_map(model, a) -> NeuronMap:
+    """Mining-sized groups spread at random over the layers; the last ``targets`` layers are the targets."""
+    gen = torch.Generator().manual_seed(1)
+    sizes = {"relevant_only": a.n_relevant, "irrelevant_only": a.n_irrelevant, "shared": a.n_shared}
+    flat = torch.randperm(a.layers * a.intermediate, generator=gen)[: sum(sizes.values())]
+    groups, start = {}, 0
+    for group, n in sizes.items():
+        ids = flat[start:start + n]
+        start += n
+        groups[group] = torch.stack([ids // a.intermediate, ids % a.intermediate,
+                                     torch.ones_like(ids), torch.ones_like(ids)], dim=1)
+    return NeuronMap(groups, list(range(a.layers - a.targets, a.layers)), model_fingerprint(model))
+
+
+def grad_mask_params(model, nmap, stage: str, a) -> list:
+    """Full FFN weights with gradient hooks that keep only the selected neurons' rows / columns."""
+    spec, full_layers = neuron_spec("neurorit", stage, nmap, a.intermediate, 0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = []
+    for layer, block in enumerate(model.model.layers):
+        mlp = block.mlp
+        if layer not in full_layers and layer not in spec:
+            continue
+        weights = (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+        for w in weights:
+            w.requires_grad_(True)
+        if layer not in full_layers:
+            keep = torch.zeros(a.intermediate, device=a.device)
+            keep[spec[layer].to(a.device)] = 1.0
+            for w, mask in zip(weights, (keep[:, None], keep[:, None], keep[None, :])):
+                w.register_hook(lambda g, m=mask: g * m)
+        params += list(weights)
+    return params
+
+
+def setup(variant: str, a):
+    model = build_model(a)
+    nmap = random_map(model, a)
+    if variant.startswith("grad_mask_"):
+        params = grad_mask_params(model, nmap, variant.removeprefix("grad_mask_"), a)
+    else:
+        method, stage = ("full", "stage1") if variant == "full" else ("neurorit", variant)
+        params = setup_trainable(model, patch_model(model), method, stage, nmap, seed=0).params
+    return model, params, torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+
+
+def step(model, optimizer, batch) -> None:
+    model(input_ids=batch, labels=batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def state_bytes(optimizer) -> int:
+    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+               if torch.is_tensor(t))
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def peak_memory_mb(variant: str, a, batch) -> float:
+    """Peak memory rise of building + two steps of ``variant``, in a forked child (a clean high-water mark)."""
+    if a.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        model, _, opt = setup(variant, a)
+        for _ in range(2):
+            step(model, opt, batch)
+        peak = torch.cuda.max_memory_allocated() - before
+        del model, opt
+        torch.cuda.empty_cache()
+        return peak / 2**20
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            start = _status_kb("VmRSS")
+            model, _, opt = setup(variant, a)
+            for _ in range(2):
+                step(model, opt, batch)
+            os.write(write, str((_status_kb("VmHWM") - start) / 1024).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        value = float(fh.read() or "nan")
+    os.waitpid(pid, 0)
+    return value
+
+
+def ratios(num: dict, den: dict) -> dict:
+    return {"optimizer_state_ratio": num["optimizer_state_mb"] / den["optimizer_state_mb"],
+            "step_time_ratio": num["step_time_s"] / den["step_time_s"],
+            "peak_memory_ratio": num["peak_memory_mb"] / den["peak_memory_mb"]}
+
+
+def run(a) -> dict:
+    gen = torch.Generator().manual_seed(2)
+    batch = torch.randint(0, a.vocab, (a.batch, a.seq), generator=gen).to(a.device)
+    tiny = argparse.Namespace(**{**vars(a), "layers": a.targets + 1, "hidden": 64, "intermediate": 128, "seq": 8})
+    step(*setup("stage2", tiny)[::2], batch[:, :8] % 64)  # lazy initialisation stays out of the children
+    peaks = {v: peak_memory_mb(v, a, batch) for v in VARIANTS}
+    built = {v: setup(v, a) for v in VARIANTS}
+    times = {v: [] for v in VARIANTS}
+    for r in range(a.warmup + a.rounds):
+        for v, (model, _, opt) in built.items():
+            start = time.perf_counter()
+            step(model, opt, batch)
+            if a.device.type == "cuda":
+                torch.cuda.synchronize()
+            if r >= a.warmup:
+                times[v].append(time.perf_counter() - start)
+    variants = {v: {"trainable_params": sum(p.numel() for p in built[v][1]),
+                    "optimizer_state_mb": state_bytes(built[v][2]) / 2**20,
+                    "step_time_s": statistics.median(times[v]), "peak_memory_mb": peaks[v]} for v in VARIANTS}
+    out = {"model": {k: getattr(a, k) for k in ("layers", "hidden", "intermediate", "vocab", "batch", "seq")},
+           "neurons": {"relevant_only": a.n_relevant, "irrelevant_only": a.n_irrelevant, "shared": a.n_shared,
+                       "target_layers": a.targets},
+           "device": str(a.device), "threads": torch.get_num_threads(), "rounds": a.rounds, "variants": variants,
+           "vs_grad_mask": {}}
+    for stage in ("stage1", "stage2"):
+        for key, value in ratios(variants[stage], variants["full"]).items():
+            out[f"{stage}_{key}"] = value
+        for key, value in ratios(variants[stage], variants[f"grad_mask_{stage}"]).items():
+            out["vs_grad_mask"][f"{stage}_{key}"] = value
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", default="", help="write the results here as JSON")
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--intermediate", type=int, default=1408)
+    p.add_argument("--vocab", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=5, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--n-relevant", dest="n_relevant", type=int, default=100)
+    p.add_argument("--n-irrelevant", dest="n_irrelevant", type=int, default=100)
+    p.add_argument("--n-shared", dest="n_shared", type=int, default=30)
+    p.add_argument("--targets", type=int, default=3, help="target layers (the last ones)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    a = p.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    a.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = run(a)
+    for v, row in result["variants"].items():
+        print(f"{v:18s} trainable {row['trainable_params']:>11,}  optimizer state {row['optimizer_state_mb']:8.2f} MB"
+              f"  step {row['step_time_s'] * 1000:8.1f} ms  peak +{row['peak_memory_mb']:8.1f} MB")
+    for key in ("optimizer_state_ratio", "step_time_ratio", "peak_memory_ratio"):
+        for stage in ("stage1", "stage2"):
+            print(f"{stage}_{key}: {result[f'{stage}_{key}']:.4f} vs full FT, "
+                  f"{result['vs_grad_mask'][f'{stage}_{key}']:.4f} vs grad mask")
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as fh:
+            json.dump(result, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
