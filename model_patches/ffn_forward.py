@@ -66,19 +66,25 @@ def dense_forward(ctl: LayerControl, fused: bool, original, x: torch.Tensor) -> 
     if not ctl.active:
         return original(x)
     mod = ctl.module
+    idx = getattr(mod, DELTA_INDEX, None)
+    # In-place edits below touch only fresh outputs that autograd did not save (Linear saves its input, the
+    # activation its input, the product its factors), so they are safe and spare full-size copies.
     if fused:
-        gate, up = mod.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = mod.gate_up_proj(x)
+        if idx is not None:
+            gate_up.index_add_(-1, idx, F.linear(x, mod.neuron_delta_gate))
+            gate_up.index_add_(-1, idx + ctl.patcher.adapter.expert_size, F.linear(x, mod.neuron_delta_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         act = mod.activation_fn
     else:
         gate, up = mod.gate_proj(x), mod.up_proj(x)
+        if idx is not None:
+            gate.index_add_(-1, idx, F.linear(x, mod.neuron_delta_gate))
+            up.index_add_(-1, idx, F.linear(x, mod.neuron_delta_up))
         act = mod.act_fn
-    idx = getattr(mod, DELTA_INDEX, None)
-    if idx is not None:
-        gate = gate.index_add(-1, idx, F.linear(x, mod.neuron_delta_gate))
-        up = up.index_add(-1, idx, F.linear(x, mod.neuron_delta_up))
     a = act(gate) * up
     if ctl.dead is not None:
-        a = a.index_fill(-1, ctl.dead, 0.0)
+        a.index_fill_(-1, ctl.dead, 0.0)
     if ctl.scale is not None:
         rows, last = ctl.scale[0], a.shape[-2] - 1
         h = _scaled(ctl, a[rows, last])
@@ -88,7 +94,7 @@ def dense_forward(ctl: LayerControl, fused: bool, original, x: torch.Tensor) -> 
         ctl.patcher._record(ctl.layer, a.detach().index_select(-2, positions))
     out = mod.down_proj(a)
     if idx is not None:
-        out = out + F.linear(a.index_select(-1, idx), mod.neuron_delta_down)
+        out += F.linear(a.index_select(-1, idx), mod.neuron_delta_down)
     return out
 
 
