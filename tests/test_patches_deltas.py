@@ -145,6 +145,26 @@ def test_export_shards_and_load_causal_lm(tmp_path):
         assert (loaded(x).logits - want).abs().max() < 1e-5
 
 
+def test_export_tied_embeddings(tmp_path):
+    from transformers import AutoModelForCausalLM as Auto
+    from helpers_tiny_models import tiny_config
+
+    cfg = tiny_config("gemma")
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model, x = Auto.from_config(cfg, attn_implementation="eager").eval(), tiny_inputs()
+    patcher = patch_model(model)
+    patcher.add_neuron_deltas({1: torch.tensor([2, 50])})
+    randomise_deltas(patcher, seed=4)
+    with torch.no_grad():
+        want = model(x).logits
+    export_hf(model, str(tmp_path))
+    loaded = Auto.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        assert (loaded(x).logits - want).abs().max() < 1e-5
+
+
 def test_load_causal_lm_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_causal_lm(str(tmp_path / "missing"))

@@ -1,4 +1,4 @@
-"""Export under real 2-rank ZeRO-3 (``deepspeed --num_gpus 2`` on CPU/gloo): plain transformers reloads it."""
+"""Export and in-place merge under real 2-rank ZeRO-3 (``deepspeed --num_gpus 2`` on CPU/gloo): plain transformers reloads it."""
 import os
 import socket
 import subprocess
@@ -42,6 +42,7 @@ def test_zero3_export_round_trip(tmp_path):
         with torch.no_grad():
             got = loaded(saved["tokens"]).logits
         assert (got - saved["logits"]).abs().max() < 1e-5, family
+        assert (saved["merged"] - saved["logits"]).abs().max() < 1e-5, family
         trained = tiny_model(family, intermediate=128 if family == "mixtral" else 512)
         with torch.no_grad():  # deltas trained and deactivation folded: the weights really moved
             assert (trained(saved["tokens"]).logits - got).abs().max() > 1e-3

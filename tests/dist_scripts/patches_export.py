@@ -1,8 +1,8 @@
 """Run under ``deepspeed --num_gpus 2``: ZeRO-3 load, neuron deltas trained a few steps, export on rank 0.
 
 For each ``--model family=dir`` pair: load the checkpoint partitioned, patch it, add deltas, deactivate a few
-neurons, train 3 AdamW steps, record the patched model's logits on fixed tokens, and ``export_hf`` with the
-deactivation folded. Rank 0 writes ``<out>/<family>/`` (the checkpoint) and ``<out>/<family>.logits.pt``.
+neurons, train 3 AdamW steps, record the patched model's logits on fixed tokens, ``export_hf`` with the
+deactivation folded, then ``merge_into_weights`` in place and record the logits again. Rank 0 writes ``<out>/<family>/`` (the checkpoint) and ``<out>/<family>.logits.pt``.
 """
 import argparse
 import os
@@ -16,7 +16,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 import deepspeed  # noqa: E402
 from helpers_tiny_models import tiny_inputs  # noqa: E402
 
-from model_patches import export_hf, load_causal_lm, patch_model  # noqa: E402
+from model_patches import export_hf, load_causal_lm, merge_into_weights, patch_model  # noqa: E402
 from neurorit import dist  # noqa: E402
 
 NEURONS = {0: [1, 200, 300], 1: [0, 64, 511]}  # valid for dense (d_ff 512 = 4 x 128 MoE too)
@@ -43,8 +43,11 @@ def run(family: str, model_dir: str, out: str) -> None:
     with torch.no_grad():
         want = engine(probe).logits
     export_hf(engine, os.path.join(out, family), fold_deactivation=True, max_shard_size="100KB")
+    merge_into_weights(engine, fold_deactivation=True)  # in place, partitioned weights
+    with torch.no_grad():
+        merged = engine(probe).logits
     if dist.is_main():
-        torch.save({"tokens": probe, "logits": want}, os.path.join(out, f"{family}.logits.pt"))
+        torch.save({"tokens": probe, "logits": want, "merged": merged}, os.path.join(out, f"{family}.logits.pt"))
     dist.barrier()
 
 
