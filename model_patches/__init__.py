@@ -1,8 +1,12 @@
 """model_patches: everything that touches Hugging Face modules (DESIGN.md §2-3).
 
-- ``get_ffn_adapter(model)``, ``SUPPORTED_ARCHITECTURES``: where each family's FFN neurons live.
-- ``patch_model(model) -> FFNPatcher`` (also ``get_patcher``), ``unpatch_model``: per-instance patched FFN forward
-  with ``probe``, ``set_scale``/``scaled``, ``set_deactivated``, ``add_neuron_deltas``.
+- ``get_ffn_adapter(model)``, ``SUPPORTED_ARCHITECTURES``: where each family's FFN neurons live (gate/up/down,
+  Phi-3's fused gate_up, MoE experts with neuron = expert * d_ff + index).
+- ``patch_model(model) -> FFNPatcher`` (also ``get_patcher``), ``unpatch_model``: a per-instance patched FFN
+  forward. ``FFNPatcher``: ``num_layers``, ``intermediate_size``; ``probe(layers, positions)`` (context, yields
+  ``{layer: activations}``); ``set_scale({layer: (rows, alphas, baseline)})`` / ``scaled`` / ``clear_scale``;
+  ``set_deactivated({layer: neurons})`` / ``deactivated`` / ``clear_deactivated``;
+  ``add_neuron_deltas({layer: neurons}) -> [params]`` / ``neuron_deltas`` / ``remove_neuron_deltas``.
 - ``merge_into_weights``, ``export_hf``: fold deltas (and deactivations) and write a plain HF checkpoint.
 - ``choose_attn_implementation``, ``load_causal_lm``: attention choice and checkpoint loading (ZeRO-3 aware).
 """
