@@ -10,8 +10,8 @@ layer) with their gradients zeroed outside the selected rows/columns; target-lay
 - step time: forward + backward + optimizer step, the median over rounds that visit the variants in turn, all in
   this process (so background load hits them alike);
 - optimizer state: bytes held by AdamW after a step;
-- peak memory: the rise of peak resident memory while building and training the variant, measured in a forked
-  child per variant (CPU: ``VmHWM`` - ``VmRSS`` at fork; CUDA: ``max_memory_allocated``).
+- peak memory: the rise of the memory high-water mark while building and training the variant (CUDA:
+  ``max_memory_allocated``; CPU: ``VmHWM`` minus ``VmRSS`` before building, in a fresh spawned process per variant).
 
 The JSON holds every variant's numbers under ``variants`` and, relative to full fine-tuning,
 ``stage1_optimizer_state_ratio``, ``stage1_step_time_ratio``, ``stage1_peak_memory_ratio`` and the same for
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import time
@@ -109,8 +110,22 @@ def _status_kb(key: str) -> int:
     raise KeyError(key)
 
 
+def _child_peak(variant: str, a, batch, conn) -> None:
+    """In a fresh process: warm up on a tiny model, then build and train ``variant``; send the peak rise (MB)."""
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    tiny = argparse.Namespace(**{**vars(a), "layers": a.targets + 1, "hidden": 64, "intermediate": 128})
+    step(*setup("stage2", tiny)[::2], batch)  # lazy initialisation stays out of the measurement
+    start = _status_kb("VmRSS")
+    model, _, opt = setup(variant, a)
+    for _ in range(2):
+        step(model, opt, batch)
+    conn.send((_status_kb("VmHWM") - start) / 1024)
+
+
 def peak_memory_mb(variant: str, a, batch) -> float:
-    """Peak memory rise of building + two steps of ``variant``, in a forked child (a clean high-water mark)."""
+    """Peak memory rise of building + two steps of ``variant``: CUDA ``max_memory_allocated``; on CPU the
+    high-water mark of resident memory in a fresh (spawned) process, so earlier variants cannot hide it."""
     if a.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -121,21 +136,12 @@ def peak_memory_mb(variant: str, a, batch) -> float:
         del model, opt
         torch.cuda.empty_cache()
         return peak / 2**20
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            start = _status_kb("VmRSS")
-            model, _, opt = setup(variant, a)
-            for _ in range(2):
-                step(model, opt, batch)
-            os.write(write, str((_status_kb("VmHWM") - start) / 1024).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as fh:
-        value = float(fh.read() or "nan")
-    os.waitpid(pid, 0)
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_peak, args=(variant, a, batch, send))
+    child.start()
+    value = receive.recv() if receive.poll(1800) else float("nan")
+    child.join()
     return value
 
 
@@ -148,8 +154,6 @@ def ratios(num: dict, den: dict) -> dict:
 def run(a) -> dict:
     gen = torch.Generator().manual_seed(2)
     batch = torch.randint(0, a.vocab, (a.batch, a.seq), generator=gen).to(a.device)
-    tiny = argparse.Namespace(**{**vars(a), "layers": a.targets + 1, "hidden": 64, "intermediate": 128, "seq": 8})
-    step(*setup("stage2", tiny)[::2], batch[:, :8] % 64)  # lazy initialisation stays out of the children
     peaks = {v: peak_memory_mb(v, a, batch) for v in VARIANTS}
     built = {v: setup(v, a) for v in VARIANTS}
     times = {v: [] for v in VARIANTS}

@@ -16,7 +16,8 @@ from neurorit.errors import UserError  # noqa: E402
 from rag.prompts import PromptBuilder  # noqa: E402
 from rag.records import Passage, Record  # noqa: E402
 from train.data import StepPlan, build_examples, eval_batches, evidence_for  # noqa: E402
-from train.loop import build_optimizer, enable_gradient_checkpointing, lr_factor  # noqa: E402
+from train.loop import enable_gradient_checkpointing  # noqa: E402
+from train.optim import build_optimizer, lr_factor  # noqa: E402
 from train.trainable import setup_trainable  # noqa: E402
 
 

@@ -124,3 +124,14 @@ def test_robust_sft_trains_everything_and_none_reexports(workspace):
     cfg = load_config(workspace, ["--stage1.method", "none"])
     out = run_stage("stage1", cfg)
     assert all(torch.equal(base[k], v) for k, v in weights(out["export_dir"]).items())
+
+
+def test_zero0_8bit_adamw_with_accumulation(workspace):
+    cfg = load_config(workspace, ["--stage1.zero_stage", "0", "--stage1.optimizer", "adamw_8bit",
+                                  "--stage1.micro_batch_size", "1", "--stage1.schedule", "cosine",
+                                  "--stage1.max_steps", "2"])
+    out = run_stage("stage1", cfg)
+    logged = scalars(os.path.join(os.path.dirname(out["export_dir"]), "tb"))
+    assert all(v > 0 for _, v in logged["train/grad_norm"])
+    assert not torch.equal(weights(out["export_dir"])["model.layers.0.mlp.down_proj.weight"],
+                           weights(cfg.model.path)["model.layers.0.mlp.down_proj.weight"])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import time
@@ -31,6 +30,7 @@ from rag.records import load_records
 from train import checkpoint
 from train.data import StepPlan, build_examples, collate, eval_batches
 from train.monitor import Monitor
+from train.optim import build_optimizer, grad_norm, lr_factor
 from train.trainable import NEEDS_MAP, Trainable, setup_trainable
 
 
@@ -57,59 +57,7 @@ def neuron_map_dir(cfg: ExperimentConfig) -> str:
     return cfg.mining.output_dir or os.path.join(cfg.runtime.output_dir, "mining")
 
 
-# -------------------------------------------------------------------------------------- optimization
-def build_optimizer(params: list, st: StageConfig, ds_config: dict, device: torch.device) -> torch.optim.Optimizer:
-    """``adamw``: DeepSpeed's CPU Adam under optimizer offload, its fused Adam on CUDA, torch's AdamW otherwise;
-    ``adamw_torch``: torch's AdamW; ``adamw_8bit``: bitsandbytes (a UserError where it cannot run)."""
-    kwargs = dict(lr=st.lr, weight_decay=st.weight_decay)
-    if st.optimizer == "adamw_8bit":
-        return _adamw_8bit(params, kwargs, device)
-    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
-    if st.optimizer == "adamw" and offload != "none":
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
-    if st.optimizer == "adamw" and device.type == "cuda":
-        from deepspeed.ops.adam import FusedAdam
-
-        return FusedAdam(params, adam_w_mode=True, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
-
-
-def _adamw_8bit(params: list, kwargs: dict, device: torch.device) -> torch.optim.Optimizer:
-    """bitsandbytes AdamW8bit, after one probe step on this device so that a broken install fails here, clearly."""
-    try:
-        import bitsandbytes as bnb
-
-        probe = torch.nn.Parameter(torch.zeros(4096, device=device))
-        probe.grad = torch.ones_like(probe)
-        bnb.optim.AdamW8bit([probe], lr=1e-3).step()
-    except Exception as err:  # an import error, a missing native library, an unsupported device: all alike
-        raise UserError(f"optimizer adamw_8bit needs bitsandbytes, which cannot run on {device.type} here "
-                        f"({type(err).__name__}: {err}); use --stageN.optimizer adamw") from None
-    return bnb.optim.AdamW8bit(params, **kwargs)
-
-
-def lr_factor(schedule: str, warmup: int, total: int):
-    """Multiplier of the base lr at optimizer step ``s`` (0-based): linear warmup, then constant/linear/cosine."""
-    def factor(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / (warmup + 1)
-        progress = (s - warmup) / max(1, total - warmup)
-        if schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
-    return factor
-
-
-def _grad_norm(params: list) -> float:
-    """L2 norm of the (already reduced) gradients, for engines that do not report one (no ZeRO)."""
-    sq = sum(float(p.grad.detach().float().pow(2).sum()) for p in params if p.grad is not None)
-    return math.sqrt(sq)
-
-
+# ---------------------------------------------------------------------------------------------- model
 def enable_gradient_checkpointing(model) -> None:
     """Non-reentrant checkpointing: trainable parameters inside a checkpointed layer get gradients even when
     nothing before them requires grad (frozen embeddings and early layers), which reentrant checkpointing drops."""
@@ -148,7 +96,7 @@ def _train_step(engine, plan: StepPlan, step: int, examples: list, pad_id: int, 
         loss = engine(**batch).loss
         engine.backward(loss)
         if engine.is_gradient_accumulation_boundary() and not engine.zero_optimization():
-            norm = _grad_norm(params)
+            norm = grad_norm(params)
         engine.step()
         loss_sum += loss.item()
         tokens += int(batch["attention_mask"].sum())
@@ -159,9 +107,50 @@ def _train_step(engine, plan: StepPlan, step: int, examples: list, pad_id: int, 
             "seconds": time.perf_counter() - start}
 
 
+def _model_and_trainable(cfg: ExperimentConfig, stage: str, init_from: str, nmap, ds_config: dict):
+    """Load (partitioned under ZeRO-3), check against the neuron map, patch, choose the trainable set."""
+    st: StageConfig = getattr(cfg, stage)
+    model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
+    if nmap is not None:
+        nmap.check_model(model)
+    model.config.use_cache = False
+    trainable = setup_trainable(model, patch_model(model), st.method, stage, nmap, cfg.runtime.seed)
+    if not trainable.params:
+        raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")
+    if st.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model, trainable
+
+
+def _stage_data(cfg: ExperimentConfig, stage: str, tokenizer):
+    """Training examples (+ truncation report) and, when dev loss is on, the dev examples."""
+    st: StageConfig = getattr(cfg, stage)
+    kind = "robust_sft" if st.method == "robust_sft" else stage
+    common = (tokenizer, cfg.data.prompt_style, st.num_docs, cfg.data.max_length, cfg.runtime.seed)
+    examples, truncation = build_examples(kind, load_records(cfg.data.train_file, st.num_examples), *common)
+    dev = []
+    if st.eval_every > 0:
+        dev, _ = build_examples(kind, load_records(cfg.data.dev_file, st.eval_examples), *common)
+    return examples, dev, truncation
+
+
+def _resume(engine, ckpt_dir: str, resume: str, identity: dict, batch_size: int) -> tuple[Optional[str], int]:
+    """(checkpoint folder or None, the step to continue from)."""
+    found = checkpoint.find(ckpt_dir, resume)
+    if not found:
+        return None, 0
+    client = checkpoint.load(engine, found, identity)
+    step = client["step"]
+    if client["consumed_samples"] != step * batch_size:
+        raise UserError(f"checkpoint {found} consumed {client['consumed_samples']} samples in {step} steps; "
+                        f"resume with the batch_size it was taken with")
+    return found, step
+
+
 def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_after: int = 0,
               local_rank: Optional[int] = None) -> dict:
-    """Train ``stage`` ("stage1" / "stage2") as configured; returns the summary also written to disk."""
+    """Train ``stage`` ("stage1" / "stage2") as configured; returns the summary (also written to disk when the
+    stage finishes)."""
     import deepspeed
     from transformers import AutoTokenizer
 
@@ -190,29 +179,11 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
 
     ds_config = dist.ds_config_for(st.zero_stage, st.batch_size, st.micro_batch_size, st.ds_config,
                                    cfg.model.dtype, st.grad_clip)
-    ds_config["zero_allow_untested_optimizer"] = True
-    model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
-    if nmap is not None:
-        nmap.check_model(model)
-    model.config.use_cache = False
-    patcher = patch_model(model)
-    trainable = setup_trainable(model, patcher, st.method, stage, nmap, cfg.runtime.seed)
-    if not trainable.params:
-        raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")
-    if st.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-
-    kind = "robust_sft" if st.method == "robust_sft" else stage
-    records = load_records(cfg.data.train_file, st.num_examples)
-    examples, truncation = build_examples(kind, records, tokenizer, cfg.data.prompt_style, st.num_docs,
-                                          cfg.data.max_length, cfg.runtime.seed)
-    dev = []
-    if st.eval_every > 0:
-        dev, _ = build_examples(kind, load_records(cfg.data.dev_file, st.eval_examples), tokenizer,
-                                cfg.data.prompt_style, st.num_docs, cfg.data.max_length, cfg.runtime.seed)
+    ds_config["zero_allow_untested_optimizer"] = True  # the optimizer is always ours (see build_optimizer)
+    model, trainable = _model_and_trainable(cfg, stage, init_from, nmap, ds_config)
+    examples, dev, truncation = _stage_data(cfg, stage, tokenizer)
     plan = StepPlan([len(e.input_ids) for e in examples], st.batch_size, st.micro_batch_size, dist.world_size(),
                     dist.rank(), st.epochs, st.max_steps, cfg.runtime.seed)
-
     optimizer = build_optimizer(trainable.params, st, ds_config, info.device)
     factor = lr_factor(st.schedule, int(st.warmup_ratio * plan.total_steps), plan.total_steps)
     engine, _, _, _ = deepspeed.initialize(
@@ -221,21 +192,13 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
 
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     identity = {"stage": stage, "method": st.method, "neuron_map_hash": nmap.hash() if nmap else None}
-    step = 0
-    found = checkpoint.find(ckpt_dir, resume)
-    if found:
-        client = checkpoint.load(engine, found, identity)
-        step = client["step"]
-        if client["consumed_samples"] != step * st.batch_size:
-            raise UserError(f"checkpoint {found} consumed {client['consumed_samples']} samples in {step} steps; "
-                            f"resume with the batch_size it was taken with")
-
+    found, step = _resume(engine, ckpt_dir, resume, identity, st.batch_size)
     monitor = Monitor(os.path.join(out_dir, "tb"), plan.total_steps, step, stage)
     monitor.print(trainable.describe(model.config.hidden_size))
     monitor.print(truncation.report(f"{stage} training data"))
     if found:
         monitor.print(f"resumed from {found} at step {step}")
-    if not found:
+    else:
         monitor.scalars(0, {"train/trainable_params": trainable.count})
     stop_at = min(plan.total_steps, step + stop_after) if stop_after > 0 else plan.total_steps
     engine.train()
