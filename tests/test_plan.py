@@ -134,3 +134,32 @@ def test_cli_text_and_errors(tmp_path, capsys):
     assert "not a bundled config" in capsys.readouterr().err
     assert plan_mod.main(["--model", "Mistral-7B", "--nodes", "0"]) == 2
     assert "--nodes must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["zero0", "zero2", "zero3", "zero3_offload"])
+def test_gpu_ds_configs_are_concrete_and_parse(name):
+    """The GPU configs the planner reads: concrete values (no "auto", no batch sizes), bf16, and DeepSpeed accepts
+    them once the batch sizes are filled in (as neurorit.dist.ds_config_for does)."""
+    path = os.path.join(ROOT, "ds_configs", f"{name}.json")
+    text = open(path).read()
+    cfg = json.loads(text)
+    assert '"auto"' not in text
+    assert not {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"} & set(cfg)
+    assert cfg["bf16"]["enabled"] is True
+    zero = cfg["zero_optimization"]
+    assert zero["stage"] == int(name[4])
+    if zero["stage"] >= 2:
+        assert zero["overlap_comm"] is True
+    if zero["stage"] == 3:
+        assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+        assert plan_mod.buckets_from_ds_config(path) == {"prefetch_bucket": zero["stage3_prefetch_bucket_size"],
+                                                          "reduce_bucket": zero["reduce_bucket_size"],
+                                                          "overlap_comm": True}
+    if name == "zero3_offload":
+        assert zero["offload_param"]["device"] == zero["offload_optimizer"]["device"] == "cpu"
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    cfg.update(train_batch_size=8, train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=8, gradient_clipping=1.0)
+    parsed = DeepSpeedConfig(cfg)
+    assert parsed.zero_optimization_stage == zero["stage"]

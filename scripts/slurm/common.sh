@@ -179,10 +179,12 @@ nr_node_main() {
                 --no-python bash "$NR_COMMON" --rank "$PYTHON" "${entry[@]}"
             ;;
         deepspeed)
-            # One launcher per node (--no_ssh): it appends --local_rank=N, which every entry point accepts.
+            # One launcher per node (--no_ssh) with the job's hostfile; ranks read LOCAL_RANK from the environment
+            # (--no_local_rank: no --local_rank argument, which would land before the entry's own arguments).
+            # It sets CUDA_VISIBLE_DEVICES=0..slots-1 itself: meant for whole nodes (the sbatch files use --exclusive).
             exec "$PYTHON" -m deepspeed.launcher.runner --no_ssh --node_rank="$node_rank" \
                 --hostfile="$NR_HOSTFILE" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" \
-                --no_python bash "$NR_COMMON" --rank "$PYTHON" "${entry[@]}"
+                --no_python --no_local_rank bash "$NR_COMMON" --rank "$PYTHON" "${entry[@]}"
             ;;
         *)
             echo "unknown LAUNCHER '$LAUNCHER' (torchrun, deepspeed or srun)" >&2
@@ -191,12 +193,44 @@ nr_node_main() {
     esac
 }
 
-# nr_rank_main PYTHON ARGS...: what every rank runs: one line naming the rank (the logs show every rank), then
-# the entry point itself.
+# What every rank's Python runs: the entry (a script path, or -m module) exactly as `python ENTRY ARGS` would,
+# then, when it succeeded, destroy_process_group(). Without that a gloo (CPU) rank can abort at interpreter exit
+# ("terminate called without an active exception") after finishing its work, failing the job and the
+# --dependency=afterok chain. Failures are left alone, so a failing rank still exits at once.
+NR_RUNNER='
+import os, runpy, sys
+args = sys.argv[1:]
+if args and args[0] == "-m":
+    target, module = args[1], True
+    sys.argv = [target] + args[2:]
+else:
+    target, module = args[0], False
+    sys.argv = list(args)
+    sys.path[0] = os.path.dirname(os.path.abspath(target))
+ok = False
+try:
+    if module:
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(target, run_name="__main__")
+    ok = True
+except SystemExit as exc:
+    ok = exc.code in (None, 0)
+    raise
+finally:
+    tdist = sys.modules.get("torch.distributed")
+    if ok and tdist is not None and tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+'
+
+# nr_rank_main PYTHON ENTRY ARGS...: what every rank runs: one line naming the rank (so the logs show every
+# rank), then the entry point through NR_RUNNER.
 nr_rank_main() {
     echo "[neurorit-slurm] rank ${RANK:-${SLURM_PROCID:-0}} of ${WORLD_SIZE:-${SLURM_NTASKS:-1}}" \
         "(local rank ${LOCAL_RANK:-${SLURM_LOCALID:-0}}, node ${SLURM_NODEID:-0} $(hostname), ${LAUNCHER:-?})"
-    exec "$@"
+    local py=$1
+    shift
+    exec "$py" -c "$NR_RUNNER" "$@"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

@@ -4,16 +4,19 @@
 #  1. installs Debian's slurm-wlm and munge when missing (apt-get; needs root or sudo);
 #  2. starts a private one-node cluster on 127.0.0.1: its own munged, slurmctld and slurmd, with their own key,
 #     sockets, ports, spool and logs under a temporary directory (nothing system-wide is touched or stopped);
-#  3. smoke test: a 2-rank job through scripts/slurm/common.sh with torchrun (one task starting 2 processes) and
-#     with LAUNCHER=srun (2 tasks, ranks mapped by neurorit.dist), each doing a gloo all-reduce;
+#  3. smoke test: a 2-rank job through scripts/slurm/common.sh with each launcher: torchrun and the deepspeed
+#     launcher (one task starting 2 processes) and LAUNCHER=srun (2 tasks, ranks mapped by neurorit.dist), each
+#     rank doing a gloo all-reduce;
 #  4. submits scripts/slurm/pipeline.sbatch (mine -> stage1 -> stage2 -> eval, --dependency=afterok) for the tiny
 #     CPU config with 2 ranks, waits, checks every job COMPLETED, every stage's outputs, and that every stage's log
 #     shows rank 0 and rank 1 of 2;
+#     then requeues the finished stage-1 job (scontrol requeue) and checks that it resumed from its checkpoint;
 #  5. stops the daemons it started (also on failure or Ctrl-C).
 #
 # Knobs: SLURM_TEST_CONFIG [configs/slurm_test.yaml], SLURM_TEST_OUT [outputs/slurm_test],
 #        SLURM_TEST_TIMEOUT [2400 s for the pipeline], SLURM_TEST_SMOKE_ONLY=1 (steps 1-3 and 5 only),
-#        SLURM_TEST_KEEP=1 (keep the temporary directory), SLURM_TEST_LAUNCHER [torchrun].
+#        SLURM_TEST_KEEP=1 (keep the temporary directory), SLURM_TEST_LAUNCHER [torchrun] for the pipeline,
+#        SLURM_TEST_SMOKE_LAUNCHERS ["torchrun srun deepspeed"], SLURM_TEST_REQUEUE [1].
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -199,12 +202,13 @@ nr_setup
 nr_launch "$SMOKE/probe.py"
 EOF
 smoke_ids=()
-for launcher in torchrun srun; do
+read -r -a SMOKE_LAUNCHERS <<<"${SLURM_TEST_SMOKE_LAUNCHERS:-torchrun srun deepspeed}"
+for launcher in "${SMOKE_LAUNCHERS[@]}"; do
     id=$(NEURORIT_ROOT="$ROOT" LAUNCHER=$launcher NPROC_PER_NODE=2 \
         sbatch --parsable --job-name="smoke-$launcher" --output="$SMOKE/%x-%j.out" "$SMOKE/smoke.sbatch")
     smoke_ids+=("${id%%;*}")
 done
-say "smoke jobs submitted: ${smoke_ids[*]} (torchrun, srun)"
+say "smoke jobs submitted: ${smoke_ids[*]} (${SMOKE_LAUNCHERS[*]})"
 if ! wait_jobs 600 "${smoke_ids[@]}"; then
     cat "$SMOKE"/*.out || true
     fail "smoke jobs did not complete"
@@ -286,4 +290,20 @@ while read -r name id; do
     grep -q "= 2 ranks" "$log" || fail "$name: $log does not show the 2-rank launch"
     say "$name (job $id): $(grep -c 'rank [01] of 2' "$log") rank banners (rank 0 and rank 1 of 2) in $log"
 done <"$LOGS/jobs.txt"
+
+# requeue: stage 1 again as SLURM would after a node failure; it must resume from its checkpoint by itself
+if [[ "${SLURM_TEST_REQUEUE:-1}" == 1 ]]; then
+    s1_id="$(awk '$1 == "stage1" {print $2}' "$LOGS/jobs.txt")"
+    log="$LOGS/nrit-stage1-$s1_id.out"
+    scontrol requeue "$s1_id" || fail "scontrol requeue $s1_id refused"
+    sleep 2
+    # SLURM holds a requeued job back for a while (BeginTime); let it start now.
+    scontrol update JobId="$s1_id" StartTime=now 2>/dev/null || true
+    say "requeued stage1 (job $s1_id)"
+    wait_jobs 600 "$s1_id" || { tail -n 40 "$log"; fail "requeued stage1 did not complete"; }
+    grep -q "restart 1:" "$log" || fail "requeue: $log has no 'restart 1' launch line (log not appended?)"
+    grep -q "resumed from" "$log" || { tail -n 40 "$log"; fail "requeue: stage1 did not resume from its checkpoint"; }
+    [[ $(grep -c "rank 1 of 2" "$log") -ge 2 ]] || fail "requeue: the second run did not start 2 ranks"
+    say "requeue: stage1 resumed: $(grep -o 'resumed from.*' "$log" | head -n1)"
+fi
 say "PASS"
