@@ -109,3 +109,14 @@ def test_row_chunks_cover_every_layer_step_once():
     flat = [row for chunk in chunks for row in chunk]
     assert flat == [(layer, k) for layer in range(3) for k in range(5)]
     assert max(len(c) for c in chunks) == 4
+
+
+def test_prompt_longer_than_a_sliding_window():
+    """Gemma-2 alternates sliding (window 64) and full layers: the cached rows must see exactly the window."""
+    model, patcher, _, query = _setup("gemma2", layers=2)
+    prompt = torch.randint(3, 97, (100,), generator=torch.Generator().manual_seed(3))
+    inp = IGInput(prompt, query, Target("yes_prob", 11))
+    settings = IGSettings(steps=4, chunk_rows=3)
+    ref = integrated_gradients(model, patcher, inp, settings, "reference")
+    fast = integrated_gradients(model, patcher, inp, settings, "fast")
+    assert _rel_err(fast.attributions, ref.attributions) <= 1e-4
