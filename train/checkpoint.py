@@ -1,6 +1,8 @@
 """DeepSpeed checkpoints for resume: ``<stage output>/checkpoints/step<N>/`` plus DeepSpeed's ``latest`` file.
 
 Client state: step, consumed samples, every rank's RNG states (python, torch, CUDA) and the neuron-map hash.
+Frozen parameters are left out (they are the stage's ``init_from`` weights, loaded again on resume), so a
+neuron-level checkpoint of a 70B model holds only the deltas, the trainable FFNs and their optimizer state.
 Rank 0 also writes ``trainer_state.json`` (the same minus RNG) inside the tag folder, so that a checkpoint taken
 with another neuron map (or method) is refused with a ``UserError`` *before* DeepSpeed tries to load tensors of
 other shapes.
@@ -39,7 +41,7 @@ def save(engine, ckpt_dir: str, step: int, consumed: int, identity: dict) -> Non
     tag = f"step{step}"
     rngs = dist.all_gather_objects(_rng_state())
     state = {"step": step, "consumed_samples": consumed, **identity}
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state={**state, "rng": rngs})
+    engine.save_checkpoint(ckpt_dir, tag=tag, client_state={**state, "rng": rngs}, exclude_frozen_parameters=True)
     if dist.is_main():
         path = os.path.join(ckpt_dir, tag, STATE_FILE)
         with open(path + ".tmp", "w") as fh:
@@ -74,7 +76,8 @@ def load(engine, tag_dir: str, identity: dict) -> dict:
         if saved.get(key) != value:
             raise UserError(f"checkpoint {tag_dir} was taken with {key} = {saved.get(key)!r}, this run has "
                             f"{value!r}; use the matching neuron map / method, another output_dir, or --resume never")
-    path, client = engine.load_checkpoint(os.path.dirname(tag_dir), tag=os.path.basename(tag_dir))
+    path, client = engine.load_checkpoint(os.path.dirname(tag_dir), tag=os.path.basename(tag_dir),
+                                          load_module_strict=False)  # frozen weights come from init_from
     if path is None:
         raise UserError(f"DeepSpeed could not load checkpoint {tag_dir}")
     _set_rng_state(client["rng"][dist.rank()])
