@@ -69,7 +69,7 @@ class StageConfig:
     epochs: float = 1.0
     max_steps: int = -1  # > 0 caps the optimizer steps (the same budget for every method)
     batch_size: int = 4  # global batch (all ranks, after accumulation)
-    micro_batch_size: int = 4  # per rank per forward
+    micro_batch_size: int = 4  # per rank per forward, at most (train/ lowers it to batch_size / world size)
     weight_decay: float = 0.0
     optimizer: Literal["adamw", "adamw_torch", "adamw_8bit"] = "adamw"
     schedule: Literal["constant", "linear", "cosine"] = "linear"

@@ -177,13 +177,13 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation)
         return _finish(model, tokenizer, out_dir, stage, st, init_from, Trainable(), 0, None, nmap)
 
-    ds_config = dist.ds_config_for(st.zero_stage, st.batch_size, st.micro_batch_size, st.ds_config,
-                                   cfg.model.dtype, st.grad_clip)
+    micro = max(1, min(st.micro_batch_size, st.batch_size // dist.world_size()))
+    ds_config = dist.ds_config_for(st.zero_stage, st.batch_size, micro, st.ds_config, cfg.model.dtype, st.grad_clip)
     ds_config["zero_allow_untested_optimizer"] = True  # the optimizer is always ours (see build_optimizer)
     model, trainable = _model_and_trainable(cfg, stage, init_from, nmap, ds_config)
     examples, dev, truncation = _stage_data(cfg, stage, tokenizer)
-    plan = StepPlan([len(e.input_ids) for e in examples], st.batch_size, st.micro_batch_size, dist.world_size(),
-                    dist.rank(), st.epochs, st.max_steps, cfg.runtime.seed)
+    plan = StepPlan([len(e.input_ids) for e in examples], st.batch_size, micro, dist.world_size(), dist.rank(),
+                    st.epochs, st.max_steps, cfg.runtime.seed)
     optimizer = build_optimizer(trainable.params, st, ds_config, info.device)
     factor = lr_factor(st.schedule, int(st.warmup_ratio * plan.total_steps), plan.total_steps)
     engine, _, _, _ = deepspeed.initialize(
@@ -212,7 +212,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
                                    "train/grad_norm": last["grad_norm"],
                                    "train/tokens_per_s": last["tokens"] / max(last["seconds"], 1e-9)})
         if dev and (step % st.eval_every == 0 or step == plan.total_steps):
-            monitor.scalars(step, {"dev/loss": dev_loss(engine, dev, st.micro_batch_size, pad_id)})
+            monitor.scalars(step, {"dev/loss": dev_loss(engine, dev, micro, pad_id)})
         if (st.save_every > 0 and step % st.save_every == 0) or step == stop_at:
             checkpoint.save(engine, ckpt_dir, step, step * st.batch_size, identity)
     monitor.close()
