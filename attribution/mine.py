@@ -31,7 +31,6 @@ from attribution.examples import ExampleBuilder, MiningExample, examples_digest
 from attribution.ig import integrated_gradients
 from attribution.ig_common import IGSettings
 from attribution.neuron_map import NeuronMap, model_fingerprint
-from attribution.plot import log_tensorboard, save_png, summary
 from attribution.selection import example_topk
 from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, reduce_stats, scan_shards,
                                shard_path)
@@ -140,6 +139,8 @@ def run_fingerprint(cfg: ExperimentConfig, fingerprint: dict, pairs, max_length:
 
 def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerprint: dict) -> NeuronMap:
     """Rank 0: reduced statistics, neuron map, picture, TensorBoard image, summary, config."""
+    from attribution.plot import log_tensorboard, save_png, summary  # matplotlib: rank 0 only
+
     m = cfg.mining
     stats.save(os.path.join(out, "neuron_stats.safetensors"))
     bad = stats.status_counts()
