@@ -16,7 +16,8 @@
 # Knobs: SLURM_TEST_CONFIG [configs/slurm_test.yaml], SLURM_TEST_OUT [outputs/slurm_test],
 #        SLURM_TEST_TIMEOUT [2400 s for the pipeline], SLURM_TEST_SMOKE_ONLY=1 (steps 1-3 and 5 only),
 #        SLURM_TEST_KEEP=1 (keep the temporary directory), SLURM_TEST_LAUNCHER [torchrun] for the pipeline,
-#        SLURM_TEST_SMOKE_LAUNCHERS ["torchrun srun deepspeed"], SLURM_TEST_REQUEUE [1].
+#        SLURM_TEST_SMOKE_LAUNCHERS ["torchrun srun deepspeed"], SLURM_TEST_REQUEUE [1],
+#        SLURM_TEST_NODES [1]: 2 emulates two nodes (two slurmd on 127.0.0.1) with one rank each.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -63,7 +64,7 @@ cleanup() {
         kill -9 "$pid" 2>/dev/null || true
     done
     if [[ $rc -ne 0 ]]; then
-        say "daemon logs kept in $STATE (slurmctld.log, slurmd.log, munged.log)"
+        say "daemon logs kept in $STATE (slurmctld.log, slurmd.<node>.log, munged.log)"
     elif [[ "${SLURM_TEST_KEEP:-0}" != 1 ]]; then
         rm -rf "$STATE"
     fi
@@ -95,7 +96,26 @@ for _ in $(seq 1 50); do [[ -S "$STATE/munge/munge.sock" ]] && break; sleep 0.2;
 [[ -S "$STATE/munge/munge.sock" ]] || { cat "$STATE/munged.out" "$STATE/munged.log" 2>/dev/null; fail "munged did not start"; }
 
 # The node as slurmd sees it (CPUs, sockets, cores, memory), renamed to this host with address 127.0.0.1.
-NODE_LINE="$(slurmd -C | head -n1 | sed -e "s/^NodeName=[^ ]*/NodeName=$HOST NodeAddr=127.0.0.1/")"
+# With SLURM_TEST_NODES=N > 1, N emulated nodes (one slurmd each, own port) share this machine's CPUs and memory,
+# so the multi-node path (one task per node, rendezvous on the first node) runs for real.
+NNODES_TEST="${SLURM_TEST_NODES:-1}"
+if [[ "$NNODES_TEST" -le 1 ]]; then
+    NODE_NAMES=("$HOST")
+    NODE_LINES="$(slurmd -C | head -n1 | sed -e "s/^NodeName=[^ ]*/NodeName=$HOST NodeAddr=127.0.0.1/") State=UNKNOWN"
+else
+    cpus=$(slurmd -C | head -n1 | grep -o 'CPUs=[0-9]*' | cut -d= -f2)
+    mem=$(slurmd -C | head -n1 | grep -o 'RealMemory=[0-9]*' | cut -d= -f2)
+    per_cpu=$(( cpus / NNODES_TEST > 0 ? cpus / NNODES_TEST : 1 ))
+    NODE_NAMES=()
+    NODE_LINES=""
+    for i in $(seq 1 "$NNODES_TEST"); do
+        NODE_NAMES+=("${HOST}n$i")
+        NODE_LINES+="NodeName=${HOST}n$i NodeAddr=127.0.0.1 Port=$(free_port) CPUs=$per_cpu RealMemory=$(( mem / NNODES_TEST )) State=UNKNOWN"$'\n'
+    done
+fi
+NODE_LIST="$(IFS=,; echo "${NODE_NAMES[*]}")"
+[[ $((2 % NNODES_TEST)) -eq 0 ]] || fail "SLURM_TEST_NODES must be 1 or 2 (2 ranks in all)"
+PER_NODE=$((2 / NNODES_TEST))
 USER_NAME="$(id -un)"
 cat >"$STATE/slurm.conf" <<EOF
 ClusterName=neurorit-test
@@ -108,11 +128,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$STATE/munge/munge.sock
 StateSaveLocation=$STATE/ctld
-SlurmdSpoolDir=$STATE/spool
+SlurmdSpoolDir=$STATE/spool/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
+SlurmdPidFile=$STATE/slurmd.%n.pid
 SlurmctldLogFile=$STATE/slurmctld.log
-SlurmdLogFile=$STATE/slurmd.log
+SlurmdLogFile=$STATE/slurmd.%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -130,8 +150,9 @@ MinJobAge=3600
 KillWait=10
 InactiveLimit=0
 MailProg=/bin/true
-$NODE_LINE State=UNKNOWN
-PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+SlurmdParameters=config_overrides
+$NODE_LINES
+PartitionName=debug Nodes=$NODE_LIST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 export SLURM_CONF="$STATE/slurm.conf"
 
@@ -139,16 +160,19 @@ slurmctld -D -i -f "$SLURM_CONF" >"$STATE/slurmctld.out" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 60); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.5; done
 scontrol ping 2>/dev/null | grep -q UP || { tail -n 30 "$STATE/slurmctld.log" "$STATE/slurmctld.out"; fail "slurmctld did not come up"; }
-slurmd -D -N "$HOST" -f "$SLURM_CONF" >"$STATE/slurmd.out" 2>&1 &
-PIDS+=($!)
-state=""
+for name in "${NODE_NAMES[@]}"; do
+    mkdir -p "$STATE/spool/$name"
+    slurmd -D -N "$name" -f "$SLURM_CONF" >"$STATE/slurmd.$name.out" 2>&1 &
+    PIDS+=($!)
+done
+states=""
 for _ in $(seq 1 60); do
-    state="$(sinfo -h -N -o '%T' 2>/dev/null | head -n1)"
-    [[ "$state" == idle ]] && break
+    states="$(sinfo -h -N -o '%T' 2>/dev/null | sort -u | tr '\n' ' ')"
+    [[ "$states" == "idle " ]] && break
     sleep 0.5
 done
-[[ "$state" == idle ]] || { tail -n 30 "$STATE/slurmd.log" "$STATE/slurmd.out"; sinfo -N -l || true; fail "node not idle (state '$state')"; }
-say "cluster up: $(sinfo -h -N -o '%N %T cpus=%c mem=%m')  (slurm.conf: $SLURM_CONF)"
+[[ "$states" == "idle " ]] || { tail -n 30 "$STATE"/slurmd.*; sinfo -N -l || true; fail "nodes not idle (states: $states)"; }
+say "cluster up: $(sinfo -h -N -o '%N %T cpus=%c mem=%m' | tr '\n' ';')  (slurm.conf: $SLURM_CONF)"
 
 # wait_jobs ID... : until none is pending or running (or the timeout), then each must be COMPLETED with 0:0.
 wait_jobs() {
@@ -204,8 +228,8 @@ EOF
 smoke_ids=()
 read -r -a SMOKE_LAUNCHERS <<<"${SLURM_TEST_SMOKE_LAUNCHERS:-torchrun srun deepspeed}"
 for launcher in "${SMOKE_LAUNCHERS[@]}"; do
-    id=$(NEURORIT_ROOT="$ROOT" LAUNCHER=$launcher NPROC_PER_NODE=2 \
-        sbatch --parsable --job-name="smoke-$launcher" --output="$SMOKE/%x-%j.out" "$SMOKE/smoke.sbatch")
+    id=$(NEURORIT_ROOT="$ROOT" LAUNCHER=$launcher NPROC_PER_NODE=$PER_NODE \
+        sbatch --parsable --nodes="$NNODES_TEST" --job-name="smoke-$launcher" --output="$SMOKE/%x-%j.out" "$SMOKE/smoke.sbatch")
     smoke_ids+=("${id%%;*}")
 done
 say "smoke jobs submitted: ${smoke_ids[*]} (${SMOKE_LAUNCHERS[*]})"
@@ -251,9 +275,9 @@ fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 LOGS="$OUT/slurm_logs"
-say "pipeline: $CONFIG -> $OUT, 1 node x 2 ranks (CPU), launcher ${SLURM_TEST_LAUNCHER:-torchrun}"
-pid_job=$(export NEURORIT_ROOT="$ROOT" CONFIG OUTPUT_DIR="$OUT" LOG_DIR="$LOGS" NODES=1 GPUS_PER_NODE=0 \
-        NPROC_PER_NODE=2 EVAL_BASE=0 LAUNCHER="${SLURM_TEST_LAUNCHER:-torchrun}"
+say "pipeline: $CONFIG -> $OUT, $NNODES_TEST node(s) x $PER_NODE = 2 ranks (CPU), launcher ${SLURM_TEST_LAUNCHER:-torchrun}"
+pid_job=$(export NEURORIT_ROOT="$ROOT" CONFIG OUTPUT_DIR="$OUT" LOG_DIR="$LOGS" NODES="$NNODES_TEST" GPUS_PER_NODE=0 \
+        NPROC_PER_NODE="$PER_NODE" EVAL_BASE=0 LAUNCHER="${SLURM_TEST_LAUNCHER:-torchrun}"
     sbatch --parsable --output="$OUT/pipeline-%j.out" scripts/slurm/pipeline.sbatch "${PIPE_ARGS[@]}")
 pid_job="${pid_job%%;*}"
 wait_jobs 300 "$pid_job" || { cat "$OUT"/pipeline-*.out; fail "the pipeline job (submitter) failed"; }
