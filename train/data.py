@@ -24,7 +24,7 @@ import torch
 
 from neurorit.errors import UserError
 from rag.prompts import Encoded, PromptBuilder, TruncationCounter, encode
-from rag.records import Record, irrelevant_passages
+from rag.records import Passage, Record, irrelevant_passages, passage_has_answer
 from rag.settings import docs_for_setting, record_rng
 
 KINDS = ("stage1", "stage2", "robust_sft")
@@ -37,11 +37,10 @@ def evidence_for(record: Record, docs, builder: PromptBuilder) -> str:
     no-evidence sentence."""
     if record.evidence.strip():
         return record.evidence.strip()
-    answers = [a.lower() for a in record.answers if a.strip()]
     found = []
     for doc in docs:
         for sentence in _SENTENCE.split(doc.text.strip()):
-            if any(a in sentence.lower() for a in answers) and sentence not in found:
+            if passage_has_answer(Passage("", sentence), record.answers) and sentence not in found:
                 found.append(sentence)
     return " ".join(found) if found else builder.no_evidence()
 
