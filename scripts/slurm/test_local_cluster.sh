@@ -7,9 +7,9 @@
 #  3. smoke test: a 2-rank job through scripts/slurm/common.sh with each launcher: torchrun and the deepspeed
 #     launcher (one task starting 2 processes) and LAUNCHER=srun (2 tasks, ranks mapped by neurorit.dist), each
 #     rank doing a gloo all-reduce;
-#  4. submits scripts/slurm/pipeline.sbatch (mine -> stage1 -> stage2 -> eval, --dependency=afterok) for the tiny
-#     CPU config with 2 ranks, waits, checks every job COMPLETED, every stage's outputs, and that every stage's log
-#     shows rank 0 and rank 1 of 2;
+#  4. submits scripts/slurm/pipeline.sbatch (mine -> stage1 -> stage2 -> eval, --dependency=afterok, plus the
+#     base model's evaluation) for the tiny CPU config with 2 ranks, waits, checks every job COMPLETED, every
+#     stage's outputs, and that every stage's log shows rank 0 and rank 1 of 2;
 #     then requeues the finished stage-1 job (scontrol requeue) and checks that it resumed from its checkpoint;
 #  5. stops the daemons it started (also on failure or Ctrl-C).
 #
@@ -277,14 +277,14 @@ mkdir -p "$OUT"
 LOGS="$OUT/slurm_logs"
 say "pipeline: $CONFIG -> $OUT, $NNODES_TEST node(s) x $PER_NODE = 2 ranks (CPU), launcher ${SLURM_TEST_LAUNCHER:-torchrun}"
 pid_job=$(export NEURORIT_ROOT="$ROOT" CONFIG OUTPUT_DIR="$OUT" LOG_DIR="$LOGS" NODES="$NNODES_TEST" GPUS_PER_NODE=0 \
-        NPROC_PER_NODE="$PER_NODE" EVAL_BASE=0 LAUNCHER="${SLURM_TEST_LAUNCHER:-torchrun}"
+        NPROC_PER_NODE="$PER_NODE" EVAL_BASE=1 LAUNCHER="${SLURM_TEST_LAUNCHER:-torchrun}"
     sbatch --parsable --output="$OUT/pipeline-%j.out" scripts/slurm/pipeline.sbatch "${PIPE_ARGS[@]}")
 pid_job="${pid_job%%;*}"
 wait_jobs 300 "$pid_job" || { cat "$OUT"/pipeline-*.out; fail "the pipeline job (submitter) failed"; }
 cat "$OUT"/pipeline-*.out
 [[ -s "$LOGS/jobs.txt" ]] || fail "$LOGS/jobs.txt missing"
 mapfile -t stage_ids < <(awk '{print $2}' "$LOGS/jobs.txt")
-[[ ${#stage_ids[@]} -eq 4 ]] || fail "expected 4 stage jobs, got: $(cat "$LOGS/jobs.txt")"
+[[ ${#stage_ids[@]} -eq 5 ]] || fail "expected 5 jobs (mine stage1 stage2 eval eval_base), got: $(cat "$LOGS/jobs.txt")"
 start=$SECONDS
 if ! wait_jobs "$TIMEOUT" "${stage_ids[@]}"; then
     for f in "$LOGS"/*.out; do echo "=== $f"; tail -n 60 "$f"; done
@@ -302,6 +302,7 @@ for stage in stage1 stage2; do
     say "$stage: export $(dirname "$cfgjson")"
 done
 [[ -s "$OUT/eval/neurorit.eval.json" ]] || fail "eval: $OUT/eval/neurorit.eval.json missing"
+[[ -s "$OUT/eval/base.eval.json" ]] || fail "eval: $OUT/eval/base.eval.json (EVAL_BASE) missing"
 [[ -s "$OUT/results.json" ]] || fail "eval: the report $OUT/results.json is missing"
 say "eval: $OUT/eval/neurorit.eval.json, report $OUT/results.json"
 [[ -f "$OUT/results.md" ]] && cat "$OUT/results.md"
