@@ -72,10 +72,10 @@ def summary(nmap: NeuronMap, stats: NeuronStats, bad_input: dict[str, int]) -> s
     """One screen: examples and what was skipped, F on each side, group sizes, per-layer counts, top neurons."""
     fp = nmap.fingerprint
     ok = stats.ok()
+    skipped = "; ".join(f"{k}: {v}" for k, v in bad_input.items() if v)
     lines = [f"neuron map  {fp['architecture']}  {fp['num_layers']} layers x {fp['intermediate_size']} neurons  "
              f"hash {nmap.hash()}",
-             f"examples: {int(ok.sum())} used of {len(stats.example_ids)}; "
-             + "; ".join(f"{k}: {v}" for k, v in bad_input.items() if v)]
+             f"examples: {int(ok.sum())} used of {len(stats.example_ids)}" + (f"; {skipped}" if skipped else "")]
     if int(ok.sum()):
         means = stats.f_input[ok].mean(0).tolist()
         lines.append("mean F: " + ", ".join(f"{s} {m:.4f}" for s, m in zip(SIDES, means)))
