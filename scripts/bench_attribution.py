@@ -5,9 +5,9 @@
 A randomly initialised Llama (8 layers, hidden 256, fp32, sdpa), 20 steps, all layers, prompts of 256 and 1,024
 tokens with a query-only baseline prompt. Reports per length: wall time of each method (best of ``--repeats``),
 the speedup, the max relative error (max |fast - ref| / max |ref| over each example's attribution map), whether
-the per-example top-20 sets agree, and the peak memory of each method (peak resident set above the level before
-the call, read from /proc after resetting the high-water mark; freed heap memory is handed back before each call so
-that each method is measured on its own). The JSON maps ``lengths`` -> {"256": {...}, ...}.
+the per-example top-20 sets agree, and the peak memory of each method above what was in use before the call (on
+CPU the resident set, read from /proc after resetting the high-water mark, freed heap memory handed back first; on
+a GPU the CUDA allocator's peak). The JSON maps ``lengths`` -> {"256": {...}, "1024": {...}}.
 """
 from __future__ import annotations
 
@@ -42,26 +42,35 @@ def _status_kb(key: str) -> int:
     return 0
 
 
-def measure(fn):
-    """(result, seconds, peak MB above the resident set before the call)."""
-    _trim()
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # reset VmHWM to the current resident set
-    before = _status_kb("VmRSS")
+def measure(fn, device: torch.device):
+    """(result, seconds, peak MB above the memory in use before the call): CUDA allocator statistics on a GPU,
+    the process's resident set on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        _trim()
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current resident set
+        before = _status_kb("VmRSS") * 1024
     start = time.perf_counter()
     out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return out, seconds, (_status_kb("VmHWM") - before) / 1024
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_kb("VmHWM") * 1024
+    return out, seconds, (peak - before) / 2**20
 
 
-def build_model(layers: int, hidden: int, intermediate: int, vocab: int, max_len: int, seed: int):
+def build_model(layers: int, hidden: int, intermediate: int, vocab: int, max_len: int, seed: int, device):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                       num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
                       max_position_embeddings=max_len, tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").float().eval()
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").float().eval().to(device)
     model.requires_grad_(False)
     return model
 
@@ -84,17 +93,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--ref_chunk_rows", type=int, default=20, help="reference: steps batched per pass")
     ap.add_argument("--examples", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
-    model = build_model(args.layers, args.hidden, args.intermediate, args.vocab, max(lengths), seed=0)
+    device = torch.device(args.device)
+    model = build_model(args.layers, args.hidden, args.intermediate, args.vocab, max(lengths), seed=0, device=device)
     patcher = patch_model(model)
     gen = torch.Generator().manual_seed(0)
     report = {"model": {"family": "llama", "layers": args.layers, "hidden": args.hidden,
                         "intermediate": args.intermediate, "vocab": args.vocab, "dtype": "float32", "attn": "sdpa"},
               "steps": args.steps, "chunk_rows_fast": args.chunk_rows, "chunk_rows_ref": args.ref_chunk_rows,
-              "examples": args.examples, "repeats": args.repeats, "threads": args.threads, "lengths": {}}
+              "examples": args.examples, "repeats": args.repeats, "threads": args.threads, "device": str(device),
+              "lengths": {}}
     for length in lengths:
         times = {"fast": [], "reference": []}
         peaks = {"fast": 0.0, "reference": 0.0}
@@ -108,7 +120,8 @@ def main(argv=None) -> dict:
                 settings = IGSettings(steps=args.steps, chunk_rows=rows)
                 best = float("inf")
                 for _ in range(args.repeats):
-                    res, sec, peak = measure(lambda: integrated_gradients(model, patcher, inp, settings, method))
+                    res, sec, peak = measure(lambda: integrated_gradients(model, patcher, inp, settings, method),
+                                             device)
                     best, peaks[method] = min(best, sec), max(peaks[method], peak)
                 times[method].append(best)
                 out[method] = res.attributions
