@@ -8,6 +8,7 @@ CUDA, gloo on CPU. Everything else in the project calls these helpers instead of
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import datetime
@@ -65,8 +66,16 @@ def _first_host(nodelist: str) -> str:
     return head
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
-    """Initialise once (idempotent). A single process without a launcher runs without a process group."""
+    """Initialise once (idempotent); a single process without a launcher gets a one-rank group."""
     global _INFO
     if _INFO is not None:
         return _INFO
@@ -80,11 +89,18 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
         device = torch.device("cuda", lrank)
     else:
         device = torch.device("cpu")
-    if world > 1 and not tdist.is_initialized():
+    if not tdist.is_initialized():
         import deepspeed
+
+        if world == 1:  # a plain `python entry.py`: a one-rank group, so DeepSpeed does not go looking for MPI
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(lrank))
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
         backend = "nccl" if device.type == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, timeout=DEFAULT_TIMEOUT)
+        # Destroy the group at exit: a gloo rank left with a live group can abort at interpreter exit.
+        atexit.register(shutdown)
     rank = tdist.get_rank() if tdist.is_initialized() else 0
     world = tdist.get_world_size() if tdist.is_initialized() else 1
     _INFO = DistInfo(rank=rank, world_size=world, local_rank=lrank, device=device)

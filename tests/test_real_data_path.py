@@ -1,0 +1,97 @@
+"""The real-data path: a user's own model and own retrieval dump (DPR / NQ-style JSONL with top-k passages,
+no evidence field, no counterfactuals) through mine -> stage 1 -> stage 2 -> evaluate -> report, each entry
+run exactly as the README shows (single process here; the same commands run under deepspeed / torchrun)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FACTS = [("Who wrote Dune?", "Frank Herbert", "Dune", "Dune is a novel written by Frank Herbert in 1965."),
+         ("What is the capital of Peru?", "Lima", "Peru", "Lima is the capital and largest city of Peru."),
+         ("Who painted the Mona Lisa?", "Leonardo da Vinci", "Mona Lisa", "The Mona Lisa was painted by Leonardo da Vinci."),
+         ("Which planet is the largest?", "Jupiter", "Jupiter", "Jupiter is the largest planet in the Solar System."),
+         ("What language is spoken in Brazil?", "Portuguese", "Brazil", "The official language of Brazil is Portuguese."),
+         ("Who discovered penicillin?", "Alexander Fleming", "Penicillin", "Penicillin was discovered by Alexander Fleming."),
+         ("What is the boiling point of water in Celsius?", "100", "Water", "Water boils at 100 degrees Celsius at sea level.")]
+NOISE = ["The Nile is a river in Africa.", "Mount Everest is in the Himalayas.", "Tokyo hosted the Olympics.",
+         "The violin has four strings.", "Honey never spoils when sealed."]
+
+
+def _records():
+    rows = []
+    for i, (q, a, title, text) in enumerate(FACTS):
+        ctxs = [{"title": f"Noise {j}", "text": NOISE[(i + j) % len(NOISE)], "score": 10.0 - j, "has_answer": False}
+                for j in range(3)]
+        ctxs.insert(i % 3, {"title": title, "text": text, "score": 9.5, "has_answer": True})
+        rows.append({"id": f"nq-{i}", "question": q, "answers": [a], "ctxs": ctxs})
+    return rows
+
+
+def _tiny_model_with_tokenizer(path, texts):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<s>", "</s>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+
+
+@pytest.mark.distributed
+def test_own_model_own_dump_end_to_end(tmp_path):
+    from rag.prompts import PAPER
+
+    data = tmp_path / "nq_top4.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    texts = [json.dumps(r) for r in _records()] + [PAPER.verify_ctx, PAPER.verify_noctx, *PAPER.heads.values(),
+                                                  *PAPER.tails.values(), "Document Title YES NO Evidence: Answer:"]
+    model = tmp_path / "my-model"
+    _tiny_model_with_tokenizer(str(model), texts)
+    out = tmp_path / "run"
+    cfg = {
+        "model": {"path": str(model)},
+        "data": {"train_file": str(data), "dev_file": str(data), "test_file": str(data), "prompt_style": "paper",
+                 "num_docs": 3, "max_length": 400},
+        "mining": {"num_examples": 7, "steps": 4, "n_relevant": 4, "n_irrelevant": 4, "n_shared": 2,
+                   "n_target_layers": 1, "zero_stage": 0},
+        "stage1": {"max_steps": 2, "batch_size": 2, "micro_batch_size": 2, "zero_stage": 0, "lr": 1e-3},
+        "stage2": {"max_steps": 2, "batch_size": 2, "micro_batch_size": 2, "zero_stage": 0, "lr": 1e-3},
+        "eval": {"settings": ["gold", "top5", "noise_only", "closed_book"], "max_new_tokens": 4, "bootstrap": 50},
+        "runtime": {"output_dir": str(out)},
+    }
+    cfg_path = tmp_path / "my_experiment.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def run(*args):
+        res = subprocess.run([sys.executable, *args, "--config", str(cfg_path)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res.stdout + res.stderr
+
+    run("attribution/mine.py")
+    nmap = json.loads((out / "mining" / "neuron_map.json").read_text())
+    assert nmap["fingerprint"]["num_layers"] == 2
+    run("train/stage1.py")
+    run("train/stage2.py")
+    assert (out / "stage2" / "export" / "config.json").exists()
+    run("-m", "rag.evaluate", "--model", str(out / "stage2" / "export"), "--name", "neurorit")
+    run("-m", "rag.report", "--eval-dir", str(out / "eval"), "--out", str(out))
+    results = json.loads((out / "results.json").read_text())
+    cells = results["methods"]["neurorit"]["settings"]
+    assert set(cells) == {"gold", "top5", "noise_only", "closed_book"}
+    assert all(0.0 <= c["match"] <= 1.0 for c in cells.values())
