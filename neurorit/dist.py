@@ -66,14 +66,6 @@ def _first_host(nodelist: str) -> str:
     return head
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
     """Initialise once (idempotent); a single process without a launcher gets a one-rank group."""
     global _INFO
@@ -92,12 +84,10 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
     if not tdist.is_initialized():
         import deepspeed
 
-        if world == 1:  # a plain `python entry.py`: a one-rank group, so DeepSpeed does not go looking for MPI
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(lrank))
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if world == 1:  # a plain `python entry.py`: an in-memory one-rank group (no port, no MPI discovery)
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(lrank))
+            tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1, timeout=DEFAULT_TIMEOUT)
         deepspeed.init_distributed(dist_backend=backend, timeout=DEFAULT_TIMEOUT)
         # Destroy the group at exit: a gloo rank left with a live group can abort at interpreter exit.
         atexit.register(shutdown)
