@@ -24,9 +24,9 @@ from neurorit.errors import UserError, main_guard
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 
-# Quick variant: the same pipeline with smaller budgets (a first look within minutes).
-QUICK = ["--mining.num_examples", "24", "--stage1.max_steps", "20", "--stage2.max_steps", "20",
-         "--eval.num_examples", "60", "--runtime.output_dir", "outputs/demo-quick"]
+# Quick variant: smaller budgets and no trained baselines (a first look within about five minutes).
+QUICK = ["--mining.num_examples", "24", "--stage1.max_steps", "30", "--stage2.max_steps", "30",
+         "--eval.num_examples", "100", "--runtime.output_dir", "outputs/demo-quick"]
 
 
 def launch(ranks: int, script: str, args: list[str]) -> list[str]:
@@ -38,8 +38,8 @@ def launch(ranks: int, script: str, args: list[str]) -> list[str]:
 
 
 class Pipeline:
-    def __init__(self, config: str, overrides: list[str], ranks: int):
-        self.config, self.overrides, self.ranks = config, overrides, ranks
+    def __init__(self, config: str, overrides: list[str], ranks: int, baselines: bool = True):
+        self.config, self.overrides, self.ranks, self.baselines = config, overrides, ranks, baselines
         self.cfg = load_config(config, overrides)
         self.out = self.cfg.runtime.output_dir
         self.timings: list[tuple[str, float, str]] = []
@@ -91,10 +91,11 @@ class Pipeline:
         base = cfg.model.path
         s1 = self.train("stage1", "stage1", "neurorit")
         s2 = self.train("stage2", "stage2", "neurorit", init_from=s1)
-        rnd1 = self.train("random_stage1", "stage1", "random")
-        rnd2 = self.train("random_neurons", "stage2", "random", init_from=rnd1)
-        layer = self.train("layer_tuning", "stage2", "layer", init_from=base)
-        sft = self.train("robust_sft", "stage2", "robust_sft", init_from=base)
+        if self.baselines:
+            rnd1 = self.train("random_stage1", "stage1", "random")
+            rnd2 = self.train("random_neurons", "stage2", "random", init_from=rnd1)
+            layer = self.train("layer_tuning", "stage2", "layer", init_from=base)
+            sft = self.train("robust_sft", "stage2", "robust_sft", init_from=base)
 
         def trainable(*dirs: str) -> int:
             return sum(json.load(open(os.path.join(d, "..", "train_summary.json")))["trainable_params"] for d in dirs)
@@ -103,9 +104,10 @@ class Pipeline:
         self.evaluate("neurorit_stage1", s1, trainable(s1))
         self.evaluate("neurorit", s2, trainable(s1, s2))
         self.evaluate("neurorit_hard_deactivation", base, 0, ("--deactivate-map", mining))
-        self.evaluate("random_neurons", rnd2, trainable(rnd1, rnd2))
-        self.evaluate("layer_tuning", layer, trainable(layer))
-        self.evaluate("robust_sft", sft, trainable(sft))
+        if self.baselines:
+            self.evaluate("random_neurons", rnd2, trainable(rnd1, rnd2))
+            self.evaluate("layer_tuning", layer, trainable(layer))
+            self.evaluate("robust_sft", sft, trainable(sft))
         self.step("report", "", [PY, "-m", "rag.report", "--eval-dir", self.path("eval"), "--out", self.out])
         self.print_summary()
 
@@ -126,11 +128,12 @@ class Pipeline:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/embedded.yaml")
-    p.add_argument("--quick", action="store_true", help="smaller budgets, a first look within ~5 minutes")
+    p.add_argument("--quick", action="store_true",
+                   help="smaller budgets and no trained baselines: a first look within ~5 minutes")
     p.add_argument("--ranks", type=int, default=2, help="processes per distributed step (ZeRO-3 over gloo on CPU)")
     args, rest = p.parse_known_args(argv)
     overrides = (QUICK if args.quick else []) + rest
-    Pipeline(args.config, overrides, args.ranks).run()
+    Pipeline(args.config, overrides, args.ranks, baselines=not args.quick).run()
 
 
 if __name__ == "__main__":
