@@ -5,7 +5,8 @@
 Steps (each skipped when its output already exists, so a re-run continues where it stopped):
 benchmark -> base model (the committed one; trained only if missing) -> mine (ZeRO-3 over ``--ranks`` ranks, launched with torchrun)
 -> stage 1 -> stage 2 -> baselines (robust SFT, layer-level tuning, random neurons) -> evaluation of every
-method -> results.json, results.md and the chart in ``runtime.output_dir``. Every method starts from the same
+method with the two-step instruction -> results.json, results.md and the chart in ``runtime.output_dir``; then
+the same with the answer-only instruction -> ``<output_dir>/answer_only/``. Every method starts from the same
 base model with the same step budget (``stage1.max_steps`` / ``stage2.max_steps``).
 """
 from __future__ import annotations
@@ -40,6 +41,8 @@ def launch(ranks: int, script: str, args: list[str]) -> list[str]:
 class Pipeline:
     def __init__(self, config: str, overrides: list[str], ranks: int, baselines: bool = True):
         self.config, self.overrides, self.ranks, self.baselines = config, overrides, ranks, baselines
+        # the two-step instruction is the headline; the full run also scores every method answer-only
+        self.instructions = ("two_step", "answer_only") if baselines else ("two_step",)
         self.cfg = load_config(config, overrides)
         self.out = self.cfg.runtime.output_dir
         self.timings: list[tuple[str, float, str]] = []
@@ -73,11 +76,18 @@ class Pipeline:
                   launch(self.ranks, f"train/{stage}.py", self.args(*extra)))
         return os.path.join(out, "export")
 
-    def evaluate(self, name: str, model: str, trainable: int, extra: tuple[str, ...] = ()) -> None:
-        marker = self.path("eval", f"{name}.eval.json")
+    def evaluate(self, name: str, model: str, trainable: int, extra: tuple[str, ...], instruction: str) -> None:
+        folder = self.eval_folder(instruction)
         cmd = launch(self.ranks, "rag/evaluate.py",
-                     self.args("--model", model, "--name", name, "--trainable-params", str(trainable), *extra))
-        self.step(f"evaluate {name}", marker, cmd)
+                     self.args("--model", model, "--name", name, "--trainable-params", str(trainable),
+                               "--eval.instruction", instruction, "--eval.output_dir", folder, *extra))
+        self.step(f"evaluate {name} ({instruction})", os.path.join(folder, f"{name}.eval.json"), cmd)
+
+    def eval_folder(self, instruction: str) -> str:
+        return self.path("eval" if instruction == "two_step" else f"eval_{instruction}")
+
+    def results_folder(self, instruction: str) -> str:
+        return self.out if instruction == "two_step" else self.path(instruction)
 
     def run(self) -> None:
         cfg = self.cfg
@@ -100,15 +110,17 @@ class Pipeline:
         def trainable(*dirs: str) -> int:
             return sum(json.load(open(os.path.join(d, "..", "train_summary.json")))["trainable_params"] for d in dirs)
 
-        self.evaluate("base", base, 0)
-        self.evaluate("neurorit_stage1", s1, trainable(s1))
-        self.evaluate("neurorit", s2, trainable(s1, s2))
-        self.evaluate("neurorit_hard_deactivation", base, 0, ("--deactivate-map", mining))
+        runs = [("base", base, 0, ()), ("neurorit_stage1", s1, trainable(s1), ()),
+                ("neurorit", s2, trainable(s1, s2), ()),
+                ("neurorit_hard_deactivation", base, 0, ("--deactivate-map", mining))]
         if self.baselines:
-            self.evaluate("random_neurons", rnd2, trainable(rnd1, rnd2))
-            self.evaluate("layer_tuning", layer, trainable(layer))
-            self.evaluate("robust_sft", sft, trainable(sft))
-        self.step("report", "", [PY, "-m", "rag.report", "--eval-dir", self.path("eval"), "--out", self.out])
+            runs += [("random_neurons", rnd2, trainable(rnd1, rnd2), ()), ("layer_tuning", layer, trainable(layer), ()),
+                     ("robust_sft", sft, trainable(sft), ())]
+        for instruction in self.instructions:
+            for name, model, count, extra in runs:
+                self.evaluate(name, model, count, extra, instruction)
+            self.step(f"report ({instruction})", "", [PY, "-m", "rag.report", "--eval-dir", self.eval_folder(instruction),
+                                                      "--out", self.results_folder(instruction)])
         self.print_summary()
 
     def print_summary(self) -> None:
@@ -117,6 +129,8 @@ class Pipeline:
             print(f"  {name:<34} {secs / 60:6.1f} min" + ("  (skipped: already done)" if note == "already done" else ""))
         print(f"  {'total':<34} {sum(t for _, t, _ in self.timings) / 60:6.1f} min")
         print(f"\nresults: {self.path('results.md')}, {self.path('results.json')}, {self.path('results.png')}")
+        if len(self.instructions) > 1:
+            print(f"answer-only instruction: {self.path('answer_only', 'results.md')}")
         print(f"neuron map: {self.path('mining', 'summary.txt')} and {self.path('mining', 'neuron_map.png')}")
         print(f"TensorBoard: .venv/bin/tensorboard --logdir {self.out}")
         md = self.path("results.md")
