@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
+	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -r requirements.txt
 	$(PIP) install --quiet --no-deps -e .
 	touch $(STAMP)

@@ -172,8 +172,7 @@ def main(argv=None) -> None:
     torch.manual_seed(cfg.runtime.seed)
     m = cfg.mining
     out = output_dir(cfg)
-    pairs = mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed)
-    pairs = pairs[: m.num_examples] if m.num_examples > 0 else pairs
+    pairs = mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)
     if not pairs:
         raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a relevant and "
                         f"an irrelevant passage)")

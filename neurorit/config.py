@@ -26,7 +26,6 @@ class ModelConfig:
     path: str = "assets/base-model"  # a Hugging Face checkpoint directory (local; no hub at run time)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -35,7 +34,7 @@ class DataConfig:
     dev_file: str = "outputs/benchmark/dev.jsonl"
     test_file: str = "outputs/benchmark/test.jsonl"
     prompt_style: Literal["compact", "paper"] = "paper"  # compact = the embedded model's word-level prompts
-    num_docs: int = 5  # K documents in stage and evaluation prompts
+    num_docs: int = 5  # K documents in evaluation prompts (the stages use stage1.num_docs / stage2.num_docs)
     max_length: int = 1024  # tokens; documents are truncated, never the question or the target
     benchmark_seed: int = 0  # seed of the embedded benchmark generator
     benchmark_questions: int = 6000  # questions the embedded benchmark generates (all splits)
@@ -106,7 +105,6 @@ class RuntimeConfig:
     output_dir: str = "outputs/run"
     seed: int = 0
     torch_threads: int = 0  # 0 = leave torch's default
-    log_level: Literal["debug", "info", "warning"] = "info"
 
 
 @dataclass

@@ -44,7 +44,7 @@ def _map_slurm_env() -> None:
     """Under ``srun`` (one task per rank) fill the torch variables from SLURM's when no launcher set them."""
     if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
         return
-    ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    ntasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))  # set by srun steps, not by a batch shell
     if ntasks <= 1:
         return
     os.environ["RANK"] = os.environ["SLURM_PROCID"]
@@ -196,10 +196,6 @@ def _reject_auto(node: Any, path: str, key: str = "") -> None:
             _reject_auto(v, path, f"{key}.{k}" if key else k)
     elif node == "auto":
         raise UserError(f"{path}: '{key}' is \"auto\"; ds_configs hold concrete values only")
-
-
-def is_zero3(model: torch.nn.Module) -> bool:
-    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 @contextlib.contextmanager

@@ -135,10 +135,6 @@ def _rank_all(splits: dict[str, list[Record]]) -> None:
                 p.score = round(bm25.score(r.question, p.text), 4)
 
 
-def benchmark_vocabulary(seed: int = 0) -> list[str]:
-    return World(seed).words()
-
-
 def write_benchmark(cfg: ExperimentConfig) -> dict[str, str]:
     splits = build_benchmark(cfg.data.benchmark_seed, cfg.data.benchmark_questions)
     paths = {"train": cfg.data.train_file, "dev": cfg.data.dev_file, "test": cfg.data.test_file}

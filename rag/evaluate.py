@@ -16,7 +16,7 @@ result and it equals a one-rank run exactly. Rank 0 writes the files, TensorBoar
 
 Writes ``<eval.output_dir>/<name>.eval.json`` (metrics, model, settings, trainable parameters),
 ``<name>.predictions.jsonl`` (one line per question x setting: prompt length, raw output, extracted answer,
-scores) and ``<name>.config.yaml``; TensorBoard scalars go to ``<runtime.output_dir>/tensorboard/eval_<name>``.
+scores) and ``<name>.config.yaml``; TensorBoard scalars go to ``<runtime.output_dir>/tensorboard/eval_<name>_<instruction>``.
 ``rag/report.py`` combines the ``*.eval.json`` files of all methods into results.json / results.md / a chart.
 """
 from __future__ import annotations
@@ -280,7 +280,8 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
         out = eval_dir(cfg)
         path = write_outputs(out, args.name, result, predictions)
         save_config(cfg, out, f"{args.name}.config.yaml")
-        write_tensorboard(os.path.join(cfg.runtime.output_dir, "tensorboard", f"eval_{args.name}"), summary)
+        write_tensorboard(os.path.join(cfg.runtime.output_dir, "tensorboard",
+                                       f"eval_{args.name}_{cfg.eval.instruction}"), summary)
         print_table(args.name, summary)
         print(f"wrote {path}")
     dist.barrier()

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import string
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from neurorit.errors import UserError
+from rag.metrics import normalize as _norm
 
 QUESTION_KEYS = ("question", "query", "input", "q")
 ANSWER_KEYS = ("answers", "answer", "golden_answers", "gold_answers", "possible_answers", "label", "output")
@@ -32,9 +31,6 @@ class Passage:
     score: Optional[float] = None
     has_answer: Optional[bool] = None
     kind: str = ""  # embedded benchmark only: gold, same_relation, same_entity, near_duplicate, random, ...
-
-    def render_text(self) -> str:
-        return self.text
 
 
 @dataclass
@@ -53,13 +49,6 @@ class Record:
 
 
 # ------------------------------------------------------------------------------------------------ answers
-def _norm(text: str) -> str:
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
 def passage_has_answer(p: Passage, answers: list[str]) -> bool:
     if p.has_answer is not None:
         return bool(p.has_answer)
@@ -184,11 +173,13 @@ def irrelevant_passages(record: Record, k: int, pool: Optional[list[Record]] = N
     out = own[:k]
     if len(out) < k and pool:
         rng = rng or random.Random(0)
-        others = [r for r in pool if r.id != record.id]
         tries = 0
-        while len(out) < k and others and tries < 50 * k:
+        while len(out) < k and len(pool) > 1 and tries < 50 * k:
             tries += 1
-            cand = rng.choice(rng.choice(others).ctxs)
+            other = rng.choice(pool)
+            if other.id == record.id:
+                continue
+            cand = rng.choice(other.ctxs)
             if not passage_has_answer(cand, record.answers) and cand not in out:
                 out.append(cand)
     return out
@@ -199,11 +190,14 @@ def noise_passages(record: Record, k: int) -> list[Passage]:
     return [p for p in ranked(record) if not passage_has_answer(p, record.answers)][:k]
 
 
-def mining_pairs(records: list[Record], rng_seed: int = 0) -> list[tuple[Record, Passage, Passage]]:
-    """Per question: (record, one relevant passage, one irrelevant passage) — DESIGN.md §2 mining data."""
+def mining_pairs(records: list[Record], rng_seed: int = 0, limit: int = -1) -> list[tuple[Record, Passage, Passage]]:
+    """Per question: (record, one relevant passage, one irrelevant passage) — DESIGN.md §2 mining data; stops
+    after ``limit`` pairs when ``limit > 0``."""
     rng = random.Random(rng_seed)
     pairs = []
     for r in records:
+        if 0 < limit <= len(pairs):
+            break
         rel = relevant_passages(r)
         irr = irrelevant_passages(r, 1, pool=records, rng=rng)
         if rel and irr:

@@ -72,7 +72,7 @@ class Pipeline:
         extra = [f"--{stage}.method", method, f"--{stage}.output_dir", out]
         if init_from:
             extra += [f"--{stage}.init_from", init_from]
-        self.step(f"train {name}", os.path.join(out, "export", "config.json"),
+        self.step(f"train {name}", os.path.join(out, "train_summary.json"),
                   launch(self.ranks, f"train/{stage}.py", self.args(*extra)))
         return os.path.join(out, "export")
 
@@ -92,10 +92,10 @@ class Pipeline:
     def run(self) -> None:
         cfg = self.cfg
         self.step("benchmark", cfg.data.test_file, [PY, "-m", "rag.benchmark", *self.args()])
-        self.step("base model", os.path.join(cfg.model.path, "config.json"),
+        self.step("base model", os.path.join(cfg.model.path, "training_history.json"),
                   [PY, "scripts/train_base_model.py", "--config", self.config, "--out", cfg.model.path])
         mining = self.path("mining")
-        self.step("mine", os.path.join(mining, "neuron_map.json"), launch(self.ranks, "attribution/mine.py", self.args()))
+        self.step("mine", os.path.join(mining, "summary.txt"), launch(self.ranks, "attribution/mine.py", self.args()))
         print(open(os.path.join(mining, "summary.txt")).read(), flush=True)
 
         base = cfg.model.path

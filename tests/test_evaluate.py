@@ -105,7 +105,7 @@ def test_entry_writes_results_per_setting_and_kind(fixture_dir, base_result):
     assert {p["setting"] for p in preds} == set(SETTINGS)
     assert any(p["output"] for p in preds) and any(not p["output"] for p in preds)  # ragged EOS stops
     assert (out / "base.config.yaml").is_file()
-    tb = fixture_dir["dir"] / "run" / "tensorboard" / "eval_base"
+    tb = fixture_dir["dir"] / "run" / "tensorboard" / "eval_base_two_step"
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tb))
 
 

@@ -41,12 +41,14 @@ def save(engine, ckpt_dir: str, step: int, consumed: int, identity: dict) -> Non
     tag = f"step{step}"
     rngs = dist.all_gather_objects(_rng_state())
     state = {"step": step, "consumed_samples": consumed, **identity}
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state={**state, "rng": rngs}, exclude_frozen_parameters=True)
-    if dist.is_main():
+    if dist.is_main():  # before save_checkpoint, which writes `latest`: a kill in between must not strand resume
+        os.makedirs(os.path.join(ckpt_dir, tag), exist_ok=True)
         path = os.path.join(ckpt_dir, tag, STATE_FILE)
         with open(path + ".tmp", "w") as fh:
             json.dump(state, fh, indent=1)
         os.replace(path + ".tmp", path)
+    dist.barrier()
+    engine.save_checkpoint(ckpt_dir, tag=tag, client_state={**state, "rng": rngs}, exclude_frozen_parameters=True)
     dist.barrier()
 
 

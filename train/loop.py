@@ -226,6 +226,7 @@ def _finish(model, tokenizer, out_dir: str, stage: str, st: StageConfig, init_fr
             step: int, loss: Optional[float], nmap) -> dict:
     """Export the stage's output as a plain Hugging Face checkpoint and write ``train_summary.json``."""
     export_dir = os.path.join(out_dir, "export")
+    model.config.use_cache = True  # off only while training; the plain export keeps the usual default
     export_hf(model, export_dir, tokenizer=tokenizer)
     summary = {"stage": stage, "method": st.method, "step": step, "finished": True,
                "final_loss": loss, "trainable_params": trainable.count, "init_from": init_from,
