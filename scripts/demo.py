@@ -126,8 +126,8 @@ class Pipeline:
     def print_summary(self) -> None:
         print("\n== timings")
         for name, secs, note in self.timings:
-            print(f"  {name:<34} {secs / 60:6.1f} min" + ("  (skipped: already done)" if note == "already done" else ""))
-        print(f"  {'total':<34} {sum(t for _, t, _ in self.timings) / 60:6.1f} min")
+            print(f"  {name:<48} {secs / 60:6.1f} min" + ("  (skipped: already done)" if note == "already done" else ""))
+        print(f"  {'total':<48} {sum(t for _, t, _ in self.timings) / 60:6.1f} min")
         print(f"\nresults: {self.path('results.md')}, {self.path('results.json')}, {self.path('results.png')}")
         if len(self.instructions) > 1:
             print(f"answer-only instruction: {self.path('answer_only', 'results.md')}")
