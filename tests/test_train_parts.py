@@ -76,6 +76,8 @@ def test_stage_examples_have_the_right_targets():
     assert evidence_for(records[1], irr[:2], builder) == builder.no_evidence()
     sft, _ = build_examples("robust_sft", records, tok, "compact", 3, 96, 0)
     assert tok.decode([t for t in sft[0].labels if t != -100]).split() == ["paris", "</s>"]
+    with pytest.raises(UserError, match="record a: .* > max_length 8; raise data.max_length"):
+        build_examples("stage2", records, tok, "compact", 3, 8, 0)
 
 
 def _model():

@@ -64,7 +64,10 @@ def build_examples(kind: str, records: list[Record], tokenizer, style: str, num_
             setting = "noise_only" if record_rng(record, f"robust{seed}").random() < 0.5 else "top5"
             parts = builder.answer_only(record.question, docs_for_setting(record, setting, num_docs),
                                         record.answers[0])
-        enc = encode(tokenizer, parts, max_length)
+        try:
+            enc = encode(tokenizer, parts, max_length)
+        except ValueError as err:  # the instruction, question and target alone exceed max_length
+            raise UserError(f"record {record.id}: {err}; raise data.max_length or shorten its target") from None
         counter.add(enc, record.id)
         out.append(enc)
     return out, counter
