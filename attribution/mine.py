@@ -35,12 +35,10 @@ from attribution.selection import example_topk
 from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, reduce_stats, scan_shards,
                                shard_path)
 from neurorit import dist
-from neurorit.config import ExperimentConfig, parse_args, save_config
+from model_patches import load_tokenizer
+from neurorit.config import ExperimentConfig, mining_dir, parse_args, save_config
 from neurorit.errors import UserError, main_guard
-
-
-def output_dir(cfg: ExperimentConfig) -> str:
-    return cfg.mining.output_dir or os.path.join(cfg.runtime.output_dir, "mining")
+from neurorit.files import atomic_write_text
 
 
 def load_model(cfg: ExperimentConfig, zero3: bool):
@@ -58,15 +56,6 @@ def load_model(cfg: ExperimentConfig, zero3: bool):
 
         deepspeed.initialize(model=model, config=ds_config)
     return model, patcher
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"no tokenizer could be loaded from {path}: {str(err).splitlines()[0]}") from None
 
 
 def attribute(model, patcher, ex: MiningExample, pads, settings: IGSettings, cfg: ExperimentConfig,
@@ -152,9 +141,7 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
     save_png(nmap, os.path.join(out, "neuron_map.png"))
     log_tensorboard(nmap, os.path.join(out, "tensorboard"))
     text = summary(nmap, stats, {k: v for k, v in bad.items() if k != "ok"})
-    with open(os.path.join(out, "summary.txt.tmp"), "w") as fh:
-        fh.write(text + "\n")
-    os.replace(os.path.join(out, "summary.txt.tmp"), os.path.join(out, "summary.txt"))
+    atomic_write_text(os.path.join(out, "summary.txt"), text + "\n")
     save_config(cfg, out)
     print(text)
     print(f"wrote {out}/neuron_map.safetensors, neuron_map.json, neuron_map.png, summary.txt")
@@ -171,7 +158,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(cfg.runtime.torch_threads)
     torch.manual_seed(cfg.runtime.seed)
     m = cfg.mining
-    out = output_dir(cfg)
+    out = mining_dir(cfg)
     pairs = mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)
     if not pairs:
         raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a relevant and "

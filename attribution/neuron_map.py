@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from attribution.selection import GROUPS, select_groups, target_layers
 from attribution.stats import NeuronStats
 from neurorit.errors import UserError
+from neurorit.files import atomic_write_text
 
 MAP_TENSORS = "neuron_map.safetensors"
 MAP_JSON = "neuron_map.json"
@@ -117,9 +118,7 @@ class NeuronMap:
         save_file(tensors, path + ".tmp", metadata=meta)
         os.replace(path + ".tmp", path)
         jpath = os.path.join(directory, MAP_JSON)
-        with open(jpath + ".tmp", "w") as fh:
-            json.dump(self.to_json(), fh, indent=1)
-        os.replace(jpath + ".tmp", jpath)
+        atomic_write_text(jpath, json.dumps(self.to_json(), indent=1))
         return path
 
     @classmethod

@@ -8,14 +8,14 @@
   ``set_deactivated({layer: neurons})`` / ``deactivated`` / ``clear_deactivated``;
   ``add_neuron_deltas({layer: neurons}) -> [params]`` / ``neuron_deltas`` / ``remove_neuron_deltas``.
 - ``merge_into_weights``, ``export_hf``: fold deltas (and deactivations) and write a plain HF checkpoint.
-- ``choose_attn_implementation``, ``load_causal_lm``: attention choice and checkpoint loading (ZeRO-3 aware).
+- ``choose_attn_implementation``, ``load_causal_lm``, ``load_tokenizer``: attention choice and checkpoint loading (ZeRO-3 aware).
 """
 from model_patches.adapters import SUPPORTED_ARCHITECTURES, FFNAdapter, get_ffn_adapter
 from model_patches.attention import choose_attn_implementation
 from model_patches.export import export_hf, merge_into_weights
-from model_patches.loading import load_causal_lm
+from model_patches.loading import load_causal_lm, load_tokenizer
 from model_patches.patcher import FFNPatcher, get_patcher, patch_model, unpatch_model
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "FFNAdapter", "FFNPatcher", "choose_attn_implementation", "export_hf",
-           "get_ffn_adapter", "get_patcher", "load_causal_lm", "merge_into_weights", "patch_model",
+           "get_ffn_adapter", "get_patcher", "load_causal_lm", "load_tokenizer", "merge_into_weights", "patch_model",
            "unpatch_model"]

@@ -42,3 +42,13 @@ def load_causal_lm(path: str, dtype="float32", attn_implementation: str = "auto"
     if not zero3:
         model.to(device)
     return model
+
+
+def load_tokenizer(path: str):
+    """The checkpoint's tokenizer, or a one-line UserError naming the folder."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"no tokenizer could be loaded from {path}: {str(err).splitlines()[0]}") from None

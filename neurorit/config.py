@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from neurorit.errors import UserError
+from neurorit.files import atomic_write_text
 
 Method = Literal["neurorit", "full", "layer", "random", "robust_sft", "none"]
 
@@ -289,13 +290,12 @@ def to_dict(cfg) -> dict:
 
 def save_config(cfg: ExperimentConfig, directory: str, name: str = "config.yaml") -> str:
     """Write the resolved config next to an output (atomically)."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, name)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(os.path.join(directory, name), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def mining_dir(cfg: ExperimentConfig) -> str:
+    """Where mining writes and the stages read the neuron map: ``mining.output_dir`` or ``<output_dir>/mining``."""
+    return cfg.mining.output_dir or os.path.join(cfg.runtime.output_dir, "mining")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -34,9 +34,11 @@ if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag
 
 import torch
 
+from model_patches import load_tokenizer
 from neurorit import dist
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
+from neurorit.files import atomic_write_text
 from rag import metrics
 from rag.generate import eos_ids_of, generate_all, length_batches, pad_id_of
 from rag.prompts import PromptBuilder, TruncationCounter, encode
@@ -181,15 +183,6 @@ def load_model(path: str, cfg: ExperimentConfig):
     return load_causal_lm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
 
 
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise UserError(f"no tokenizer could be loaded from {path}: {str(err).splitlines()[0]}") from None
-
-
 def apply_deactivation(model, map_path: str) -> int:
     """Hard-deactivate the irrelevant-only neurons of a mined neuron map; returns how many were switched off."""
     from attribution.neuron_map import NeuronMap
@@ -203,13 +196,6 @@ def apply_deactivation(model, map_path: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def _atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def eval_dir(cfg: ExperimentConfig) -> str:
     return cfg.eval.output_dir or os.path.join(cfg.runtime.output_dir, "eval")
 
@@ -217,8 +203,8 @@ def eval_dir(cfg: ExperimentConfig) -> str:
 def write_outputs(out_dir: str, name: str, result: dict, predictions: list[dict]) -> str:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.eval.json")
-    _atomic_write(path, json.dumps(result, indent=2) + "\n")
-    _atomic_write(os.path.join(out_dir, f"{name}.predictions.jsonl"),
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(os.path.join(out_dir, f"{name}.predictions.jsonl"),
                   "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
     return path
 

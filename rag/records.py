@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from neurorit.errors import UserError
+from neurorit.files import atomic_write_text
 from rag.metrics import normalize as _norm
 
 QUESTION_KEYS = ("question", "query", "input", "q")
@@ -137,12 +138,7 @@ def load_records(path: str, limit: int = -1) -> list[Record]:
 
 
 def write_records(records: list[Record], path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records))
 
 
 def to_dataset(records: list[Record]):

@@ -23,6 +23,7 @@ from typing import Optional
 
 from neurorit.config import parse_args
 from neurorit.errors import UserError, main_guard
+from neurorit.files import atomic_write_text
 from rag.settings import SETTINGS
 
 METHOD_ORDER = ("base", "robust_sft", "layer_tuning", "random_neurons", "neurorit_stage1", "neurorit",
@@ -176,20 +177,13 @@ def plot(results: dict, path: str) -> str:
     return path
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_report(results: dict, out_dir: str, counts: Optional[dict[str, int]] = None) -> dict[str, str]:
     """Write results.json, results.md and results.png into ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "results.json"), "md": os.path.join(out_dir, "results.md"),
              "png": os.path.join(out_dir, "results.png")}
-    _atomic_write(paths["json"], json.dumps(results, indent=2) + "\n")
-    _atomic_write(paths["md"], render_markdown(results, counts))
+    atomic_write_text(paths["json"], json.dumps(results, indent=2) + "\n")
+    atomic_write_text(paths["md"], render_markdown(results, counts))
     plot(results, paths["png"])
     return paths
 

@@ -10,7 +10,8 @@ import pytest
 
 from neurorit.config import load_config
 from rag.benchmark import build_benchmark
-from rag.evaluate import evaluate_model, load_model, load_tokenizer
+from model_patches import load_tokenizer
+from rag.evaluate import evaluate_model, load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "assets", "base-model")

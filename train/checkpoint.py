@@ -18,6 +18,7 @@ import torch
 
 from neurorit import dist
 from neurorit.errors import UserError
+from neurorit.files import atomic_write_text
 
 STATE_FILE = "trainer_state.json"
 
@@ -44,9 +45,7 @@ def save(engine, ckpt_dir: str, step: int, consumed: int, identity: dict) -> Non
     if dist.is_main():  # before save_checkpoint, which writes `latest`: a kill in between must not strand resume
         os.makedirs(os.path.join(ckpt_dir, tag), exist_ok=True)
         path = os.path.join(ckpt_dir, tag, STATE_FILE)
-        with open(path + ".tmp", "w") as fh:
-            json.dump(state, fh, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic_write_text(path, json.dumps(state, indent=1))
     dist.barrier()
     engine.save_checkpoint(ckpt_dir, tag=tag, client_state={**state, "rng": rngs}, exclude_frozen_parameters=True)
     dist.barrier()

@@ -22,10 +22,11 @@ from typing import Optional
 
 import torch
 
-from model_patches import export_hf, load_causal_lm, patch_model
+from model_patches import export_hf, load_causal_lm, load_tokenizer, patch_model
 from neurorit import dist
-from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_config
+from neurorit.config import ExperimentConfig, StageConfig, mining_dir, parse_args, save_config
 from neurorit.errors import UserError, main_guard
+from neurorit.files import atomic_write_text
 from rag.records import load_records
 from train import checkpoint
 from train.data import StepPlan, build_examples, collate, eval_batches
@@ -51,10 +52,6 @@ def init_path(cfg: ExperimentConfig, stage: str) -> str:
         raise UserError(f"stage 2 starts from stage 1's export {path}, which does not exist: run train/stage1.py "
                         f"first or set --stage2.init_from")
     return path
-
-
-def neuron_map_dir(cfg: ExperimentConfig) -> str:
-    return cfg.mining.output_dir or os.path.join(cfg.runtime.output_dir, "mining")
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -152,7 +149,6 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     """Train ``stage`` ("stage1" / "stage2") as configured; returns the summary (also written to disk when the
     stage finishes)."""
     import deepspeed
-    from transformers import AutoTokenizer
 
     info = dist.init_distributed(local_rank)
     if cfg.runtime.torch_threads > 0:
@@ -167,11 +163,8 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     if st.method in NEEDS_MAP:
         from attribution.neuron_map import NeuronMap
 
-        nmap = NeuronMap.load(neuron_map_dir(cfg))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(init_from)
-    except (OSError, ValueError) as err:
-        raise UserError(f"no usable tokenizer in {init_from} ({err}); stage inputs need one saved with the model")
+        nmap = NeuronMap.load(mining_dir(cfg))
+    tokenizer = load_tokenizer(init_from)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if st.method == "none":
         model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation)
@@ -233,9 +226,7 @@ def _finish(model, tokenizer, out_dir: str, stage: str, st: StageConfig, init_fr
                "export_dir": export_dir, "neuron_map_hash": nmap.hash() if nmap else None}
     if dist.is_main():
         path = os.path.join(out_dir, "train_summary.json")
-        with open(path + ".tmp", "w") as fh:
-            json.dump(summary, fh, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic_write_text(path, json.dumps(summary, indent=1))
         print(f"{stage}: exported {export_dir}")
     return summary
 
