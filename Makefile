@@ -26,7 +26,7 @@ test-all: setup
 	$(PY) -m pytest -q -m "" tests
 
 benchmark: setup
-	$(PY) -m rag.benchmark --config configs/embedded.yaml
+	$(PY) -m benchmarks.embedded.benchmark --config configs/embedded.yaml
 
 base-model: setup
 	$(PY) scripts/train_base_model.py --config configs/embedded.yaml

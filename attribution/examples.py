@@ -19,7 +19,7 @@ from attribution.ig_common import IGInput
 from attribution.stats import EMPTY_PASSAGE, NO_ANSWER_TOKEN, OK, TOO_LONG
 from attribution.targets import Target, first_token
 from neurorit.errors import UserError
-from rag.prompts import PromptBuilder, encode
+from neurorit.prompts import PromptBuilder, encode
 
 
 @dataclass
@@ -32,11 +32,11 @@ class MiningExample:
 
 
 class ExampleBuilder:
-    """Turns mining pairs into IG inputs for one tokenizer, prompt style, target and baseline."""
+    """Turns mining pairs into IG inputs for one tokenizer, prompt builder, target and baseline."""
 
-    def __init__(self, tokenizer, style: str, target: str, baseline: str, max_length: int):
+    def __init__(self, tokenizer, prompts: PromptBuilder, target: str, baseline: str, max_length: int):
         self.tokenizer, self.target, self.baseline, self.max_length = tokenizer, target, baseline, max_length
-        self.prompts = PromptBuilder(style)
+        self.prompts = prompts
         self.yes_id = first_token(tokenizer, self.prompts.yes_word)
         if target == "yes_prob" and self.yes_id is None:
             raise UserError(f"the tokenizer gives no token for the YES word {self.prompts.yes_word!r}")

@@ -30,8 +30,7 @@ import torch
 from attribution.examples import ExampleBuilder, MiningExample, examples_digest
 from attribution.ig import integrated_gradients
 from attribution.ig_common import IGSettings
-from attribution.neuron_map import NeuronMap, model_fingerprint
-from attribution.selection import example_topk
+from attribution.selection import example_topk, neuron_map_from_stats
 from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, reduce_stats, scan_shards,
                                shard_path)
 from neurorit import dist
@@ -39,6 +38,8 @@ from model_patches import load_tokenizer
 from neurorit.config import ExperimentConfig, mining_dir, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
+from neurorit.neuron_map import NeuronMap, model_fingerprint
+from neurorit.prompts import prompt_builder
 
 
 def load_model(cfg: ExperimentConfig, zero3: bool):
@@ -136,7 +137,7 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
     settings = {"mining": dataclasses.asdict(m), "model_path": cfg.model.path, "prompt_style": cfg.data.prompt_style,
                 "examples": len(stats.example_ids), "example_status": bad}
     sizes = {"relevant_only": m.n_relevant, "irrelevant_only": m.n_irrelevant, "shared": m.n_shared}
-    nmap = NeuronMap.from_stats(stats, sizes, m.n_target_layers, fingerprint, settings)
+    nmap = neuron_map_from_stats(stats, sizes, m.n_target_layers, fingerprint, settings)
     nmap.save(out)
     save_png(nmap, os.path.join(out, "neuron_map.png"))
     log_tensorboard(nmap, os.path.join(out, "tensorboard"))
@@ -150,7 +151,7 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
 
 @main_guard
 def main(argv=None) -> None:
-    from rag.records import load_records, mining_pairs
+    from neurorit.records import load_records, mining_pairs
 
     args, cfg = parse_args("Mine a neuron map with integrated gradients (DESIGN.md §2).", argv)
     dist.init_distributed(args.local_rank)
@@ -167,7 +168,7 @@ def main(argv=None) -> None:
     model, patcher = load_model(cfg, zero3)
     tokenizer = load_tokenizer(cfg.model.path)
     max_length = min(cfg.data.max_length, getattr(model.config, "max_position_embeddings", cfg.data.max_length))
-    builder = ExampleBuilder(tokenizer, cfg.data.prompt_style, m.target, m.baseline, max_length)
+    builder = ExampleBuilder(tokenizer, prompt_builder(cfg.data, tokenizer), m.target, m.baseline, max_length)
     fingerprint = model_fingerprint(model)
     layers, width = fingerprint["num_layers"], fingerprint["intermediate_size"]
     run_id = run_fingerprint(cfg, fingerprint, pairs, max_length)

@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from attribution.neuron_map import NeuronMap  # noqa: E402
-from attribution.selection import GROUPS  # noqa: E402
+from neurorit.neuron_map import NeuronMap  # noqa: E402
+from neurorit.neuron_map import GROUPS  # noqa: E402
 from attribution.stats import SIDES, NeuronStats  # noqa: E402
 
 COLORS = {"relevant_only": "tab:green", "irrelevant_only": "tab:red", "shared": "tab:purple"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-GROUPS = ("relevant_only", "irrelevant_only", "shared")
+from neurorit.neuron_map import GROUPS, NeuronMap
 
 
 def example_topk(attr: torch.Tensor, threshold_ratio: float, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,3 +54,15 @@ def target_layers(groups: dict[str, torch.Tensor], width: int, layers: int, n: i
     density = torch.bincount(torch.div(chosen, width, rounding_mode="floor"), minlength=layers)
     order = sorted(range(layers), key=lambda layer: (-int(density[layer]), -layer))
     return sorted(order[:n])
+
+
+def neuron_map_from_stats(stats, sizes: dict[str, int], n_target_layers: int, fingerprint: dict,
+                          settings: dict) -> NeuronMap:
+    """The neuron map of reduced ``attribution.stats.NeuronStats``: docs/DESIGN.md §2 selection."""
+    layers, width = stats.shape
+    counts = stats.counts()
+    chosen = select_groups(counts, stats.score_sums(), sizes)
+    flat_counts = counts.flatten(1)
+    groups = {g: torch.stack([ids // width, ids % width, flat_counts[0, ids], flat_counts[1, ids]], dim=1)
+              for g, ids in chosen.items()}
+    return NeuronMap(groups, target_layers(chosen, width, layers, n_target_layers), fingerprint, settings)

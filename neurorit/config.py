@@ -35,6 +35,7 @@ class DataConfig:
     dev_file: str = "outputs/benchmark/dev.jsonl"
     test_file: str = "outputs/benchmark/test.jsonl"
     prompt_style: Literal["compact", "paper"] = "paper"  # compact = the embedded model's word-level prompts
+    chat_template: Literal["auto", "never", "always"] = "auto"  # auto = the tokenizer's chat template if it has one
     num_docs: int = 5  # K documents in evaluation prompts (the stages use stage1.num_docs / stage2.num_docs)
     max_length: int = 1024  # tokens; documents are truncated, never the question or the target
     benchmark_seed: int = 0  # seed of the embedded benchmark generator

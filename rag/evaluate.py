@@ -1,9 +1,9 @@
 """Evaluate one model (one method) on the test records under every retrieval setting.
 
 For each test question and each setting (``gold``, ``top5``, ``noise_only``, ``counterfactual``,
-``closed_book``; see ``rag/settings.py``) the prompt uses the inference instruction (``eval.instruction``:
+``closed_book``; see ``neurorit/settings.py``) the prompt uses the inference instruction (``eval.instruction``:
 ``two_step`` = write the evidence, then ``answer:``; or ``answer_only``), the model answers greedily, the answer
-is extracted, and Match / EM / F1 are computed (``rag/metrics.py``). Results are reported for all questions
+is extracted, and Match / EM / F1 are computed (``neurorit/metrics.py``). Results are reported for all questions
 and per question kind (``meta.kind``: ``world`` / ``fresh`` in the embedded benchmark), each Match with a seeded
 95% bootstrap interval.
 
@@ -39,11 +39,11 @@ from neurorit import dist
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from rag import metrics
+from neurorit import metrics
 from rag.generate import eos_ids_of, generate_all, length_batches, pad_id_of
-from rag.prompts import PromptBuilder, TruncationCounter, encode
-from rag.records import Record, load_records
-from rag.settings import SETTINGS, docs_for_setting, has_setting
+from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
+from neurorit.records import Record, load_records
+from neurorit.settings import SETTINGS, docs_for_setting, has_setting
 
 log = logging.getLogger("rag.evaluate")
 KINDS = ("world", "fresh")
@@ -107,7 +107,7 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
     """
     ev = cfg.eval
     settings = [s for s in ev.settings if s in SETTINGS]
-    builder = PromptBuilder(cfg.data.prompt_style)
+    builder = prompt_builder(cfg.data, tokenizer)
     jobs, prompts, trunc = build_jobs(records, settings, builder, tokenizer, ev.instruction, cfg.data.num_docs,
                                       cfg.data.max_length)
     if dist.is_main():
@@ -185,7 +185,7 @@ def load_model(path: str, cfg: ExperimentConfig):
 
 def apply_deactivation(model, map_path: str) -> int:
     """Hard-deactivate the irrelevant-only neurons of a mined neuron map; returns how many were switched off."""
-    from attribution.neuron_map import NeuronMap
+    from neurorit.neuron_map import NeuronMap
     from model_patches import patch_model
 
     neuron_map = NeuronMap.load(map_path)

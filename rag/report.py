@@ -24,7 +24,7 @@ from typing import Optional
 from neurorit.config import parse_args
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from rag.settings import SETTINGS
+from neurorit.settings import SETTINGS
 
 METHOD_ORDER = ("base", "robust_sft", "layer_tuning", "random_neurons", "neurorit_stage1", "neurorit",
                 "neurorit_hard_deactivation")

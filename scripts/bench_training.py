@@ -29,7 +29,7 @@ import time
 import torch
 import transformers as tf
 
-from attribution.neuron_map import NeuronMap, model_fingerprint
+from neurorit.neuron_map import NeuronMap, model_fingerprint
 from model_patches import patch_model
 from train.trainable import neuron_spec, setup_trainable
 

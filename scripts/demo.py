@@ -91,7 +91,7 @@ class Pipeline:
 
     def run(self) -> None:
         cfg = self.cfg
-        self.step("benchmark", cfg.data.test_file, [PY, "-m", "rag.benchmark", *self.args()])
+        self.step("benchmark", cfg.data.test_file, [PY, "-m", "benchmarks.embedded.benchmark", *self.args()])
         self.step("base model", os.path.join(cfg.model.path, "training_history.json"),
                   [PY, "scripts/train_base_model.py", "--config", self.config, "--out", cfg.model.path])
         mining = self.path("mining")

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from neurorit.config import load_config
 from neurorit.errors import main_guard
-from rag.pretrain_mix import PretrainMix
-from rag.tokenizer import build_tokenizer
-from rag.world import World
+from benchmarks.embedded.pretrain_mix import PretrainMix
+from benchmarks.embedded.tokenizer import build_tokenizer
+from benchmarks.embedded.world import World
 
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True)
@@ -76,8 +76,8 @@ def weighted_loss(model, ids, w, answer_weight):
 @torch.no_grad()
 def quick_eval(model, tok, records, k=5) -> dict:
     """Greedy first answer token under the answer-only prompt: the four reading/misleading probes."""
-    from rag.prompts import PromptBuilder
-    from rag.settings import docs_for_setting
+    from neurorit.prompts import PromptBuilder
+    from neurorit.settings import docs_for_setting
 
     b = PromptBuilder("compact")
     probes = {"fresh_gold": ("fresh", "gold"), "fresh_top5": ("fresh", "top5"),
@@ -119,7 +119,7 @@ def main(argv=None):
     from transformers import LlamaConfig, LlamaForCausalLM
     from torch.utils.tensorboard import SummaryWriter
 
-    from rag.benchmark import build_benchmark
+    from benchmarks.embedded.benchmark import build_benchmark
 
     world = World(cfg.data.benchmark_seed)
     tok = build_tokenizer(world)
@@ -197,7 +197,7 @@ def write_card(args, mcfg, n_params, step, elapsed, acc):
         "# neuro-rit embedded base model",
         "",
         "A small Llama-architecture RAG reader trained from scratch by neuro-rit on its synthetic benchmark world",
-        "(word-level vocabulary; compact prompts; see rag/pretrain_mix.py). Not a general language model.",
+        "(word-level vocabulary; compact prompts; see benchmarks/embedded/pretrain_mix.py). Not a general language model.",
         "",
         "## Command",
         "",

@@ -8,16 +8,17 @@ import pytest
 import torch
 
 from attribution.examples import ExampleBuilder
+from neurorit.prompts import PromptBuilder
 from attribution.mine import attribute
-from attribution.neuron_map import NeuronMap, model_fingerprint
+from neurorit.neuron_map import NeuronMap, model_fingerprint
 from attribution.ig_common import IGSettings
-from attribution.selection import example_topk, select_groups, target_layers
+from attribution.selection import example_topk, neuron_map_from_stats, select_groups, target_layers
 from attribution.stats import (EMPTY_PASSAGE, FIXED_ONE, NO_ANSWER_TOKEN, NON_FINITE, OK, TOO_LONG, ExampleResult,
                                NeuronStats, RankStats, reduce_stats, scan_shards, shard_path)
 from helpers_tiny_models import tiny_model
 from neurorit.config import ExperimentConfig
 from neurorit.errors import UserError
-from rag.records import Passage, Record
+from neurorit.records import Passage, Record
 from test_attribution_fixtures import make_tokenizer
 
 torch.set_num_threads(1)
@@ -115,7 +116,7 @@ def _map(model) -> NeuronMap:
         part.add(r)
     stats = reduce_stats([part], [f"q{i}" for i in range(6)], 2, 128, 6)
     sizes = {"relevant_only": 5, "irrelevant_only": 5, "shared": 2}
-    return NeuronMap.from_stats(stats, sizes, 1, model_fingerprint(model), {"note": "test"})
+    return neuron_map_from_stats(stats, sizes, 1, model_fingerprint(model), {"note": "test"})
 
 
 def test_neuron_map_roundtrip_views_and_hash(tmp_path):
@@ -132,7 +133,7 @@ def test_neuron_map_roundtrip_views_and_hash(tmp_path):
     per_layer = back.per_layer("irrelevant_only")
     assert sum(len(v) for v in per_layer.values()) == len(nmap.groups["irrelevant_only"])
     assert all(torch.equal(v, torch.sort(v).values) for v in per_layer.values())
-    back.check_model(model)
+    back.check_fingerprint(model_fingerprint(model))
     with pytest.raises(UserError, match="unknown neuron group"):
         back.per_layer("nope")
 
@@ -141,7 +142,7 @@ def test_neuron_map_roundtrip_views_and_hash(tmp_path):
 def test_neuron_map_refuses_a_model_of_another_shape(other):
     nmap = _map(tiny_model("llama", layers=2))
     with pytest.raises(UserError, match="mined on a different model"):
-        nmap.check_model(tiny_model("llama", **other))
+        nmap.check_fingerprint(model_fingerprint(tiny_model("llama", **other)))
 
 
 def test_neuron_map_load_errors(tmp_path):
@@ -164,7 +165,7 @@ def _record(answer="red", rel="alpha lives in the red city", irr="beta gamma", q
 
 @pytest.mark.parametrize("target", ["yes_prob", "answer_logprob"])
 def test_examples_bad_input_is_counted_not_fatal(tokenizer, target):
-    builder = ExampleBuilder(tokenizer, "compact", target, "query", max_length=24)
+    builder = ExampleBuilder(tokenizer, PromptBuilder("compact"), target, "query", max_length=24)
     ok = builder.build(0, *_record())
     assert ok.status == OK and ok.truncated == 0
     rel, irr = ok.inputs
@@ -184,7 +185,7 @@ def test_non_finite_attribution_skips_the_example(tokenizer):
     from model_patches.patcher import patch_model
 
     patcher = patch_model(model)
-    builder = ExampleBuilder(tokenizer, "compact", "yes_prob", "query", max_length=48)
+    builder = ExampleBuilder(tokenizer, PromptBuilder("compact"), "yes_prob", "query", max_length=48)
     ex = builder.build(0, *_record())
     cfg = ExperimentConfig()
     res = attribute(model, patcher, ex, builder.pad_inputs(), IGSettings(steps=2), cfg, lockstep=True, top_k=5)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attribution.mine import main as mine_main
-from attribution.neuron_map import NeuronMap
+from neurorit.neuron_map import NeuronMap
 from attribution.stats import EMPTY_PASSAGE, FIXED_ONE, OK, NeuronStats, shard_paths
 from test_attribution_fixtures import make_fixture
 

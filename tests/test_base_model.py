@@ -9,7 +9,7 @@ import os
 import pytest
 
 from neurorit.config import load_config
-from rag.benchmark import build_benchmark
+from benchmarks.embedded.benchmark import build_benchmark
 from model_patches import load_tokenizer
 from rag.evaluate import evaluate_model, load_model
 

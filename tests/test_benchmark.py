@@ -3,8 +3,8 @@ import hashlib
 import subprocess
 import sys
 
-from rag.benchmark import build_benchmark
-from rag.records import load_records
+from benchmarks.embedded.benchmark import build_benchmark
+from neurorit.records import load_records
 
 
 def _digest(splits):
@@ -21,7 +21,7 @@ def test_same_bytes_on_disk(tmp_path):
     for i in range(2):
         d = tmp_path / str(i)
         args = [f"--data.{s}_file={d}/{s}.jsonl" for s in ("train", "dev", "test")]
-        subprocess.run([sys.executable, "-m", "rag.benchmark", "--data.benchmark_questions", "100", *args],
+        subprocess.run([sys.executable, "-m", "benchmarks.embedded.benchmark", "--data.benchmark_questions", "100", *args],
                        check=True, capture_output=True)
         outs.append(b"".join((d / f"{s}.jsonl").read_bytes() for s in ("train", "dev", "test")))
     assert outs[0] == outs[1]

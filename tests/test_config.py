@@ -64,7 +64,7 @@ def test_save_roundtrip(tmp_path):
 
 
 def test_entry_point_prints_one_line_not_a_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "rag.benchmark", "--stage1.lr", "oops"],
+    out = subprocess.run([sys.executable, "-m", "benchmarks.embedded.benchmark", "--stage1.lr", "oops"],
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: config key 'stage1.lr': expected a number, got 'oops'"

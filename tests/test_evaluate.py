@@ -110,8 +110,8 @@ def test_entry_writes_results_per_setting_and_kind(fixture_dir, base_result):
 
 
 def test_answer_only_prompts(fixture_dir):
-    from rag.prompts import PromptBuilder
-    from rag.records import load_records
+    from neurorit.prompts import PromptBuilder
+    from neurorit.records import load_records
 
     tok = eval_setup.make_tokenizer()
     recs = load_records(str(fixture_dir["dir"] / "test.jsonl"), 2)
@@ -124,8 +124,8 @@ def test_answer_only_prompts(fixture_dir):
 
 
 def test_hard_deactivation_from_a_neuron_map(fixture_dir, base_result):
-    from attribution.neuron_map import NeuronMap, model_fingerprint
-    from attribution.selection import GROUPS
+    from neurorit.neuron_map import NeuronMap, model_fingerprint
+    from neurorit.neuron_map import GROUPS
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(fixture_dir["model"])

@@ -1,8 +1,8 @@
 """Match / EM / F1 on hand-written cases (DESIGN.md §2 normalization) and the seeded bootstrap interval."""
 import pytest
 
-from rag import metrics
-from rag.metrics import bootstrap_ci, exact_match, f1, match, normalize, summarize
+from neurorit import metrics
+from neurorit.metrics import bootstrap_ci, exact_match, f1, match, normalize, summarize
 
 
 @pytest.mark.parametrize("text, want", [

@@ -1,10 +1,10 @@
 """Prompt builders: every kind renders; truncation cuts documents only, never the question or the target."""
 import pytest
 
-from rag.prompts import PromptBuilder, TruncationCounter, encode
-from rag.records import Passage
-from rag.tokenizer import build_tokenizer
-from rag.world import World
+from neurorit.prompts import PromptBuilder, TruncationCounter, encode
+from neurorit.records import Passage
+from benchmarks.embedded.tokenizer import build_tokenizer
+from benchmarks.embedded.world import World
 
 TOK = build_tokenizer(World(0))
 NAMES = World(0).world_entities

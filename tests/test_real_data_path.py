@@ -53,7 +53,7 @@ def _tiny_model_with_tokenizer(path, texts):
 
 @pytest.mark.distributed
 def test_own_model_own_dump_end_to_end(tmp_path):
-    from rag.prompts import PAPER
+    from neurorit.prompts import PAPER
 
     data = tmp_path / "nq_top4.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _records()))

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from neurorit.errors import UserError
-from rag.records import (irrelevant_passages, load_records, mining_pairs, noise_passages, relevant_passages,
+from neurorit.records import (irrelevant_passages, load_records, mining_pairs, noise_passages, relevant_passages,
                          to_dataset)
 
 DPR = {"id": "q1", "question": "who wrote it?", "answers": ["Ann Lee"],
@@ -38,7 +38,7 @@ def test_spellings(tmp_path):
 
 
 def test_roles():
-    from rag.records import parse_record
+    from neurorit.records import parse_record
     r = parse_record(DPR, "x")
     assert relevant_passages(r)[0].title == "A"  # has_answer wins over score
     assert [p.title for p in irrelevant_passages(r, 2)] == ["C", "B"]  # bottom-ranked first
@@ -50,7 +50,7 @@ def test_roles():
 
 
 def test_irrelevant_tops_up_from_other_questions():
-    from rag.records import parse_record
+    from neurorit.records import parse_record
     a = parse_record({"question": "q", "answers": ["z"], "ctxs": [{"text": "z is here"}]}, "a")
     b = parse_record(DPR, "b")
     got = irrelevant_passages(a, 2, pool=[a, b])

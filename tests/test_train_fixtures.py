@@ -13,8 +13,8 @@ import yaml
 sys.path.insert(0, os.path.dirname(__file__))
 from helpers_tiny_models import tiny_model  # noqa: E402
 
-from attribution.neuron_map import NeuronMap, model_fingerprint  # noqa: E402
-from rag.tokenizer import build_tokenizer  # noqa: E402
+from neurorit.neuron_map import NeuronMap, model_fingerprint  # noqa: E402
+from benchmarks.embedded.tokenizer import build_tokenizer  # noqa: E402
 
 PEOPLE = ["ann", "bob", "cid", "dan", "eve", "fay", "gus", "hal", "ida", "jon", "kim", "lea"]
 RELATIONS = ["born", "lives", "works"]
@@ -96,11 +96,11 @@ def make_workspace(root: str, n_train: int = 16, stage_overrides: dict | None = 
 
 def test_workspace_is_consistent(tmp_path):
     from neurorit.config import load_config
-    from rag.records import load_records
+    from neurorit.records import load_records
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = load_config(make_workspace(str(tmp_path)))
     assert len(load_records(cfg.data.train_file)) == 16
     model = AutoModelForCausalLM.from_pretrained(cfg.model.path)
     assert AutoTokenizer.from_pretrained(cfg.model.path).vocab_size == model.config.vocab_size
-    NeuronMap.load(os.path.join(cfg.runtime.output_dir, "mining")).check_model(model)
+    NeuronMap.load(os.path.join(cfg.runtime.output_dir, "mining")).check_fingerprint(model_fingerprint(model))

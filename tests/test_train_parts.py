@@ -13,8 +13,8 @@ from test_train_fixtures import GROUPS, HIDDEN, INTERMEDIATE, TARGET_LAYERS, neu
 from model_patches import patch_model  # noqa: E402
 from neurorit.config import StageConfig  # noqa: E402
 from neurorit.errors import UserError  # noqa: E402
-from rag.prompts import PromptBuilder  # noqa: E402
-from rag.records import Passage, Record  # noqa: E402
+from neurorit.prompts import PromptBuilder  # noqa: E402
+from neurorit.records import Passage, Record  # noqa: E402
 from train.data import StepPlan, build_examples, eval_batches, evidence_for  # noqa: E402
 from train.loop import enable_gradient_checkpointing  # noqa: E402
 from train.optim import build_optimizer, lr_factor  # noqa: E402
@@ -60,24 +60,24 @@ def test_lr_schedules_warm_up_then_decay(schedule):
 
 def test_stage_examples_have_the_right_targets():
     from test_train_fixtures import PEOPLE, PLACES, RELATIONS
-    from rag.tokenizer import build_tokenizer
+    from benchmarks.embedded.tokenizer import build_tokenizer
 
     tok = build_tokenizer(SimpleNamespace(words=lambda: PEOPLE + RELATIONS + PLACES))
     rel = Passage("", "ann born paris . bob lives rome .", has_answer=True)
     irr = [Passage("", f"{p} works oslo .", has_answer=False) for p in PEOPLE[1:6]]
     records = [Record("a", "born ann ?", ["paris"], [rel] + irr), Record("b", "born ann ?", ["paris"], irr[:2])]
-    s1, _ = build_examples("stage1", records, tok, "compact", 3, 96, 0)
+    s1, _ = build_examples("stage1", records, tok, PromptBuilder("compact"), 3, 96, 0)
     assert [t for t in s1[0].labels if t != -100] == [tok.eos_token_id]
     assert "paris" not in tok.decode(s1[0].input_ids)
-    s2, _ = build_examples("stage2", records, tok, "compact", 3, 96, 0)
+    s2, _ = build_examples("stage2", records, tok, PromptBuilder("compact"), 3, 96, 0)
     target = tok.decode([t for t in s2[0].labels if t != -100])
     assert target.split() == ["ann", "born", "paris", ".", "</s>"]
     builder = PromptBuilder("compact")
     assert evidence_for(records[1], irr[:2], builder) == builder.no_evidence()
-    sft, _ = build_examples("robust_sft", records, tok, "compact", 3, 96, 0)
+    sft, _ = build_examples("robust_sft", records, tok, PromptBuilder("compact"), 3, 96, 0)
     assert tok.decode([t for t in sft[0].labels if t != -100]).split() == ["paris", "</s>"]
     with pytest.raises(UserError, match="record a: .* > max_length 8; raise data.max_length"):
-        build_examples("stage2", records, tok, "compact", 3, 8, 0)
+        build_examples("stage2", records, tok, PromptBuilder("compact"), 3, 8, 0)
 
 
 def _model():

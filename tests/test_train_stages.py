@@ -97,7 +97,7 @@ def test_resume_equals_uninterrupted_and_refuses_another_map(workspace, tmp_path
     mining = os.path.join(split.runtime.output_dir, "mining")
     other = load_config(workspace, ["--mining.output_dir", str(tmp_path / "other_map"),
                                     "--stage1.max_steps", "4", "--stage1.output_dir", str(tmp_path / "split")])
-    from attribution.neuron_map import NeuronMap
+    from neurorit.neuron_map import NeuronMap
 
     nmap = NeuronMap.load(mining)
     nmap.groups["irrelevant_only"] = nmap.groups["irrelevant_only"][:3]

@@ -1,6 +1,6 @@
 """Stage datasets and the deterministic step plan (length-grouped, split across ranks, resumable).
 
-Examples (loss on the output tokens + EOS only, via ``rag.prompts.encode``):
+Examples (loss on the output tokens + EOS only, via ``neurorit.prompts.encode``):
 
 - ``stage1``: instruction + question + K irrelevant documents -> EOS only;
 - ``stage2``: instruction + question + top-K documents -> evidence summary (``record.evidence``; else the
@@ -23,9 +23,9 @@ import re
 import torch
 
 from neurorit.errors import UserError
-from rag.prompts import Encoded, PromptBuilder, TruncationCounter, encode
-from rag.records import Passage, Record, irrelevant_passages, passage_has_answer
-from rag.settings import docs_for_setting, record_rng
+from neurorit.prompts import Encoded, PromptBuilder, TruncationCounter, encode
+from neurorit.records import Passage, Record, irrelevant_passages, passage_has_answer
+from neurorit.settings import docs_for_setting, record_rng
 
 KINDS = ("stage1", "stage2", "robust_sft")
 MEGA_BATCHES = 32
@@ -45,12 +45,11 @@ def evidence_for(record: Record, docs, builder: PromptBuilder) -> str:
     return " ".join(found) if found else builder.no_evidence()
 
 
-def build_examples(kind: str, records: list[Record], tokenizer, style: str, num_docs: int, max_length: int,
+def build_examples(kind: str, records: list[Record], tokenizer, builder: PromptBuilder, num_docs: int, max_length: int,
                    seed: int) -> tuple[list[Encoded], TruncationCounter]:
     """Tokenized examples of one kind, one per record, in record order."""
     if kind not in KINDS:
         raise ValueError(f"unknown example kind {kind!r}; use one of {', '.join(KINDS)}")
-    builder = PromptBuilder(style)
     rng = random.Random(seed)
     counter = TruncationCounter()
     out = []

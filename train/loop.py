@@ -27,7 +27,9 @@ from neurorit import dist
 from neurorit.config import ExperimentConfig, StageConfig, mining_dir, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from rag.records import load_records
+from neurorit.neuron_map import model_fingerprint
+from neurorit.prompts import prompt_builder
+from neurorit.records import load_records
 from train import checkpoint
 from train.data import StepPlan, build_examples, collate, eval_batches
 from train.monitor import Monitor
@@ -109,7 +111,7 @@ def _model_and_trainable(cfg: ExperimentConfig, stage: str, init_from: str, nmap
     st: StageConfig = getattr(cfg, stage)
     model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
     if nmap is not None:
-        nmap.check_model(model)
+        nmap.check_fingerprint(model_fingerprint(model))
     model.config.use_cache = False
     trainable = setup_trainable(model, patch_model(model), st.method, stage, nmap, cfg.runtime.seed)
     if not trainable.params:
@@ -123,7 +125,7 @@ def _stage_data(cfg: ExperimentConfig, stage: str, tokenizer):
     """Training examples (+ truncation report) and, when dev loss is on, the dev examples."""
     st: StageConfig = getattr(cfg, stage)
     kind = "robust_sft" if st.method == "robust_sft" else stage
-    common = (tokenizer, cfg.data.prompt_style, st.num_docs, cfg.data.max_length, cfg.runtime.seed)
+    common = (tokenizer, prompt_builder(cfg.data, tokenizer), st.num_docs, cfg.data.max_length, cfg.runtime.seed)
     examples, truncation = build_examples(kind, load_records(cfg.data.train_file, st.num_examples), *common)
     dev = []
     if st.eval_every > 0:
@@ -161,7 +163,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         save_config(cfg, out_dir)
     nmap = None
     if st.method in NEEDS_MAP:
-        from attribution.neuron_map import NeuronMap
+        from neurorit.neuron_map import NeuronMap
 
         nmap = NeuronMap.load(mining_dir(cfg))
     tokenizer = load_tokenizer(init_from)

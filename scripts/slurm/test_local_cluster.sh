@@ -260,7 +260,7 @@ PIPE_ARGS=(--config "$CONFIG")
 test_file="$(PYTHON="$PY" bash -c 'source scripts/slurm/common.sh && nr_config_get data.test_file "$@"' _ "${PIPE_ARGS[@]}")"
 if [[ ! -s "$test_file" ]]; then
     say "building the benchmark records for $CONFIG"
-    "$PY" -m rag.benchmark "${PIPE_ARGS[@]}" >/dev/null
+    "$PY" -m benchmarks.embedded.benchmark "${PIPE_ARGS[@]}" >/dev/null
 fi
 model_path="$(PYTHON="$PY" bash -c 'source scripts/slurm/common.sh && nr_config_get model.path "$@"' _ "${PIPE_ARGS[@]}")"
 if [[ ! -f "$model_path/config.json" ]]; then

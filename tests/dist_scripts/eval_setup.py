@@ -14,8 +14,8 @@ import yaml
 
 
 def make_tokenizer():
-    from rag.tokenizer import build_tokenizer
-    from rag.world import World
+    from benchmarks.embedded.tokenizer import build_tokenizer
+    from benchmarks.embedded.world import World
 
     return build_tokenizer(World(0))
 
@@ -48,8 +48,8 @@ def make_checkpoint(directory: str, seed: int = 0) -> str:
 
 
 def make_records(path: str, n_questions: int = 60) -> str:
-    from rag.benchmark import build_benchmark
-    from rag.records import write_records
+    from benchmarks.embedded.benchmark import build_benchmark
+    from neurorit.records import write_records
 
     write_records(build_benchmark(seed=0, n_questions=n_questions)["test"], path)
     return path

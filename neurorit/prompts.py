@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from rag.records import Passage
+from neurorit.records import Passage
 
 NO_EVIDENCE = {"paper": "No relevant information is found in the documents.", "compact": "none ."}
 
@@ -138,6 +138,11 @@ class PromptBuilder:
 
     def answer_only(self, question: str, docs: Sequence[Passage], answer: str = "") -> PromptParts:
         return self._task("answer_only", question, docs, target=answer)
+
+
+def prompt_builder(data_cfg, tokenizer) -> PromptBuilder:
+    """The prompt builder of an experiment: ``data.prompt_style`` (every stage builds its prompts here)."""
+    return PromptBuilder(data_cfg.prompt_style)
 
 
 # ------------------------------------------------------------------------------------------- tokenization

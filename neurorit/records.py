@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text
-from rag.metrics import normalize as _norm
+from neurorit.metrics import normalize as _norm
 
 QUESTION_KEYS = ("question", "query", "input", "q")
 ANSWER_KEYS = ("answers", "answer", "golden_answers", "gold_answers", "possible_answers", "label", "output")

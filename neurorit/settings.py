@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import zlib
 
-from rag.records import Passage, Record, noise_passages, ranked, relevant_passages
+from neurorit.records import Passage, Record, noise_passages, ranked, relevant_passages
 
 SETTINGS = ("gold", "top5", "noise_only", "counterfactual", "closed_book")
 

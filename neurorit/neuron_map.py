@@ -1,4 +1,6 @@
-"""The neuron map: the product of mining, read by every later stage (DESIGN.md §4).
+"""The neuron map: the product of mining, read by every later stage (docs/DESIGN.md §4).
+
+A shared contract: it lives below every stage (mining writes it, training reads it) and imports no stage.
 
 Three groups (``relevant_only``, ``irrelevant_only``, ``shared``) as (layer, neuron) lists with counts (in how
 many examples' top-k the neuron appeared, per side), the target layers, the mining settings, and a fingerprint
@@ -17,14 +19,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from attribution.selection import GROUPS, select_groups, target_layers
-from attribution.stats import NeuronStats
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text
 
 MAP_TENSORS = "neuron_map.safetensors"
 MAP_JSON = "neuron_map.json"
 FINGERPRINT_KEYS = ("architecture", "num_layers", "intermediate_size")
+GROUPS = ("relevant_only", "irrelevant_only", "shared")
 
 
 def model_fingerprint(model) -> dict:
@@ -49,18 +50,6 @@ class NeuronMap:
         missing = [g for g in GROUPS if g not in self.groups]
         if missing:
             raise UserError(f"neuron map lacks group(s) {', '.join(missing)}")
-
-    @classmethod
-    def from_stats(cls, stats: NeuronStats, sizes: dict[str, int], n_target_layers: int, fingerprint: dict,
-                   settings: dict) -> "NeuronMap":
-        """DESIGN.md §2 selection over reduced statistics."""
-        layers, width = stats.shape
-        counts = stats.counts()
-        chosen = select_groups(counts, stats.score_sums(), sizes)
-        flat_counts = counts.flatten(1)
-        groups = {g: torch.stack([ids // width, ids % width, flat_counts[0, ids], flat_counts[1, ids]], dim=1)
-                  for g, ids in chosen.items()}
-        return cls(groups, target_layers(chosen, width, layers, n_target_layers), fingerprint, settings)
 
     # ------------------------------------------------------------------------------------------- views
     def per_layer(self, group: str) -> dict[int, torch.Tensor]:
@@ -96,9 +85,9 @@ class NeuronMap:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------------------------------- checks
-    def check_model(self, model) -> None:
-        """UserError unless ``model`` has the architecture, layer count and FFN width the map was mined on."""
-        have = model_fingerprint(model)
+    def check_fingerprint(self, have: dict) -> None:
+        """UserError unless ``have`` (``model_patches.model_fingerprint(model)``) has the architecture, layer
+        count and FFN width the map was mined on."""
         bad = [k for k in FINGERPRINT_KEYS if have.get(k) != self.fingerprint.get(k)]
         if bad:
             want = ", ".join(f"{k}={self.fingerprint.get(k)}" for k in FINGERPRINT_KEYS)

@@ -8,7 +8,7 @@ natural top-5. Half the questions ask *world facts* (fixed, memorised by the bas
 (re-sampled per question; only readable from the documents). World (entity, relation) pairs are split
 between train/dev/test, and fresh instances are unique, so no test question instance is seen in training.
 
-    python -m rag.benchmark --config configs/embedded.yaml     # writes data.{train,dev,test}_file
+    python -m benchmarks.embedded.benchmark --config configs/embedded.yaml     # writes data.{train,dev,test}_file
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Optional
 
 from neurorit.config import ExperimentConfig, parse_args
 from neurorit.errors import main_guard
-from rag.bm25 import BM25
-from rag.records import Passage, Record, write_records
-from rag.world import RELATION_VALUES, RELATIONS, Fact, World
+from benchmarks.embedded.bm25 import BM25
+from neurorit.records import Passage, Record, write_records
+from benchmarks.embedded.world import RELATION_VALUES, RELATIONS, Fact, World
 
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
 N_SAME_RELATION, N_RANDOM = 2, 4

@@ -14,10 +14,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rag.benchmark import QuestionMaker
-from rag.prompts import PromptBuilder, PromptParts
-from rag.records import Passage
-from rag.world import RELATIONS, World
+from benchmarks.embedded.benchmark import QuestionMaker
+from neurorit.prompts import PromptBuilder, PromptParts
+from neurorit.records import Passage
+from benchmarks.embedded.world import RELATIONS, World
 
 TASK_WEIGHTS = {"qa": 0.35, "two_step": 0.35, "verify": 0.22, "summarize": 0.08}
 WORLD_SCENARIOS = {"closed": 0.35, "consistent": 0.25, "updating": 0.2, "irrelevant": 0.2}

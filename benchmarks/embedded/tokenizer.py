@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerFast
 
-from rag.prompts import COMPACT, NO_EVIDENCE
-from rag.world import World
+from neurorit.prompts import COMPACT, NO_EVIDENCE
+from benchmarks.embedded.world import World
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
 
