@@ -8,12 +8,20 @@ Two styles share the same slots: ``paper`` (English instructions in the spirit o
 real instruction-tuned models) and ``compact`` (one task word and short markers, all in the embedded model's
 word-level vocabulary). ``encode`` tokenizes piece by piece and truncates documents only, never the
 instruction, the question or the target.
+
+Chat templates (``data.chat_template``: ``auto`` = the tokenizer's template when it has one, ``never``,
+``always``): with a template, the prompt (instruction + documents + question + cue) is the *user* turn and the
+target the *assistant* turn, rendered by the tokenizer's own template (``ChatFormat``); labels cover the
+assistant turn only: the target and the end-of-turn token that closes it (``<|im_end|>`` for SmolLM2 / ChatML,
+``<|eot_id|>`` for Llama-3), which is also the stage-1 target for an empty output and a stop token for
+generation (``PromptBuilder.stop_ids``). Without a template (the embedded model) nothing changes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from neurorit.errors import UserError
 from neurorit.records import Passage
 
 NO_EVIDENCE = {"paper": "No relevant information is found in the documents.", "compact": "none ."}
@@ -73,30 +81,110 @@ COMPACT = Style(
 STYLES = {"paper": PAPER, "compact": COMPACT}
 
 
+CHAT_MODES = ("auto", "never", "always")
+_USER, _ASSISTANT = "NEURORITUSERTURN", "NEURORITASSISTANTTURN"  # sentinels rendered through the template
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A tokenizer's chat template cut around one user turn and one assistant turn.
+
+    The prompt is ``user_prefix + <user text> + user_suffix`` (``user_suffix`` ends with the generation prompt
+    and whatever the template writes before an assistant message, e.g. ``<|im_start|>assistant\n``); the target
+    is ``<assistant text>`` followed by ``stop_id``, the token that closes the assistant turn.
+    """
+
+    user_prefix: str
+    user_suffix: str
+    stop_id: int
+    stop_token: str
+    close: str  # the full text after the assistant message (e.g. "<|im_end|>\n"); only its first token is trained
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "ChatFormat":
+        """Render sentinel messages through the tokenizer's template; UserError when the template has no usable
+        shape (no user / assistant slot, or an assistant turn that does not end with a special token)."""
+        def render(messages, gen: bool) -> str:
+            try:
+                out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+            except Exception as err:  # jinja errors of a template that cannot render these messages
+                raise UserError(f"the tokenizer's chat template cannot render a user / assistant exchange ({err}); "
+                                f"set data.chat_template: never") from None
+            return out if isinstance(out, str) else str(out)
+
+        user_only = render([{"role": "user", "content": _USER}], True)
+        both = render([{"role": "user", "content": _USER}, {"role": "assistant", "content": _ASSISTANT}], False)
+        if user_only.count(_USER) != 1 or both.count(_ASSISTANT) != 1:
+            raise UserError("the tokenizer's chat template does not render the user message and the assistant "
+                            "message exactly once each; set data.chat_template: never")
+        prefix, suffix = user_only.split(_USER)
+        a = both.index(_ASSISTANT)
+        before, close = both[:a], both[a + len(_ASSISTANT):]
+        if before.startswith(user_only):  # what the template writes between the generation prompt and the text
+            suffix += before[len(user_only):]
+        if not close.strip():
+            raise UserError("the tokenizer's chat template leaves the assistant turn without a stop token (nothing "
+                            "follows the assistant message), so a trained model could not say where its answer "
+                            "ends; use a template that closes the turn with a special token, or data.chat_template: never")
+        ids = tokenizer(close.lstrip(), add_special_tokens=False)["input_ids"]
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        special |= {int(i) for i in (getattr(tokenizer, "added_tokens_decoder", {}) or {})}
+        if not ids or int(ids[0]) not in special:
+            raise UserError(f"the tokenizer's chat template leaves the assistant turn without a stop token: it "
+                            f"closes the turn with {close!r}, which does not start with a special token, so "
+                            f"generation could not stop at the end of the turn; use a template that closes the "
+                            f"assistant turn with a special token (e.g. <|im_end|>, <|eot_id|>), or "
+                            f"data.chat_template: never")
+        stop = int(ids[0])
+        return cls(user_prefix=prefix, user_suffix=suffix, stop_id=stop,
+                   stop_token=tokenizer.convert_ids_to_tokens(stop), close=close)
+
+
 @dataclass
 class PromptParts:
-    """A prompt as pieces: ``head`` + documents + ``tail``; ``target`` is what the model must write (may be "")."""
+    """A prompt as pieces: ``head`` + documents + ``tail``; ``target`` is what the model must write (may be "").
+
+    With ``chat`` set, ``head`` + documents + ``tail`` form the user turn and ``target`` the assistant turn."""
 
     head: str
     docs: list[str]
     tail: str
     target: str = ""
     sep: str = " "
+    chat: Optional[ChatFormat] = None
 
     def text(self) -> str:
+        """The prompt text without chat wrapping (the user turn's content when chat is on)."""
         pieces = [self.head] + self.docs + [self.tail]
         return self.sep.join(p for p in pieces if p)
 
+    def rendered(self) -> str:
+        """The full prompt text the model reads (chat-wrapped when chat is on); for display and checks."""
+        return self.chat.user_prefix + self.text() + self.chat.user_suffix if self.chat else self.text()
+
 
 class PromptBuilder:
-    def __init__(self, style: str = "paper"):
+    def __init__(self, style: str = "paper", chat: Optional[ChatFormat] = None):
         if style not in STYLES:
             raise ValueError(f"unknown prompt style {style!r}; use one of {', '.join(STYLES)}")
         self.style = STYLES[style]
+        self.chat = chat
 
     @property
     def yes_word(self) -> str:
-        return self.style.yes_word
+        """The YES word as the model writes it first after the prompt (in chat: the assistant turn's first word,
+        without the leading space)."""
+        return self.style.yes_word.lstrip() if self.chat else self.style.yes_word
+
+    @property
+    def target_prefix(self) -> str:
+        """What precedes a target's first word: a space after a plain prompt, nothing at the start of a turn."""
+        return "" if self.chat else " "
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Extra stop token ids for generation: the chat end-of-turn token (empty without chat)."""
+        return [self.chat.stop_id] if self.chat else []
 
     @property
     def answer_marker(self) -> str:
@@ -105,6 +193,10 @@ class PromptBuilder:
     def no_evidence(self) -> str:
         return NO_EVIDENCE[self.style.name]
 
+    def _wrap(self, parts: PromptParts) -> PromptParts:
+        parts.chat = self.chat
+        return parts
+
     def render_doc(self, i: int, p: Passage) -> str:
         return self.style.doc.format(i=i, title=p.title, text=p.text)
 
@@ -112,17 +204,18 @@ class PromptBuilder:
         s = self.style
         rendered = [self.render_doc(i + 1, p) for i, p in enumerate(docs)]
         tail = s.question.format(question=question) + s.sep + s.tails[task]
-        return PromptParts(head=s.heads[task], docs=rendered, tail=tail, target=target, sep=s.sep)
+        return self._wrap(PromptParts(head=s.heads[task], docs=rendered, tail=tail, target=target, sep=s.sep))
 
     # ---------------------------------------------------------------- the prompt kinds
     def mining(self, question: str, answer: str, passage: Optional[Passage]) -> PromptParts:
         """Verification prompt; ``passage=None`` gives the query-only prompt (the IG baseline)."""
         s = self.style
         if passage is None:
-            return PromptParts(head="", docs=[], tail=s.verify_noctx.format(question=question, answer=answer), sep=s.sep)
+            return self._wrap(PromptParts(head="", docs=[],
+                                          tail=s.verify_noctx.format(question=question, answer=answer), sep=s.sep))
         head, rest = s.verify_ctx.split("{passage}", 1)
-        return PromptParts(head=head.rstrip(), docs=[passage.text],
-                           tail=rest.lstrip().format(question=question, answer=answer), sep=s.sep)
+        return self._wrap(PromptParts(head=head.rstrip(), docs=[passage.text],
+                                      tail=rest.lstrip().format(question=question, answer=answer), sep=s.sep))
 
     def stage1(self, question: str, irrelevant_docs: Sequence[Passage]) -> PromptParts:
         return self._task("stage1", question, irrelevant_docs, target="")
@@ -140,9 +233,28 @@ class PromptBuilder:
         return self._task("answer_only", question, docs, target=answer)
 
 
+def chat_format(mode: str, tokenizer) -> Optional[ChatFormat]:
+    """The chat format ``data.chat_template`` asks for: None for ``never``, and for ``auto`` when the tokenizer
+    has no chat template (so a template-less tokenizer behaves exactly as ``never``); UserError for ``always``
+    without a template."""
+    if mode not in CHAT_MODES:
+        raise UserError(f"config key 'data.chat_template': {mode!r} is not allowed; use one of "
+                        f"{', '.join(repr(m) for m in CHAT_MODES)}")
+    has = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if mode == "never" or (mode == "auto" and not has):
+        return None
+    if not has:
+        name = getattr(tokenizer, "name_or_path", "") or "the model"
+        raise UserError(f"data.chat_template is 'always' but the tokenizer of {name} has no chat template; use "
+                        f"a model folder whose tokenizer_config.json (or chat_template.jinja) has one, or set "
+                        f"data.chat_template: auto / never")
+    return ChatFormat.from_tokenizer(tokenizer)
+
+
 def prompt_builder(data_cfg, tokenizer) -> PromptBuilder:
-    """The prompt builder of an experiment: ``data.prompt_style`` (every stage builds its prompts here)."""
-    return PromptBuilder(data_cfg.prompt_style)
+    """The prompt builder of an experiment: ``data.prompt_style``, chat-wrapped per ``data.chat_template``
+    (every stage builds its prompts here)."""
+    return PromptBuilder(data_cfg.prompt_style, chat_format(getattr(data_cfg, "chat_template", "auto"), tokenizer))
 
 
 # ------------------------------------------------------------------------------------------- tokenization
@@ -178,15 +290,25 @@ def _ids(tokenizer, text: str) -> list[int]:
 def encode(tokenizer, parts: PromptParts, max_length: int, add_eos: bool = True,
            with_target: bool = True) -> Encoded:
     """Tokenize ``parts``; documents are cut (from the last one backwards) so that instruction, question and
-    target always fit. Labels cover the target (and EOS) only."""
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+    target always fit. Labels cover the target (and EOS) only.
+
+    With ``parts.chat``: the template's text before and after the user turn wraps the prompt (no separate BOS:
+    the template writes its own), the target starts the assistant turn without a leading space, and
+    ``add_eos`` appends the end-of-turn token instead of ``eos_token``."""
+    chat = parts.chat
+    if chat is None:
+        bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None else []
+        after: list[int] = []
+    else:
+        bos, after = _ids(tokenizer, chat.user_prefix), _ids(tokenizer, chat.user_suffix)
     head = _ids(tokenizer, parts.head)
-    tail = _ids(tokenizer, (parts.sep if (parts.head or parts.docs) else "") + parts.tail)
+    tail = _ids(tokenizer, (parts.sep if (parts.head or parts.docs) else "") + parts.tail) + after
     target: list[int] = []
     if with_target:
-        target = _ids(tokenizer, (" " + parts.target) if parts.target else "")
+        lead = "" if chat is not None else " "
+        target = _ids(tokenizer, (lead + parts.target) if parts.target else "")
         if add_eos:
-            target = target + [tokenizer.eos_token_id]
+            target = target + [chat.stop_id if chat is not None else tokenizer.eos_token_id]
     docs = [_ids(tokenizer, (parts.sep if (i > 0 or parts.head) else "") + d) for i, d in enumerate(parts.docs)]
     fixed = len(bos) + len(head) + len(tail) + len(target)
     if fixed > max_length:

@@ -30,11 +30,12 @@ def _cache_of(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def eos_ids_of(model, tokenizer) -> list[int]:
-    """End-of-sequence ids: the tokenizer's plus any the model's generation config lists."""
+def eos_ids_of(model, tokenizer, extra: Iterable[int] = ()) -> list[int]:
+    """End-of-sequence ids: the tokenizer's, any the model's generation config lists, then ``extra`` (the chat
+    end-of-turn token, ``PromptBuilder.stop_ids``, so that generation stops where the assistant turn ends)."""
     ids: list[int] = []
     for value in (getattr(tokenizer, "eos_token_id", None),
-                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+                  getattr(getattr(model, "generation_config", None), "eos_token_id", None), list(extra)):
         for v in (value if isinstance(value, (list, tuple)) else [value]):
             if v is not None and int(v) not in ids:
                 ids.append(int(v))
