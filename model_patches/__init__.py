@@ -1,7 +1,8 @@
 """model_patches: everything that touches Hugging Face modules (DESIGN.md §2-3).
 
-- ``get_ffn_adapter(model)``, ``SUPPORTED_ARCHITECTURES``: where each family's FFN neurons live (gate/up/down,
-  Phi-3's fused gate_up, MoE experts with neuron = expert * d_ff + index).
+- ``get_ffn_adapter(model)``, ``SUPPORTED_ARCHITECTURES``, ``model_fingerprint``: the model's FFN layout object,
+  chosen by ``config.model_type`` in the registry (``adapters.py``) among the layout classes in ``layouts/``
+  (each owns its forward, its weight roles and its fold at export; MoE neuron = expert * d_ff + index).
 - ``patch_model(model) -> FFNPatcher`` (also ``get_patcher``), ``unpatch_model``: a per-instance patched FFN
   forward. ``FFNPatcher``: ``num_layers``, ``intermediate_size``; ``probe(layers, positions)`` (context, yields
   ``{layer: activations}``); ``set_scale({layer: (rows, alphas, baseline)})`` / ``scaled`` / ``clear_scale``;
@@ -10,12 +11,12 @@
 - ``merge_into_weights``, ``export_hf``: fold deltas (and deactivations) and write a plain HF checkpoint.
 - ``choose_attn_implementation``, ``load_causal_lm``, ``load_tokenizer``: attention choice and checkpoint loading (ZeRO-3 aware).
 """
-from model_patches.adapters import SUPPORTED_ARCHITECTURES, FFNAdapter, get_ffn_adapter
+from model_patches.adapters import SUPPORTED_ARCHITECTURES, FFNAdapter, get_ffn_adapter, model_fingerprint
 from model_patches.attention import choose_attn_implementation
 from model_patches.export import export_hf, merge_into_weights
 from model_patches.loading import load_causal_lm, load_tokenizer
 from model_patches.patcher import FFNPatcher, get_patcher, patch_model, unpatch_model
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "FFNAdapter", "FFNPatcher", "choose_attn_implementation", "export_hf",
-           "get_ffn_adapter", "get_patcher", "load_causal_lm", "load_tokenizer", "merge_into_weights", "patch_model",
-           "unpatch_model"]
+           "get_ffn_adapter", "get_patcher", "load_causal_lm", "load_tokenizer", "merge_into_weights",
+           "model_fingerprint", "patch_model", "unpatch_model"]

@@ -15,51 +15,13 @@ from typing import Optional
 import torch
 from safetensors.torch import save_file
 
-from model_patches.ffn_forward import DELTA_INDEX, DELTA_NAMES
-from model_patches.patcher import FFNPatcher, get_patcher, unwrap
+from model_patches.layouts.base import DELTA_INDEX, DELTA_NAMES
+from model_patches.patcher import FFNPatcher, get_patcher, installed_patcher, unwrap
 from neurorit import dist
 from neurorit.errors import UserError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def _roles(patcher: FFNPatcher) -> dict[int, tuple[int, str]]:
-    """``id(weight) -> (layer, role)`` for every FFN weight; role is gate / up / gate_up / down."""
-    out = {}
-    for ctl in patcher.controls:
-        mod = ctl.module
-        if patcher.adapter.layout == "moe":
-            named = {"gate_up": mod.gate_up_proj, "down": mod.down_proj}
-        elif patcher.adapter.layout == "fused":
-            named = {"gate_up": mod.gate_up_proj.weight, "down": mod.down_proj.weight}
-        else:
-            named = {"gate": mod.gate_proj.weight, "up": mod.up_proj.weight, "down": mod.down_proj.weight}
-        out.update({id(p): (ctl.layer, role) for role, p in named.items()})
-    return out
-
-
-def _fold(patcher: FFNPatcher, role: str, weight: torch.Tensor, deltas: Optional[tuple],
-          dead: Optional[torch.Tensor]) -> torch.Tensor:
-    """A folded copy of one FFN weight (full, gathered tensors in; a new tensor out)."""
-    w = weight.detach().clone()
-    moe = patcher.adapter.layout == "moe"
-    width = patcher.adapter.expert_size
-    if deltas is not None:
-        ids, d_gate, d_up, d_down = (t.detach().to(w.device, w.dtype) if t.is_floating_point() else t.to(w.device)
-                                     for t in deltas)
-        experts, local = patcher.adapter.split(ids)
-        lead = (experts,) if moe else ()
-        if role in ("gate", "gate_up"):
-            w.index_put_(lead + (local,), d_gate, accumulate=True)
-        if role in ("up", "gate_up"):
-            w.index_put_(lead + (local + (width if role == "gate_up" else 0),), d_up, accumulate=True)
-        if role == "down":
-            w.transpose(-1, -2).index_put_(lead + (local,), d_down.t(), accumulate=True)
-    if dead is not None and role == "down":
-        experts, local = patcher.adapter.split(dead.to(w.device))
-        w.transpose(-1, -2).index_put_(((experts,) if moe else ()) + (local,), w.new_zeros(()))
-    return w
 
 
 def _layer_deltas(patcher: FFNPatcher, layer: int) -> Optional[tuple]:
@@ -71,7 +33,7 @@ def merge_into_weights(model: torch.nn.Module, fold_deactivation: bool = False) 
     down columns of deactivated neurons and clear the deactivation. The forward output is unchanged."""
     model = unwrap(model)
     patcher = get_patcher(model)
-    roles = _roles(patcher)
+    roles = patcher.weight_roles()
     dead = patcher.deactivated() if fold_deactivation else {}
     for param in model.parameters():
         if id(param) not in roles:
@@ -83,7 +45,7 @@ def merge_into_weights(model: torch.nn.Module, fold_deactivation: bool = False) 
         small = list(deltas[1:]) if deltas else []
         with dist.gathered([param] + small, modifier_rank=0):
             with torch.no_grad():
-                param.copy_(_fold(patcher, role, param, deltas, dead.get(layer)))
+                param.copy_(patcher.adapter.fold(role, param, deltas, dead.get(layer)))
     patcher.remove_neuron_deltas()
     if fold_deactivation:
         patcher.clear_deactivated()
@@ -155,8 +117,8 @@ def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactiv
     Every rank must call it (ZeRO-3 gathers are collective); rank 0 alone writes. The live model is unchanged.
     """
     model = unwrap(model)
-    patcher = getattr(model, "_neurorit_patcher", None)
-    roles = _roles(patcher) if patcher is not None else {}
+    patcher = installed_patcher(model)
+    roles = patcher.weight_roles() if patcher is not None else {}
     dead = patcher.deactivated() if (patcher is not None and fold_deactivation) else {}
     writer = _ShardWriter(out_dir, _shard_limit(max_shard_size)) if dist.is_main() else None
     if writer is not None:
@@ -171,7 +133,7 @@ def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactiv
             if writer is not None:
                 value = param.detach()
                 if role is not None and (deltas is not None or layer in dead):
-                    value = _fold(patcher, role, value, deltas, dead.get(layer))
+                    value = patcher.adapter.fold(role, value, deltas, dead.get(layer))
                 writer.add(name, value.to("cpu", copy=True))
     if writer is not None:
         for name, buf in _persistent_buffers(model):

@@ -7,14 +7,12 @@ is the only handle the rest of the project uses (see ``model_patches/__init__.py
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Iterable, Optional, Union
 
 import torch
 
-from model_patches.adapters import FFNAdapter, get_ffn_adapter
-from model_patches.ffn_forward import (DELTA_INDEX, DELTA_NAMES, LayerControl, dense_forward, moe_block_forward,
-                                       moe_experts_forward)
+from model_patches.adapters import get_ffn_adapter
+from model_patches.layouts.base import DELTA_INDEX, DELTA_NAMES, FFNLayout, LayerControl
 from neurorit.errors import UserError
 
 _ATTR = "_neurorit_patcher"
@@ -24,7 +22,7 @@ Positions = Union[str, Iterable[int], torch.Tensor]
 class FFNPatcher:
     """Neuron-level control of every FFN layer of one model (all features off until switched on)."""
 
-    def __init__(self, model: torch.nn.Module, adapter: FFNAdapter):
+    def __init__(self, model: torch.nn.Module, adapter: FFNLayout):
         self.model = model
         self.adapter = adapter
         self.num_layers = len(adapter.layers(model))
@@ -38,16 +36,11 @@ class FFNPatcher:
 
     # ---------------------------------------------------------------------------------------- install
     def _install(self) -> None:
-        fused = self.adapter.layout == "fused"
         for i, layer in enumerate(self.adapter.layers(self.model)):
-            module = self.adapter.ffn_module(layer)
-            ctl = LayerControl(self, i, module)
+            ctl = LayerControl(self, i, self.adapter.ffn_module(layer))
             self.controls.append(ctl)
-            if self.adapter.layout == "moe":
-                self._replace(module, functools.partial(moe_experts_forward, ctl))
-                self._replace(layer.mlp, functools.partial(moe_block_forward, ctl))
-            else:
-                self._replace(module, functools.partial(dense_forward, ctl, fused))
+            for module, patched in self.adapter.patches(ctl, layer):
+                self._replace(module, patched)
 
     def _replace(self, module: torch.nn.Module, patched) -> None:
         own = module.__dict__.get("forward")  # an instance-level forward someone else installed, if any
@@ -82,16 +75,19 @@ class FFNPatcher:
             self._probe_store = None
             self._probe_layers = None
 
-    def _probe_wants(self, layer: int) -> bool:
+    # The layouts' forwards read these three (through their LayerControl).
+    def probe_wants(self, layer: int) -> bool:
+        """Whether an open ``probe`` records ``layer``."""
         return self._probe_store is not None and (self._probe_layers is None or layer in self._probe_layers)
 
-    def _probe_positions(self, seq_len: int, device) -> torch.Tensor:
+    def probe_positions(self, seq_len: int, device) -> torch.Tensor:
+        """The positions the open ``probe`` records, for a sequence of ``seq_len`` tokens."""
         spec = self._probe_spec
         if isinstance(spec, str):
             return torch.arange(seq_len - 1 if spec == "last" else 0, seq_len, device=device)
         return torch.as_tensor(list(spec) if not torch.is_tensor(spec) else spec, device=device) % seq_len
 
-    def _record(self, layer: int, acts: torch.Tensor) -> None:
+    def record_probe(self, layer: int, acts: torch.Tensor) -> None:
         """``acts``: ``[batch, positions, d_ff]`` already restricted to the probed positions."""
         self._probe_store[layer] = acts[:, 0] if self._probe_spec == "last" else acts
 
@@ -125,7 +121,7 @@ class FFNPatcher:
     def clear_deactivated(self) -> None:
         for ctl in self.controls:
             ctl.dead = None
-            ctl.forget_groups("dead")
+            ctl.forget("dead")
 
     def deactivated(self) -> dict[int, torch.Tensor]:
         return {c.layer: c.dead for c in self.controls if c.dead is not None}
@@ -133,14 +129,9 @@ class FFNPatcher:
     # ---------------------------------------------------------------------------------- neuron deltas
     def add_neuron_deltas(self, spec: dict) -> list[torch.nn.Parameter]:
         """Trainable zero deltas for ``{layer: neurons}`` — gate row, up row ``[n, hidden]`` and down column
-        ``[hidden, n]`` — registered on that layer's FFN module. Call before ``deepspeed.initialize``.
-
-        MoE: DeepSpeed ZeRO-3 runs each sparse-MoE block as a "leaf" whose gradients are reduced by a module
-        backward hook; when the block's input needs no gradient (frozen layers below) that hook fires before the
-        deltas' gradients exist. So the input embeddings are made to require grad (HF
-        ``enable_input_require_grads``), which costs only the backward through the frozen bottom layers."""
-        if self.adapter.layout == "moe" and not getattr(self.model, "_require_grads_hook", None):
-            self.model.enable_input_require_grads()
+        ``[hidden, n]`` — registered on that layer's FFN module. Call before ``deepspeed.initialize``. The layout
+        may prepare the model first (``FFNLayout.before_deltas``; MoE makes the input embeddings require grad)."""
+        self.adapter.before_deltas(self.model)
         new = []
         for layer, neurons in spec.items():
             ctl = self.controls[self._check_layer(layer)]
@@ -149,8 +140,7 @@ class FFNPatcher:
                 raise UserError(f"layer {layer} already has neuron deltas")
             weight = next(mod.parameters())
             ids = self._neuron_ids(neurons, layer, weight.device)
-            hidden, n = self.adapter.hidden_size, ids.numel()
-            shapes = ((n, hidden), (n, hidden), (hidden, n))
+            shapes = self.adapter.delta_shapes(ids.numel())
             mod.register_buffer(DELTA_INDEX, ids, persistent=False)
             for name, shape in zip(DELTA_NAMES, shapes):
                 param = torch.nn.Parameter(torch.zeros(shape, dtype=weight.dtype, device=weight.device))
@@ -163,13 +153,18 @@ class FFNPatcher:
         return {c.layer: (getattr(c.module, DELTA_INDEX),) + tuple(getattr(c.module, n) for n in DELTA_NAMES)
                 for c in self.controls if c.has_deltas}
 
+    def weight_roles(self) -> dict[int, tuple[int, str]]:
+        """``id(weight) -> (layer, role)`` for every FFN weight (roles as in the layout's ``ROLES``)."""
+        return {id(w): (ctl.layer, role) for ctl in self.controls
+                for role, w in self.adapter.weights(ctl.module).items()}
+
     def remove_neuron_deltas(self) -> None:
         for ctl in self.controls:
             if ctl.has_deltas:
                 for name in DELTA_NAMES:
                     delattr(ctl.module, name)
                 delattr(ctl.module, DELTA_INDEX)
-                ctl.forget_groups("deltas")
+                ctl.forget("deltas")
 
     # ---------------------------------------------------------------------------------------- helpers
     def _check_layer(self, layer: int) -> int:
@@ -211,10 +206,15 @@ def patch_model(model: torch.nn.Module) -> FFNPatcher:
     return patcher
 
 
+def installed_patcher(model: torch.nn.Module) -> Optional[FFNPatcher]:
+    """The patcher installed on ``model``, or None if it is not patched."""
+    return getattr(unwrap(model), _ATTR, None)
+
+
 def get_patcher(model: torch.nn.Module) -> FFNPatcher:
     """The patcher installed on ``model``; a UserError if ``patch_model`` was never called."""
     model = unwrap(model)
-    patcher = getattr(model, _ATTR, None)
+    patcher = installed_patcher(model)
     if patcher is None:
         raise UserError(f"{type(model).__name__} is not patched: call model_patches.patch_model(model) first")
     return patcher
