@@ -1,92 +1,169 @@
-"""Fast exact integrated gradients over the KV cache (DESIGN.md §2, "the heart of the attribution speed").
+"""Fast exact integrated gradients over the cached prefix (DESIGN.md §2, "the heart of the attribution speed").
 
 Only the last position is scaled and attention is causal, so keys, values and hidden states of every earlier
-position do not depend on the scaling. One prefill of the first ``T-1`` tokens builds the KV cache; every
-(layer, step) pair then becomes one *row*: the last token, run as a single-token pass over the cache with that
-row's layer scaled. Rows are processed in chunks of ``chunk_rows`` (the prefix is copied once into a per-row
-buffer whose last slot each pass fills in place), each chunk one sweep over the layers plus one backward for
-``dF/dh``, so under ZeRO-3 every layer is gathered once per chunk. The chunk layout depends only on (layers, steps, chunk_rows): every rank runs the same passes.
-Same numbers as ``ig_reference`` at roughly the cost of one forward pass.
+position do not depend on the scaling. One prefill of the first ``T-1`` tokens caches the prefix keys and values
+of every layer; one unscaled pass of the last token over them gives the activations ``a`` and caches the last
+token's input hidden state at every layer. Every (layer ``l``, step ``k``) pair is then one *row*: below ``l`` it
+equals the unscaled pass, so it starts at layer ``l`` from the cached hidden state, runs ``l..L-1`` as a
+single-token pass with its layer scaled, and is differentiated back to ``l``.
+
+Rows are processed in layer-major chunks of ``chunk_rows`` (``row_chunks``). A chunk is one *staircase* sweep of
+the model: at layer ``j`` the batch holds the chunk's rows of layers ``<= j`` (rows of layer ``j`` join there), so
+a layer below the chunk's first row is skipped, and every layer the chunk needs runs once for all its rows (under
+ZeRO-3: gathered once per chunk). The chunk layout depends only on (layers, steps, chunk_rows), never on the
+data, so every rank runs the same passes and gathers.
+
+Attention of a row is computed against the shared prefix cache (one matrix product per layer for all rows and
+heads, the prefix is never copied per row) plus the row's own last-token key and value: a registered attention
+implementation (``neurorit_rows``) used only inside these passes; masks are not needed (the last token sees the
+whole prefix; sliding windows keep their last ``window - 1`` prefix keys, soft-capping is applied as in eager).
+Same numbers as ``ig_reference`` up to float rounding.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
+from typing import Optional
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.modeling_utils import AttentionInterface
 
 from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, last_position,
                                    model_device, rows_of, step_grid)
 
+ATTN_NAME = "neurorit_rows"
 
-class _WriteLastSlot(torch.autograd.Function):
-    """``buffer[:, :, -1:] = new`` in place, differentiable in ``new`` only: the gradient of the returned buffer
-    is sliced back to the slot, so the per-row prefix copy is neither rebuilt nor cloned per pass."""
+
+class _RowState:
+    """What the row passes share: the prefix keys / values per layer, the last token's input hidden state per
+    layer, and (during a chunk) how many rows are active at each layer (``None``: the unscaled capture pass)."""
+
+    def __init__(self):
+        self.prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.entries: dict[int, torch.Tensor] = {}
+        self.counts: Optional[list[int]] = None
+
+
+_STATE: Optional[_RowState] = None
+
+
+def rows_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                   sliding_window=None, softcap=None, **kwargs):
+    """Attention of single-token rows ``query [R, H, 1, d]`` (own key / value ``[R, Hkv, 1, d]``) over the shared
+    prefix of ``module.layer_idx``; returns ``([R, 1, H, d], None)`` like the eager implementation."""
+    if _STATE is None:
+        raise RuntimeError(f"attention implementation {ATTN_NAME!r} is only usable inside attribution.ig_fast")
+    rows, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    if q_len != 1:
+        raise RuntimeError(f"{ATTN_NAME}: one token per row expected, got {q_len}")
+    if scaling is None:
+        scaling = dim ** -0.5
+    keys, values = _STATE.prefix.get(module.layer_idx, (None, None))
+    if keys is not None and sliding_window:  # the last token sees keys at positions > T-1 - window
+        keys, values = keys[:, -(sliding_window - 1):], values[:, -(sliding_window - 1):]
+    # [Hkv, R*G, d]: all rows and query heads of one KV head in one matrix product with the shared prefix
+    q = query.reshape(rows, kv_heads, groups, dim).permute(1, 0, 2, 3).reshape(kv_heads, rows * groups, dim)
+    k_self = key.reshape(rows, kv_heads, 1, dim).permute(1, 0, 2, 3)  # [Hkv, R, 1, d]
+    v_self = value.reshape(rows, kv_heads, 1, dim).permute(1, 0, 2, 3)
+    s_self = (q.view(kv_heads, rows, groups, dim) * k_self).sum(-1).reshape(kv_heads, rows * groups, 1)
+    scores = s_self if keys is None or keys.shape[1] == 0 else torch.cat([torch.matmul(q, keys.transpose(1, 2)),
+                                                                          s_self], dim=-1)
+    scores = scores * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    prefix_len = scores.shape[-1] - 1
+    # split, not two slices: its backward concatenates the two gradients instead of zero-filling twice
+    p_prefix, p_self = probs.split([prefix_len, 1], dim=-1)
+    out = (p_self.view(kv_heads, rows, groups, 1) * v_self).reshape(kv_heads, rows * groups, dim)
+    if prefix_len:
+        out = out + torch.matmul(p_prefix, values)
+    out = out.view(kv_heads, rows, groups, dim).permute(1, 0, 2, 3).reshape(rows, 1, heads, dim)
+    return out, None
+
+
+AttentionInterface.register(ATTN_NAME, rows_attention)
+
+
+def _layer_forward(state: _RowState, j: int, original, hidden_states, *args, **kwargs):
+    """Decoder layer ``j`` in row mode: record the input (capture pass) or run the chunk's active rows only."""
+    if state.counts is None:
+        state.entries[j] = hidden_states.detach()
+        return original(hidden_states, *args, **kwargs)
+    n, before = state.counts[j], (state.counts[j - 1] if j else 0)
+    if n == 0:  # no row of this chunk has started: the layer is skipped (not gathered under ZeRO-3)
+        return hidden_states
+    x = state.entries[j].expand(n - before, -1, -1)
+    if before:
+        x = torch.cat([hidden_states[:before], x])
+    return original(x, *args, **kwargs)
+
+
+def _configs(model) -> list:
+    seen = {}
+    for module in [model] + list(model.modules()):
+        cfg = getattr(module, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            seen[id(cfg)] = cfg
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def row_mode(model, patcher, state: _RowState):
+    """Inside: attention is ``neurorit_rows`` over ``state.prefix`` and decoder layers follow ``state``."""
+    global _STATE
+    configs = _configs(model)
+    saved_impl = [cfg._attn_implementation for cfg in configs]
+    layers = patcher.adapter.layers(model)
+    restore = []
+    try:
+        for cfg in configs:
+            cfg._attn_implementation = ATTN_NAME
+        for j, layer in enumerate(layers):
+            own = layer.__dict__.get("forward")
+            restore.append((layer, own))
+            original = layer.forward
+            layer.forward = (lambda j, original: lambda *a, **k: _layer_forward(state, j, original, *a, **k))(
+                j, original)
+        _STATE = state
+        yield state
+    finally:
+        _STATE = None
+        for layer, own in restore:
+            if own is None:
+                del layer.__dict__["forward"]
+            else:
+                layer.forward = own
+        for cfg, impl in zip(configs, saved_impl):
+            cfg._attn_implementation = impl
+
+
+class _LogProbAt(torch.autograd.Function):
+    """``log_softmax(logits)[:, token]`` without materialising the log-softmax or a one-hot gradient: forward one
+    logsumexp, backward ``g * (onehot - softmax)`` written once (same numbers as ``Target.value``)."""
 
     @staticmethod
-    def forward(ctx, buffer: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        buffer[:, :, -1:] = new
-        ctx.mark_dirty(buffer)
-        return buffer
+    def forward(ctx, logits: torch.Tensor, token: int) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, lse)
+        ctx.token = token
+        return logits[:, token] - lse
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return None, grad[:, :, -1:]
+        logits, lse = ctx.saved_tensors
+        out = torch.sub(logits, lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
+        out[:, ctx.token] += grad
+        return out, None
 
 
-class _RowLayer(DynamicLayer):
-    """One layer's cache for up to ``rows`` rows: the prefix is copied once into a buffer with one free slot per
-    row, and each pass writes its last-token key/value into that slot in place (no per-chunk copy of the
-    prefix). Lengths and mask sizes are those of the prefill layer, so positions and masks (sliding windows
-    included) are exactly what a real next-token step would see."""
-
-    def __init__(self, source, rows: int):
-        super().__init__()
-        self.source = source
-        self.device = source.keys.device
-        self.buffers = []
-        for prefix in (source.keys, source.values):
-            buf = prefix.new_empty(rows, prefix.shape[1], prefix.shape[2] + 1, prefix.shape[3])
-            buf[:, :, :-1] = prefix
-            self.buffers.append(buf)
-        self.is_initialized = True
-
-    def use_rows(self, rows: int) -> None:
-        """Start a pass over ``rows`` rows (the previous pass's graph is done with the buffers)."""
-        self.keys, self.values = (buf[:rows].detach() for buf in self.buffers)
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        self.keys = _WriteLastSlot.apply(self.keys, key_states)
-        self.values = _WriteLastSlot.apply(self.values, value_states)
-        return self.keys, self.values
-
-    @property
-    def is_sliding(self) -> bool:
-        return self.source.is_sliding
-
-    def get_seq_length(self) -> int:
-        return self.source.get_seq_length()
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.source.get_mask_sizes(query_length)
-
-
-class RowCache:
-    """The prefill cache broadcast to the rows of a chunk; ``for_rows(n)`` gives the cache for one pass."""
-
-    def __init__(self, prefix, rows: int):
-        self.prefix = prefix
-        if prefix is not None:
-            self.layers = [_RowLayer(layer, rows) for layer in prefix.layers]
-
-    def for_rows(self, rows: int):
-        if self.prefix is None:
-            return None
-        cache = copy.copy(self.prefix)
-        for layer in self.layers:
-            layer.use_rows(rows)
-        cache.layers = list(self.layers)
-        return cache
+def target_value(target, last_logits: torch.Tensor) -> torch.Tensor:
+    """``target.value(last_logits)`` (``[rows, vocab]`` -> ``[rows]``), fused for the known targets."""
+    if target.kind not in ("yes_prob", "answer_logprob"):
+        return target.value(last_logits)
+    logp = _LogProbAt.apply(last_logits.float(), int(target.token_id))
+    return logp.exp() if target.kind == "yes_prob" else logp
 
 
 def row_chunks(layers: int, steps: int, chunk_rows: int) -> list[list[tuple[int, int]]]:
@@ -95,44 +172,62 @@ def row_chunks(layers: int, steps: int, chunk_rows: int) -> list[list[tuple[int,
     return [rows[i:i + chunk_rows] for i in range(0, len(rows), chunk_rows)]
 
 
+def _prefix_kv(cache) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """``{layer: (keys [Hkv, P, d], values [Hkv, P, d])}`` from the prefill cache (batch 1)."""
+    if cache is None:
+        return {}
+    return {i: (layer.keys[0].detach(), layer.values[0].detach()) for i, layer in enumerate(cache.layers)}
+
+
 def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
     device = model_device(model)
     dtype = next(model.parameters()).dtype
     ids = inp.input_ids.view(1, -1).to(device)
     last = ids[:, -1:]
-    with torch.no_grad():
-        prefix = model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).cache if ids.shape[1] > 1 else None
-    acts, logits, _ = last_position(model, patcher, last, cache=RowCache(prefix, 1).for_rows(1), use_cache=True)
-    f_input = float(inp.target.value(logits)[0])
-    base = baseline_activations(model, patcher, inp, acts)
+    position = torch.tensor([[ids.shape[1] - 1]], device=device)
+    state = _RowState()
+    if ids.shape[1] > 1:
+        with torch.no_grad():
+            state.prefix = _prefix_kv(model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).cache)
+    base = None
+    if inp.baseline_ids is not None:  # full passes in the model's own attention: before row mode
+        base = baseline_activations(model, patcher, inp, torch.empty(0))
     alphas, weights = step_grid(settings)
-    layers, width = acts.shape
-    grad_sums = torch.zeros(layers, width, dtype=torch.float64)
-    f_base = torch.zeros(layers, dtype=torch.float64)
-    chunks = row_chunks(layers, settings.steps, settings.chunk_rows)
-    rows_cache = RowCache(prefix, len(chunks[0]))
-    for chunk in chunks:
-        by_layer: dict[int, list[tuple[int, int]]] = {}
-        for row, (layer, k) in enumerate(chunk):
-            by_layer.setdefault(layer, []).append((row, k))
-        scale = {}
-        for layer, items in by_layer.items():
-            rows = torch.tensor([r for r, _ in items], device=device)
-            ks = torch.tensor([k for _, k in items])
-            scale[layer] = (rows, alphas[ks].to(device, dtype), rows_of(base[layer], len(items), device, dtype))
-        patcher.set_scale(scale)
-        try:
-            out = model(input_ids=last.expand(len(chunk), 1), cache=rows_cache.for_rows(len(chunk)),
-                        use_cache=True)
-            f = inp.target.value(out.logits[:, -1])
-            grads = torch.autograd.grad(f.sum(), [patcher.scaled[layer] for layer in by_layer])
-        finally:
-            patcher.clear_scale()
-        f = f.detach().double().cpu()
-        for (layer, items), grad in zip(by_layer.items(), grads):
-            ks = torch.tensor([k for _, k in items])
-            grad_sums[layer] += (weights[ks, None] * grad.detach().double().cpu()).sum(0)
-            for row, k in items:
-                if k == 0:
-                    f_base[layer] = f[row]
+    with row_mode(model, patcher, state):
+        acts, logits, _ = last_position(model, patcher, last, position_ids=position, use_cache=False)
+        f_input = float(inp.target.value(logits)[0])
+        if base is None:
+            base = torch.zeros_like(acts)
+        layers, width = acts.shape
+        grad_sums = torch.zeros(layers, width, dtype=torch.float64)
+        f_base = torch.zeros(layers, dtype=torch.float64)
+        for chunk in row_chunks(layers, settings.steps, settings.chunk_rows):
+            by_layer: dict[int, list[tuple[int, int]]] = {}
+            for row, (layer, k) in enumerate(chunk):
+                by_layer.setdefault(layer, []).append((row, k))
+            counts, n = [], 0
+            for j in range(layers):
+                n += len(by_layer.get(j, ()))
+                counts.append(n)
+            scale = {}
+            for layer, items in by_layer.items():
+                rows = torch.tensor([r for r, _ in items], device=device)
+                ks = torch.tensor([k for _, k in items])
+                scale[layer] = (rows, alphas[ks].to(device, dtype), rows_of(base[layer], len(items), device, dtype))
+            state.counts = counts
+            patcher.set_scale(scale)
+            try:
+                out = model(input_ids=last.expand(len(chunk), 1), position_ids=position, use_cache=False)
+                f = target_value(inp.target, out.logits.view(len(chunk), -1))  # a view: no zero-filled grad
+                grads = torch.autograd.grad(f.sum(), [patcher.scaled[layer] for layer in by_layer])
+            finally:
+                patcher.clear_scale()
+                state.counts = None
+            f = f.detach().double().cpu()
+            for (layer, items), grad in zip(by_layer.items(), grads):
+                ks = torch.tensor([k for _, k in items])
+                grad_sums[layer] += (weights[ks, None] * grad.detach().double().cpu()).sum(0)
+                for row, k in items:
+                    if k == 0:
+                        f_base[layer] = f[row]
     return IGResult(finish(acts.cpu(), base.cpu(), grad_sums, settings.steps), f_input, f_base)
