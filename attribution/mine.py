@@ -34,11 +34,11 @@ from attribution.selection import example_topk, neuron_map_from_stats
 from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, reduce_stats, scan_shards,
                                shard_path)
 from neurorit import dist
-from model_patches import load_tokenizer
 from neurorit.config import ExperimentConfig, mining_dir, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from neurorit.neuron_map import NeuronMap, model_fingerprint
+from model_patches import load_tokenizer, model_fingerprint
+from neurorit.neuron_map import NeuronMap
 from neurorit.prompts import prompt_builder
 
 
@@ -47,15 +47,15 @@ def load_model(cfg: ExperimentConfig, zero3: bool):
     from model_patches.loading import load_causal_lm
     from model_patches.patcher import patch_model
 
-    ds_config = dist.ds_config_for(3, dist.world_size(), 1, dtype=cfg.model.dtype) if zero3 else None
-    model = load_causal_lm(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
+    strategy = dist.Strategy.for_inference(3, cfg.model.dtype, cfg.mining.ds_config) if zero3 else None
+    model = load_causal_lm(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
+                           strategy.config if strategy else None)
     model.requires_grad_(False)
     model.eval()
     patcher = patch_model(model)
-    if zero3:
-        import deepspeed
-
-        deepspeed.initialize(model=model, config=ds_config)
+    if strategy is not None:
+        strategy.prepare_frozen(model)
+        model._neurorit_strategy = strategy  # the strategy holds the ZeRO-3 hooks' engine: keep it with the model
     return model, patcher
 
 

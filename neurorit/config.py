@@ -16,11 +16,9 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from neurorit import methods
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text
-
-Method = Literal["neurorit", "full", "layer", "random", "robust_sft", "none"]
-
 
 @dataclass
 class ModelConfig:
@@ -60,12 +58,13 @@ class MiningConfig:
     n_target_layers: int = 3
     shard_every: int = 16  # examples between atomic per-rank shard writes
     zero_stage: Literal[0, 3] = 3
+    ds_config: str = ""  # ZeRO-3 DeepSpeed config; empty = ds_configs/zero3.json (cpu_zero3.json on CPU)
     output_dir: str = ""  # empty = <runtime.output_dir>/mining
 
 
 @dataclass
 class StageConfig:
-    method: Method = "neurorit"
+    method: str = "neurorit"  # a name of neurorit/methods.py that runs in this stage
     lr: float = 1e-5
     epochs: float = 1.0
     max_steps: int = -1  # > 0 caps the optimizer steps (the same budget for every method)
@@ -229,6 +228,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise UserError(f"config keys '{name}.batch_size' and '{name}.micro_batch_size' must be > 0")
         if not 0 <= st.warmup_ratio < 1:
             raise UserError(f"config key '{name}.warmup_ratio' must be in [0, 1), got {st.warmup_ratio}")
+        if st.method not in methods.stage_methods(name):
+            raise UserError(f"config key '{name}.method': {st.method!r} is not allowed; use one of "
+                            f"{', '.join(methods.stage_methods(name))}")
     for s in cfg.eval.settings:
         if s not in EVAL_SETTINGS:
             raise UserError(f"config key 'eval.settings': {s!r} is not allowed; use any of {', '.join(EVAL_SETTINGS)}")

@@ -1,10 +1,14 @@
-"""The one place that talks to torch.distributed and DeepSpeed.
+"""The one place that talks to torch.distributed and DeepSpeed: collectives, configs, and the strategy.
 
 Launch conventions: the same entry works under ``deepspeed --num_gpus N``, ``torchrun`` and ``srun`` (SLURM
 variables are mapped to RANK / WORLD_SIZE / LOCAL_RANK when the launcher did not set them). Backend: NCCL on
-CUDA, gloo on CPU. Everything else in the project calls these helpers instead of ``torch.distributed`` or
-``deepspeed`` directly, so the rules of DESIGN.md §5 live here: init before building the model, keep
-``HfDeepSpeedConfig`` alive while loading under ZeRO-3, read weights only inside gathered scopes, rank 0 writes.
+CUDA, gloo on CPU. No other library module imports ``deepspeed`` or calls ``torch.distributed``: they use the
+collectives below (``rank``, ``barrier``, ``all_reduce_sum``, ``gathered``, ...) and, in the style of OpenRLHF's
+``DeepspeedStrategy``, a ``Strategy`` that owns a run's DeepSpeed config and prepares models: ``prepare_frozen``
+(mining, ZeRO-3 inference) and ``prepare_trainable`` (optimizer + schedule -> a ``TrainEngine`` with forward,
+backward/step, lr, grad norm and checkpoint save/load). The rules of docs/DESIGN.md §5 live here: init before
+building the model, keep ``HfDeepSpeedConfig`` alive while loading under ZeRO-3, read weights only inside
+gathered scopes, rank 0 writes.
 """
 from __future__ import annotations
 
@@ -224,3 +228,139 @@ def zero3_loading(ds_config: Optional[dict]):
         yield keep
     finally:
         del keep
+
+
+# ---------------------------------------------------------------------------------------------- the strategy
+def inference_ds_config(zero_stage: int, dtype: str = "float32", path: str = "") -> dict:
+    """A DeepSpeed config for a frozen model (no optimizer): one sequence per rank and step."""
+    return ds_config_for(zero_stage, world_size(), 1, path, dtype)
+
+
+class Strategy:
+    """Everything DeepSpeed does for one run: its config, loading under ZeRO-3, and preparing models."""
+
+    def __init__(self, ds_config: dict):
+        self.config = ds_config
+        self._frozen: list = []  # engines of frozen models: they hold the ZeRO-3 hooks, keep them alive
+
+    @classmethod
+    def for_training(cls, zero_stage: int, batch_size: int, micro_batch_size: int, path: str = "",
+                     dtype: str = "float32", grad_clip: float = 1.0) -> "Strategy":
+        cfg = ds_config_for(zero_stage, batch_size, micro_batch_size, path, dtype, grad_clip)
+        cfg["zero_allow_untested_optimizer"] = True  # the optimizer is always one of ours (see ``optimizer``)
+        return cls(cfg)
+
+    @classmethod
+    def for_inference(cls, zero_stage: int, dtype: str = "float32", path: str = "") -> "Strategy":
+        return cls(inference_ds_config(zero_stage, dtype, path))
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.config.get("zero_optimization", {}).get("stage", 0))
+
+    @property
+    def offloads_optimizer(self) -> bool:
+        return self.config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+
+    def prepare_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Under ZeRO-3, install the hooks that gather each layer's weights for its forward (the model must have
+        been loaded under this config); otherwise nothing. Returns the model itself."""
+        if self.zero_stage == 3:
+            import deepspeed
+
+            engine, _, _, _ = deepspeed.initialize(model=model, config=self.config)
+            self._frozen.append(engine)
+        return model
+
+    def optimizer(self, params: list, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """``adamw``: DeepSpeed's CPU Adam under optimizer offload, its fused Adam on CUDA, torch's AdamW
+        otherwise; ``adamw_torch``: torch's AdamW; ``adamw_8bit``: bitsandbytes (a UserError where it cannot run)."""
+        kwargs = dict(lr=lr, weight_decay=weight_decay)
+        device = info().device
+        if name == "adamw_8bit":
+            return _adamw_8bit(params, kwargs, device)
+        if name == "adamw" and self.offloads_optimizer:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+        if name == "adamw" and device.type == "cuda":
+            from deepspeed.ops.adam import FusedAdam
+
+            return FusedAdam(params, adam_w_mode=True, **kwargs)
+        return torch.optim.AdamW(params, **kwargs)
+
+    def prepare_trainable(self, model: torch.nn.Module, params: list, optimizer: torch.optim.Optimizer,
+                          lr_lambda) -> "TrainEngine":
+        """Wrap ``model`` (trainable ``params`` already marked) with ``optimizer`` and a LambdaLR schedule."""
+        import deepspeed
+
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.config, model_parameters=params,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda))
+        return TrainEngine(engine, params)
+
+
+def _adamw_8bit(params: list, kwargs: dict, device: torch.device) -> torch.optim.Optimizer:
+    """bitsandbytes AdamW8bit, after one probe step on this device so that a broken install fails here, clearly."""
+    try:
+        import bitsandbytes as bnb
+
+        probe = torch.nn.Parameter(torch.zeros(4096, device=device))
+        probe.grad = torch.ones_like(probe)
+        bnb.optim.AdamW8bit([probe], lr=1e-3).step()
+    except Exception as err:  # an import error, a missing native library, an unsupported device: all alike
+        raise UserError(f"optimizer adamw_8bit needs bitsandbytes, which cannot run on {device.type} here "
+                        f"({type(err).__name__}: {err}); use --stageN.optimizer adamw") from None
+    return bnb.optim.AdamW8bit(params, **kwargs)
+
+
+class TrainEngine:
+    """A model prepared for training: the only handle ``train/`` holds on DeepSpeed's engine."""
+
+    def __init__(self, engine, params: list):
+        self._engine, self._params = engine, params
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self._engine.module
+
+    @property
+    def device(self) -> torch.device:
+        return self._engine.device
+
+    def __call__(self, **batch):
+        return self._engine(**batch)
+
+    def train(self) -> None:
+        self._engine.train()
+
+    def eval(self) -> None:
+        self._engine.eval()
+
+    def backward_step(self, loss: torch.Tensor) -> Optional[float]:
+        """Backward and (at the accumulation boundary) an optimizer step. Returns the gradient norm where the
+        engine does not report one (no ZeRO) at the boundary, else None."""
+        self._engine.backward(loss)
+        norm = None
+        if self._engine.is_gradient_accumulation_boundary() and not self._engine.zero_optimization():
+            sq = sum(float(p.grad.detach().float().pow(2).sum()) for p in self._params if p.grad is not None)
+            norm = sq ** 0.5
+        self._engine.step()
+        return norm
+
+    def grad_norm(self) -> Optional[float]:
+        """The global gradient norm of the last step, as the engine reports it (None where it does not)."""
+        value = self._engine.get_global_grad_norm()
+        return float(value) if value is not None else None
+
+    def lr(self) -> float:
+        return self._engine.get_lr()[0]
+
+    def save(self, ckpt_dir: str, tag: str, client_state: dict) -> None:
+        """Collective. Frozen parameters are left out (they are the stage's ``init_from`` weights)."""
+        self._engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, exclude_frozen_parameters=True)
+
+    def load(self, ckpt_dir: str, tag: str) -> Optional[dict]:
+        """Collective. The client state, or None when DeepSpeed found nothing to load."""
+        path, client = self._engine.load_checkpoint(ckpt_dir, tag=tag, load_module_strict=False)
+        return client if path is not None else None

@@ -28,17 +28,6 @@ FINGERPRINT_KEYS = ("architecture", "num_layers", "intermediate_size")
 GROUPS = ("relevant_only", "irrelevant_only", "shared")
 
 
-def model_fingerprint(model) -> dict:
-    """Architecture, number of decoder layers and FFN neuron-space width of ``model`` (engine or plain)."""
-    from model_patches.adapters import get_ffn_adapter
-    from model_patches.patcher import unwrap
-
-    model = unwrap(model)
-    adapter = get_ffn_adapter(model)
-    return {"architecture": model.config.model_type, "num_layers": len(adapter.layers(model)),
-            "intermediate_size": adapter.intermediate_size}
-
-
 @dataclass
 class NeuronMap:
     groups: dict[str, torch.Tensor]  # group -> [n, 4] long: layer, neuron, relevant count, irrelevant count

@@ -5,7 +5,8 @@ For each test question and each setting (``gold``, ``top5``, ``noise_only``, ``c
 ``two_step`` = write the evidence, then ``answer:``; or ``answer_only``), the model answers greedily, the answer
 is extracted, and Match / EM / F1 are computed (``neurorit/metrics.py``). Results are reported for all questions
 and per question kind (``meta.kind``: ``world`` / ``fresh`` in the embedded benchmark), each Match with a seeded
-95% bootstrap interval.
+95% bootstrap interval. The model is always a plain Hugging Face checkpoint: every method's own rule (hard
+deactivation included) is folded into its export by ``train/``, so nothing is patched here.
 
 Distributed: prompts are cut into length-sorted batches that do not depend on the number of ranks; rank r
 generates batches r, r+W, ... (``dist.shard_indices``); the outputs are gathered, so every rank holds the same
@@ -38,6 +39,7 @@ from model_patches import load_tokenizer
 from neurorit import dist
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
+from neurorit.methods import REPORT_ORDER
 from neurorit.files import atomic_write_text
 from neurorit import metrics
 from rag.generate import eos_ids_of, generate_all, length_batches, pad_id_of
@@ -46,7 +48,6 @@ from neurorit.records import Record, load_records
 from neurorit.settings import SETTINGS, docs_for_setting, has_setting
 
 log = logging.getLogger("rag.evaluate")
-KINDS = ("world", "fresh")
 
 
 # ------------------------------------------------------------------------------------------ answer extraction
@@ -169,8 +170,7 @@ def summarize(predictions: list[dict], settings: list[str], bootstrap: int, seed
                 out[s] = metrics.summarize(sel, bootstrap, seed)
         return out
 
-    kinds = [k for k in KINDS if any(r["kind"] == k for r in predictions)]
-    kinds += sorted({r["kind"] for r in predictions if r["kind"] and r["kind"] not in KINDS})
+    kinds = list(dict.fromkeys(r["kind"] for r in predictions if r["kind"]))  # the records' own, in file order
     return {"settings": block(predictions),
             "by_kind": {k: block([r for r in predictions if r["kind"] == k]) for k in kinds}}
 
@@ -181,18 +181,6 @@ def load_model(path: str, cfg: ExperimentConfig):
     from model_patches import load_causal_lm
 
     return load_causal_lm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
-
-
-def apply_deactivation(model, map_path: str) -> int:
-    """Hard-deactivate the irrelevant-only neurons of a mined neuron map; returns how many were switched off."""
-    from neurorit.neuron_map import NeuronMap
-    from model_patches import patch_model
-
-    neuron_map = NeuronMap.load(map_path)
-    neuron_map.check_model(model)
-    spec = neuron_map.per_layer("irrelevant_only")
-    patch_model(model).set_deactivated(spec)
-    return sum(len(v) for v in spec.values())
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -232,11 +220,8 @@ def print_table(name: str, summary: dict) -> None:
 def _extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="", help="checkpoint folder to evaluate (default: model.path)")
     parser.add_argument("--name", required=True,
-                        help="method name for the outputs, e.g. base, robust_sft, layer_tuning, random_neurons, "
-                             "neurorit_stage1, neurorit, neurorit_hard_deactivation")
-    parser.add_argument("--deactivate-map", default="",
-                        help="neuron map (attribution/mine.py output folder or its neuron_map.safetensors): hard-deactivate its irrelevant-only "
-                             "neurons before evaluating (the hard-deactivation baseline)")
+                        help="method name for the outputs (the report orders the names of neurorit/methods.py: "
+                             + ", ".join(REPORT_ORDER) + "; any other name is reported after them)")
     parser.add_argument("--trainable-params", type=int, default=0,
                         help="trainable parameter count of the method, recorded for the report (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -255,10 +240,8 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
     records = load_records(cfg.data.test_file, cfg.eval.num_examples)
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, cfg)
-    deactivated = apply_deactivation(model, args.deactivate_map) if args.deactivate_map else 0
     summary, predictions = evaluate_model(model, tokenizer, records, cfg, show_progress=not args.no_progress)
     result = {"name": args.name, "model": model_path, "trainable_params": int(args.trainable_params),
-              "deactivate_map": args.deactivate_map, "deactivated_neurons": deactivated,
               "instruction": cfg.eval.instruction, "prompt_style": cfg.data.prompt_style,
               "test_file": cfg.data.test_file, "num_questions": len(records), "world_size": dist.world_size(),
               **summary}

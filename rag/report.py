@@ -24,11 +24,9 @@ from typing import Optional
 from neurorit.config import parse_args
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
+from neurorit.methods import REPORT_ORDER
 from neurorit.settings import SETTINGS
 
-METHOD_ORDER = ("base", "robust_sft", "layer_tuning", "random_neurons", "neurorit_stage1", "neurorit",
-                "neurorit_hard_deactivation")
-KIND_ORDER = ("world", "fresh")
 SUFFIX = ".eval.json"
 
 
@@ -57,9 +55,9 @@ def load_evaluations(eval_dir: str, methods: Optional[list[str]] = None) -> dict
 
 
 def ordered(names) -> list[str]:
-    """Canonical methods first (in ``METHOD_ORDER``), then any others alphabetically."""
+    """The registry's methods first (``neurorit.methods.REPORT_ORDER``), then any others alphabetically."""
     names = list(names)
-    return [m for m in METHOD_ORDER if m in names] + sorted(n for n in names if n not in METHOD_ORDER)
+    return [m for m in REPORT_ORDER if m in names] + sorted(n for n in names if n not in REPORT_ORDER)
 
 
 def _stats(block: dict) -> dict:
@@ -79,7 +77,7 @@ def combine(evaluations: dict[str, dict], trainable_params: Optional[dict[str, i
     for name in ordered(evaluations):
         ev = evaluations[name]
         by_kind = ev.get("by_kind", {})
-        kinds = [k for k in KIND_ORDER if k in by_kind] + sorted(k for k in by_kind if k not in KIND_ORDER)
+        kinds = list(by_kind)  # the question kinds of the records, in the order evaluation found them
         methods[name] = {"trainable_params": int(overrides.get(name, ev.get("trainable_params", 0))),
                          "settings": _stats(ev.get("settings", {})),
                          "by_kind": {k: _stats(by_kind[k]) for k in kinds}}
@@ -99,7 +97,7 @@ def _kinds_of(results: dict) -> list[str]:
     seen: list[str] = []
     for m in results["methods"].values():
         seen += [k for k in m["by_kind"] if k not in seen]
-    return [k for k in KIND_ORDER if k in seen] + [k for k in seen if k not in KIND_ORDER]
+    return seen
 
 
 def _cell(st: Optional[dict], metric: str = "match") -> str:

@@ -4,8 +4,8 @@
 
 Steps (each skipped when its output already exists, so a re-run continues where it stopped):
 benchmark -> base model (the committed one; trained only if missing) -> mine (ZeRO-3 over ``--ranks`` ranks, launched with torchrun)
--> stage 1 -> stage 2 -> baselines (robust SFT, layer-level tuning, random neurons) -> evaluation of every
-method with the two-step instruction -> results.json, results.md and the chart in ``runtime.output_dir``; then
+-> every method of ``neurorit/methods.py`` (Neuro-RIT's stages, hard deactivation, the baselines), each in
+``<output_dir>/<method>/<stage>`` -> evaluation of every method with the two-step instruction -> results.json, results.md and the chart in ``runtime.output_dir``; then
 the same with the answer-only instruction -> ``<output_dir>/answer_only/``. Every method starts from the same
 base model with the same step budget (``stage1.max_steps`` / ``stage2.max_steps``).
 """
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from neurorit import methods
 from neurorit.config import load_config
 from neurorit.errors import UserError, main_guard
 
@@ -67,20 +68,29 @@ class Pipeline:
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
 
-    def train(self, name: str, stage: str, method: str, init_from: str = "") -> str:
-        out = self.path(name)
-        extra = [f"--{stage}.method", method, f"--{stage}.output_dir", out]
-        if init_from:
-            extra += [f"--{stage}.init_from", init_from]
-        self.step(f"train {name}", os.path.join(out, "train_summary.json"),
+    def train(self, name: str, stage: str, init_from: str) -> str:
+        """Run ``stage`` of method ``name`` into ``<output_dir>/<name>/<stage>``; returns its export folder."""
+        out = self.path(name, stage)
+        extra = [f"--{stage}.method", name, f"--{stage}.output_dir", out, f"--{stage}.init_from", init_from]
+        self.step(f"train {name} {stage}", os.path.join(out, "train_summary.json"),
                   launch(self.ranks, f"train/{stage}.py", self.args(*extra)))
         return os.path.join(out, "export")
 
-    def evaluate(self, name: str, model: str, trainable: int, extra: tuple[str, ...], instruction: str) -> None:
+    def run_method(self, method: methods.Method) -> tuple[str, int]:
+        """Train the method's stages in order (stage 2 from its own stage 1 when it has both, else from the base
+        model); returns (the model to evaluate, its trainable parameters over all stages)."""
+        model, count = self.cfg.model.path, 0
+        for stage in method.stages:
+            model = self.train(method.run_of or method.name, stage, model)
+            with open(os.path.join(model, "..", "train_summary.json")) as fh:
+                count += json.load(fh)["trainable_params"]
+        return model, count
+
+    def evaluate(self, name: str, model: str, trainable: int, instruction: str) -> None:
         folder = self.eval_folder(instruction)
         cmd = launch(self.ranks, "rag/evaluate.py",
                      self.args("--model", model, "--name", name, "--trainable-params", str(trainable),
-                               "--eval.instruction", instruction, "--eval.output_dir", folder, *extra))
+                               "--eval.instruction", instruction, "--eval.output_dir", folder))
         self.step(f"evaluate {name} ({instruction})", os.path.join(folder, f"{name}.eval.json"), cmd)
 
     def eval_folder(self, instruction: str) -> str:
@@ -98,27 +108,11 @@ class Pipeline:
         self.step("mine", os.path.join(mining, "summary.txt"), launch(self.ranks, "attribution/mine.py", self.args()))
         print(open(os.path.join(mining, "summary.txt")).read(), flush=True)
 
-        base = cfg.model.path
-        s1 = self.train("stage1", "stage1", "neurorit")
-        s2 = self.train("stage2", "stage2", "neurorit", init_from=s1)
-        if self.baselines:
-            rnd1 = self.train("random_stage1", "stage1", "random")
-            rnd2 = self.train("random_neurons", "stage2", "random", init_from=rnd1)
-            layer = self.train("layer_tuning", "stage2", "layer", init_from=base)
-            sft = self.train("robust_sft", "stage2", "robust_sft", init_from=base)
-
-        def trainable(*dirs: str) -> int:
-            return sum(json.load(open(os.path.join(d, "..", "train_summary.json")))["trainable_params"] for d in dirs)
-
-        runs = [("base", base, 0, ()), ("neurorit_stage1", s1, trainable(s1), ()),
-                ("neurorit", s2, trainable(s1, s2), ()),
-                ("neurorit_hard_deactivation", base, 0, ("--deactivate-map", mining))]
-        if self.baselines:
-            runs += [("random_neurons", rnd2, trainable(rnd1, rnd2), ()), ("layer_tuning", layer, trainable(layer), ()),
-                     ("robust_sft", sft, trainable(sft), ())]
+        runs = [(m.name, *self.run_method(m)) for m in methods.METHODS.values()
+                if m.reported and (self.baselines or m.role != "baseline")]
         for instruction in self.instructions:
-            for name, model, count, extra in runs:
-                self.evaluate(name, model, count, extra, instruction)
+            for name, model, count in runs:
+                self.evaluate(name, model, count, instruction)
             self.step(f"report ({instruction})", "", [PY, "-m", "rag.report", "--eval-dir", self.eval_folder(instruction),
                                                       "--out", self.results_folder(instruction)])
         self.print_summary()

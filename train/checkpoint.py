@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from neurorit import dist
+from neurorit.dist import TrainEngine
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text
 
@@ -37,7 +38,7 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(engine, ckpt_dir: str, step: int, consumed: int, identity: dict) -> None:
+def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity: dict) -> None:
     """Collective: every rank calls it. ``identity`` = what a resume must match (neuron-map hash, method)."""
     tag = f"step{step}"
     rngs = dist.all_gather_objects(_rng_state())
@@ -47,7 +48,7 @@ def save(engine, ckpt_dir: str, step: int, consumed: int, identity: dict) -> Non
         path = os.path.join(ckpt_dir, tag, STATE_FILE)
         atomic_write_text(path, json.dumps(state, indent=1))
     dist.barrier()
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state={**state, "rng": rngs}, exclude_frozen_parameters=True)
+    engine.save(ckpt_dir, tag, {**state, "rng": rngs})
     dist.barrier()
 
 
@@ -68,7 +69,7 @@ def find(ckpt_dir: str, resume: str) -> Optional[str]:
     return resume
 
 
-def load(engine, tag_dir: str, identity: dict) -> dict:
+def load(engine: TrainEngine, tag_dir: str, identity: dict) -> dict:
     """Check ``identity`` against the checkpoint, load it into ``engine``, restore this rank's RNG; returns the
     client state (step, consumed_samples, ...)."""
     with open(os.path.join(tag_dir, STATE_FILE)) as fh:
@@ -77,9 +78,8 @@ def load(engine, tag_dir: str, identity: dict) -> dict:
         if saved.get(key) != value:
             raise UserError(f"checkpoint {tag_dir} was taken with {key} = {saved.get(key)!r}, this run has "
                             f"{value!r}; use the matching neuron map / method, another output_dir, or --resume never")
-    path, client = engine.load_checkpoint(os.path.dirname(tag_dir), tag=os.path.basename(tag_dir),
-                                          load_module_strict=False)  # frozen weights come from init_from
-    if path is None:
+    client = engine.load(os.path.dirname(tag_dir), os.path.basename(tag_dir))  # frozen weights: from init_from
+    if client is None:
         raise UserError(f"DeepSpeed could not load checkpoint {tag_dir}")
     _set_rng_state(client["rng"][dist.rank()])
     return client

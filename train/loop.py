@@ -1,12 +1,15 @@
 """The one training loop behind ``train/stage1.py`` and ``train/stage2.py`` (and every baseline).
 
-Order (DESIGN.md §5): distributed init -> neuron map -> model load (partitioned under ZeRO-3, HfDeepSpeedConfig
-alive) -> patch + trainable set (deltas added before ``deepspeed.initialize``) -> data -> optimizer and schedule
--> ``deepspeed.initialize`` -> resume -> steps (TensorBoard, checkpoints, dev loss) -> export.
+Order (docs/DESIGN.md §5): distributed init -> the method's rule for this stage (``neurorit/methods.py``) ->
+neuron map -> model load (partitioned under ZeRO-3, HfDeepSpeedConfig alive) -> patch + trainable set (deltas
+added before the strategy prepares the model) -> data -> optimizer and schedule -> ``Strategy.prepare_trainable``
+-> resume -> steps (TensorBoard, checkpoints, dev loss; a non-finite loss or grad norm stops the run before it
+is saved) -> export. DeepSpeed itself is behind ``neurorit.dist``; this file never touches an engine.
 
 Files, under the stage's output folder ``stage<N>.output_dir`` (default ``<runtime.output_dir>/stage<N>``):
 ``config.yaml`` (resolved config), ``tb/`` (TensorBoard, rank 0), ``checkpoints/step<N>/`` (DeepSpeed, for
-resume), ``export/`` (plain Hugging Face checkpoint with the tokenizer, deltas merged) and ``train_summary.json``.
+resume), ``export/`` (plain Hugging Face checkpoint with the tokenizer, deltas merged, deactivations folded for
+``neurorit_hard_deactivation``) and ``train_summary.json``.
 Stage 1 starts from ``model.path``; stage 2 from ``<stage 1 output>/export`` (override with
 ``stage<N>.init_from``). The neuron map is read from ``<mining.output_dir>/neuron_map.safetensors`` (default
 ``<runtime.output_dir>/mining``) by the methods that need one.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import time
@@ -22,19 +26,21 @@ from typing import Optional
 
 import torch
 
-from model_patches import export_hf, load_causal_lm, load_tokenizer, patch_model
-from neurorit import dist
+from model_patches import export_hf, get_patcher, load_causal_lm, load_tokenizer, model_fingerprint, patch_model
+from neurorit import dist, methods
 from neurorit.config import ExperimentConfig, StageConfig, mining_dir, parse_args, save_config
+from neurorit.dist import TrainEngine
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from neurorit.neuron_map import model_fingerprint
+from neurorit.methods import StageRule
+from neurorit.neuron_map import NeuronMap
 from neurorit.prompts import prompt_builder
 from neurorit.records import load_records
 from train import checkpoint
 from train.data import StepPlan, build_examples, collate, eval_batches
 from train.monitor import Monitor
-from train.optim import build_optimizer, grad_norm, lr_factor
-from train.trainable import NEEDS_MAP, Trainable, setup_trainable
+from train.optim import lr_factor
+from train.trainable import Trainable, setup_trainable
 
 
 # ------------------------------------------------------------------------------------------------ paths
@@ -85,7 +91,7 @@ def dev_loss(engine, examples: list, micro: int, pad_id: int) -> float:
     return float(total[0] / total[1].clamp(min=1))
 
 
-def _train_step(engine, plan: StepPlan, step: int, examples: list, pad_id: int, params: list) -> dict:
+def _train_step(engine: TrainEngine, plan: StepPlan, step: int, examples: list, pad_id: int) -> dict:
     """One optimizer step (all micro-batches of this rank); returns the rank-summed loss, tokens, grad norm."""
     start = time.perf_counter()
     loss_sum, tokens, norm = 0.0, 0, None
@@ -93,38 +99,36 @@ def _train_step(engine, plan: StepPlan, step: int, examples: list, pad_id: int, 
     for idx in micro:
         batch = _on_device(collate([examples[i] for i in idx], pad_id), engine.device)
         loss = engine(**batch).loss
-        engine.backward(loss)
-        if engine.is_gradient_accumulation_boundary() and not engine.zero_optimization():
-            norm = grad_norm(params)
-        engine.step()
+        norm = engine.backward_step(loss) or norm
         loss_sum += loss.item()
         tokens += int(batch["attention_mask"].sum())
     stats = dist.all_reduce_sum(torch.tensor([loss_sum / len(micro), tokens], dtype=torch.float64))
-    reported = engine.get_global_grad_norm()
-    norm = float(reported) if reported is not None else norm
+    reported = engine.grad_norm()
+    norm = reported if reported is not None else norm
     return {"loss": float(stats[0]) / dist.world_size(), "tokens": float(stats[1]), "grad_norm": norm,
             "seconds": time.perf_counter() - start}
 
 
-def _model_and_trainable(cfg: ExperimentConfig, stage: str, init_from: str, nmap, ds_config: dict):
+def _model_and_trainable(cfg: ExperimentConfig, stage: str, init_from: str, nmap, rule: StageRule,
+                         ds_config: Optional[dict]):
     """Load (partitioned under ZeRO-3), check against the neuron map, patch, choose the trainable set."""
     st: StageConfig = getattr(cfg, stage)
     model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
     if nmap is not None:
         nmap.check_fingerprint(model_fingerprint(model))
     model.config.use_cache = False
-    trainable = setup_trainable(model, patch_model(model), st.method, stage, nmap, cfg.runtime.seed)
-    if not trainable.params:
+    trainable = setup_trainable(model, patch_model(model), rule, nmap, cfg.runtime.seed)
+    if not trainable.params and rule.trains != "nothing":
         raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")
     if st.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model, trainable
 
 
-def _stage_data(cfg: ExperimentConfig, stage: str, tokenizer):
+def _stage_data(cfg: ExperimentConfig, stage: str, rule: StageRule, tokenizer):
     """Training examples (+ truncation report) and, when dev loss is on, the dev examples."""
     st: StageConfig = getattr(cfg, stage)
-    kind = "robust_sft" if st.method == "robust_sft" else stage
+    kind = rule.data
     common = (tokenizer, prompt_builder(cfg.data, tokenizer), st.num_docs, cfg.data.max_length, cfg.runtime.seed)
     examples, truncation = build_examples(kind, load_records(cfg.data.train_file, st.num_examples), *common)
     dev = []
@@ -150,40 +154,34 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
               local_rank: Optional[int] = None) -> dict:
     """Train ``stage`` ("stage1" / "stage2") as configured; returns the summary (also written to disk when the
     stage finishes)."""
-    import deepspeed
-
-    info = dist.init_distributed(local_rank)
+    dist.init_distributed(local_rank)
     if cfg.runtime.torch_threads > 0:
         torch.set_num_threads(cfg.runtime.torch_threads)
     random.seed(cfg.runtime.seed)
     torch.manual_seed(cfg.runtime.seed)
     st: StageConfig = getattr(cfg, stage)
+    method = methods.get(st.method)
+    rule = method.rule(stage)
     out_dir, init_from = stage_dir(cfg, stage), init_path(cfg, stage)
     if dist.is_main():
         save_config(cfg, out_dir)
-    nmap = None
-    if st.method in NEEDS_MAP:
-        from neurorit.neuron_map import NeuronMap
-
-        nmap = NeuronMap.load(mining_dir(cfg))
+    nmap = NeuronMap.load(mining_dir(cfg)) if rule.needs_map else None
     tokenizer = load_tokenizer(init_from)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if st.method == "none":
-        model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation)
-        return _finish(model, tokenizer, out_dir, stage, st, init_from, Trainable(), 0, None, nmap)
+    if rule.trains == "nothing":
+        model, _ = _model_and_trainable(cfg, stage, init_from, nmap, rule, None)
+        return _finish(model, tokenizer, out_dir, stage, st, rule, init_from, Trainable(), 0, None, nmap)
 
     micro = max(1, min(st.micro_batch_size, st.batch_size // dist.world_size()))
-    ds_config = dist.ds_config_for(st.zero_stage, st.batch_size, micro, st.ds_config, cfg.model.dtype, st.grad_clip)
-    ds_config["zero_allow_untested_optimizer"] = True  # the optimizer is always ours (see build_optimizer)
-    model, trainable = _model_and_trainable(cfg, stage, init_from, nmap, ds_config)
-    examples, dev, truncation = _stage_data(cfg, stage, tokenizer)
+    strategy = dist.Strategy.for_training(st.zero_stage, st.batch_size, micro, st.ds_config, cfg.model.dtype,
+                                          st.grad_clip)
+    model, trainable = _model_and_trainable(cfg, stage, init_from, nmap, rule, strategy.config)
+    examples, dev, truncation = _stage_data(cfg, stage, rule, tokenizer)
     plan = StepPlan([len(e.input_ids) for e in examples], st.batch_size, micro, dist.world_size(), dist.rank(),
                     st.epochs, st.max_steps, cfg.runtime.seed)
-    optimizer = build_optimizer(trainable.params, st, ds_config, info.device)
+    optimizer = strategy.optimizer(trainable.params, st.optimizer, st.lr, st.weight_decay)
     factor = lr_factor(st.schedule, int(st.warmup_ratio * plan.total_steps), plan.total_steps)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=ds_config, model_parameters=trainable.params,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
+    engine = strategy.prepare_trainable(model, trainable.params, optimizer, factor)
 
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     identity = {"stage": stage, "method": st.method, "neuron_map_hash": nmap.hash() if nmap else None}
@@ -199,11 +197,12 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     engine.train()
     last = {"loss": None}
     while step < stop_at:
-        last = _train_step(engine, plan, step, examples, pad_id, trainable.params)
+        last = _train_step(engine, plan, step, examples, pad_id)
         step += 1
+        check_finite(step, last, ckpt_dir)
         monitor.advance(last["loss"])
         if step % max(1, st.log_every) == 0 or step == stop_at:
-            monitor.scalars(step, {"train/loss": last["loss"], "train/lr": engine.get_lr()[0],
+            monitor.scalars(step, {"train/loss": last["loss"], "train/lr": engine.lr(),
                                    "train/grad_norm": last["grad_norm"],
                                    "train/tokens_per_s": last["tokens"] / max(last["seconds"], 1e-9)})
         if dev and (step % st.eval_every == 0 or step == plan.total_steps):
@@ -214,18 +213,37 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     if step < plan.total_steps:
         monitor.print(f"stopped after step {step} of {plan.total_steps}; rerun the same command to resume")
         return {"stage": stage, "step": step, "total_steps": plan.total_steps, "finished": False}
-    return _finish(engine.module, tokenizer, out_dir, stage, st, init_from, trainable, step, last["loss"], nmap)
+    return _finish(engine.module, tokenizer, out_dir, stage, st, rule, init_from, trainable, step, last["loss"],
+                   nmap)
 
 
-def _finish(model, tokenizer, out_dir: str, stage: str, st: StageConfig, init_from: str, trainable: Trainable,
-            step: int, loss: Optional[float], nmap) -> dict:
-    """Export the stage's output as a plain Hugging Face checkpoint and write ``train_summary.json``."""
+def check_finite(step: int, stats: dict, ckpt_dir: str) -> None:
+    """Stop at a non-finite loss or gradient norm, before anything of this step is saved: the last good
+    checkpoint stays the one ``--resume auto`` takes. Every rank sees the same reduced numbers, so all stop."""
+    bad = [k for k in ("loss", "grad_norm") if stats.get(k) is not None and not math.isfinite(stats[k])]
+    if bad:
+        raise UserError(f"step {step}: non-finite {' and '.join(f'{k} ({stats[k]})' for k in bad)}; nothing of "
+                        f"this step was saved. Lower the lr or check the data; --resume auto continues from the "
+                        f"last good checkpoint in {ckpt_dir} (if any)")
+
+
+def _finish(model, tokenizer, out_dir: str, stage: str, st: StageConfig, rule: StageRule, init_from: str,
+            trainable: Trainable, step: int, loss: Optional[float], nmap) -> dict:
+    """Export the stage's output as a plain Hugging Face checkpoint (folded per the method's export rule) and
+    write ``train_summary.json``."""
     export_dir = os.path.join(out_dir, "export")
     model.config.use_cache = True  # off only while training; the plain export keeps the usual default
-    export_hf(model, export_dir, tokenizer=tokenizer)
+    deactivated = 0
+    if rule.export == "fold_irrelevant_only":
+        spec = nmap.per_layer("irrelevant_only")
+        get_patcher(model).set_deactivated(spec)
+        deactivated = sum(len(v) for v in spec.values())
+    export_hf(model, export_dir, tokenizer=tokenizer, fold_deactivation=rule.export == "fold_irrelevant_only")
     summary = {"stage": stage, "method": st.method, "step": step, "finished": True,
                "final_loss": loss, "trainable_params": trainable.count, "init_from": init_from,
                "export_dir": export_dir, "neuron_map_hash": nmap.hash() if nmap else None}
+    if deactivated:
+        summary["deactivated_neurons"] = deactivated
     if dist.is_main():
         path = os.path.join(out_dir, "train_summary.json")
         atomic_write_text(path, json.dumps(summary, indent=1))

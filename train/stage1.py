@@ -4,7 +4,9 @@
 
 Also runs under ``torchrun`` and ``srun`` (and as a single process). Reads the neuron map from
 ``<runtime.output_dir>/mining``; writes ``<runtime.output_dir>/stage1/`` (see ``train/loop.py``), whose
-``export/`` is where stage 2 starts.
+``export/`` is where stage 2 starts. ``--stage1.method`` picks another method with a stage-1 rule (see
+``neurorit/methods.py``), e.g. ``neurorit_hard_deactivation``, which trains nothing and exports the base model
+with its irrelevant-only neurons folded to zero.
 """
 from train.loop import main
 

@@ -5,8 +5,9 @@ the target layers to write a short summary of the relevant evidence in the top-K
 
 Also runs under ``torchrun`` and ``srun``. Starts from ``<runtime.output_dir>/stage1/export`` unless
 ``stage2.init_from`` says otherwise; writes ``<runtime.output_dir>/stage2/`` (see ``train/loop.py``). Baselines
-run here too, selected by ``--stage2.method full|layer|random|robust_sft`` (with ``--stage2.init_from`` set to
-the base model when they should not start from stage 1).
+run here too, selected by ``--stage2.method`` (any method of ``neurorit/methods.py`` with a stage-2 rule, e.g.
+``layer_tuning`` or ``robust_sft``, with ``--stage2.init_from`` set to the base model when they should not
+start from stage 1).
 """
 from train.loop import main
 

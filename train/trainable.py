@@ -1,18 +1,16 @@
-"""Which parameters train, per method and stage; everything else is frozen and stays out of the optimizer.
+"""The trainable set of one stage, from the method's rule in ``neurorit/methods.py``; everything else is frozen
+and stays out of the optimizer.
 
-Methods (``stage<N>.method``):
-
-- ``neurorit``: stage 1 = neuron deltas (gate row, up row, down column) of the irrelevant-only neurons of every
-  layer. Stage 2 = deltas of all three groups (relevant-only, irrelevant-only, shared) of every layer **outside**
-  the target layers, plus the whole FFN (gate, up, down) of the target layers. A group neuron inside a target
-  layer gets no delta: its rows and column are already trainable as part of that FFN, and a second parameter for
-  the same weights would double its effective learning rate. Stage 2's trainable count is therefore
-  ``3 x hidden x (group neurons outside target layers) + sum of the target layers' FFN weight sizes``.
-- ``random``: the same, with each layer's neurons replaced by as many distinct random neurons of that layer
-  (seeded by ``runtime.seed``); target layers unchanged.
-- ``layer``: the whole FFN of the target layers only.
-- ``full`` and ``robust_sft``: every parameter.
-- ``none``: nothing (the stage only re-exports its input).
+- ``neurons``: neuron deltas (gate row, up row, down column) of the rule's groups in every layer, plus, with
+  ``target_layers``, the whole FFN (gate, up, down) of the mined target layers. A group neuron inside a target
+  layer then gets no delta: its rows and column are already trainable as part of that FFN, and a second
+  parameter for the same weights would double its effective learning rate. Stage 2 of Neuro-RIT therefore
+  trains ``3 x hidden x (group neurons outside target layers) + the target layers' FFN weights``. With
+  ``random``, each layer's neurons are replaced by as many distinct random neurons of that layer (seeded by
+  ``runtime.seed``); target layers unchanged.
+- ``target_layers``: the whole FFN of the target layers only.
+- ``all``: every parameter.
+- ``nothing``: nothing (the stage only re-exports its input, folded per the rule's export).
 """
 from __future__ import annotations
 
@@ -21,9 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from model_patches import FFNPatcher
+from neurorit.methods import StageRule
 
-NEURON_GROUPS = {"stage1": ("irrelevant_only",), "stage2": ("relevant_only", "irrelevant_only", "shared")}
-NEEDS_MAP = ("neurorit", "random", "layer")
 
 
 def numel(param: torch.nn.Parameter) -> int:
@@ -52,10 +49,10 @@ class Trainable:
                 f" + FFN of layers {self.full_layers} ({self.ffn_count:,}) + other ({self.other_count:,})")
 
 
-def _stage_neurons(nmap, stage: str) -> dict[int, torch.Tensor]:
-    """Union of the stage's neuron groups, per layer (sorted ids)."""
+def _group_neurons(nmap, groups: tuple[str, ...]) -> dict[int, torch.Tensor]:
+    """Union of ``groups``, per layer (sorted ids)."""
     merged: dict[int, list] = {}
-    for group in NEURON_GROUPS[stage]:
+    for group in groups:
         for layer, ids in nmap.per_layer(group).items():
             merged.setdefault(int(layer), []).append(torch.as_tensor(ids, dtype=torch.long))
     return {layer: torch.cat(parts).unique() for layer, parts in sorted(merged.items())}
@@ -70,29 +67,28 @@ def _randomized(spec: dict[int, torch.Tensor], width: int, seed: int) -> dict[in
     return out
 
 
-def neuron_spec(method: str, stage: str, nmap, width: int, seed: int) -> tuple[dict, list]:
-    """``({layer: neurons with deltas}, [layers whose whole FFN trains])`` for a neuron-level method."""
-    targets = sorted(int(t) for t in nmap.target_layers) if stage == "stage2" else []
-    if method == "layer":
-        return {}, sorted(int(t) for t in nmap.target_layers)
-    spec = {layer: ids for layer, ids in _stage_neurons(nmap, stage).items() if layer not in targets and ids.numel()}
-    if method == "random":
+def neuron_spec(rule: StageRule, nmap, width: int, seed: int) -> tuple[dict, list]:
+    """``({layer: neurons with deltas}, [layers whose whole FFN trains])`` for a neuron-level rule."""
+    targets = sorted(int(t) for t in nmap.target_layers) if rule.target_layers or rule.trains == "target_layers" else []
+    if rule.trains == "target_layers":
+        return {}, targets
+    spec = {layer: ids for layer, ids in _group_neurons(nmap, rule.groups).items() if layer not in targets and ids.numel()}
+    if rule.random:
         spec = _randomized(spec, width, seed)
     return spec, targets
 
 
-def setup_trainable(model: torch.nn.Module, patcher: FFNPatcher, method: str, stage: str, nmap,
-                    seed: int) -> Trainable:
-    """Freeze everything, then add deltas / unfreeze what ``method`` trains in ``stage``. Call before
-    ``deepspeed.initialize``; the returned ``params`` are exactly what the optimizer gets."""
+def setup_trainable(model: torch.nn.Module, patcher: FFNPatcher, rule: StageRule, nmap, seed: int) -> Trainable:
+    """Freeze everything, then add deltas / unfreeze what ``rule`` trains. Call before the strategy prepares the
+    model; the returned ``params`` are exactly what the optimizer gets."""
     for p in model.parameters():
         p.requires_grad_(False)
     out = Trainable()
-    if method in ("full", "robust_sft"):
+    if rule.trains == "all":
         out.params = list(model.parameters())
         out.other_count = sum(numel(p) for p in out.params)
-    elif method in NEEDS_MAP:
-        spec, full_layers = neuron_spec(method, stage, nmap, patcher.intermediate_size, seed)
+    elif rule.trains in ("neurons", "target_layers"):
+        spec, full_layers = neuron_spec(rule, nmap, patcher.intermediate_size, seed)
         out.neurons, out.full_layers = spec, full_layers
         deltas = patcher.add_neuron_deltas(spec) if spec else []
         out.delta_count = sum(numel(p) for p in deltas)

@@ -83,7 +83,7 @@ nr_config_get() {  # nr_config_get runtime.output_dir [CONFIG ARGS...] -> the re
 import sys
 from neurorit.config import parse_args
 def extra(p):  # entry-specific flags that may travel with the config arguments
-    for flag in ("--model", "--name", "--trainable-params", "--deactivate-map", "--resume", "--stop_after"):
+    for flag in ("--model", "--name", "--trainable-params", "--resume", "--stop_after"):
         p.add_argument(flag)
     p.add_argument("--no-progress", action="store_true")
 args, cfg = parse_args("config value", sys.argv[2:], extra=extra)
@@ -100,7 +100,7 @@ nr_output_dir() { nr_config_get runtime.output_dir "$@"; }
 # nr_setup ARGS...: resolve nodes, MASTER_ADDR/PORT, hostfile, processes per node and the entry arguments (NR_ARGS).
 nr_setup() {
     cd "$NR_ROOT" || nr_die "cannot cd to $NR_ROOT (set NEURORIT_ROOT)"
-    [[ -n "${SLURM_JOB_ID:-}" ]] || nr_die "not inside a SLURM job: submit with sbatch (see docs/scale_out.md)"
+    [[ -n "${SLURM_JOB_ID:-}" ]] || nr_die "not inside a SLURM job: submit with sbatch (see README.md, "Scale-out")"
     mapfile -t NR_HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
     [[ ${#NR_HOSTS[@]} -gt 0 ]] || nr_die "scontrol show hostnames returned no host for '$SLURM_JOB_NODELIST'"
     export NNODES=${#NR_HOSTS[@]}
