@@ -9,8 +9,8 @@ from attribution.ig_common import IGInput, IGSettings
 from attribution.ig_fast import row_chunks
 from attribution.selection import example_topk
 from attribution.targets import Target
-from helpers_tiny_models import TINY_FAMILIES, tiny_model
 from model_patches.patcher import patch_model
+from tests.support.models import TINY_FAMILIES, tiny_model
 
 torch.set_num_threads(1)
 

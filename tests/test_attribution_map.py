@@ -15,11 +15,10 @@ from attribution.ig_common import IGSettings
 from attribution.selection import example_topk, neuron_map_from_stats, select_groups, target_layers
 from attribution.stats import (EMPTY_PASSAGE, FIXED_ONE, NO_ANSWER_TOKEN, NON_FINITE, OK, TOO_LONG, ExampleResult,
                                NeuronStats, RankStats, reduce_stats, scan_shards, shard_path)
-from helpers_tiny_models import tiny_model
 from neurorit.config import ExperimentConfig
 from neurorit.errors import UserError
 from neurorit.records import Passage, Record
-from test_attribution_fixtures import make_tokenizer
+from tests.support.workspaces import mining_tokenizer
 
 torch.set_num_threads(1)
 
@@ -119,7 +118,7 @@ def _map(model) -> NeuronMap:
     return neuron_map_from_stats(stats, sizes, 1, model_fingerprint(model), {"note": "test"})
 
 
-def test_neuron_map_roundtrip_views_and_hash(tmp_path):
+def test_neuron_map_roundtrip_views_and_hash(tmp_path, tiny_model):
     model = tiny_model("llama", layers=2)
     nmap = _map(model)
     nmap.save(str(tmp_path))
@@ -139,7 +138,7 @@ def test_neuron_map_roundtrip_views_and_hash(tmp_path):
 
 
 @pytest.mark.parametrize("other", [dict(layers=3), dict(layers=2, intermediate=96)])
-def test_neuron_map_refuses_a_model_of_another_shape(other):
+def test_neuron_map_refuses_a_model_of_another_shape(other, tiny_model):
     nmap = _map(tiny_model("llama", layers=2))
     with pytest.raises(UserError, match="mined on a different model"):
         nmap.check_fingerprint(model_fingerprint(tiny_model("llama", **other)))
@@ -155,8 +154,8 @@ def test_neuron_map_load_errors(tmp_path):
 
 # ------------------------------------------------------------------------------------------- bad input
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return make_tokenizer(str(tmp_path_factory.mktemp("tok")))
+def tokenizer():
+    return mining_tokenizer()
 
 
 def _record(answer="red", rel="alpha lives in the red city", irr="beta gamma", question="where alpha lives"):
@@ -177,7 +176,7 @@ def test_examples_bad_input_is_counted_not_fatal(tokenizer, target):
     assert builder.build(4, *_record(question=" ".join(["what"] * 40))).status == TOO_LONG
 
 
-def test_non_finite_attribution_skips_the_example(tokenizer):
+def test_non_finite_attribution_skips_the_example(tokenizer, tiny_model):
     model = tiny_model("llama", layers=2, vocab=len(tokenizer))
     model.requires_grad_(False)
     with torch.no_grad():

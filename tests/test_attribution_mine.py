@@ -3,9 +3,6 @@ examples, a killed rank and a resumed rerun) that must give the same statistics 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,17 +10,14 @@ import torch
 from attribution.mine import main as mine_main
 from neurorit.neuron_map import NeuronMap
 from attribution.stats import EMPTY_PASSAGE, FIXED_ONE, OK, NeuronStats, shard_paths
-from test_attribution_fixtures import make_fixture
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+from tests.support.workspaces import mining_workspace
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """The fixture and its uninterrupted one-process run (the reference for every other run)."""
     directory = str(tmp_path_factory.mktemp("mine"))
-    cfg = make_fixture(directory, n=7)
+    cfg = mining_workspace(directory, n=7)
     out = os.path.join(directory, "single")
     mine_main(["--config", cfg, "--mining.output_dir", out])
     return cfg, out
@@ -45,19 +39,6 @@ def assert_same(out_a: str, out_b: str, exact: bool) -> None:
     assert torch.allclose(a.f_input, b.f_input, rtol=rtol, atol=0)
     assert (a.norm_sum - b.norm_sum).abs().max() <= rtol * FIXED_ONE * len(a.example_ids)
     assert map_a.hash() == map_b.hash()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _deepspeed(cfg: str, out: str, env_extra: dict | None = None, timeout: int = 300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
-    cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(_free_port()), "attribution/mine.py",
-           "--config", cfg, "--mining.output_dir", out]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_single_process_outputs_and_idempotent_rerun(single, capsys):
@@ -88,12 +69,11 @@ def test_bad_config_is_one_line_exit_2(single):
 
 
 @pytest.fixture(scope="module")
-def zero3(single, tmp_path_factory):
+def zero3(single, tmp_path_factory, run_ranks):
     """An uninterrupted 2-rank ZeRO-3 run over the 7 examples (odd: one rank runs stand-in passes)."""
     cfg, _ = single
     out = str(tmp_path_factory.mktemp("zero3") / "out")
-    run = _deepspeed(cfg, out)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run_ranks("attribution/mine.py", "--config", cfg, "--mining.output_dir", out)  # asserts exit 0
     return out
 
 
@@ -106,15 +86,15 @@ def test_two_rank_zero3_equals_one_process(single, zero3):
 
 
 @pytest.mark.distributed
-def test_killed_rank_then_rerun_gives_identical_statistics(single, zero3, tmp_path):
+def test_killed_rank_then_rerun_gives_identical_statistics(single, zero3, tmp_path, run_ranks):
     cfg, out_single = single
     out = str(tmp_path / "killed")
-    crashed = _deepspeed(cfg, out, {"NEURORIT_MINE_KILL_AFTER": "1:1"})
+    mine = ("attribution/mine.py", "--config", cfg, "--mining.output_dir", out)
+    crashed = run_ranks(*mine, env={"NEURORIT_MINE_KILL_AFTER": "1:1"}, check=False)
     assert crashed.returncode != 0
     assert not os.path.exists(os.path.join(out, "neuron_stats.safetensors"))
     assert shard_paths(os.path.join(out, "stats"))
-    rerun = _deepspeed(cfg, out)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    rerun = run_ranks(*mine)  # asserts exit 0
     assert "already in" in rerun.stderr
     assert_same(zero3, out, exact=True)
     assert_same(out_single, out, exact=False)

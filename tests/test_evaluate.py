@@ -2,17 +2,14 @@
 deactivation from a neuron map, and the combined report (results.json shape read back)."""
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "dist_scripts"))
-import eval_setup  # noqa: E402
-
-from rag import evaluate, report  # noqa: E402
-from rag.evaluate import extract_answer  # noqa: E402
-from rag.generate import greedy_generate, length_batches  # noqa: E402
+from rag import evaluate, report
+from rag.evaluate import extract_answer
+from rag.generate import greedy_generate, length_batches
+from tests.support.workspaces import eval_checkpoint, eval_config, eval_model, eval_records, eval_tokenizer
 
 SETTINGS = ["gold", "top5", "noise_only", "counterfactual", "closed_book"]
 STAT_KEYS = {"match", "em", "f1", "match_ci95"}
@@ -21,9 +18,9 @@ STAT_KEYS = {"match", "em", "f1", "match_ci95"}
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("evaluate")
-    model = eval_setup.make_checkpoint(str(d / "model"))
-    test_file = eval_setup.make_records(str(d / "test.jsonl"))
-    config = eval_setup.write_config(str(d), test_file, model)
+    model = eval_checkpoint(str(d / "model"))
+    test_file = eval_records(str(d / "test.jsonl"))
+    config = eval_config(str(d), test_file, model)
     return {"dir": d, "model": model, "config": config}
 
 
@@ -65,8 +62,8 @@ def _reference_greedy(model, prompt, max_new, eos):
 
 
 def test_batched_left_padded_generation_matches_one_by_one():
-    tok = eval_setup.make_tokenizer()
-    model = eval_setup.make_model(tok, seed=1)
+    tok = eval_tokenizer()
+    model = eval_model(tok, seed=1)
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(4, len(tok), (n,), generator=gen).tolist() for n in (3, 9, 5, 12, 1)]
     eos = tok.eos_token_id
@@ -113,7 +110,7 @@ def test_answer_only_prompts(fixture_dir):
     from neurorit.prompts import PromptBuilder
     from neurorit.records import load_records
 
-    tok = eval_setup.make_tokenizer()
+    tok = eval_tokenizer()
     recs = load_records(str(fixture_dir["dir"] / "test.jsonl"), 2)
     jobs, prompts, _ = evaluate.build_jobs(recs, ["gold", "closed_book"], PromptBuilder("compact"), tok,
                                            "answer_only", 5, 128)

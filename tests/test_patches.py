@@ -1,16 +1,11 @@
 """model_patches: adapters, idle patch, probe, scale, deactivate, unpatch — on tiny models of every family."""
-import sys
-import os
-
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from helpers_tiny_models import MOE_FAMILIES, TINY_FAMILIES, tiny_inputs, tiny_model  # noqa: E402
-
-from model_patches import (SUPPORTED_ARCHITECTURES, get_ffn_adapter, get_patcher, patch_model,  # noqa: E402
+from model_patches import (SUPPORTED_ARCHITECTURES, get_ffn_adapter, get_patcher, patch_model,
                            unpatch_model)
-from neurorit.errors import UserError  # noqa: E402
+from neurorit.errors import UserError
+from tests.support.models import MOE_FAMILIES, TINY_FAMILIES, tiny_inputs
 
 torch.set_num_threads(1)
 
@@ -21,7 +16,7 @@ def logits(model, x, **kw):
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_idle_patch_is_bitwise_invisible(family):
+def test_idle_patch_is_bitwise_invisible(family, tiny_model):
     model, x = tiny_model(family), tiny_inputs()
     ref = logits(model, x)
     patcher = patch_model(model)
@@ -34,7 +29,7 @@ def test_idle_patch_is_bitwise_invisible(family):
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_deactivate_equals_zeroed_down_column(family):
+def test_deactivate_equals_zeroed_down_column(family, tiny_model):
     model, x = tiny_model(family), tiny_inputs()
     patcher = patch_model(model)
     d_ff = patcher.intermediate_size
@@ -56,7 +51,7 @@ def test_deactivate_equals_zeroed_down_column(family):
 
 
 @pytest.mark.parametrize("family", ["llama", "phi3", "mixtral"])
-def test_probe_shapes_and_values(family):
+def test_probe_shapes_and_values(family, tiny_model):
     model, x = tiny_model(family), tiny_inputs(batch=2, seq=6)
     patcher = patch_model(model)
     with patcher.probe(positions="all") as every, torch.no_grad():
@@ -83,7 +78,7 @@ def test_probe_shapes_and_values(family):
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "phi3", "qwen2_moe"])
-def test_scale_alpha_one_reproduces_output(family):
+def test_scale_alpha_one_reproduces_output(family, tiny_model):
     model, x = tiny_model(family), tiny_inputs()
     patcher = patch_model(model)
     ref = logits(model, x)
@@ -98,7 +93,7 @@ def test_scale_alpha_one_reproduces_output(family):
 
 
 @pytest.mark.parametrize("family", ["llama", "phi3", "mixtral"])
-def test_scale_gradients_match_finite_differences(family):
+def test_scale_gradients_match_finite_differences(family, tiny_model):
     model = tiny_model(family).double()
     model.config._experts_implementation = "eager"  # grouped_mm has no float64 kernel
     x = tiny_inputs(batch=1, seq=5)
@@ -130,7 +125,7 @@ def test_scale_gradients_match_finite_differences(family):
 
 
 @pytest.mark.parametrize("family", ["llama", "mixtral"])
-def test_scale_several_layers_in_one_batch(family):
+def test_scale_several_layers_in_one_batch(family, tiny_model):
     model, x = tiny_model(family), tiny_inputs(batch=1, seq=6)
     x2 = x.repeat(2, 1)
     patcher = patch_model(model)
@@ -145,7 +140,7 @@ def test_scale_several_layers_in_one_batch(family):
         assert (both[layer] - logits(model, x)[0]).abs().max() < 1e-5
 
 
-def test_scale_single_token_over_kv_cache():
+def test_scale_single_token_over_kv_cache(tiny_model):
     model, x = tiny_model("llama"), tiny_inputs(batch=2, seq=6)
     patcher = patch_model(model)
     with patcher.probe() as acts, torch.no_grad():
@@ -161,7 +156,7 @@ def test_scale_single_token_over_kv_cache():
     assert (full - step).abs().max() < 1e-5
 
 
-def test_unpatch_restores_and_second_model_unaffected():
+def test_unpatch_restores_and_second_model_unaffected(tiny_model):
     first, second, x = tiny_model("llama"), tiny_model("llama", seed=1), tiny_inputs()
     ref_first, ref_second = logits(first, x), logits(second, x)
     patcher = patch_model(first)
@@ -190,7 +185,7 @@ def test_unknown_architecture_lists_supported():
     assert "gpt2" in str(err.value) and all(a in str(err.value) for a in SUPPORTED_ARCHITECTURES)
 
 
-def test_bad_inputs_are_user_errors():
+def test_bad_inputs_are_user_errors(tiny_model):
     patcher = patch_model(tiny_model("llama"))
     with pytest.raises(UserError, match="out of range"):
         patcher.set_deactivated({9: torch.tensor([0])})

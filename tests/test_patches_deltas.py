@@ -1,17 +1,14 @@
 """Neuron deltas: training them equals masked full-weight training; merge and export round trips."""
 import json
 import os
-import sys
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-sys.path.insert(0, os.path.dirname(__file__))
-from helpers_tiny_models import MOE_FAMILIES, TINY_FAMILIES, tiny_inputs, tiny_model  # noqa: E402
-
-from model_patches import export_hf, get_ffn_adapter, load_causal_lm, merge_into_weights, patch_model  # noqa: E402
-from neurorit.errors import UserError  # noqa: E402
+from model_patches import export_hf, get_ffn_adapter, load_causal_lm, merge_into_weights, patch_model
+from neurorit.errors import UserError
+from tests.support.models import MOE_FAMILIES, TINY_FAMILIES, tiny_config, tiny_inputs
 
 torch.set_num_threads(1)
 SELECTED = {0: [1, 7, 100], 1: [0, 64, 127]}  # MoE: ids are expert * 128 + index, remapped below
@@ -60,7 +57,7 @@ def lm_loss(model, x):
 
 
 @pytest.mark.parametrize("family", ["llama", "phi3", "mixtral"])
-def test_delta_training_equals_masked_full_weight_training(family):
+def test_delta_training_equals_masked_full_weight_training(family, tiny_model):
     spec, x = selected(family), tiny_inputs(batch=2, seq=8)
     deltas_model, full_model = tiny_model(family), tiny_model(family)
     for model in (deltas_model, full_model):
@@ -105,7 +102,7 @@ def randomise_deltas(patcher, seed=0):
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_export_round_trip(family, tmp_path):
+def test_export_round_trip(family, tmp_path, tiny_model):
     model, x = tiny_model(family), tiny_inputs()
     patcher = patch_model(model)
     patcher.add_neuron_deltas({l: torch.tensor(ids) for l, ids in selected(family).items()})
@@ -127,7 +124,7 @@ def test_export_round_trip(family, tmp_path):
         assert (model(x).logits - want).abs().max() < 1e-5
 
 
-def test_export_shards_and_load_causal_lm(tmp_path):
+def test_export_shards_and_load_causal_lm(tmp_path, tiny_model):
     model, x = tiny_model("qwen2"), tiny_inputs()
     patcher = patch_model(model)
     patcher.add_neuron_deltas({0: torch.tensor([5, 9])})
@@ -147,7 +144,6 @@ def test_export_shards_and_load_causal_lm(tmp_path):
 
 def test_export_tied_embeddings(tmp_path):
     from transformers import AutoModelForCausalLM as Auto
-    from helpers_tiny_models import tiny_config
 
     cfg = tiny_config("gemma")
     cfg.tie_word_embeddings = True
@@ -165,7 +161,7 @@ def test_export_tied_embeddings(tmp_path):
         assert (loaded(x).logits - want).abs().max() < 1e-5
 
 
-def test_load_causal_lm_errors(tmp_path):
+def test_load_causal_lm_errors(tmp_path, tiny_model):
     with pytest.raises(UserError, match="does not exist"):
         load_causal_lm(str(tmp_path / "missing"))
     with pytest.raises(UserError, match="no config.json"):

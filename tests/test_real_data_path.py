@@ -2,14 +2,14 @@
 no evidence field, no counterfactuals) through mine -> stage 1 -> stage 2 -> evaluate -> report, each entry
 run exactly as the README shows (single process here; the same commands run under deepspeed / torchrun)."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support.ranks import ROOT, child_env
+from tests.support.workspaces import save_checkpoint
 
 FACTS = [("Who wrote Dune?", "Frank Herbert", "Dune", "Dune is a novel written by Frank Herbert in 1965."),
          ("What is the capital of Peru?", "Lima", "Peru", "Lima is the capital and largest city of Peru."),
@@ -32,27 +32,8 @@ def _records():
     return rows
 
 
-def _tiny_model_with_tokenizer(path, texts):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<s>", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=2, eos_token_id=3, pad_token_id=0)
-    import torch
-
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    fast.save_pretrained(path)
-
-
 @pytest.mark.distributed
-def test_own_model_own_dump_end_to_end(tmp_path):
+def test_own_model_own_dump_end_to_end(tmp_path, tiny_model, word_tokenizer):
     from neurorit.prompts import PAPER
 
     data = tmp_path / "nq_top4.jsonl"
@@ -60,7 +41,9 @@ def test_own_model_own_dump_end_to_end(tmp_path):
     texts = [json.dumps(r) for r in _records()] + [PAPER.verify_ctx, PAPER.verify_noctx, *PAPER.heads.values(),
                                                   *PAPER.tails.values(), "Document Title YES NO Evidence: Answer:"]
     model = tmp_path / "my-model"
-    _tiny_model_with_tokenizer(str(model), texts)
+    tokenizer = word_tokenizer(texts=texts)
+    save_checkpoint(tiny_model("llama", hidden=32, intermediate=64, tokenizer=tokenizer, max_positions=512),
+                    tokenizer, str(model))
     out = tmp_path / "run"
     cfg = {
         "model": {"path": str(model)},
@@ -75,7 +58,7 @@ def test_own_model_own_dump_end_to_end(tmp_path):
     }
     cfg_path = tmp_path / "my_experiment.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = child_env()
 
     def run(*args):
         res = subprocess.run([sys.executable, *args, "--config", str(cfg_path)], cwd=ROOT, env=env,

@@ -1,24 +1,21 @@
 """train/ parts without DeepSpeed: the step plan, schedules, stage examples, trainable sets, optimizer errors."""
-import os
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from helpers_tiny_models import tiny_model  # noqa: E402
-from test_train_fixtures import GROUPS, HIDDEN, INTERMEDIATE, TARGET_LAYERS, neuron_map  # noqa: E402
-
-from model_patches import patch_model  # noqa: E402
-from neurorit.config import StageConfig  # noqa: E402
-from neurorit.errors import UserError  # noqa: E402
-from neurorit.prompts import PromptBuilder  # noqa: E402
-from neurorit.records import Passage, Record  # noqa: E402
-from train.data import StepPlan, build_examples, eval_batches, evidence_for  # noqa: E402
-from train.loop import enable_gradient_checkpointing  # noqa: E402
-from train.optim import build_optimizer, lr_factor  # noqa: E402
-from train.trainable import setup_trainable  # noqa: E402
+from model_patches import patch_model
+from neurorit.config import StageConfig
+from neurorit.errors import UserError
+from neurorit.prompts import PromptBuilder
+from neurorit.records import Passage, Record
+from tests.support.models import tiny_model
+from tests.support.workspaces import (GROUPS, HIDDEN, INTERMEDIATE, PEOPLE, TARGET_LAYERS, training_neuron_map,
+                                      training_tokenizer)
+from train.data import StepPlan, build_examples, eval_batches, evidence_for
+from train.loop import enable_gradient_checkpointing
+from train.optim import build_optimizer, lr_factor
+from train.trainable import setup_trainable
 
 
 def test_step_plan_splits_each_epoch_across_ranks_and_groups_lengths():
@@ -59,10 +56,7 @@ def test_lr_schedules_warm_up_then_decay(schedule):
 
 
 def test_stage_examples_have_the_right_targets():
-    from test_train_fixtures import PEOPLE, PLACES, RELATIONS
-    from benchmarks.embedded.tokenizer import build_tokenizer
-
-    tok = build_tokenizer(SimpleNamespace(words=lambda: PEOPLE + RELATIONS + PLACES))
+    tok = training_tokenizer()
     rel = Passage("", "ann born paris . bob lives rome .", has_answer=True)
     irr = [Passage("", f"{p} works oslo .", has_answer=False) for p in PEOPLE[1:6]]
     records = [Record("a", "born ann ?", ["paris"], [rel] + irr), Record("b", "born ann ?", ["paris"], irr[:2])]
@@ -86,7 +80,7 @@ def _model():
 
 def test_stage2_trainable_count_is_the_formula():
     model = _model()
-    trainable = setup_trainable(model, patch_model(model), "neurorit", "stage2", neuron_map(model), seed=0)
+    trainable = setup_trainable(model, patch_model(model), "neurorit", "stage2", training_neuron_map(model), seed=0)
     outside = sum(1 for rows in GROUPS.values() for layer, _ in rows if layer not in TARGET_LAYERS)
     ffn = sum(p.numel() for t in TARGET_LAYERS for p in model.model.layers[t].mlp.parameters()
               if p.requires_grad)
@@ -100,7 +94,7 @@ def test_stage1_and_baseline_trainable_sets():
     counts = {}
     for method in ("neurorit", "random", "layer", "full"):
         model = _model()
-        t = setup_trainable(model, patch_model(model), method, "stage1", neuron_map(model), seed=0)
+        t = setup_trainable(model, patch_model(model), method, "stage1", training_neuron_map(model), seed=0)
         assert {id(p) for p in t.params} == {id(p) for p in model.parameters() if p.requires_grad}
         counts[method] = t.count
     n_irr = len(GROUPS["irrelevant_only"])
@@ -109,7 +103,7 @@ def test_stage1_and_baseline_trainable_sets():
     assert counts["full"] == sum(p.numel() for p in _model().parameters())
     model = _model()
     patcher = patch_model(model)
-    setup_trainable(model, patcher, "random", "stage2", neuron_map(model), seed=0)
+    setup_trainable(model, patcher, "random", "stage2", training_neuron_map(model), seed=0)
     chosen = {layer: ids.tolist() for layer, (ids, *_) in patcher.neuron_deltas().items()}
     assert list(chosen) == [0] and len(chosen[0]) == 5 and chosen[0] != [3, 7, 9, 40, 100]
 
@@ -127,7 +121,7 @@ def test_gradient_checkpointing_reaches_deltas_behind_frozen_layers():
     grads = []
     for checkpointing in (False, True):
         model = _model().train()
-        t = setup_trainable(model, patch_model(model), "neurorit", "stage1", neuron_map(model), seed=0)
+        t = setup_trainable(model, patch_model(model), "neurorit", "stage1", training_neuron_map(model), seed=0)
         if checkpointing:
             enable_gradient_checkpointing(model)
         x = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))

@@ -1,32 +1,22 @@
 """Whole stages in this process (ZeRO-3, world of one): what trains and what stays bitwise frozen, resume equals an
 uninterrupted run, a checkpoint of another neuron map is refused, baselines and ``none`` run."""
 import os
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_train_fixtures import GROUPS, TARGET_LAYERS, make_workspace, single_process_env  # noqa: E402
-
-from neurorit.config import load_config  # noqa: E402
-from neurorit.errors import UserError  # noqa: E402
-from train.loop import run_stage  # noqa: E402
+from neurorit.config import load_config
+from neurorit.errors import UserError
+from neurorit.neuron_map import NeuronMap, model_fingerprint
+from tests.support.workspaces import GROUPS, TARGET_LAYERS, scalars, training_workspace
+from train.loop import run_stage
 
 FFN = ("gate_proj", "up_proj", "down_proj")
 
 
 def weights(folder: str) -> dict:
     return load_file(os.path.join(folder, "model.safetensors"))
-
-
-def scalars(tb_dir: str) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(tb_dir)
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def trained_slices(spec: dict, full_layers: list) -> dict:
@@ -59,9 +49,19 @@ def assert_only(before: dict, after: dict, masks: dict) -> None:
 
 
 @pytest.fixture
-def workspace(tmp_path, monkeypatch):
-    single_process_env(monkeypatch)
-    return make_workspace(str(tmp_path))
+def workspace(tmp_path, single_rank_env):
+    return training_workspace(str(tmp_path))
+
+
+def test_workspace_is_consistent(tmp_path):
+    from neurorit.records import load_records
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = load_config(training_workspace(str(tmp_path)))
+    assert len(load_records(cfg.data.train_file)) == 16
+    model = AutoModelForCausalLM.from_pretrained(cfg.model.path)
+    assert AutoTokenizer.from_pretrained(cfg.model.path).vocab_size == model.config.vocab_size
+    NeuronMap.load(os.path.join(cfg.runtime.output_dir, "mining")).check_fingerprint(model_fingerprint(model))
 
 
 def test_stages_train_exactly_their_sets(workspace):
@@ -97,8 +97,6 @@ def test_resume_equals_uninterrupted_and_refuses_another_map(workspace, tmp_path
     mining = os.path.join(split.runtime.output_dir, "mining")
     other = load_config(workspace, ["--mining.output_dir", str(tmp_path / "other_map"),
                                     "--stage1.max_steps", "4", "--stage1.output_dir", str(tmp_path / "split")])
-    from neurorit.neuron_map import NeuronMap
-
     nmap = NeuronMap.load(mining)
     nmap.groups["irrelevant_only"] = nmap.groups["irrelevant_only"][:3]
     nmap.save(other.mining.output_dir)

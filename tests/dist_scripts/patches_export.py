@@ -6,18 +6,13 @@ deactivation folded, then ``merge_into_weights`` in place and record the logits 
 """
 import argparse
 import os
-import sys
 
+import deepspeed
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-
-import deepspeed  # noqa: E402
-from helpers_tiny_models import tiny_inputs  # noqa: E402
-
-from model_patches import export_hf, load_causal_lm, merge_into_weights, patch_model  # noqa: E402
-from neurorit import dist  # noqa: E402
+from model_patches import export_hf, load_causal_lm, merge_into_weights, patch_model
+from neurorit import dist
+from tests.support.models import tiny_inputs  # the repository root is on PYTHONPATH (tests.support.ranks)
 
 NEURONS = {0: [1, 200, 300], 1: [0, 64, 511]}  # valid for dense (d_ff 512 = 4 x 128 MoE too)
 
