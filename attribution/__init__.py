@@ -1,4 +1,4 @@
-"""Attribution: integrated gradients of every FFN neuron, mined into a neuron map (DESIGN.md §2).
+"""Attribution: integrated gradients of every FFN neuron, mined into a neuron map (docs/DESIGN.md §2).
 
 - ``ig`` — ``integrated_gradients(model, patcher, IGInput, IGSettings, method="fast"|"reference")``;
   ``ig_fast`` (exact, cached last-position rows) and ``ig_reference`` (naive), sharing ``ig_common``;

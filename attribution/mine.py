@@ -153,7 +153,7 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
 def main(argv=None) -> None:
     from neurorit.records import load_records, mining_pairs
 
-    args, cfg = parse_args("Mine a neuron map with integrated gradients (DESIGN.md §2).", argv)
+    args, cfg = parse_args("Mine a neuron map with integrated gradients (docs/DESIGN.md §2).", argv)
     dist.init_distributed(args.local_rank)
     if cfg.runtime.torch_threads > 0:
         torch.set_num_threads(cfg.runtime.torch_threads)

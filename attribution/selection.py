@@ -1,4 +1,4 @@
-"""Neuron selection (DESIGN.md §2): per example, then over the corpus.
+"""Neuron selection (docs/DESIGN.md §2): per example, then over the corpus.
 
 Per example and side: keep scores >= ``threshold_ratio`` x the example's max, then its ``top_k`` (ties go to
 the lower flat index, so the result never depends on sort internals). Over the corpus: shared = in any relevant

@@ -84,6 +84,9 @@ class StageConfig:
     eval_every: int = 0  # steps between dev-loss evaluations; 0 = never
     eval_examples: int = 64  # dev records scored for the periodic dev loss
     log_every: int = 1
+    lora_rank: int = 0  # method lora: adapter rank; 0 = the rank whose parameter count matches Neuro-RIT's
+    lora_alpha: float = 0.0  # method lora: scale numerator; 0 = 2 x rank
+    lora_lr: float = 2e-4  # method lora: its learning rate (LoRA's usual range; the other methods use lr)
     init_from: str = ""  # empty = model.path (stage 2 defaults to stage 1's export in the pipeline)
     output_dir: str = ""  # empty = <runtime.output_dir>/<stage name>
 

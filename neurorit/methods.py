@@ -25,16 +25,18 @@ STAGES = ("stage1", "stage2")
 class StageRule:
     """What one method does in one stage."""
 
-    trains: Literal["neurons", "target_layers", "all", "nothing"]
+    trains: Literal["neurons", "target_layers", "all", "lora", "nothing"]
     groups: tuple[str, ...] = ()  # neuron groups that get deltas (trains="neurons")
     random: bool = False  # replace each layer's neurons by as many random neurons of that layer (seeded)
     target_layers: bool = False  # with trains="neurons": the whole FFN of the target layers trains too
     data: Literal["stage1", "stage2", "robust_sft"] = "stage1"  # the data recipe (train/data.py)
     export: Literal["merge", "fold_irrelevant_only"] = "merge"
+    match_params_of: str = ""  # trains="lora": the rank (stage<N>.lora_rank 0) matches this method's count
 
     @property
     def needs_map(self) -> bool:
-        return self.trains in ("neurons", "target_layers") or self.export == "fold_irrelevant_only"
+        return self.trains in ("neurons", "target_layers") or self.export == "fold_irrelevant_only" or \
+            bool(self.match_params_of)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ _ENTRIES = (
            {"stage2": StageRule("all", data="robust_sft")}),
     Method("layer_tuning", "the whole FFN of the mined target layers on stage 2's data",
            {"stage2": StageRule("target_layers", data="stage2")}),
+    Method("lora", "LoRA (peft) on every linear of every decoder layer, on stage 2's data, its rank set so that "
+           "its trainable parameters match Neuro-RIT's (both stages) within 10%",
+           {"stage2": StageRule("lora", data="stage2", match_params_of="neurorit")}),
     Method("random_neurons", "Neuro-RIT's two stages with each layer's neurons replaced by random ones",
            {"stage1": StageRule("neurons", groups=("irrelevant_only",), random=True, data="stage1"),
             "stage2": StageRule("neurons", groups=ALL_GROUPS, random=True, target_layers=True, data="stage2")}),

@@ -1,4 +1,4 @@
-"""Answer metrics of DESIGN.md §2: Match, exact match (EM) and token-level F1, plus a seeded bootstrap interval.
+"""Answer metrics of docs/DESIGN.md §2: Match, exact match (EM) and token-level F1, plus a seeded bootstrap interval.
 
 All three compare *normalized* strings: lowercase, punctuation removed, the articles ``a`` / ``an`` / ``the``
 removed, whitespace collapsed (the SQuAD normalization). With several gold answers each metric takes the best

@@ -1,4 +1,4 @@
-"""RAG records: the JSONL schema of DESIGN.md §4, its common spellings, and per-question passage roles.
+"""RAG records: the JSONL schema of docs/DESIGN.md §4, its common spellings, and per-question passage roles.
 
 One question a line: ``id``, ``question``, ``answers`` (list), ``ctxs`` (list of ``title``, ``text``, optional
 ``score``, optional ``has_answer``), optional ``evidence``. DPR / BERGEN / InstructRAG / FlashRAG spellings are
@@ -187,7 +187,7 @@ def noise_passages(record: Record, k: int) -> list[Passage]:
 
 
 def mining_pairs(records: list[Record], rng_seed: int = 0, limit: int = -1) -> list[tuple[Record, Passage, Passage]]:
-    """Per question: (record, one relevant passage, one irrelevant passage) — DESIGN.md §2 mining data; stops
+    """Per question: (record, one relevant passage, one irrelevant passage) — docs/DESIGN.md §2 mining data; stops
     after ``limit`` pairs when ``limit > 0``."""
     rng = random.Random(rng_seed)
     pairs = []

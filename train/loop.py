@@ -36,7 +36,7 @@ from neurorit.methods import StageRule
 from neurorit.neuron_map import NeuronMap
 from neurorit.prompts import prompt_builder
 from neurorit.records import load_records
-from train import checkpoint
+from train import checkpoint, lora
 from train.data import StepPlan, build_examples, collate, eval_batches
 from train.monitor import Monitor
 from train.optim import lr_factor
@@ -117,7 +117,8 @@ def _model_and_trainable(cfg: ExperimentConfig, stage: str, init_from: str, nmap
     if nmap is not None:
         nmap.check_fingerprint(model_fingerprint(model))
     model.config.use_cache = False
-    trainable = setup_trainable(model, patch_model(model), rule, nmap, cfg.runtime.seed)
+    patcher = patch_model(model) if rule.trains != "lora" else None  # LoRA wraps the FFN linears instead
+    trainable = setup_trainable(model, patcher, rule, nmap, cfg.runtime.seed, st.lora_rank, st.lora_alpha)
     if not trainable.params and rule.trains != "nothing":
         raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")
     if st.gradient_checkpointing:
@@ -179,7 +180,8 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     examples, dev, truncation = _stage_data(cfg, stage, rule, tokenizer)
     plan = StepPlan([len(e.input_ids) for e in examples], st.batch_size, micro, dist.world_size(), dist.rank(),
                     st.epochs, st.max_steps, cfg.runtime.seed)
-    optimizer = strategy.optimizer(trainable.params, st.optimizer, st.lr, st.weight_decay)
+    lr = st.lora_lr if rule.trains == "lora" else st.lr
+    optimizer = strategy.optimizer(trainable.params, st.optimizer, lr, st.weight_decay)
     factor = lr_factor(st.schedule, int(st.warmup_ratio * plan.total_steps), plan.total_steps)
     engine = strategy.prepare_trainable(model, trainable.params, optimizer, factor)
 
@@ -234,6 +236,8 @@ def _finish(model, tokenizer, out_dir: str, stage: str, st: StageConfig, rule: S
     export_dir = os.path.join(out_dir, "export")
     model.config.use_cache = True  # off only while training; the plain export keeps the usual default
     deactivated = 0
+    if rule.trains == "lora":
+        lora.merge_lora(model)
     if rule.export == "fold_irrelevant_only":
         spec = nmap.per_layer("irrelevant_only")
         get_patcher(model).set_deactivated(spec)
@@ -241,6 +245,7 @@ def _finish(model, tokenizer, out_dir: str, stage: str, st: StageConfig, rule: S
     export_hf(model, export_dir, tokenizer=tokenizer, fold_deactivation=rule.export == "fold_irrelevant_only")
     summary = {"stage": stage, "method": st.method, "step": step, "finished": True,
                "final_loss": loss, "trainable_params": trainable.count, "init_from": init_from,
+               **({"lora_rank": trainable.lora_rank} if trainable.lora_rank else {}),
                "export_dir": export_dir, "neuron_map_hash": nmap.hash() if nmap else None}
     if deactivated:
         summary["deactivated_neurons"] = deactivated

@@ -10,6 +10,9 @@ and stays out of the optimizer.
   ``runtime.seed``); target layers unchanged.
 - ``target_layers``: the whole FFN of the target layers only.
 - ``all``: every parameter.
+- ``lora``: peft LoRA adapters on every linear of every decoder layer (``train/lora.py``); with
+  ``stage<N>.lora_rank`` 0 the rank is the one whose count is nearest the trainable count of the rule's
+  ``match_params_of`` method (Neuro-RIT: both stages together) on this model and neuron map.
 - ``nothing``: nothing (the stage only re-exports its input, folded per the rule's export).
 """
 from __future__ import annotations
@@ -18,8 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model_patches import FFNPatcher
+from model_patches import FFNPatcher, get_ffn_adapter
+from neurorit import methods
 from neurorit.methods import StageRule
+from train import lora
 
 
 
@@ -35,6 +40,7 @@ class Trainable:
     params: list = field(default_factory=list)
     neurons: dict = field(default_factory=dict)  # layer -> LongTensor of neurons with deltas
     full_layers: list = field(default_factory=list)  # layers whose whole FFN trains
+    lora_rank: int = 0  # LoRA adapters' rank (method lora)
     delta_count: int = 0
     ffn_count: int = 0
     other_count: int = 0
@@ -45,6 +51,8 @@ class Trainable:
 
     def describe(self, hidden: int) -> str:
         n = sum(int(v.numel()) for v in self.neurons.values())
+        if self.lora_rank:
+            return f"trainable parameters: {self.count:,} = LoRA adapters of rank {self.lora_rank}"
         return (f"trainable parameters: {self.count:,} = deltas 3 x hidden {hidden} x {n} neurons ({self.delta_count:,})"
                 f" + FFN of layers {self.full_layers} ({self.ffn_count:,}) + other ({self.other_count:,})")
 
@@ -78,13 +86,30 @@ def neuron_spec(rule: StageRule, nmap, width: int, seed: int) -> tuple[dict, lis
     return spec, targets
 
 
-def setup_trainable(model: torch.nn.Module, patcher: FFNPatcher, rule: StageRule, nmap, seed: int) -> Trainable:
-    """Freeze everything, then add deltas / unfreeze what ``rule`` trains. Call before the strategy prepares the
-    model; the returned ``params`` are exactly what the optimizer gets."""
+def planned_count(rule: StageRule, nmap, model: torch.nn.Module, seed: int) -> int:
+    """What a neuron-level ``rule`` trains on ``model``, counted without building anything."""
+    adapter = get_ffn_adapter(model)
+    spec, full_layers = neuron_spec(rule, nmap, adapter.intermediate_size, seed)
+    modules = adapter.ffn_modules(model)
+    ffn = sum(numel(p) for layer in full_layers for p in modules[layer].parameters())
+    return 3 * model.config.hidden_size * sum(int(ids.numel()) for ids in spec.values()) + ffn
+
+
+def setup_trainable(model: torch.nn.Module, patcher: FFNPatcher, rule: StageRule, nmap, seed: int,
+                    lora_rank: int = 0, lora_alpha: float = 0.0) -> Trainable:
+    """Freeze everything, then add deltas / adapters or unfreeze what ``rule`` trains. Call before the strategy
+    prepares the model; the returned ``params`` are exactly what the optimizer gets."""
     for p in model.parameters():
         p.requires_grad_(False)
     out = Trainable()
-    if rule.trains == "all":
+    if rule.trains == "lora":
+        if not lora_rank:
+            target = sum(planned_count(r, nmap, model, seed) for r in methods.get(rule.match_params_of).stages.values())
+            lora_rank = lora.rank_to_match(model, target)
+        out.params = lora.add_lora(model, lora_rank, lora_alpha, seed)
+        out.other_count = sum(numel(p) for p in out.params)
+        out.lora_rank = lora_rank
+    elif rule.trains == "all":
         out.params = list(model.parameters())
         out.other_count = sum(numel(p) for p in out.params)
     elif rule.trains in ("neurons", "target_layers"):
