@@ -10,7 +10,8 @@ import torch
 from attribution.examples import ExampleBuilder
 from neurorit.prompts import PromptBuilder
 from attribution.mine import attribute
-from neurorit.neuron_map import NeuronMap, model_fingerprint
+from model_patches import model_fingerprint
+from neurorit.neuron_map import NeuronMap
 from attribution.ig_common import IGSettings
 from attribution.selection import example_topk, neuron_map_from_stats, select_groups, target_layers
 from attribution.stats import (EMPTY_PASSAGE, FIXED_ONE, NO_ANSWER_TOKEN, NON_FINITE, OK, TOO_LONG, ExampleResult,

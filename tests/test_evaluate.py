@@ -121,7 +121,8 @@ def test_answer_only_prompts(fixture_dir):
 
 
 def test_hard_deactivation_from_a_neuron_map(fixture_dir, base_result):
-    from neurorit.neuron_map import NeuronMap, model_fingerprint
+    from model_patches import model_fingerprint
+from neurorit.neuron_map import NeuronMap
     from neurorit.neuron_map import GROUPS
     from transformers import AutoModelForCausalLM
 

@@ -6,6 +6,7 @@ import torch
 
 from model_patches import patch_model
 from neurorit.config import StageConfig
+from neurorit.dist import Strategy
 from neurorit.errors import UserError
 from neurorit.prompts import PromptBuilder
 from neurorit.records import Passage, Record
@@ -14,7 +15,7 @@ from tests.support.workspaces import (GROUPS, HIDDEN, INTERMEDIATE, PEOPLE, TARG
                                       training_tokenizer)
 from train.data import StepPlan, build_examples, eval_batches, evidence_for
 from train.loop import enable_gradient_checkpointing
-from train.optim import build_optimizer, lr_factor
+from train.optim import lr_factor
 from train.trainable import setup_trainable
 
 
@@ -108,13 +109,16 @@ def test_stage1_and_baseline_trainable_sets():
     assert list(chosen) == [0] and len(chosen[0]) == 5 and chosen[0] != [3, 7, 9, 40, 100]
 
 
-def test_adamw_8bit_without_bitsandbytes_is_a_user_error(monkeypatch):
+def test_adamw_8bit_without_bitsandbytes_is_a_user_error(monkeypatch, single_rank_env):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
-    st = StageConfig(optimizer="adamw_8bit")
+
+    def build(st: StageConfig):
+        strategy = Strategy.for_training(st.zero_stage, st.batch_size, st.micro_batch_size)
+        return strategy.optimizer([torch.nn.Parameter(torch.zeros(3))], st.optimizer, st.lr, st.weight_decay)
+
     with pytest.raises(UserError, match="bitsandbytes"):
-        build_optimizer([torch.nn.Parameter(torch.zeros(3))], st, {}, torch.device("cpu"))
-    assert isinstance(build_optimizer([torch.nn.Parameter(torch.zeros(3))], StageConfig(), {}, torch.device("cpu")),
-                      torch.optim.AdamW)
+        build(StageConfig(optimizer="adamw_8bit"))
+    assert isinstance(build(StageConfig()), torch.optim.AdamW)
 
 
 def test_gradient_checkpointing_reaches_deltas_behind_frozen_layers():

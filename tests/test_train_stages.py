@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from neurorit.config import load_config
 from neurorit.errors import UserError
-from neurorit.neuron_map import NeuronMap, model_fingerprint
+from model_patches import model_fingerprint
+from neurorit.neuron_map import NeuronMap
 from tests.support.workspaces import GROUPS, TARGET_LAYERS, scalars, training_workspace
 from train.loop import run_stage
 

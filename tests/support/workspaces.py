@@ -19,7 +19,8 @@ import random
 import torch
 import yaml
 
-from neurorit.neuron_map import NeuronMap, model_fingerprint
+from model_patches import model_fingerprint
+from neurorit.neuron_map import NeuronMap
 from tests.support.models import tiny_model, word_tokenizer
 
 
