@@ -106,4 +106,4 @@ def get(name: str) -> Method:
 
 def stage_methods(stage: str) -> tuple[str, ...]:
     """The names ``stage<N>.method`` accepts."""
-    return tuple(m.name for m in _ENTRIES if stage in m.stages and not m.run_of)
+    return tuple(m.name for m in METHODS.values() if stage in m.stages and not m.run_of)
