@@ -102,6 +102,12 @@ class EvalConfig:
     max_new_tokens: int = 32
     bootstrap: int = 1000
     output_dir: str = ""  # empty = <runtime.output_dir>/eval
+    # hf = the model whole on every rank, batches split over ranks; zero3 = the model partitioned over the ranks
+    # (DeepSpeed ZeRO-3), ranks decode in lockstep; vllm = vLLM's offline engine, one process (its own env)
+    backend: Literal["hf", "zero3", "vllm"] = "hf"
+    ds_config: str = ""  # zero3's DeepSpeed config; empty = ds_configs/zero3.json (cpu_zero3.json on CPU)
+    tensor_parallel_size: int = 1  # vllm: devices the engine splits the model over
+    resume: bool = True  # continue from the batches a killed run finished (<name>.partial/); false = start over
 
 
 @dataclass
@@ -237,6 +243,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     for s in cfg.eval.settings:
         if s not in EVAL_SETTINGS:
             raise UserError(f"config key 'eval.settings': {s!r} is not allowed; use any of {', '.join(EVAL_SETTINGS)}")
+    ev = cfg.eval
+    if ev.batch_size <= 0:
+        raise UserError(f"config key 'eval.batch_size' must be > 0, got {ev.batch_size}")
+    if ev.max_new_tokens < 0:
+        raise UserError(f"config key 'eval.max_new_tokens' must be >= 0, got {ev.max_new_tokens}")
+    if ev.tensor_parallel_size < 1:
+        raise UserError(f"config key 'eval.tensor_parallel_size' must be >= 1, got {ev.tensor_parallel_size}")
     m = cfg.mining
     if m.steps < 1:
         raise UserError(f"config key 'mining.steps' must be >= 1, got {m.steps}")

@@ -27,7 +27,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
+import time
 from typing import Optional
 
 if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag/evaluate.py): import from the
@@ -40,9 +42,10 @@ from neurorit import dist
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.methods import REPORT_ORDER
-from neurorit.files import atomic_write_text
 from neurorit import metrics
-from rag.generate import eos_ids_of, generate_all, length_batches, pad_id_of
+from rag.backends import as_backend, load_backend
+from rag.generate import eos_ids_of, length_batches, pad_id_of
+from rag.resume import BatchStore, MemoryStore, durable_write_text, fingerprint
 from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
 from neurorit.records import Record, load_records
 from neurorit.settings import SETTINGS, docs_for_setting, has_setting
@@ -99,14 +102,19 @@ def build_jobs(records: list[Record], settings: list[str], builder: PromptBuilde
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfig, show_progress: bool = True):
-    """Generate, extract and score on this rank's batches; gather; return ``(summary, predictions)``.
+def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfig, show_progress: bool = True,
+                   store=None, model_path: str = ""):
+    """Generate, extract and score; return ``(summary, predictions)``. Collective.
 
-    Every rank returns the same objects. ``summary`` = ``{"settings": {setting: stats}, "by_kind": {kind:
-    {setting: stats}}}`` with stats ``{"match", "em", "f1", "match_ci95", "n"}``; ``predictions`` = one dict per
-    job in a fixed order (settings, then records).
+    ``model``: a backend of ``rag/backends.py`` or a bare Hugging Face model (the ``hf`` backend). Batches go to
+    the ranks round-robin (``hf``, ``zero3``) or all to the one process (``vllm``); each finished batch goes to
+    ``store`` (``rag.resume.BatchStore``: on disk, resumable; default: in memory). Every rank returns the same
+    objects. ``summary`` = ``{"settings": {setting: stats}, "by_kind": {kind: {setting: stats}}}`` with stats
+    ``{"match", "em", "f1", "match_ci95", "n"}``; ``predictions`` = one dict per job in a fixed order (settings,
+    then records).
     """
     ev = cfg.eval
+    backend = as_backend(model)
     settings = [s for s in ev.settings if s in SETTINGS]
     builder = prompt_builder(cfg.data, tokenizer)
     jobs, prompts, trunc = build_jobs(records, settings, builder, tokenizer, ev.instruction, cfg.data.num_docs,
@@ -117,34 +125,51 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
         for s in settings:
             if not any(j["setting"] == s for j in jobs):
                 log.warning("setting %s has no questions (no record has the passages it needs); left out", s)
-    check_positions(model, prompts, ev.max_new_tokens)
-    eos_ids = eos_ids_of(model, tokenizer)
+    check_positions(backend, prompts, ev.max_new_tokens)
+    eos_ids = eos_ids_of(backend, tokenizer, builder.stop_ids)
     pad_id = pad_id_of(tokenizer, eos_ids)
     batches = length_batches(prompts, ev.batch_size)
-    mine = set(dist.shard_indices(len(batches)))
+    if store is None:
+        store = MemoryStore()
+    elif isinstance(store, str):
+        store = BatchStore(store, fingerprint(prompts, ev.batch_size, ev.max_new_tokens, eos_ids, pad_id,
+                                              backend.name, model_path))
+    done = store.open(batches, ev.resume)
+    mine = dist.shard_indices(len(batches)) if backend.splits_over_ranks else list(range(len(batches)))
+    todo = [b for b in mine if b not in done]
     bar = None
     if show_progress and dist.is_main():
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(len(batches[b]) for b in mine), desc="evaluate (rank 0)", unit="prompt",
-                   file=sys.stderr, dynamic_ncols=True)
-    model.eval()
+        bar = tqdm(total=sum(len(batches[b]) for b in mine), initial=sum(len(batches[b]) for b in mine if b in done),
+                   desc=f"evaluate ({backend.name}, rank 0)", unit="prompt", file=sys.stderr, dynamic_ncols=True)
+    timing = {"start": time.perf_counter(), "first": None, "prompts": 0}
+
+    def on_batch(b: int, outputs: dict) -> None:
+        store.put(b, outputs)
+        if timing["first"] is None:
+            timing["first"] = time.perf_counter() - timing["start"]
+        timing["prompts"] += len(outputs)
+        if bar is not None:
+            bar.update(len(outputs))
+
     try:
-        local = generate_all(model, prompts, ev.max_new_tokens, ev.batch_size, eos_ids, pad_id,
-                             keep=lambda b: b in mine, progress=bar.update if bar is not None else None)
+        backend.generate(prompts, batches, todo, ev.max_new_tokens, eos_ids, pad_id, on_batch)
     finally:
         if bar is not None:
             bar.close()
-    local_text = {i: tokenizer.decode(toks, skip_special_tokens=True) for i, toks in local.items()}
-    gathered: dict[int, str] = {}
-    for part in dist.all_gather_objects(local_text):
-        gathered.update(part)
-    if len(gathered) != len(jobs):
-        raise RuntimeError(f"gathered {len(gathered)} outputs for {len(jobs)} prompts")
+    seconds = time.perf_counter() - timing["start"]
+    if timing["prompts"]:
+        log.info("generation (%s, rank %d): %d prompts in %.2f s, %.1f prompts/s, first answer after %.3f s",
+                 backend.name, dist.rank(), timing["prompts"], seconds, timing["prompts"] / max(seconds, 1e-9),
+                 timing["first"])
+    tokens = store.collect(batches)
+    if len(tokens) != len(jobs):
+        raise RuntimeError(f"gathered {len(tokens)} outputs for {len(jobs)} prompts")
 
     predictions = []
     for i, job in enumerate(jobs):
-        output = gathered[i]
+        output = tokenizer.decode(tokens[i], skip_special_tokens=True)
         answer = extract_answer(output, ev.instruction, builder.answer_marker)
         predictions.append({**job, "prompt_tokens": len(prompts[i]), "output": output, "answer": answer,
                             **metrics.score(answer, job["answers"])})
@@ -177,7 +202,7 @@ def summarize(predictions: list[dict], settings: list[str], bootstrap: int, seed
 
 # ------------------------------------------------------------------------------------------------- loading
 def load_model(path: str, cfg: ExperimentConfig):
-    """The model to evaluate, full on every rank (no ZeRO partitioning: generation runs rank by rank)."""
+    """The model to evaluate, full on this rank (the ``hf`` backend's model)."""
     from model_patches import load_causal_lm
 
     return load_causal_lm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
@@ -188,13 +213,21 @@ def eval_dir(cfg: ExperimentConfig) -> str:
     return cfg.eval.output_dir or os.path.join(cfg.runtime.output_dir, "eval")
 
 
+def output_paths(out_dir: str, name: str) -> dict:
+    """The files of one evaluation: ``eval`` (written last: the done marker), ``predictions``, ``partial`` (the
+    folder of finished batches while it runs)."""
+    return {"eval": os.path.join(out_dir, f"{name}.eval.json"),
+            "predictions": os.path.join(out_dir, f"{name}.predictions.jsonl"),
+            "partial": os.path.join(out_dir, f"{name}.partial")}
+
+
 def write_outputs(out_dir: str, name: str, result: dict, predictions: list[dict]) -> str:
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{name}.eval.json")
-    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
-    atomic_write_text(os.path.join(out_dir, f"{name}.predictions.jsonl"),
-                  "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    return path
+    """Predictions, then ``<name>.eval.json`` last, each atomically: an eval.json always has its predictions."""
+    paths = output_paths(out_dir, name)
+    durable_write_text(paths["predictions"],
+                       "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+    durable_write_text(paths["eval"], json.dumps(result, indent=2) + "\n")
+    return paths["eval"]
 
 
 def write_tensorboard(logdir: str, summary: dict) -> None:
@@ -228,29 +261,40 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args, cfg: ExperimentConfig) -> Optional[dict]:
-    """Evaluate per ``args`` / ``cfg``; returns the result dict (on every rank) after rank 0 wrote it."""
+    """Evaluate per ``args`` / ``cfg``; returns the result dict (on every rank) after rank 0 wrote it.
+
+    Resumable: finished batches are kept in ``<name>.partial/`` until the end; a re-run of the same command
+    continues from them (``eval.resume``). ``<name>.eval.json`` of an earlier run is removed first, so that it
+    exists only when this run has finished."""
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", args.name):
         raise UserError(f"--name {args.name!r}: use letters, digits, '_', '-' or '.' only")
-    if cfg.eval.batch_size <= 0:
-        raise UserError(f"config key 'eval.batch_size' must be > 0, got {cfg.eval.batch_size}")
     if cfg.runtime.torch_threads > 0:
         torch.set_num_threads(cfg.runtime.torch_threads)
     dist.init_distributed(args.local_rank)
     model_path = args.model or cfg.model.path
     records = load_records(cfg.data.test_file, cfg.eval.num_examples)
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, cfg)
-    summary, predictions = evaluate_model(model, tokenizer, records, cfg, show_progress=not args.no_progress)
+    out = eval_dir(cfg)
+    paths = output_paths(out, args.name)
+    if dist.is_main() and os.path.exists(paths["eval"]):
+        os.remove(paths["eval"])  # a stale done marker would outlive a run killed from here on
+    started = time.perf_counter()
+    backend = load_backend(cfg.eval.backend, model_path, cfg,
+                           max_model_len=cfg.data.max_length + cfg.eval.max_new_tokens)
+    if dist.is_main():
+        log.info("%s backend ready in %.2f s", backend.name, time.perf_counter() - started)
+    summary, predictions = evaluate_model(backend, tokenizer, records, cfg, show_progress=not args.no_progress,
+                                          store=paths["partial"], model_path=model_path)
     result = {"name": args.name, "model": model_path, "trainable_params": int(args.trainable_params),
               "instruction": cfg.eval.instruction, "prompt_style": cfg.data.prompt_style,
               "test_file": cfg.data.test_file, "num_questions": len(records), "world_size": dist.world_size(),
               **summary}
     if dist.is_main():
-        out = eval_dir(cfg)
-        path = write_outputs(out, args.name, result, predictions)
         save_config(cfg, out, f"{args.name}.config.yaml")
         write_tensorboard(os.path.join(cfg.runtime.output_dir, "tensorboard",
                                        f"eval_{args.name}_{cfg.eval.instruction}"), summary)
+        path = write_outputs(out, args.name, result, predictions)
+        shutil.rmtree(paths["partial"], ignore_errors=True)
         print_table(args.name, summary)
         print(f"wrote {path}")
     dist.barrier()

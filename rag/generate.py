@@ -6,6 +6,12 @@ the prompts themselves (sorted by length, longest first, ties by index) and runs
 ranks by batch produces bit-identical tokens to one rank (same shapes, same padding, same arithmetic).
 
 Greedy decoding is deterministic: argmax picks the first maximum, no sampling, no randomness anywhere.
+
+Lockstep (the ``zero3`` backend, ``rag/backends.py``): under ZeRO-3 every forward gathers each layer's weights
+with a collective, so every rank must run the same number of forward steps. ``greedy_generate`` takes
+``all_done(local_done) -> bool``, a collective that says whether every rank's batch is finished: a rank whose batch
+ended keeps stepping (its finished rows emit padding, which is discarded) until all are done. The tokens of a batch
+do not change: steps after a row's end-of-sequence never reach the results.
 """
 from __future__ import annotations
 
@@ -51,11 +57,13 @@ def pad_id_of(tokenizer, eos_ids: Sequence[int]) -> int:
 
 @torch.inference_mode()
 def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Iterable[int],
-                    pad_id: int) -> list[list[int]]:
+                    pad_id: int, all_done: Optional[Callable[[bool], bool]] = None) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (token id lists), one batch, left-padded.
 
     Each result holds the new tokens up to and excluding the first end-of-sequence token, at most
     ``max_new_tokens`` of them. Position ids count real tokens only, so padding does not shift positions.
+    ``all_done`` (lockstep): called once per step with whether this batch is finished; decoding stops when it
+    returns True (every rank finished) or after ``max_new_tokens`` steps, whichever comes first.
     """
     if not prompts:
         return []
@@ -83,7 +91,10 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
         token = torch.where(done, torch.full_like(token, pad_id), token)
         steps.append(token)
         done = done | torch.isin(token, eos)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        finished = bool(done.all())
+        if all_done is not None:
+            finished = all_done(finished)
+        if finished or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
         positions = positions[:, -1:] + 1

@@ -1,0 +1,184 @@
+"""The generation seam of evaluation: one interface, three backends (``eval.backend``).
+
+- ``hf``: the model loaded whole on every rank; batched greedy decoding (``rag.generate``); rank r decodes
+  batches r, r+W, ... on its own.
+- ``zero3``: the model partitioned over the ranks with DeepSpeed ZeRO-3 (``dist.Strategy.for_inference``,
+  ``eval.ds_config``), so a model larger than one device's memory can be evaluated. Ranks decode their own batches
+  in lockstep: every rank runs the same number of rounds (a rank out of batches decodes a one-token stand-in) and
+  the same number of forward steps per round (a finished batch keeps stepping until every rank's is finished),
+  because each forward gathers the layers' weights with collectives. Same tokens as ``hf``, token for token.
+- ``vllm``: vLLM's offline engine (``vllm.LLM``) on the plain Hugging Face checkpoint, one process,
+  ``eval.tensor_parallel_size`` devices. Greedy (temperature 0), the same stop ids, token ids in (never text), so
+  the prompts are identical. Needs the optional environment of ``scripts/setup_vllm_env.sh``. vLLM starts its
+  engine with ``spawn``: the entry script must create it under ``if __name__ == "__main__"`` (rag/evaluate.py does).
+
+Every backend sees the same length-sorted batches (``rag.generate.length_batches``) and reports each finished
+batch to ``on_batch(batch_index, {prompt index: new token ids})`` as soon as it has it, which is what makes an
+evaluation resumable (``rag/resume.py``). Prompt building, stop ids, answer extraction and scoring stay in
+``rag/evaluate.py``, shared by all three.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from neurorit import dist
+from neurorit.errors import UserError
+from rag.generate import greedy_generate
+
+log = logging.getLogger("rag.backends")
+
+BACKENDS = ("hf", "zero3", "vllm")
+OnBatch = Callable[[int, dict], None]
+
+
+class HFBackend:
+    """Batched greedy decoding with a Hugging Face model held whole by this rank."""
+
+    name = "hf"
+    splits_over_ranks = True  # rank r takes batches r, r+W, ...
+
+    def __init__(self, model):
+        self.model = model
+        self.config = getattr(model, "config", None)
+        self.generation_config = getattr(model, "generation_config", None)
+
+    @classmethod
+    def load(cls, path: str, cfg) -> "HFBackend":
+        from model_patches import load_causal_lm
+
+        return cls(load_causal_lm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation))
+
+    def generate(self, prompts: Sequence[Sequence[int]], batches: list[list[int]], todo: list[int],
+                 max_new_tokens: int, eos_ids: list[int], pad_id: int, on_batch: OnBatch) -> None:
+        """Decode the batches ``todo`` (indices into ``batches``) and report each to ``on_batch``."""
+        self.model.eval()
+        for b in todo:
+            idx = batches[b]
+            toks = greedy_generate(self.model, [prompts[i] for i in idx], max_new_tokens, eos_ids, pad_id)
+            on_batch(b, dict(zip(idx, toks)))
+
+
+def _every_rank_done(local_done: bool) -> bool:
+    """Collective: True when every rank's batch is finished (a SUM of 'not done' flags)."""
+    flag = torch.tensor([0 if local_done else 1], dtype=torch.long)
+    return int(dist.all_reduce_sum(flag).item()) == 0
+
+
+class Zero3Backend(HFBackend):
+    """The model partitioned with ZeRO-3; generation in lockstep over the ranks."""
+
+    name = "zero3"
+
+    def __init__(self, model, strategy):
+        super().__init__(model)
+        self.strategy = strategy  # holds the engine that owns the ZeRO-3 hooks: keep it alive with the model
+
+    @classmethod
+    def load(cls, path: str, cfg) -> "Zero3Backend":
+        from model_patches import load_causal_lm
+
+        strategy = dist.Strategy.for_inference(3, cfg.model.dtype, cfg.eval.ds_config)
+        model = load_causal_lm(path, cfg.model.dtype, cfg.model.attn_implementation, strategy.config)
+        model.requires_grad_(False)
+        model.eval()
+        strategy.prepare_frozen(model)
+        return cls(model, strategy)
+
+    def generate(self, prompts, batches, todo, max_new_tokens, eos_ids, pad_id, on_batch) -> None:
+        """Collective. Rounds = the most batches any rank has left; a rank without a batch in a round decodes a
+        one-token stand-in (results dropped) so that its forward passes match the others'."""
+        self.model.eval()
+        rounds = max(dist.all_gather_objects(len(todo)))
+        stand_in = [[int(pad_id)]]
+        for r in range(rounds):
+            if r < len(todo):
+                idx = batches[todo[r]]
+                toks = greedy_generate(self.model, [prompts[i] for i in idx], max_new_tokens, eos_ids, pad_id,
+                                       all_done=_every_rank_done)
+                on_batch(todo[r], dict(zip(idx, toks)))
+            else:
+                greedy_generate(self.model, stand_in, max_new_tokens, eos_ids, pad_id,
+                                all_done=lambda _done: _every_rank_done(True))
+
+
+class VLLMBackend:
+    """vLLM's offline engine on a plain checkpoint, one process (vLLM does its own tensor parallelism)."""
+
+    name = "vllm"
+    splits_over_ranks = False
+    group = 16  # batches handed to the engine per call (each reported when the call returns)
+
+    def __init__(self, llm, config=None, generation_config=None):
+        self.llm = llm
+        self.config = config
+        self.generation_config = generation_config
+
+    @classmethod
+    def load(cls, path: str, cfg, max_model_len: Optional[int] = None) -> "VLLMBackend":
+        if dist.world_size() > 1:
+            raise UserError("eval.backend vllm runs in one process (vLLM splits the model itself over "
+                            "eval.tensor_parallel_size devices): start it with python, not with a launcher of "
+                            f"{dist.world_size()} ranks")
+        try:
+            import vllm
+        except ImportError as err:
+            raise UserError(f"eval.backend vllm needs the vllm package ({err}); create its environment with "
+                            "`bash scripts/setup_vllm_env.sh` and run with .venv-vllm/bin/python") from None
+        from transformers import AutoConfig, GenerationConfig
+
+        config = AutoConfig.from_pretrained(path)
+        try:
+            gen_config = GenerationConfig.from_pretrained(path)
+        except OSError:
+            gen_config = None
+        kwargs = dict(model=path, tokenizer=path, skip_tokenizer_init=True, dtype=cfg.model.dtype,
+                      tensor_parallel_size=cfg.eval.tensor_parallel_size, seed=cfg.runtime.seed,
+                      enforce_eager=not torch.cuda.is_available(), max_model_len=max_model_len)
+        log.info("vLLM %s engine on %s (tensor_parallel_size=%d)", vllm.__version__, path,
+                 cfg.eval.tensor_parallel_size)
+        return cls(vllm.LLM(**{k: v for k, v in kwargs.items() if v is not None}), config, gen_config)
+
+    def generate(self, prompts, batches, todo, max_new_tokens, eos_ids, pad_id, on_batch) -> None:
+        """Greedy (temperature 0) continuations, stopped at ``eos_ids`` and cut before the first of them, as
+        ``rag.generate.greedy_generate`` cuts them."""
+        from vllm import SamplingParams
+
+        if max_new_tokens <= 0:
+            for b in todo:
+                on_batch(b, {i: [] for i in batches[b]})
+            return
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=list(eos_ids),
+                                detokenize=False, skip_special_tokens=False)
+        eos = set(int(e) for e in eos_ids)
+        for start in range(0, len(todo), self.group):
+            group = todo[start:start + self.group]
+            idx = [i for b in group for i in batches[b]]
+            outs = self.llm.generate([{"prompt_token_ids": list(prompts[i])} for i in idx], params, use_tqdm=False)
+            by_index = {}
+            for i, out in zip(idx, outs):
+                toks = [int(t) for t in out.outputs[0].token_ids]
+                cut = next((k for k, t in enumerate(toks) if t in eos), len(toks))
+                by_index[i] = toks[:cut]
+            for b in group:
+                on_batch(b, {i: by_index[i] for i in batches[b]})
+
+
+def load_backend(name: str, path: str, cfg, max_model_len: Optional[int] = None):
+    """The backend ``name`` of ``BACKENDS`` with the checkpoint at ``path`` loaded."""
+    if name == "hf":
+        return HFBackend.load(path, cfg)
+    if name == "zero3":
+        return Zero3Backend.load(path, cfg)
+    if name == "vllm":
+        return VLLMBackend.load(path, cfg, max_model_len)
+    raise UserError(f"config key 'eval.backend': {name!r} is not allowed; use one of {', '.join(BACKENDS)}")
+
+
+def as_backend(model_or_backend):
+    """A backend as it is; a bare Hugging Face model as the ``hf`` backend."""
+    if isinstance(model_or_backend, (HFBackend, VLLMBackend)):
+        return model_or_backend
+    return HFBackend(model_or_backend)
