@@ -1,14 +1,17 @@
 """Benchmark: a training step of Neuro-RIT stage 1 and stage 2 (neuron deltas) against full fine-tuning and
-against full-weight gradient masking (the release's way), on one random Llama (default 8 layers, width 512).
+against full-weight gradient masking (the release's way), on one random Llama (default 8 layers, width 512; with
+``--shape smollm2`` SmolLM2-135M's config: 30 layers, hidden 576, FFN 1536, 9 heads / 3 KV heads, vocab 49152,
+tied embeddings, random weights, no download).
 
     .venv/bin/python scripts/bench_training.py --json outputs/bench_training.json
+    .venv/bin/python scripts/bench_training.py --shape smollm2 --json outputs/bench_training_smollm2.json
 
 Every variant uses the project's trainable sets (``train.trainable``) and torch's AdamW (weight decay 0) on the same
 batches. Gradient masking trains the full FFN weights of the layers that hold selected neurons (stage 2: every
 layer) with their gradients zeroed outside the selected rows/columns; target-layer FFNs train unmasked.
 
 - step time: forward + backward + optimizer step, the median over rounds that visit the variants in turn, all in
-  this process (so background load hits them alike);
+  this process (so background load hits them alike); ``forward_s`` / ``backward_s`` / ``optimizer_s`` split it;
 - optimizer state: bytes held by AdamW after a step;
 - peak memory: the rise of the memory high-water mark while building and training the variant (CUDA:
   ``max_memory_allocated``; CPU: ``VmHWM`` minus ``VmRSS`` before building, in a fresh spawned process per variant).
@@ -29,17 +32,23 @@ import time
 import torch
 import transformers as tf
 
-from neurorit.neuron_map import NeuronMap, model_fingerprint
-from model_patches import patch_model
+from model_patches import model_fingerprint, patch_model
+from neurorit.methods import METHODS
+from neurorit.neuron_map import NeuronMap
 from train.trainable import neuron_spec, setup_trainable
 
 VARIANTS = ("full", "stage1", "stage2", "grad_mask_stage1", "grad_mask_stage2")
+SHAPES = {  # real models' configs (random weights): the size flags they set
+    "smollm2": dict(layers=30, hidden=576, intermediate=1536, vocab=49152, heads=9, kv_heads=3, tied=True,
+                    rope_theta=100000.0),
+}
 
 
 def build_model(a) -> torch.nn.Module:
     cfg = tf.LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
-                         num_hidden_layers=a.layers, num_attention_heads=8, num_key_value_heads=8,
-                         max_position_embeddings=max(256, a.seq), tie_word_embeddings=False)
+                         num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                         head_dim=a.hidden // a.heads, max_position_embeddings=max(256, a.seq),
+                         tie_word_embeddings=a.tied, rope_theta=a.rope_theta)
     torch.manual_seed(0)
     return tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(a.device).train()
 
@@ -60,7 +69,7 @@ def random_map(model, a) -> NeuronMap:
 
 def grad_mask_params(model, nmap, stage: str, a) -> list:
     """Full FFN weights with gradient hooks that keep only the selected neurons' rows / columns."""
-    spec, full_layers = neuron_spec("neurorit", stage, nmap, a.intermediate, 0)
+    spec, full_layers = neuron_spec(METHODS["neurorit"].rule(stage), nmap, a.intermediate, 0)
     for p in model.parameters():
         p.requires_grad_(False)
     params = []
@@ -87,7 +96,7 @@ def setup(variant: str, a):
         params = grad_mask_params(model, nmap, variant.removeprefix("grad_mask_"), a)
     else:
         method, stage = ("full", "stage1") if variant == "full" else ("neurorit", variant)
-        params = setup_trainable(model, patch_model(model), method, stage, nmap, seed=0).params
+        params = setup_trainable(model, patch_model(model), METHODS[method].rule(stage), nmap, seed=0).params
     return model, params, torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
 
 
@@ -95,6 +104,21 @@ def step(model, optimizer, batch) -> None:
     model(input_ids=batch, labels=batch).loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def timed_step(model, optimizer, batch, sync) -> tuple[float, float, float]:
+    """``step`` with its (forward, backward, optimizer) seconds."""
+    t0 = time.perf_counter()
+    loss = model(input_ids=batch, labels=batch).loss
+    sync()
+    t1 = time.perf_counter()
+    loss.backward()
+    sync()
+    t2 = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sync()
+    return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
 def state_bytes(optimizer) -> int:
@@ -114,7 +138,8 @@ def _child_peak(variant: str, a, batch, conn) -> None:
     """In a fresh process: warm up on a tiny model, then build and train ``variant``; send the peak rise (MB)."""
     if a.threads > 0:
         torch.set_num_threads(a.threads)
-    tiny = argparse.Namespace(**{**vars(a), "layers": a.targets + 1, "hidden": 64, "intermediate": 128})
+    tiny = argparse.Namespace(**{**vars(a), "layers": a.targets + 1, "hidden": 64, "intermediate": 128, "heads": 4,
+                                 "kv_heads": 2})
     step(*setup("stage2", tiny)[::2], batch)  # lazy initialisation stays out of the measurement
     start = _status_kb("VmRSS")
     model, _, opt = setup(variant, a)
@@ -157,18 +182,22 @@ def run(a) -> dict:
     peaks = {v: peak_memory_mb(v, a, batch) for v in VARIANTS}
     built = {v: setup(v, a) for v in VARIANTS}
     times = {v: [] for v in VARIANTS}
+    phases = {v: [] for v in VARIANTS}
+    sync = torch.cuda.synchronize if a.device.type == "cuda" else (lambda: None)
     for r in range(a.warmup + a.rounds):
         for v, (model, _, opt) in built.items():
-            start = time.perf_counter()
-            step(model, opt, batch)
-            if a.device.type == "cuda":
-                torch.cuda.synchronize()
+            parts = timed_step(model, opt, batch, sync)
             if r >= a.warmup:
-                times[v].append(time.perf_counter() - start)
+                times[v].append(sum(parts))
+                phases[v].append(parts)
     variants = {v: {"trainable_params": sum(p.numel() for p in built[v][1]),
                     "optimizer_state_mb": state_bytes(built[v][2]) / 2**20,
-                    "step_time_s": statistics.median(times[v]), "peak_memory_mb": peaks[v]} for v in VARIANTS}
-    out = {"model": {k: getattr(a, k) for k in ("layers", "hidden", "intermediate", "vocab", "batch", "seq")},
+                    "step_time_s": statistics.median(times[v]), "peak_memory_mb": peaks[v],
+                    "forward_s": statistics.median(p[0] for p in phases[v]),
+                    "backward_s": statistics.median(p[1] for p in phases[v]),
+                    "optimizer_s": statistics.median(p[2] for p in phases[v])} for v in VARIANTS}
+    out = {"model": {k: getattr(a, k) for k in ("shape", "layers", "hidden", "intermediate", "vocab", "heads",
+                                                 "kv_heads", "tied", "batch", "seq")},
            "neurons": {"relevant_only": a.n_relevant, "irrelevant_only": a.n_irrelevant, "shared": a.n_shared,
                        "target_layers": a.targets},
            "device": str(a.device), "threads": torch.get_num_threads(), "rounds": a.rounds, "variants": variants,
@@ -184,6 +213,11 @@ def run(a) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", default="", help="write the results here as JSON")
+    p.add_argument("--shape", default="", choices=["", *SHAPES], help="a real model's config (sets the sizes)")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", dest="kv_heads", type=int, default=8)
+    p.add_argument("--tied", action="store_true", help="tie input and output embeddings")
+    p.add_argument("--rope-theta", dest="rope_theta", type=float, default=10000.0)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--intermediate", type=int, default=1408)
@@ -198,13 +232,16 @@ def main() -> None:
     p.add_argument("--targets", type=int, default=3, help="target layers (the last ones)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     a = p.parse_args()
+    for key, value in SHAPES.get(a.shape, {}).items():
+        setattr(a, key, value)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     a.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = run(a)
     for v, row in result["variants"].items():
         print(f"{v:18s} trainable {row['trainable_params']:>11,}  optimizer state {row['optimizer_state_mb']:8.2f} MB"
-              f"  step {row['step_time_s'] * 1000:8.1f} ms  peak +{row['peak_memory_mb']:8.1f} MB")
+              f"  step {row['step_time_s'] * 1000:8.1f} ms (fwd {row['forward_s'] * 1000:.0f} bwd "
+              f"{row['backward_s'] * 1000:.0f} opt {row['optimizer_s'] * 1000:.0f})  peak +{row['peak_memory_mb']:8.1f} MB")
     for key in ("optimizer_state_ratio", "step_time_ratio", "peak_memory_ratio"):
         for stage in ("stage1", "stage2"):
             print(f"{stage}_{key}: {result[f'{stage}_{key}']:.4f} vs full FT, "
