@@ -1,6 +1,6 @@
 """The attribution target F: a scalar per row, read from the logits at the last prompt position.
 
-``yes_prob``: softmax probability of the first token of the YES word (DESIGN.md §2).
+``yes_prob``: softmax probability of the first token of the YES word (docs/DESIGN.md §2).
 ``answer_logprob``: log-probability of the first token of the gold answer.
 The token is the one the model writes first after the prompt: after a plain prompt the word with its leading
 space (" YES"), at the start of a chat assistant turn the word alone ("YES"); ``attribution/examples.py`` picks it

@@ -1,4 +1,4 @@
-"""model_patches: everything that touches Hugging Face modules (DESIGN.md §2-3).
+"""model_patches: everything that touches Hugging Face modules (docs/DESIGN.md §2-3).
 
 - ``get_ffn_adapter(model)``, ``SUPPORTED_ARCHITECTURES``, ``model_fingerprint``: the model's FFN layout object,
   chosen by ``config.model_type`` in the registry (``adapters.py``) among the layout classes in ``layouts/``

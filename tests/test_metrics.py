@@ -1,4 +1,4 @@
-"""Match / EM / F1 on hand-written cases (DESIGN.md §2 normalization) and the seeded bootstrap interval."""
+"""Match / EM / F1 on hand-written cases (docs/DESIGN.md §2 normalization) and the seeded bootstrap interval."""
 import pytest
 
 from neurorit import metrics

@@ -1,4 +1,4 @@
-"""FFN layout classes: one module per way a model family stores its FFN neurons (DESIGN.md §2-3).
+"""FFN layout classes: one module per way a model family stores its FFN neurons (docs/DESIGN.md §2-3).
 
 ``base.py`` holds the contract (``FFNLayout``) and the per-layer state a forward reads (``LayerControl``);
 ``gated.py``, ``fused.py``, ``moe.py`` are the layouts. Which model type uses which layout is decided in one

@@ -1,7 +1,7 @@
 """The FFN layout contract, and the per-layer control state the patched forwards read.
 
 A *layout* says where a family's FFN neurons live and how to compute with them. Neuron ``i`` of a layer is
-component ``i`` of the input of the down projection (DESIGN.md §2); for routed experts the neuron space is
+component ``i`` of the input of the down projection (docs/DESIGN.md §2); for routed experts the neuron space is
 flattened as ``expert * F + index``. A layout class owns, for its family:
 
 - where the weights are: ``layers(model)``, ``ffn_module(layer)`` (the module that owns the FFN weights; patches
