@@ -122,8 +122,7 @@ def test_answer_only_prompts(fixture_dir):
 
 def test_hard_deactivation_from_a_neuron_map(fixture_dir, base_result):
     from model_patches import model_fingerprint
-from neurorit.neuron_map import NeuronMap
-    from neurorit.neuron_map import GROUPS
+    from neurorit.neuron_map import GROUPS, NeuronMap
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(fixture_dir["model"])
