@@ -1,0 +1,380 @@
+"""The English RAG benchmark: real facts a pretrained model may know, made-up facts it can only read, in plain
+English passages ranked by a real BM25 library (``rank_bm25``).
+
+Per question: a gold passage (the fact in one of several sentence templates, plus up to two true side facts
+about the same entity), hard distractors of the same shape (two passages stating the *same relation* for other
+entities; one about the *same entity* without the answer; a *near-duplicate* of the gold passage with a made-up
+entity and another value), four random passages (other entities, other relations), and a *counterfactual*
+passage (same entity and relation, another value) kept apart in ``counterfactual_ctxs``. BM25 over the whole
+corpus scores every question's candidates, stored best first with their scores.
+
+Half the questions ask *real facts* (``benchmarks/english/facts.py``: capitals and demonyms from
+``countryinfo``, elements by symbol from ``periodictable``), half *fresh facts* (made-up entities and values).
+A closed-book probe of the base model (``data`` model ``model.path``; its own phrasing, not the benchmark's
+question, greedy, chat template per ``data.chat_template``) labels every real fact known or unknown:
+``meta.kind`` is ``known`` / ``unknown`` / ``fresh`` (``real`` when built with ``--no-probe``), ``meta.known``
+the label, so evaluation reports per label. Probe results are cached next to the records
+(``probe_cache.json``, keyed by the model's files and the probe phrasing).
+
+Seeded; real facts are split between train/dev/test by entity, fresh entities are unique per question, so the
+splits share no question instance (and no real entity).
+
+    python -m benchmarks.english.benchmark --config configs/smollm2.yaml             # writes data.{train,dev,test}_file
+    python -m benchmarks.english.benchmark --config configs/smollm2.yaml --no-probe  # no model needed
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+from benchmarks.english.facts import (FRESH_RELATIONS, FRESH_SUBJECT, FRESH_VALUE, PROBES, QUESTIONS,
+                                      NameMaker, RealFact, real_facts, sentence, taken_names)
+from neurorit.config import ExperimentConfig, parse_args, save_config
+from neurorit.errors import UserError, main_guard
+from neurorit.files import atomic_write_text
+from neurorit.metrics import match, normalize
+from neurorit.records import Passage, Record, passage_has_answer, write_records
+
+SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
+N_SAME_RELATION, N_RANDOM = 2, 4
+PROBE_MAX_NEW_TOKENS = 12
+_WORD = re.compile(r"\w+")
+# side facts of made-up entities (besides their relations): a kind -> templates with {e} and a value list
+FRESH_SIDE = {
+    "person": ("{e} works as a {v}.", "painter teacher pilot engineer farmer doctor writer sailor".split()),
+    "company": ("{e} makes {v}.", "bicycles lamps shoes radios furniture paper toys boats".split()),
+    "country": ("{e} is known for its {v}.", "mountains lakes forests beaches rivers deserts islands valleys".split()),
+}
+RELATIONS_OF = {kind: [r for r in FRESH_RELATIONS if FRESH_SUBJECT[r] == kind] for kind in FRESH_SIDE}
+
+
+def tokenize(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@dataclass
+class Entity:
+    """A made-up entity: its kind, name and value per relation (one consistent profile per question)."""
+
+    kind: str
+    name: str
+    values: dict
+    side: str
+
+
+class Builder:
+    def __init__(self, seed: int, facts: list[RealFact]):
+        self.rng = random.Random(seed)
+        self.facts = facts
+        self.names = NameMaker(random.Random(seed + 7), taken_names(facts))
+
+    # ------------------------------------------------------------------ made-up entities and passages
+    def entity(self, kind: str) -> Entity:
+        values = {r: self.names.make(FRESH_VALUE[r]) for r in RELATIONS_OF[kind]}
+        tpl, pool = FRESH_SIDE[kind]
+        name = self.names.make(kind)
+        v = self.rng.choice(pool)
+        side = tpl.format(e=name, v=v).replace(f" a {v}", f" an {v}" if v[0] in "aeiou" else f" a {v}")
+        return Entity(kind, name, values, side)
+
+    def _fresh_doc(self, ent: Entity, relations: list[str], kind: str, side: bool) -> Passage:
+        sents = [sentence(r, ent.name, ent.values[r], self.rng.randrange(3)) for r in relations]
+        if side:
+            sents.append(ent.side)
+        self.rng.shuffle(sents)
+        return Passage(title=ent.name, text=" ".join(sents), kind=kind)
+
+    def _real_doc(self, fact: RealFact, kind: str, value: Optional[str] = None, n_side: Optional[int] = None) -> Passage:
+        side = list(fact.side)
+        self.rng.shuffle(side)
+        n_side = self.rng.randint(0, min(2, len(side))) if n_side is None else min(n_side, len(side))
+        sents = [sentence(fact.relation, fact.entity, value or fact.value, self.rng.randrange(3))] + side[:n_side]
+        self.rng.shuffle(sents)
+        title = fact.group if fact.relation != "element" else (value or fact.value).capitalize()
+        return Passage(title=title, text=" ".join(sents), kind=kind)
+
+    def _random_docs(self, avoid: set[str], pool: list[RealFact], n: int) -> list[Passage]:
+        out = []
+        for _ in range(n):
+            if self.rng.random() < 0.5:
+                cands = [f for f in pool if f.relation not in avoid]
+                if cands:
+                    out.append(self._real_doc(self.rng.choice(cands), "random"))
+                    continue
+            kind = self.rng.choice(sorted(FRESH_SIDE))
+            ent = self.entity(kind)
+            rels = [r for r in RELATIONS_OF[kind] if r not in avoid] or RELATIONS_OF[kind]
+            out.append(self._fresh_doc(ent, [self.rng.choice(rels)], "random", side=self.rng.random() < 0.5))
+        return out
+
+    def _near_duplicate(self, gold: Passage, entity: str, answer: str, kind: str, value_kind: str) -> Passage:
+        """The gold passage's words with a made-up entity of the same kind and another (made-up) answer."""
+        twin = self.names.make(kind)
+        if value_kind == "demonym":
+            value = twin + ("n" if twin.endswith("a") else "ian")
+        else:
+            value = self.names.make(value_kind)
+        def swap(text: str) -> str:
+            for a, v in ((answer, value), (answer[:1].upper() + answer[1:], value[:1].upper() + value[1:])):
+                text = text.replace(a, "\x00" + v + "\x00")
+            parts = text.split("\x00")  # values sit at odd positions; rename the entity elsewhere only
+            pat = re.compile(r"(?<!\w)" + re.escape(entity) + r"(?!\w)")
+            return "".join(p if i % 2 else pat.sub(twin, p) for i, p in enumerate(parts))
+        return Passage(title=swap(gold.title), text=swap(gold.text), kind="near_duplicate")
+
+    # ------------------------------------------------------------------------------------ questions
+    def real_question(self, qid: str, fact: RealFact, pool: list[RealFact], known: Optional[bool]) -> Record:
+        rng = self.rng
+        gold = self._real_doc(fact, "gold")
+        docs = [gold]
+        same = [f for f in pool if f.relation == fact.relation and f.group != fact.group]
+        n_same = N_SAME_RELATION + (1 if fact.relation == "element" else 0)
+        for f in rng.sample(same, min(n_same, len(same))):
+            docs.append(self._real_doc(f, "same_relation"))
+        if fact.relation != "element":  # same country, another relation (an element's side facts name the answer)
+            others = [f for f in pool if f.group == fact.group and f.relation != fact.relation]
+            if others:
+                docs.append(self._real_doc(rng.choice(others), "same_entity", n_side=1))
+            elif fact.side:
+                docs.append(Passage(title=fact.group, text=" ".join(fact.side), kind="same_entity"))
+        if fact.relation == "element":
+            docs.append(self._near_duplicate(gold, fact.entity, fact.value, "symbol", "element"))
+        else:
+            docs.append(self._near_duplicate(gold, fact.entity, fact.value, "country",
+                                             "city" if fact.relation == "capital" else "demonym"))
+        docs += self._random_docs({fact.relation}, [f for f in pool if f.group != fact.group], N_RANDOM)
+        cf_value = rng.choice([f.value for f in same]) if same else self.names.make("city")
+        cf = self._real_doc(fact, "counterfactual", value=cf_value, n_side=0)
+        label = "real" if known is None else ("known" if known else "unknown")
+        meta = {"kind": label, "known": known, "relation": fact.relation, "entity": fact.entity,
+                "source": "periodictable" if fact.relation == "element" else "countryinfo",
+                "counterfactual_answer": cf_value}
+        evidence = sentence(fact.relation, fact.entity, fact.value, 0)
+        return self._record(qid, QUESTIONS[fact.relation].format(e=fact.entity), fact.value, docs, cf, evidence, meta)
+
+    def fresh_question(self, qid: str, pool: list[RealFact]) -> Record:
+        rng = self.rng
+        relation = rng.choice(FRESH_RELATIONS)
+        kind = FRESH_SUBJECT[relation]
+        ent = self.entity(kind)
+        answer = ent.values[relation]
+        extra = [r for r in RELATIONS_OF[kind] if r != relation]
+        gold_rels = [relation] + ([rng.choice(extra)] if extra and rng.random() < 0.5 else [])
+        gold = self._fresh_doc(ent, gold_rels, "gold", side=rng.random() < 0.5)
+        docs = [gold]
+        for _ in range(N_SAME_RELATION):
+            docs.append(self._fresh_doc(self.entity(kind), [relation], "same_relation", side=rng.random() < 0.5))
+        same_ent = [r for r in extra if r not in gold_rels] or extra
+        docs.append(self._fresh_doc(ent, same_ent[:1], "same_entity", side=True) if same_ent else
+                    Passage(title=ent.name, text=ent.side, kind="same_entity"))
+        docs.append(self._near_duplicate(gold, ent.name, answer, kind, FRESH_VALUE[relation]))
+        docs += self._random_docs({relation}, pool, N_RANDOM)
+        cf_value = self.names.make(FRESH_VALUE[relation])
+        cf_ent = Entity(kind, ent.name, {**ent.values, relation: cf_value}, ent.side)
+        cf = self._fresh_doc(cf_ent, [relation], "counterfactual", side=False)
+        meta = {"kind": "fresh", "known": None, "relation": relation, "entity": ent.name, "source": "made-up",
+                "counterfactual_answer": cf_value}
+        evidence = sentence(relation, ent.name, answer, 0)
+        return self._record(qid, QUESTIONS[relation].format(e=ent.name), answer, docs, cf, evidence, meta)
+
+    @staticmethod
+    def _record(qid, question, answer, docs, cf, evidence, meta) -> Record:
+        answers = [answer]
+        kept = [docs[0]]
+        for p in docs[1:]:  # a distractor that happens to hold the answer would not be a distractor
+            if not passage_has_answer(Passage(p.title, p.text), answers):
+                kept.append(p)
+        for p in kept:
+            p.has_answer = p.kind == "gold"
+        cfs = [c for c in [cf] if not passage_has_answer(Passage(c.title, c.text), answers)]
+        for c in cfs:
+            c.has_answer = False
+        return Record(id=qid, question=question, answers=answers, ctxs=kept, evidence=evidence,
+                      counterfactual_ctxs=cfs, meta=meta)
+
+
+# ------------------------------------------------------------------------------------------------ splits
+def split_facts(facts: list[RealFact], seed: int) -> dict[str, list[RealFact]]:
+    """Real facts per split, by entity (a country's capital and demonym go to the same split)."""
+    groups = sorted({f.group for f in facts})
+    random.Random(seed).shuffle(groups)
+    a = int(len(groups) * SPLIT_FRACTIONS["train"])
+    b = a + int(len(groups) * SPLIT_FRACTIONS["dev"])
+    where = {g: ("train" if i < a else "dev" if i < b else "test") for i, g in enumerate(groups)}
+    out: dict[str, list[RealFact]] = {s: [] for s in SPLIT_FRACTIONS}
+    for f in facts:
+        out[where[f.group]].append(f)
+    return out
+
+
+def fact_key(f: RealFact) -> str:
+    return f"{f.relation}|{f.entity}"
+
+
+def build_benchmark(seed: int = 0, n_questions: int = 1000,
+                    labels: Optional[dict[str, bool]] = None) -> dict[str, list[Record]]:
+    """All splits, deterministic in ``seed`` (and ``labels``, the probe's known/unknown per ``fact_key``).
+
+    Per split: ``int(n_questions x fraction)`` questions, half real facts (as many as the split has), the rest
+    fresh, interleaved (real, fresh, real, ...)."""
+    facts = real_facts()
+    per_split = split_facts(facts, seed)
+    b = Builder(seed + 1, facts)
+    splits: dict[str, list[Record]] = {}
+    for split, frac in SPLIT_FRACTIONS.items():
+        n = int(n_questions * frac)
+        pool = per_split[split]
+        chosen = list(pool)
+        b.rng.shuffle(chosen)
+        chosen = chosen[: n // 2]
+        n_fresh = n - len(chosen)
+        records: list[Record] = []
+        for i in range(n):
+            qid = f"{split}-{i:05d}"
+            real_turn = i % 2 == 0 and chosen
+            if real_turn or (not n_fresh and chosen):
+                f = chosen.pop(0)
+                known = None if labels is None else bool(labels.get(fact_key(f), False))
+                records.append(b.real_question(qid, f, pool, known))
+            else:
+                n_fresh -= 1
+                records.append(b.fresh_question(qid, pool))
+        splits[split] = records
+    rank_all(splits)
+    return splits
+
+
+def rank_all(splits: dict[str, list[Record]]) -> None:
+    """BM25 (rank_bm25's Okapi) over every passage of every split; each question's candidates best first."""
+    try:
+        from rank_bm25 import BM25Okapi
+    except ImportError:
+        raise UserError("the English benchmark needs the 'rank-bm25' package: .venv/bin/pip install 'rank-bm25>=0.2.2'"
+                        " (or make setup)") from None
+    corpus, spans = [], []
+    for recs in splits.values():
+        for r in recs:
+            start = len(corpus)
+            corpus += [tokenize(p.title + " " + p.text) for p in r.ctxs + r.counterfactual_ctxs]
+            spans.append((r, start))
+    bm25 = BM25Okapi(corpus)
+    for r, start in spans:
+        q = tokenize(r.question)
+        n = len(r.ctxs)
+        scores = bm25.get_batch_scores(q, list(range(start, start + n + len(r.counterfactual_ctxs))))
+        order = sorted(range(n), key=lambda i: (-round(float(scores[i]), 4), i))
+        r.ctxs = [Passage(**{**r.ctxs[i].__dict__, "score": round(float(scores[i]), 4)}) for i in order]
+        for j, p in enumerate(r.counterfactual_ctxs):
+            p.score = round(float(scores[n + j]), 4)
+
+
+# ------------------------------------------------------------------------------------------ the probe
+def _model_fingerprint(path: str) -> str:
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name == "config.json":
+            with open(full, "rb") as fh:
+                h.update(fh.read())
+        elif name.endswith((".safetensors", ".bin")):
+            h.update(f"{name}:{os.path.getsize(full)}".encode())
+    return h.hexdigest()[:16]
+
+
+def probe_prompt(fact: RealFact) -> str:
+    return PROBES[fact.relation].format(e=fact.entity)
+
+
+def probe_known(model_path: str, facts: list[RealFact], cache_path: str, chat_mode: str = "auto",
+                batch_size: int = 32, threads: int = 0) -> dict[str, bool]:
+    """Closed-book probe: ``{fact_key: known}``, greedy answers to ``PROBES`` phrasings; cached per model."""
+    if not os.path.isdir(model_path):
+        raise UserError(f"the closed-book probe needs the base model at {model_path} (model.path): run "
+                        f"`make real-model` first, or pass --no-probe to build without known/unknown labels")
+    fingerprint = _model_fingerprint(model_path)
+    spec = hashlib.sha256(json.dumps([PROBES, PROBE_MAX_NEW_TOKENS, chat_mode]).encode()).hexdigest()[:12]
+    cache: dict = {}
+    if os.path.isfile(cache_path):
+        try:
+            with open(cache_path, encoding="utf-8") as fh:
+                cache = json.load(fh)
+        except (OSError, json.JSONDecodeError):
+            cache = {}
+    if cache.get("model") != fingerprint or cache.get("probe") != spec:
+        cache = {"model": fingerprint, "model_path": model_path, "probe": spec, "facts": {}}
+    todo = [f for f in facts if fact_key(f) not in cache["facts"]]
+    if todo:
+        outputs = _run_probe(model_path, [probe_prompt(f) for f in todo], chat_mode, batch_size, threads)
+        for f, out in zip(todo, outputs):
+            cache["facts"][fact_key(f)] = {"output": out, "known": bool(match(out, [f.value]))}
+        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+        atomic_write_text(cache_path, json.dumps(cache, indent=1, ensure_ascii=False) + "\n")
+    return {k: bool(v["known"]) for k, v in cache["facts"].items()}
+
+
+def _run_probe(model_path: str, texts: list[str], chat_mode: str, batch_size: int, threads: int) -> list[str]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from neurorit.prompts import chat_format
+    from rag.generate import eos_ids_of, generate_all, pad_id_of
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    chat = chat_format(chat_mode, tok)
+    if chat is not None:
+        prompts = [tok(chat.user_prefix + t + chat.user_suffix, add_special_tokens=False)["input_ids"] for t in texts]
+        stop = [chat.stop_id]
+    else:
+        prompts = [tok(f"Question: {t}\nAnswer:")["input_ids"] for t in texts]
+        stop = []
+    eos = eos_ids_of(model, tok, stop)
+    print(f"closed-book probe of {model_path} on {len(texts)} real facts", file=sys.stderr, flush=True)
+    out = generate_all(model, prompts, PROBE_MAX_NEW_TOKENS, batch_size, eos, pad_id_of(tok, eos))
+    return [tok.decode(out[i], skip_special_tokens=True).strip() for i in range(len(texts))]
+
+
+# ------------------------------------------------------------------------------------------------ entry
+def write_benchmark(cfg: ExperimentConfig, probe: bool = True) -> dict[str, str]:
+    paths = {"train": cfg.data.train_file, "dev": cfg.data.dev_file, "test": cfg.data.test_file}
+    labels = None
+    if probe:
+        cache = os.path.join(os.path.dirname(os.path.abspath(paths["train"])), "probe_cache.json")
+        labels = probe_known(cfg.model.path, real_facts(), cache, cfg.data.chat_template,
+                             threads=cfg.runtime.torch_threads)
+    splits = build_benchmark(cfg.data.benchmark_seed, cfg.data.benchmark_questions, labels)
+    for split, path in paths.items():
+        write_records(splits[split], path)
+    return paths
+
+
+def _extra_args(parser) -> None:
+    parser.add_argument("--no-probe", action="store_true",
+                        help="skip the closed-book probe (no model needed): real facts get meta.kind 'real'")
+
+
+@main_guard
+def main(argv=None) -> None:
+    args, cfg = parse_args("Build the English benchmark (train/dev/test JSONL in the records schema).", argv,
+                           _extra_args)
+    paths = write_benchmark(cfg, probe=not args.no_probe)
+    from collections import Counter
+
+    for split, path in paths.items():
+        with open(path, encoding="utf-8") as fh:
+            kinds = Counter(json.loads(line)["meta"]["kind"] for line in fh if line.strip())
+        print(f"{split}: {path} ({sum(kinds.values())} questions: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + ")")
+    save_config(cfg, os.path.dirname(paths["train"]) or ".")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Facts of the English benchmark: real ones from packages that ship real data, made-up ones for fresh questions.
+
+*Real facts* (``real_facts()``): country capitals and demonyms from ``countryinfo`` (its bundled JSON files:
+no network), chemical elements by symbol from ``periodictable``. A fact whose answer is written inside its
+question (Singapore's capital is Singapore) or whose value is shared by several entities of the relation is left
+out, so that no distractor can hold the answer by accident. Each real entity also has a few true side facts
+(region, population; atomic number, mass) for the filler sentences of its passages.
+
+*Fresh facts*: made-up entities (countries, people, companies) with made-up values (cities, currencies,
+languages, people), written in natural English with several sentence templates per relation. Nothing about
+them can be known before reading the documents.
+"""
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from neurorit.metrics import normalize
+
+# ------------------------------------------------------------------------------------------------ relations
+# Per relation: the question (what the evaluation prompt asks), the probe phrasing (the closed-book check of
+# the base model; deliberately worded differently) and the sentence templates of a passage stating the fact.
+QUESTIONS = {
+    "capital": "What is the capital of {e}?",
+    "demonym": "What is the word for a person from {e}?",
+    "element": "Which chemical element has the symbol {e}?",
+    "currency": "What is the currency of {e}?",
+    "language": "What language is spoken in {e}?",
+    "birthplace": "Where was {e} born?",
+    "founder": "Who founded {e}?",
+}
+PROBES = {
+    "capital": "Name the capital city of {e}. Reply with the name of the city only.",
+    "demonym": "Complete with one word: a citizen of {e} is called a ...",
+    "element": "The chemical symbol {e} stands for which element? Reply with the element's name only.",
+}
+SENTENCES = {
+    "capital": ["The capital of {e} is {v}.", "{v} is the capital city of {e}.",
+                "The government of {e} sits in {v}, the country's capital."],
+    "demonym": ["A person from {e} is called {v}.", "People from {e} are known as {v}.",
+                "The demonym for {e} is {v}."],
+    "element": ["{V} has the chemical symbol {e}.", "The symbol {e} stands for the element {v}.",
+                "In the periodic table, {e} is the symbol of {v}."],
+    "currency": ["The currency of {e} is the {v}.", "{e} uses the {v} as its official currency.",
+                 "In {e}, prices are paid in the {v}."],
+    "language": ["The main language of {e} is {v}.", "Most people in {e} speak {v}.",
+                 "{V} is the official language of {e}."],
+    "birthplace": ["{e} was born in {v}.", "{e} was born and raised in {v}.",
+                   "Born in {v}, {e} later moved abroad."],
+    "founder": ["{e} was founded by {v}.", "{v} founded {e}.", "{e} was started by {v} in a small workshop."],
+}
+REAL_RELATIONS = ("capital", "demonym", "element")
+FRESH_RELATIONS = ("capital", "currency", "language", "birthplace", "founder")
+# which kind of made-up entity each fresh relation is about, and which kind of value it has
+FRESH_SUBJECT = {"capital": "country", "currency": "country", "language": "country", "birthplace": "person",
+                 "founder": "company"}
+FRESH_VALUE = {"capital": "city", "currency": "currency", "language": "language", "birthplace": "city",
+               "founder": "person"}
+
+
+def sentence(relation: str, entity: str, value: str, variant: int) -> str:
+    tpl = SENTENCES[relation][variant % len(SENTENCES[relation])]
+    return tpl.format(e=entity, v=value, V=value[:1].upper() + value[1:])
+
+
+@dataclass(frozen=True)
+class RealFact:
+    relation: str
+    entity: str  # the country, or the element symbol
+    value: str  # the answer
+    group: str  # the entity the fact is about (country name / element name), for split assignment
+    side: tuple = field(default=())  # true filler sentences about the entity
+    weight: float = 0.0  # population (countries): who keeps a value several entities share
+
+
+# ------------------------------------------------------------------------------------------------ real facts
+def _ascii(text: str) -> str:
+    """Accents dropped (São Tomé -> Sao Tome): the answer and the passages spell names the same way."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
+_BAD_NAME = re.compile(r"[(),]")
+
+
+def _country_rows() -> list[dict]:
+    try:
+        from countryinfo import all_countries
+    except ImportError as err:  # pragma: no cover - requirements install it
+        raise ImportError("the English benchmark needs the 'countryinfo' package (pip install countryinfo)") from err
+    rows = []
+    for c in all_countries():
+        info = c.info()
+        name = _ascii(str(info.get("name") or "")).strip()
+        if not name or _BAD_NAME.search(name):
+            continue
+        rows.append({"name": name, "capital": _ascii(str(info.get("capital") or "")).strip(),
+                     "demonym": _ascii(str(info.get("demonym") or "")).strip(),
+                     "subregion": str(info.get("subregion") or "").strip(),
+                     "population": info.get("population")})
+    rows.sort(key=lambda r: r["name"])
+    return rows
+
+
+def _country_side(row: dict) -> tuple:
+    out = []
+    if row["subregion"]:
+        out.append(f"{row['name']} is a country in {row['subregion']}.")
+    pop = row["population"]
+    if isinstance(pop, (int, float)) and pop >= 1_000_000:
+        out.append(f"{row['name']} has a population of about {round(pop / 1e6):,} million.")
+    elif isinstance(pop, (int, float)) and pop > 0:
+        out.append(f"{row['name']} has about {round(pop, -3 if pop >= 10_000 else -2):,.0f} inhabitants.")
+    return tuple(out)
+
+
+def _unique(facts: list[RealFact]) -> list[RealFact]:
+    """One fact per (relation, value): several countries share a demonym (French: France, French Guiana, ...);
+    the most populous keeps it. Facts whose answer the question already contains are dropped."""
+    best: dict[tuple[str, str], RealFact] = {}
+    for f in facts:
+        ans = normalize(f.value)
+        if not ans or ans in normalize(QUESTIONS[f.relation].format(e=f.entity)):
+            continue
+        key = (f.relation, ans)
+        if key not in best or f.weight > best[key].weight:
+            best[key] = f
+    keep = set(id(f) for f in best.values())
+    return [f for f in facts if id(f) in keep]
+
+
+def real_facts() -> list[RealFact]:
+    """Every usable real fact, in a fixed order (relation, then entity)."""
+    facts: list[RealFact] = []
+    for row in _country_rows():
+        side = _country_side(row)
+        pop = float(row["population"]) if isinstance(row["population"], (int, float)) else 0.0
+        if row["capital"] and not _BAD_NAME.search(row["capital"]):
+            facts.append(RealFact("capital", row["name"], row["capital"], row["name"], side, pop))
+        dem = row["demonym"]
+        if dem and not _BAD_NAME.search(dem) and " and " not in dem:
+            facts.append(RealFact("demonym", row["name"], dem, row["name"], side, pop))
+    try:
+        import periodictable
+    except ImportError as err:  # pragma: no cover
+        raise ImportError("the English benchmark needs the 'periodictable' package (pip install periodictable)") \
+            from err
+    for el in periodictable.elements:
+        if el.number <= 0:
+            continue
+        name = str(el.name)
+        side = (f"{name[:1].upper() + name[1:]} has the atomic number {el.number}.",
+                f"The atomic mass of {name} is about {float(el.mass):.1f}.")
+        facts.append(RealFact("element", str(el.symbol), name, name, side))
+    return _unique(facts)
+
+
+# ------------------------------------------------------------------------------------------------ made-up names
+_ONSETS = "b c d f g h k l m n p r s t v z br cl dr fl gr kr pl pr sk st tr th".split()
+_VOWELS = "a e i o u a e o ai ea".split()
+_CODAS = ["", "", "", "n", "r", "l", "s", "m", "th", "nd"]
+_SUFFIX = {
+    "country": ["ania", "ovia", "land", "mark", "istan", "ora", "eth", "ria"],
+    "city": ["ford", "ton", "by", "wick", "mouth", "dale", "port", "ham", "field", "bridge"],
+    "currency": ["et", "al", "ar", "o", "ine", "ock"],
+    "language": ["ic", "ish", "ese", "ian", "i"],
+    "element": ["ium", "on", "ine", "um"],
+}
+_COMPANY = ["Industries", "Labs", "Works", "Systems", "Foods", "Motors", "Textiles", "Press"]
+
+
+class NameMaker:
+    """Made-up names that are real-looking English words but not real ones (checked against the real facts)."""
+
+    def __init__(self, rng: random.Random, taken: set[str]):
+        self.rng, self.taken = rng, taken
+
+    def _stem(self, syllables: int) -> str:
+        r = self.rng
+        s = "".join(r.choice(_ONSETS) + r.choice(_VOWELS) for _ in range(syllables)) + r.choice(_CODAS)
+        return s[:1].upper() + s[1:]
+
+    def make(self, kind: str) -> str:
+        for _ in range(10_000):
+            if kind == "person":
+                name = f"{self._stem(2)} {self._stem(self.rng.choice([2, 3]))}"
+            elif kind == "company":
+                name = f"{self._stem(2)} {self.rng.choice(_COMPANY)}"
+            elif kind == "symbol":  # a made-up chemical symbol: capital + rare letter (no real symbol has these)
+                name = self.rng.choice("BCDFGHJKLMNPQRSTVWXZ") + self.rng.choice("jqvwxz")
+            else:
+                name = self._stem(self.rng.choice([1, 2])) + self.rng.choice(_SUFFIX[kind])
+                if kind in ("currency", "element"):
+                    name = name.lower()
+            key = normalize(name)
+            if key and key not in self.taken and not any(w in self.taken for w in key.split()):
+                self.taken.add(key)
+                return name
+        raise RuntimeError(f"ran out of made-up {kind} names")
+
+
+def taken_names(facts: list[RealFact]) -> set[str]:
+    """Every real entity, value and side-fact word, so that no made-up name equals a real one."""
+    out: set[str] = set()
+    for f in facts:
+        out.add(normalize(f.entity))
+        out.add(normalize(f.value))
+        out.add(normalize(f.group))
+        for s in f.side:
+            out.update(normalize(s).split())
+    return {w for w in out if w}
