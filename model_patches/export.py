@@ -4,9 +4,15 @@
 live model alone: it walks the parameters one at a time (a ZeRO-3 gather of that one parameter plus its layer's
 small deltas), folds a copy on rank 0, and writes safetensors shards + index + config that
 ``AutoModelForCausalLM.from_pretrained`` loads with no project code.
+
+The export is atomic (``neurorit.files.atomic_dir``): rank 0 writes into a hidden temp folder beside ``out_dir``
+and renames it into place only when every file is written, so a killed export never leaves a folder under that
+name that loads or that a done-marker check accepts, and a previous export stays whole until the new one is
+complete. A full disk stops every rank with the same one-line ``UserError`` (the previous export is kept).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +25,7 @@ from model_patches.layouts.base import DELTA_INDEX, DELTA_NAMES
 from model_patches.patcher import FFNPatcher, get_patcher, installed_patcher, unwrap
 from neurorit import dist
 from neurorit.errors import UserError
+from neurorit.files import atomic_dir, disk_full_error, is_disk_full
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -120,29 +127,59 @@ def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactiv
     patcher = installed_patcher(model)
     roles = patcher.weight_roles() if patcher is not None else {}
     dead = patcher.deactivated() if (patcher is not None and fold_deactivation) else {}
-    writer = _ShardWriter(out_dir, _shard_limit(max_shard_size)) if dist.is_main() else None
-    if writer is not None:
-        os.makedirs(out_dir, exist_ok=True)
-    for name, param in model.named_parameters():
-        if name.rsplit(".", 1)[-1] in DELTA_NAMES:
-            continue
-        layer, role = roles.get(id(param), (None, None))
-        deltas = _layer_deltas(patcher, layer) if layer is not None else None
-        small = list(deltas[1:]) if deltas else []
-        with dist.gathered([param] + small):
-            if writer is not None:
-                value = param.detach()
-                if role is not None and (deltas is not None or layer in dead):
-                    value = patcher.adapter.fold(role, value, deltas, dead.get(layer))
-                writer.add(name, value.to("cpu", copy=True))
-    if writer is not None:
-        for name, buf in _persistent_buffers(model):
-            if not name.endswith(DELTA_INDEX):
-                writer.add(name, buf.detach().to("cpu", copy=True))
-        writer.finish()
-        model.config.save_pretrained(out_dir)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(out_dir)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out_dir)
-    dist.barrier()
+    limit = _shard_limit(max_shard_size)
+    error: Optional[str] = None
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if dist.is_main():
+            try:
+                tmp_dir = stack.enter_context(atomic_dir(out_dir, kept=_kept(out_dir)))
+                writer = _ShardWriter(tmp_dir, limit)
+            except UserError as err:
+                error = str(err)
+        for name, param in model.named_parameters():  # every rank gathers, even after rank 0 failed to write
+            if name.rsplit(".", 1)[-1] in DELTA_NAMES:
+                continue
+            layer, role = roles.get(id(param), (None, None))
+            deltas = _layer_deltas(patcher, layer) if layer is not None else None
+            small = list(deltas[1:]) if deltas else []
+            with dist.gathered([param] + small):
+                if writer is not None and error is None:
+                    value = param.detach()
+                    if role is not None and (deltas is not None or layer in dead):
+                        value = patcher.adapter.fold(role, value, deltas, dead.get(layer))
+                    error = _write(out_dir, lambda: writer.add(name, value.to("cpu", copy=True)))
+        if writer is not None and error is None:
+            error = _write(out_dir, lambda: _finish_files(model, writer, tmp_dir, tokenizer))
+        error = dist.broadcast_object(error)
+        if error is not None:  # every rank stops with the same line; rank 0's temp folder is removed, not renamed
+            raise UserError(error)
+    dist.barrier()  # rank 0 renamed the finished folder into place
+
+
+def _kept(out_dir: str) -> str:
+    return (f"the previous export {out_dir} is kept as it was" if os.path.isdir(out_dir)
+            else f"no folder {out_dir} was created")
+
+
+def _write(out_dir: str, fn) -> Optional[str]:
+    """Run a write of rank 0; a full disk becomes the error message (broadcast to every rank), else None."""
+    try:
+        fn()
+    except Exception as err:
+        if is_disk_full(err):
+            return str(disk_full_error(out_dir, err, _kept(out_dir)))
+        raise
+    return None
+
+
+def _finish_files(model, writer: "_ShardWriter", folder: str, tokenizer) -> None:
+    for name, buf in _persistent_buffers(model):
+        if not name.endswith(DELTA_INDEX):
+            writer.add(name, buf.detach().to("cpu", copy=True))
+    writer.finish()
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)

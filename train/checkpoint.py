@@ -6,12 +6,24 @@ neuron-level checkpoint of a 70B model holds only the deltas, the trainable FFNs
 Rank 0 also writes ``trainer_state.json`` (the same minus RNG) inside the tag folder, so that a checkpoint taken
 with another neuron map (or method) is refused with a ``UserError`` *before* DeepSpeed tries to load tensors of
 other shapes.
+
+Completeness. DeepSpeed's rank 0 writes ``latest`` (not atomically) as soon as its own files are written, while
+other ranks may still be writing theirs; a kill in that window would leave ``latest`` naming a checkpoint with a
+missing or truncated file. So, after every rank has finished (barrier), rank 0 writes ``manifest.json`` into the
+tag folder (every file with its size, as seen by all ranks) and then rewrites ``latest`` atomically. A tag folder
+without a manifest is an interrupted save: ``--resume auto`` then takes the newest complete checkpoint (and says
+so). A checkpoint that is damaged otherwise (a file of the manifest missing or of another size, an unreadable
+``trainer_state.json`` or manifest, ``latest`` naming a folder that is not there) is refused with one line naming
+the file. A full disk while saving stops with one line; the checkpoints already written stay as they were.
+The checkpoint folder must be shared by the ranks (rank 0 writes the manifest of everyone's files).
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
+import sys
 from typing import Optional
 
 import torch
@@ -19,9 +31,12 @@ import torch
 from neurorit import dist
 from neurorit.dist import TrainEngine
 from neurorit.errors import UserError
-from neurorit.files import atomic_write_text
+from neurorit.files import atomic_write_text, disk_full_error, is_disk_full
 
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
+LATEST = "latest"
+TAG = re.compile(r"^step(\d+)$")
 
 
 def _rng_state() -> dict:
@@ -38,47 +53,184 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _listing(tag_dir: str) -> dict:
+    """{relative path: size} of every file under ``tag_dir`` this rank sees (the manifest itself excluded)."""
+    out = {}
+    for root, _, files in os.walk(tag_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, tag_dir)
+            if rel != MANIFEST and ".tmp" not in name:
+                out[rel] = os.path.getsize(path)
+    return out
+
+
 def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity: dict) -> None:
     """Collective: every rank calls it. ``identity`` = what a resume must match (neuron-map hash, method)."""
     tag = f"step{step}"
+    tag_dir = os.path.join(ckpt_dir, tag)
+    previous = _newest_complete(ckpt_dir)
+    kept = (f"the previous checkpoint {previous} is kept and --resume auto takes it" if previous
+            else "no earlier checkpoint existed")
     rngs = dist.all_gather_objects(_rng_state())
     state = {"step": step, "consumed_samples": consumed, **identity}
-    if dist.is_main():  # before save_checkpoint, which writes `latest`: a kill in between must not strand resume
-        os.makedirs(os.path.join(ckpt_dir, tag), exist_ok=True)
-        path = os.path.join(ckpt_dir, tag, STATE_FILE)
-        atomic_write_text(path, json.dumps(state, indent=1))
+    error = None
+    if dist.is_main():
+        try:
+            os.makedirs(tag_dir, exist_ok=True)
+            if os.path.exists(os.path.join(tag_dir, MANIFEST)):  # re-saving a tag: incomplete until the end
+                os.remove(os.path.join(tag_dir, MANIFEST))
+            atomic_write_text(os.path.join(tag_dir, STATE_FILE), json.dumps(state, indent=1))
+        except UserError as err:
+            error = str(err)
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            error = str(disk_full_error(tag_dir, err, kept))
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+    try:
+        engine.save(ckpt_dir, tag, {**state, "rng": rngs})
+    except Exception as err:
+        if is_disk_full(err):  # the launcher stops the other ranks when this one exits
+            raise disk_full_error(tag_dir, err, kept) from err
+        raise
     dist.barrier()
-    engine.save(ckpt_dir, tag, {**state, "rng": rngs})
+    files = {}
+    for seen in dist.all_gather_objects(_listing(tag_dir)):
+        files.update(seen)
+    if dist.is_main():
+        manifest = {"tag": tag, "step": step, "files": dict(sorted(files.items()))}
+        try:
+            atomic_write_text(os.path.join(tag_dir, MANIFEST), json.dumps(manifest, indent=1))
+            atomic_write_text(os.path.join(ckpt_dir, LATEST), tag)
+        except UserError as err:
+            error = f"{err} ({kept})"
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
     dist.barrier()
+
+
+def _step_of(name: str) -> int:
+    m = TAG.match(name)
+    return int(m.group(1)) if m else -1
+
+
+def _newest_complete(ckpt_dir: str, below: Optional[int] = None) -> Optional[str]:
+    """The tag folder with the highest step that has a manifest (below step ``below`` if given), or None."""
+    if not os.path.isdir(ckpt_dir):
+        return None
+    tags = sorted((n for n in os.listdir(ckpt_dir) if TAG.match(n)), key=_step_of, reverse=True)
+    for name in tags:
+        if below is not None and _step_of(name) >= below:
+            continue
+        if os.path.isfile(os.path.join(ckpt_dir, name, MANIFEST)):
+            return os.path.join(ckpt_dir, name)
+    return None
+
+
+def _note(text: str) -> None:
+    if dist.is_main():
+        print(text, file=sys.stderr, flush=True)
+
+
+def _fallback(ckpt_dir: str, why: str, below: Optional[int] = None) -> Optional[str]:
+    found = _newest_complete(ckpt_dir, below)
+    _note(f"{why}; " + (f"resuming from {found}" if found else "no complete checkpoint before it: starting from "
+                        "step 0"))
+    return validate(found) if found else None
 
 
 def find(ckpt_dir: str, resume: str) -> Optional[str]:
-    """The checkpoint tag folder to resume from: ``auto`` = the latest under ``ckpt_dir`` (None if there is
-    none), ``never`` = None, else a path to a tag folder."""
+    """The checkpoint tag folder to resume from: ``auto`` = the latest complete one under ``ckpt_dir`` (None if
+    there is none), ``never`` = None, else a path to a tag folder (which must be complete)."""
     if resume == "never":
         return None
-    if resume == "auto":
-        latest = os.path.join(ckpt_dir, "latest")
-        if not os.path.isfile(latest):
-            return None
-        with open(latest) as fh:
-            return os.path.join(ckpt_dir, fh.read().strip())
-    if not os.path.isfile(os.path.join(resume, STATE_FILE)):
-        raise UserError(f"--resume {resume}: not a checkpoint folder (no {STATE_FILE}); use auto, never or a "
-                        f"folder like <stage output>/checkpoints/step<N>")
-    return resume
+    if resume != "auto":
+        if not os.path.isfile(os.path.join(resume, STATE_FILE)):
+            raise UserError(f"--resume {resume}: not a checkpoint folder (no {STATE_FILE}); use auto, never or a "
+                            f"folder like <stage output>/checkpoints/step<N>")
+        if not os.path.isfile(os.path.join(resume, MANIFEST)):
+            raise UserError(f"--resume {resume}: incomplete checkpoint (no {MANIFEST}: its save was interrupted); "
+                            f"use an earlier step folder or --resume auto")
+        return validate(resume)
+    latest = os.path.join(ckpt_dir, LATEST)
+    if not os.path.isfile(latest):
+        if _newest_complete(ckpt_dir):
+            return _fallback(ckpt_dir, f"no {latest}")
+        return None
+    try:
+        with open(latest, encoding="utf-8") as fh:
+            tag = fh.read().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{latest}: unreadable ({err}); delete it to resume from the newest complete checkpoint, "
+                        f"or use --resume never") from err
+    if not tag:  # DeepSpeed truncates `latest` before writing it: a kill in between leaves it empty
+        return _fallback(ckpt_dir, f"{latest} is empty (its write was interrupted)")
+    tag_dir = os.path.join(ckpt_dir, tag)
+    if os.sep in tag or tag in (".", "..") or not os.path.isdir(tag_dir):
+        raise UserError(f"{latest} names checkpoint {tag[:80]!r}, which is not a folder in {ckpt_dir}; fix or "
+                        f"delete {latest} (--resume auto then takes the newest complete checkpoint), or use "
+                        f"--resume never / --resume <folder>")
+    if not os.path.isfile(os.path.join(tag_dir, MANIFEST)):
+        step = _step_of(tag)
+        return _fallback(ckpt_dir, f"checkpoint {tag_dir} is incomplete (its save was interrupted)",
+                         below=step if step >= 0 else None)
+    return validate(tag_dir)
+
+
+def validate(tag_dir: str) -> str:
+    """Refuse a damaged checkpoint with one line naming the file: an unreadable manifest or trainer state, a
+    file of the manifest missing or of another size. Returns ``tag_dir``."""
+    manifest = _read_json(os.path.join(tag_dir, MANIFEST), "files")
+    _read_json(os.path.join(tag_dir, STATE_FILE), "step", "consumed_samples")
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        raise UserError(f"{os.path.join(tag_dir, MANIFEST)}: damaged ('files' is not a mapping); use --resume "
+                        f"with an earlier step folder, or --resume never")
+    for rel, size in files.items():
+        path = os.path.join(tag_dir, rel)
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: missing (checkpoint {tag_dir} is damaged); use --resume with an earlier "
+                            f"step folder, or --resume never")
+        actual = os.path.getsize(path)
+        if actual != size:
+            raise UserError(f"{path}: {actual} bytes, the checkpoint wrote {size} (truncated or replaced); use "
+                            f"--resume with an earlier step folder, or --resume never")
+    return tag_dir
+
+
+def _read_json(path: str, *keys: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: missing; use --resume with an earlier step folder, or --resume never") from err
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not readable JSON ({str(err).splitlines()[0][:100]}); the checkpoint is damaged: "
+                        f"use --resume with an earlier step folder, or --resume never") from err
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        raise UserError(f"{path}: damaged (expected the keys {', '.join(keys)}); use --resume with an earlier "
+                        f"step folder, or --resume never")
+    return data
 
 
 def load(engine: TrainEngine, tag_dir: str, identity: dict) -> dict:
     """Check ``identity`` against the checkpoint, load it into ``engine``, restore this rank's RNG; returns the
     client state (step, consumed_samples, ...)."""
-    with open(os.path.join(tag_dir, STATE_FILE)) as fh:
-        saved = json.load(fh)
+    saved = _read_json(os.path.join(tag_dir, STATE_FILE), "step", "consumed_samples")
     for key, value in identity.items():
         if saved.get(key) != value:
             raise UserError(f"checkpoint {tag_dir} was taken with {key} = {saved.get(key)!r}, this run has "
                             f"{value!r}; use the matching neuron map / method, another output_dir, or --resume never")
-    client = engine.load(os.path.dirname(tag_dir), os.path.basename(tag_dir))  # frozen weights: from init_from
+    try:
+        client = engine.load(os.path.dirname(tag_dir), os.path.basename(tag_dir))  # frozen weights: from init_from
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"checkpoint {tag_dir}: DeepSpeed could not load it ({type(err).__name__}: {first}); use "
+                        f"--resume with an earlier step folder, or --resume never") from err
     if client is None:
         raise UserError(f"DeepSpeed could not load checkpoint {tag_dir}")
     _set_rng_state(client["rng"][dist.rank()])
