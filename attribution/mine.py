@@ -154,6 +154,7 @@ def main(argv=None) -> None:
     from neurorit.records import load_records, mining_pairs
 
     args, cfg = parse_args("Mine a neuron map with integrated gradients (docs/DESIGN.md §2).", argv)
+    dist.make_deterministic(cfg.runtime.deterministic)
     dist.init_distributed(args.local_rank)
     if cfg.runtime.torch_threads > 0:
         torch.set_num_threads(cfg.runtime.torch_threads)

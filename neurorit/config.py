@@ -115,6 +115,7 @@ class RuntimeConfig:
     output_dir: str = "outputs/run"
     seed: int = 0
     torch_threads: int = 0  # 0 = leave torch's default
+    deterministic: bool = True  # deterministic kernels on CUDA (slower; see neurorit.dist.make_deterministic)
 
 
 @dataclass

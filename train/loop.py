@@ -155,6 +155,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
               local_rank: Optional[int] = None) -> dict:
     """Train ``stage`` ("stage1" / "stage2") as configured; returns the summary (also written to disk when the
     stage finishes)."""
+    dist.make_deterministic(cfg.runtime.deterministic)
     dist.init_distributed(local_rank)
     if cfg.runtime.torch_threads > 0:
         torch.set_num_threads(cfg.runtime.torch_threads)
