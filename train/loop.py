@@ -247,6 +247,7 @@ def _finish(model, tokenizer, out_dir: str, stage: str, st: StageConfig, rule: S
     summary = {"stage": stage, "method": st.method, "step": step, "finished": True,
                "final_loss": loss, "trainable_params": trainable.count, "init_from": init_from,
                **({"lora_rank": trainable.lora_rank} if trainable.lora_rank else {}),
+               "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # AVX2 vs AVX512 round differently
                "export_dir": export_dir, "neuron_map_hash": nmap.hash() if nmap else None}
     if deactivated:
         summary["deactivated_neurons"] = deactivated
