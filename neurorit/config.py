@@ -36,8 +36,9 @@ class DataConfig:
     chat_template: Literal["auto", "never", "always"] = "auto"  # auto = the tokenizer's chat template if it has one
     num_docs: int = 5  # K documents in evaluation prompts (the stages use stage1.num_docs / stage2.num_docs)
     max_length: int = 1024  # tokens; documents are truncated, never the question or the target
-    benchmark_seed: int = 0  # seed of the embedded benchmark generator
-    benchmark_questions: int = 6000  # questions the embedded benchmark generates (all splits)
+    benchmark: Literal["embedded", "english", ""] = "embedded"  # generator of the files above in the demo; "" = given
+    benchmark_seed: int = 0  # seed of the benchmark generator
+    benchmark_questions: int = 6000  # questions the benchmark generates (all splits)
 
 
 @dataclass

@@ -1,13 +1,16 @@
-"""The whole Neuro-RIT pipeline on the embedded default, on CPU, end to end.
+"""The whole Neuro-RIT pipeline on one experiment config, on CPU, end to end.
 
     python scripts/demo.py --config configs/embedded.yaml [--quick] [--ranks 2]      (what `make demo` runs)
+    python scripts/demo.py --config configs/smollm2.yaml --instructions two_step     (`make experiment-smollm`)
 
-Steps (each skipped when its output already exists, so a re-run continues where it stopped):
-benchmark -> base model (the committed one; trained only if missing) -> mine (ZeRO-3 over ``--ranks`` ranks, launched with torchrun)
--> every method of ``neurorit/methods.py`` (Neuro-RIT's stages, hard deactivation, the baselines), each in
-``<output_dir>/<method>/<stage>`` -> evaluation of every method with the two-step instruction -> results.json, results.md and the chart in ``runtime.output_dir``; then
-the same with the answer-only instruction -> ``<output_dir>/answer_only/``. Every method starts from the same
-base model with the same step budget (``stage1.max_steps`` / ``stage2.max_steps``).
+Steps (each skipped when its output already exists, so a re-run continues where it stopped): the benchmark
+(``data.benchmark``: ``benchmarks/embedded`` or ``benchmarks/english``) -> the base model (embedded: the
+committed one, trained only if missing; otherwise ``model.path`` must hold one, e.g. from ``make real-model``)
+-> mine (ZeRO-3 over ``--ranks`` ranks, launched with torchrun) -> every method of ``neurorit/methods.py``
+(Neuro-RIT's stages, hard deactivation, the baselines), each in ``<output_dir>/<method>/<stage>`` ->
+evaluation of every method with the two-step instruction -> results.json, results.md and the chart in
+``runtime.output_dir``; then the same with the answer-only instruction -> ``<output_dir>/answer_only/``. Every
+method starts from the same base model with the same step budget (``stage1.max_steps`` / ``stage2.max_steps``).
 """
 from __future__ import annotations
 
@@ -46,10 +49,11 @@ def launch(ranks: int, script: str, args: list[str]) -> list[str]:
 
 
 class Pipeline:
-    def __init__(self, config: str, overrides: list[str], ranks: int, baselines: bool = True):
+    def __init__(self, config: str, overrides: list[str], ranks: int, baselines: bool = True,
+                 instructions: tuple[str, ...] = ("two_step", "answer_only")):
         self.config, self.overrides, self.ranks, self.baselines = config, overrides, ranks, baselines
-        # the two-step instruction is the headline; the full run also scores every method answer-only
-        self.instructions = ("two_step", "answer_only") if baselines else ("two_step",)
+        # the two-step instruction is the headline (its results go to output_dir); others to output_dir/<name>
+        self.instructions = instructions
         self.cfg = load_config(config, overrides)
         self.out = self.cfg.runtime.output_dir
         self.timings: list[tuple[str, float, str]] = []
@@ -108,9 +112,14 @@ class Pipeline:
 
     def run(self) -> None:
         cfg = self.cfg
-        self.step("benchmark", cfg.data.test_file, [PY, "-m", "benchmarks.embedded.benchmark", *self.args()])
-        self.step("base model", os.path.join(cfg.model.path, "training_history.json"),
-                  [PY, "scripts/train_base_model.py", "--config", self.config, "--out", cfg.model.path])
+        if cfg.data.benchmark:
+            self.step("benchmark", cfg.data.test_file, [PY, "-m", f"benchmarks.{cfg.data.benchmark}.benchmark",
+                                                        *self.args()])
+        if cfg.data.benchmark == "embedded":
+            self.step("base model", os.path.join(cfg.model.path, "training_history.json"),
+                      [PY, "scripts/train_base_model.py", "--config", self.config, "--out", cfg.model.path])
+        elif not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
+            raise UserError(f"model.path {cfg.model.path} holds no model (for configs/smollm2.yaml: make real-model)")
         mining = self.path("mining")
         self.step("mine", os.path.join(mining, "summary.txt"), launch(self.ranks, "attribution/mine.py", self.args()))
         print(open(os.path.join(mining, "summary.txt")).read(), flush=True)
@@ -146,9 +155,16 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smaller budgets and no trained baselines: a first look within ~5 minutes")
     p.add_argument("--ranks", type=int, default=2, help="processes per distributed step (ZeRO-3 over gloo on CPU)")
+    p.add_argument("--instructions", default="",
+                   help="comma-separated inference instructions to evaluate, two_step first (default: two_step,"
+                        "answer_only; two_step with --quick)")
     args, rest = p.parse_known_args(argv)
     overrides = (QUICK if args.quick else []) + rest
-    Pipeline(args.config, overrides, args.ranks, baselines=not args.quick).run()
+    instructions = tuple(args.instructions.split(",")) if args.instructions else \
+        (("two_step",) if args.quick else ("two_step", "answer_only"))
+    if instructions[0] != "two_step" or not set(instructions) <= {"two_step", "answer_only"}:
+        raise UserError(f"--instructions {args.instructions!r}: two_step first, then optionally answer_only")
+    Pipeline(args.config, overrides, args.ranks, baselines=not args.quick, instructions=instructions).run()
 
 
 if __name__ == "__main__":
