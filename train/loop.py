@@ -187,7 +187,8 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     engine = strategy.prepare_trainable(model, trainable.params, optimizer, factor)
 
     ckpt_dir = os.path.join(out_dir, "checkpoints")
-    identity = {"stage": stage, "method": st.method, "neuron_map_hash": nmap.hash() if nmap else None}
+    identity = {"stage": stage, "method": st.method, "neuron_map_hash": nmap.hash() if nmap else None,
+                "init_from": os.path.abspath(init_from), "seed": cfg.runtime.seed}
     found, step = _resume(engine, ckpt_dir, resume, identity, st.batch_size)
     monitor = Monitor(os.path.join(out_dir, "tb"), plan.total_steps, step, stage)
     monitor.print(trainable.describe(model.config.hidden_size))
