@@ -1,6 +1,6 @@
 """What the two integrated-gradients paths share: settings, inputs, results, the step grid, and the baseline.
 
-IG at layer ``l``, last position only (DESIGN.md §2)::
+IG at layer ``l``, last position only (docs/DESIGN.md §2)::
 
     attr_i = (a_i - a'_i) / m * sum_{k=0}^{m-1} w_k * dF/dh_i  at  h = a' + (k/m)(a - a')
 

@@ -1,4 +1,4 @@
-"""Fast exact integrated gradients over the cached prefix (DESIGN.md §2, "the heart of the attribution speed").
+"""Fast exact integrated gradients over the cached prefix (docs/DESIGN.md §2, "the heart of the attribution speed").
 
 Only the last position is scaled and attention is causal, so keys, values and hidden states of every earlier
 position do not depend on the scaling. One prefill of the first ``T-1`` tokens caches the prefix keys and values
