@@ -130,6 +130,9 @@ class VLLMBackend:
         from transformers import AutoConfig, GenerationConfig
 
         config = AutoConfig.from_pretrained(path)
+        limit = getattr(config, "max_position_embeddings", None)
+        if max_model_len is not None and limit:
+            max_model_len = min(max_model_len, int(limit))  # longer prompts are refused by check_positions
         try:
             gen_config = GenerationConfig.from_pretrained(path)
         except OSError:
