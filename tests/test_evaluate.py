@@ -120,25 +120,6 @@ def test_answer_only_prompts(fixture_dir):
     assert "doc" not in tok.decode(prompts[2])
 
 
-def test_hard_deactivation_from_a_neuron_map(fixture_dir, base_result):
-    from model_patches import model_fingerprint
-    from neurorit.neuron_map import GROUPS, NeuronMap
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(fixture_dir["model"])
-    irrelevant = torch.tensor([[layer, n, 0, 1] for layer in (0, 1) for n in range(0, 64, 2)])
-    empty = torch.zeros((0, 4), dtype=torch.long)
-    groups = {g: (irrelevant if g == "irrelevant_only" else empty) for g in GROUPS}
-    map_dir = str(fixture_dir["dir"] / "mining")
-    NeuronMap(groups, [1], model_fingerprint(model)).save(map_dir)
-    result = evaluate.main(["--config", fixture_dir["config"], "--name", "hard", "--no-progress",
-                            "--deactivate-map", map_dir])
-    assert result["deactivated_neurons"] == 64
-    out = fixture_dir["dir"] / "run" / "eval"
-    base_preds = (out / "base.predictions.jsonl").read_text()
-    assert (out / "hard.predictions.jsonl").read_text() != base_preds  # half the FFN off changes the answers
-
-
 def test_bad_name_is_a_user_error(fixture_dir):
     with pytest.raises(SystemExit) as exc:
         evaluate.main(["--config", fixture_dir["config"], "--name", "a/b"])
@@ -165,7 +146,7 @@ def test_report_writes_the_results_shape(tmp_path):
         assert set(method) == {"trainable_params", "settings", "by_kind"}
         assert isinstance(method["trainable_params"], int)
         assert list(method["settings"]) == SETTINGS
-        assert list(method["by_kind"]) == ["world", "fresh"]
+        assert list(method["by_kind"]) == ["fresh", "world"]  # the kinds in the order the evaluations hold them
         for block in [method["settings"], *method["by_kind"].values()]:
             for st in block.values():
                 assert set(st) == STAT_KEYS and len(st["match_ci95"]) == 2

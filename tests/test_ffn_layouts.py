@@ -2,19 +2,11 @@
 a new layout (a plain, non-gated ``fc1 -> act -> fc2`` FFN, as in Phi-2) added with nothing but its class and a
 registry entry, to show that the patcher, probe / scale / deactivate / deltas and export need no change."""
 import functools
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers as tf
-
-try:  # the tiny-model builders are moving from tests/helpers_tiny_models.py to tests/support/models.py
-    from tests.support.models import MOE_FAMILIES, TINY_FAMILIES, tiny_inputs, tiny_model
-except ImportError:
-    sys.path.insert(0, os.path.dirname(__file__))
-    from helpers_tiny_models import MOE_FAMILIES, TINY_FAMILIES, tiny_inputs, tiny_model  # noqa: E402
 
 from model_patches import (SUPPORTED_ARCHITECTURES, FFNAdapter, export_hf, get_ffn_adapter,  # noqa: E402
                            merge_into_weights, model_fingerprint, patch_model)
@@ -23,6 +15,7 @@ from model_patches.layouts.base import FFNLayout  # noqa: E402
 from model_patches.layouts.fused import FusedGateUpLayout  # noqa: E402
 from model_patches.layouts.gated import GatedLayout  # noqa: E402
 from model_patches.layouts.moe import MoEExpertsLayout  # noqa: E402
+from tests.support.models import MOE_FAMILIES, TINY_FAMILIES, tiny_inputs, tiny_model
 from neurorit.errors import UserError  # noqa: E402
 
 torch.set_num_threads(1)

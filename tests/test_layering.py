@@ -1,7 +1,8 @@
 """The layering of docs/DESIGN.md §3, checked on every import statement of the library (top level and inside
 functions): ``neurorit`` (shared contracts, the DeepSpeed strategy) < ``model_patches`` (Hugging Face surgery)
 < the stages ``attribution``, ``train``, ``rag``, which import only those two and never each other;
-``benchmarks`` import only ``neurorit``. Only ``neurorit/dist.py`` imports DeepSpeed or torch.distributed."""
+``benchmarks`` (data generators; the English one probes a model through evaluation's generation) sit above the
+stages and no stage imports them. Only ``neurorit/dist.py`` imports DeepSpeed or torch.distributed."""
 from __future__ import annotations
 
 import ast
@@ -17,7 +18,7 @@ ALLOWED = {
     "attribution": {"neurorit", "model_patches", "attribution"},
     "train": {"neurorit", "model_patches", "train"},
     "rag": {"neurorit", "model_patches", "rag"},
-    "benchmarks": {"neurorit", "benchmarks"},
+    "benchmarks": {"neurorit", "model_patches", "rag", "benchmarks"},
 }
 STRATEGY = os.path.join("neurorit", "dist.py")
 

@@ -16,6 +16,7 @@ from tests.support.workspaces import (GROUPS, HIDDEN, INTERMEDIATE, PEOPLE, TARG
 from train.data import StepPlan, build_examples, eval_batches, evidence_for
 from train.loop import enable_gradient_checkpointing
 from train.optim import lr_factor
+from neurorit import methods
 from train.trainable import setup_trainable
 
 
@@ -79,9 +80,13 @@ def _model():
     return tiny_model("llama", hidden=HIDDEN, intermediate=INTERMEDIATE, vocab=97)
 
 
+def rule(method: str, stage: str):
+    return methods.get(method).rule(stage)
+
+
 def test_stage2_trainable_count_is_the_formula():
     model = _model()
-    trainable = setup_trainable(model, patch_model(model), "neurorit", "stage2", training_neuron_map(model), seed=0)
+    trainable = setup_trainable(model, patch_model(model), rule("neurorit", "stage2"), training_neuron_map(model), seed=0)
     outside = sum(1 for rows in GROUPS.values() for layer, _ in rows if layer not in TARGET_LAYERS)
     ffn = sum(p.numel() for t in TARGET_LAYERS for p in model.model.layers[t].mlp.parameters()
               if p.requires_grad)
@@ -93,18 +98,19 @@ def test_stage2_trainable_count_is_the_formula():
 
 def test_stage1_and_baseline_trainable_sets():
     counts = {}
-    for method in ("neurorit", "random", "layer", "full"):
+    for method, stage in (("neurorit", "stage1"), ("random_neurons", "stage1"), ("layer_tuning", "stage2"),
+                          ("full", "stage1")):
         model = _model()
-        t = setup_trainable(model, patch_model(model), method, "stage1", training_neuron_map(model), seed=0)
+        t = setup_trainable(model, patch_model(model), rule(method, stage), training_neuron_map(model), seed=0)
         assert {id(p) for p in t.params} == {id(p) for p in model.parameters() if p.requires_grad}
         counts[method] = t.count
     n_irr = len(GROUPS["irrelevant_only"])
-    assert counts["neurorit"] == counts["random"] == 3 * HIDDEN * n_irr
-    assert counts["layer"] == 3 * HIDDEN * INTERMEDIATE
+    assert counts["neurorit"] == counts["random_neurons"] == 3 * HIDDEN * n_irr
+    assert counts["layer_tuning"] == 3 * HIDDEN * INTERMEDIATE * len(TARGET_LAYERS)
     assert counts["full"] == sum(p.numel() for p in _model().parameters())
     model = _model()
     patcher = patch_model(model)
-    setup_trainable(model, patcher, "random", "stage2", training_neuron_map(model), seed=0)
+    setup_trainable(model, patcher, rule("random_neurons", "stage2"), training_neuron_map(model), seed=0)
     chosen = {layer: ids.tolist() for layer, (ids, *_) in patcher.neuron_deltas().items()}
     assert list(chosen) == [0] and len(chosen[0]) == 5 and chosen[0] != [3, 7, 9, 40, 100]
 
@@ -125,7 +131,7 @@ def test_gradient_checkpointing_reaches_deltas_behind_frozen_layers():
     grads = []
     for checkpointing in (False, True):
         model = _model().train()
-        t = setup_trainable(model, patch_model(model), "neurorit", "stage1", training_neuron_map(model), seed=0)
+        t = setup_trainable(model, patch_model(model), rule("neurorit", "stage1"), training_neuron_map(model), seed=0)
         if checkpointing:
             enable_gradient_checkpointing(model)
         x = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))
