@@ -24,11 +24,14 @@ from neurorit.errors import UserError
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 # what torch.save (PytorchStreamWriter) and safetensors (Rust io::Error) say when the errno does not survive
 DISK_FULL_TEXT = ("no space left", "file too large", "disk quota", "storagefull", "filetoolarge",
-                  "file write failed", "os error 28", "os error 27", "code: 28", "code: 27")
+                  "file write failed", "unexpected pos", "os error 28", "os error 27", "code: 28", "code: 27")
 
 
-def is_disk_full(err: BaseException) -> bool:
-    """Did ``err`` (or what caused it) come from a full disk, a file-size limit or a quota?"""
+def is_disk_full(err: BaseException, path: str = "") -> bool:
+    """Did ``err`` (or what caused it) come from a full disk, a file-size limit or a quota? With ``path``, an
+    ``OSError`` / ``RuntimeError`` (what torch.save raises) while its file system has under 1 MiB free counts too."""
+    if path and isinstance(err, (OSError, RuntimeError)) and free_bytes(path) < 2**20:
+        return True
     while err is not None:
         if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
             return True
@@ -38,9 +41,22 @@ def is_disk_full(err: BaseException) -> bool:
     return False
 
 
+def free_bytes(path: str) -> int:
+    """Bytes an unprivileged writer may still use on the file system of ``path`` (or its nearest parent)."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path or ".")
+    except OSError:
+        return 2**62
+    return st.f_bavail * st.f_frsize
+
+
 def disk_full_error(path: str, err: BaseException, kept: str = "") -> UserError:
     """The one-line error for a write to ``path`` that hit a full disk; ``kept`` says what is still intact."""
     reason = next((os.strerror(e.errno) for e in _chain(err) if isinstance(e, OSError) and e.errno), None)
+    if not reason and free_bytes(path) < 2**20:
+        reason = os.strerror(errno.ENOSPC)
     if not reason:
         text = str(err).strip()
         reason = text.splitlines()[0][:160] if text else "write failed"

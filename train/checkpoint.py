@@ -93,7 +93,7 @@ def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity:
     try:
         engine.save(ckpt_dir, tag, {**state, "rng": rngs})
     except Exception as err:
-        if is_disk_full(err):  # the launcher stops the other ranks when this one exits
+        if is_disk_full(err, tag_dir):  # the launcher stops the other ranks when this one exits
             raise disk_full_error(tag_dir, err, kept) from err
         raise
     dist.barrier()

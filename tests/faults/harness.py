@@ -24,6 +24,12 @@ import psutil
 from tests.support.ranks import ROOT, child_env, launch_command
 
 SEED = int(os.environ.get("NEURORIT_FAULT_SEED", "0"))
+# DeepSpeed's comm init JIT-loads its shm op under torch's FileBaton, a lock *file* with no owner and no timeout:
+# a rank killed while holding it leaves every later DeepSpeed start on the machine sleeping forever. Kills wait
+# until it is free (it is held for milliseconds once the op is built) and a launch that left it behind removes it.
+JIT_LOCK = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/torch_extensions")),
+                        f"py{sys.version_info.major}{sys.version_info.minor}_cpu", "deepspeed_shm_comm", "lock")
+DS_READY = "deepspeed_shm_comm_op built successfully"  # printed by each rank once past that lock
 
 
 def rng(name: str) -> random.Random:
@@ -77,6 +83,7 @@ def kill_rank_when(proc: subprocess.Popen, log: str, ready: Callable[[], bool], 
     while proc.poll() is None and time.time() < deadline:
         if ready():
             time.sleep(delay)
+            _wait_jit_lock()
             pids = rank_pids(proc.pid, rank)
             if pids:
                 for pid in pids:
@@ -90,6 +97,30 @@ def kill_rank_when(proc: subprocess.Popen, log: str, ready: Callable[[], bool], 
     return _wait(proc, log, killed, when, deadline)
 
 
+def _wait_jit_lock(limit: float = 10.0) -> None:
+    end = time.time() + limit
+    while os.path.exists(JIT_LOCK) and time.time() < end:
+        time.sleep(0.01)
+
+
+def clear_stale_jit_lock() -> None:
+    """Remove the JIT lock if it stays for 10 s (a live holder keeps it for milliseconds once the op is built)."""
+    if os.path.exists(JIT_LOCK):
+        _wait_jit_lock(10.0)
+        if os.path.exists(JIT_LOCK):
+            print(f"removing a stale {JIT_LOCK} (a rank was killed while holding it)")
+            try:
+                os.remove(JIT_LOCK)
+            except FileNotFoundError:
+                pass
+
+
+def ranks_ready(log: str, n: int = 2, before: int = 0) -> bool:
+    """Have ``n`` more ranks than ``before`` printed that they are past DeepSpeed's comm init?"""
+    with open(log, errors="replace") as fh:
+        return fh.read().count(DS_READY) >= before + n
+
+
 def _wait(proc: subprocess.Popen, log: str, killed: bool, when: str, deadline: float) -> Killed:
     try:
         proc.wait(timeout=max(1.0, deadline - time.time()))
@@ -97,6 +128,8 @@ def _wait(proc: subprocess.Popen, log: str, killed: bool, when: str, deadline: f
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise AssertionError(f"launch did not end after the kill ({when}):\n" + open(log).read()[-4000:])
+    if killed:
+        clear_stale_jit_lock()
     return Killed(proc.returncode, killed, when, open(log).read())
 
 
@@ -132,7 +165,10 @@ def assert_same_files(a: str, b: str, names=None) -> None:
         fb = {k: v for k, v in fb.items() if k in names}
         assert set(fa) == set(names), (a, sorted(fa))
     assert sorted(fa) == sorted(fb), (sorted(fa), sorted(fb))
-    differ = [k for k in fa if fa[k] != fb[k]]
+    differ = [k for k in fa if fa[k] != fb[k] and os.path.basename(k) not in BY_CONTENT]
+    for k in fa:
+        if os.path.basename(k) in BY_CONTENT:
+            assert_same_safetensors(os.path.join(a, k), os.path.join(b, k))
     assert not differ, f"files differ between {a} and {b}: {differ}"
 
 
@@ -189,3 +225,28 @@ def training_workspace(root: str, n_train: int = 16, **stage: object) -> str:
     with open(path, "w") as fh:
         yaml.safe_dump(cfg, fh)
     return path
+
+
+# safetensors writes its metadata from a Rust HashMap: with more than one key the order (so the bytes) changes
+# from process to process. Files with several metadata keys (the neuron map) are compared by content.
+BY_CONTENT = ("neuron_map.safetensors",)
+
+
+def assert_same_safetensors(a: str, b: str) -> None:
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(a, "pt") as fa, safe_open(b, "pt") as fb:
+        assert fa.metadata() == fb.metadata(), (a, b)
+        assert sorted(fa.keys()) == sorted(fb.keys()), (a, b)
+        for key in fa.keys():
+            assert torch.equal(fa.get_tensor(key), fb.get_tensor(key)), (a, b, key)
+
+
+def assert_same_file(a: str, b: str) -> None:
+    """Byte-identical, or for ``BY_CONTENT`` files the same tensors and metadata."""
+    if os.path.basename(a) in BY_CONTENT:
+        assert_same_safetensors(a, b)
+        return
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert fa.read() == fb.read(), f"{b} differs from {a}"
