@@ -29,6 +29,7 @@ from transformers.modeling_utils import AttentionInterface
 
 from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, last_position,
                                    model_device, rows_of, step_grid)
+from model_patches.compat import cache_layers_kv, output_cache
 
 ATTN_NAME = "neurorit_rows"
 
@@ -174,9 +175,9 @@ def row_chunks(layers: int, steps: int, chunk_rows: int) -> list[list[tuple[int,
 
 def _prefix_kv(cache) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """``{layer: (keys [Hkv, P, d], values [Hkv, P, d])}`` from the prefill cache (batch 1)."""
-    if cache is None:
-        return {}
-    return {i: (layer.keys[0].detach(), layer.values[0].detach()) for i, layer in enumerate(cache.layers)}
+    if cache is None:  # the rows would silently attend to themselves only
+        raise RuntimeError("the prefill returned no KV cache (use_cache=True); fast IG needs it")
+    return {i: (keys[0].detach(), values[0].detach()) for i, (keys, values) in enumerate(cache_layers_kv(cache))}
 
 
 def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
@@ -188,7 +189,7 @@ def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
     state = _RowState()
     if ids.shape[1] > 1:
         with torch.no_grad():
-            state.prefix = _prefix_kv(model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).cache)
+            state.prefix = _prefix_kv(output_cache(model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1)))
     base = None
     if inp.baseline_ids is not None:  # full passes in the model's own attention: before row mode
         base = baseline_activations(model, patcher, inp, torch.empty(0))

@@ -4,6 +4,7 @@ import torch
 
 from model_patches import (SUPPORTED_ARCHITECTURES, get_ffn_adapter, get_patcher, patch_model,
                            unpatch_model)
+from model_patches.compat import cache_kwargs, output_cache
 from neurorit.errors import UserError
 from tests.support.models import MOE_FAMILIES, TINY_FAMILIES, tiny_inputs
 
@@ -150,9 +151,9 @@ def test_scale_single_token_over_kv_cache(tiny_model):
     full = logits(model, x)[:, -1]
     patcher.clear_scale()
     with torch.no_grad():
-        past = model(x[:, :-1], use_cache=True).past_key_values
+        past = output_cache(model(x[:, :-1], use_cache=True))
     patcher.set_scale({1: (rows, alphas, torch.zeros_like(acts[1]))})
-    step = logits(model, x[:, -1:], cache=past)[:, -1]
+    step = logits(model, x[:, -1:], **cache_kwargs(model, past))[:, -1]
     assert (full - step).abs().max() < 1e-5
 
 

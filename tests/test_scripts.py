@@ -17,7 +17,9 @@ INSTALL = "apt-get install -y shellcheck"
 def shell_scripts():
     found = []
     for dirpath, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info"))
+        # .venv-vllm, .venv-tf<VERSION>: other environments' site-packages (tqdm ships a completion.sh)
+        dirnames[:] = sorted(d for d in dirnames
+                             if d not in SKIP_DIRS and not d.startswith(".venv") and not d.endswith(".egg-info"))
         for name in sorted(filenames):
             if name.endswith((".sh", ".sbatch")):
                 found.append(os.path.relpath(os.path.join(dirpath, name), ROOT))
