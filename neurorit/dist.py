@@ -91,6 +91,7 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
     else:
         device = torch.device("cpu")
     if not tdist.is_initialized():
+        _clear_stale_build_lock()
         import deepspeed
 
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -118,6 +119,29 @@ def make_deterministic(on: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+STALE_LOCK_SECONDS = 600
+
+
+def _clear_stale_build_lock() -> None:
+    """DeepSpeed loads a small C++ op at start-up under a lock file that has no owner and no timeout: a process
+    killed while holding it leaves every later start on this machine waiting forever. A build takes about a
+    minute, so a lock older than ten minutes is a dead process's; remove it, and say so."""
+    root = os.environ["TORCH_EXTENSIONS_DIR"]
+    if not os.path.isdir(root):
+        return
+    for folder in os.listdir(root):
+        lock = os.path.join(root, folder, "lock")
+        try:
+            age = datetime.datetime.now().timestamp() - os.path.getmtime(lock)
+        except OSError:
+            continue
+        if age > STALE_LOCK_SECONDS:
+            print(f"warning: removing the stale build lock {lock} ({age / 60:.0f} min old; a killed process left it)",
+                  file=sys.stderr)
+            with contextlib.suppress(OSError):
+                os.remove(lock)
 
 
 def info() -> DistInfo:

@@ -91,8 +91,9 @@ class NeuronMap:
         path = os.path.join(directory, MAP_TENSORS)
         tensors = {g: self.groups[g].contiguous() for g in GROUPS}
         tensors["target_layers"] = torch.tensor(self.target_layers, dtype=torch.long)
-        meta = {"fingerprint": json.dumps(self.fingerprint), "settings": json.dumps(self.settings),
-                "hash": self.hash()}
+        # one metadata key: safetensors writes several in a per-process order, and the file must be byte-stable
+        meta = {"neuron_map": json.dumps({"fingerprint": self.fingerprint, "settings": self.settings,
+                                          "hash": self.hash()}, sort_keys=True)}
         save_file(tensors, path + ".tmp", metadata=meta)
         os.replace(path + ".tmp", path)
         jpath = os.path.join(directory, MAP_JSON)
@@ -110,10 +111,10 @@ class NeuronMap:
             raise UserError(f"neuron map not found: {path} (mine one with attribution/mine.py)")
         try:
             with safe_open(path, framework="pt") as fh:
-                meta = fh.metadata() or {}
+                meta = json.loads((fh.metadata() or {})["neuron_map"])
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
             nmap = cls(groups={g: tensors[g] for g in GROUPS}, target_layers=tensors["target_layers"].tolist(),
-                       fingerprint=json.loads(meta["fingerprint"]), settings=json.loads(meta.get("settings", "{}")))
+                       fingerprint=meta["fingerprint"], settings=meta.get("settings", {}))
         except Exception as err:  # safetensors raises its own error type for a file of another kind
             raise UserError(f"{path} is not a neuron map ({err})") from None
         if meta.get("hash") and meta["hash"] != nmap.hash():

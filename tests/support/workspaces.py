@@ -140,8 +140,8 @@ def training_workspace(root: str, n_train: int = 16, stage_overrides: dict | Non
             for split, n, seed in (("train", n_train, 1), ("dev", 6, 2))}
     out = os.path.join(root, "out")
     training_neuron_map(model).save(os.path.join(out, "mining"))
-    stage = dict(batch_size=4, micro_batch_size=2, lr=1e-2, max_steps=3, epochs=1.0, warmup_ratio=0.0,
-                 zero_stage=3, num_docs=3, grad_clip=1.0, **(stage_overrides or {}))
+    stage = {**dict(batch_size=4, micro_batch_size=2, lr=1e-2, max_steps=3, epochs=1.0, warmup_ratio=0.0,
+                    zero_stage=3, num_docs=3, grad_clip=1.0), **(stage_overrides or {})}
     return write_yaml(os.path.join(root, "config.yaml"), {
         "model": {"path": model_dir, "attn_implementation": "eager"},
         "data": {"train_file": data["train"], "dev_file": data["dev"], "prompt_style": "compact", "max_length": 96},
