@@ -1,5 +1,6 @@
 """Whole stages in this process (ZeRO-3, world of one): what trains and what stays bitwise frozen, resume equals an
 uninterrupted run, a checkpoint of another neuron map is refused, baselines and ``none`` run."""
+import json
 import os
 
 import pytest
@@ -103,6 +104,16 @@ def test_resume_equals_uninterrupted_and_refuses_another_map(workspace, tmp_path
     nmap.save(other.mining.output_dir)
     with pytest.raises(UserError, match="neuron_map_hash"):
         run_stage("stage1", other)
+    with pytest.raises(UserError, match="seed"):  # the identity holds the seed and the starting model too
+        run_stage("stage1", load_config(workspace, ["--stage1.max_steps", "4", "--runtime.seed", "1",
+                                                     "--stage1.output_dir", str(tmp_path / "split")]))
+    state_file = tmp_path / "split" / "checkpoints" / "step2" / "trainer_state.json"
+    text = state_file.read_text()
+    assert json.loads(text)["world_size"] == 1
+    state_file.write_text(text.replace('"world_size": 1', '"world_size": 2'))  # same size: the manifest holds
+    with pytest.raises(UserError, match="taken on 2 ranks and this run has 1"):
+        run_stage("stage1", split)
+    state_file.write_text(text)
 
     resumed = run_stage("stage1", split)
     assert resumed["step"] == 4

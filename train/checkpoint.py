@@ -1,6 +1,9 @@
 """DeepSpeed checkpoints for resume: ``<stage output>/checkpoints/step<N>/`` plus DeepSpeed's ``latest`` file.
 
-Client state: step, consumed samples, every rank's RNG states (python, torch, CUDA) and the neuron-map hash.
+Client state: step, consumed samples, every rank's RNG states (python, torch, CUDA), the world size and the
+identity a resume must match (stage, method, neuron-map hash, ``init_from``, ``runtime.seed``). A resume on
+another world size is refused with a plain reason (ZeRO shards, RNG streams and the data split are per world
+size).
 Frozen parameters are left out (they are the stage's ``init_from`` weights, loaded again on resume), so a
 neuron-level checkpoint of a 70B model holds only the deltas, the trainable FFNs and their optimizer state.
 Rank 0 also writes ``trainer_state.json`` (the same minus RNG) inside the tag folder, so that a checkpoint taken
@@ -73,7 +76,7 @@ def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity:
     kept = (f"the previous checkpoint {previous} is kept and --resume auto takes it" if previous
             else "no earlier checkpoint existed")
     rngs = dist.all_gather_objects(_rng_state())
-    state = {"step": step, "consumed_samples": consumed, **identity}
+    state = {"step": step, "consumed_samples": consumed, "world_size": dist.world_size(), **identity}
     error = None
     if dist.is_main():
         try:
@@ -225,6 +228,11 @@ def load(engine: TrainEngine, tag_dir: str, identity: dict) -> dict:
         if saved.get(key) != value:
             raise UserError(f"checkpoint {tag_dir} was taken with {key} = {saved.get(key)!r}, this run has "
                             f"{value!r}; use the matching neuron map / method, another output_dir, or --resume never")
+    taken_on = saved.get("world_size", dist.world_size())
+    if taken_on != dist.world_size():  # ZeRO shards, per-rank RNG streams and the data split are per world size
+        raise UserError(f"checkpoint {tag_dir} was taken on {taken_on} ranks and this run has {dist.world_size()}: "
+                        f"a resume cannot restore its optimizer shards, RNG streams and data order on another "
+                        f"world size; resume on {taken_on} ranks, or start over with --resume never")
     try:
         client = engine.load(os.path.dirname(tag_dir), os.path.basename(tag_dir))  # frozen weights: from init_from
     except Exception as err:
