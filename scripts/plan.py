@@ -255,6 +255,7 @@ def plan(s: Shape, o: Options) -> dict:
     mining["total"] = mining_fixed + mining["ig_rows"]
     mining["max_chunk_rows"] = max(0, (usable - mining_fixed) // per_row)
     mining["rows_per_example"] = s.layers * o.steps
+    mining["cpu_per_node"] = math.ceil(CPU_BUFFER_FACTOR * WEIGHT_BYTES * p / o.nodes) if o.offload else 0
 
     stages = {}
     train_buffers = WEIGHT_BYTES * (o.prefetch_bucket + o.reduce_bucket) * comm
@@ -338,6 +339,11 @@ def report(r: dict) -> str:
         "  total".ljust(56) + _g(m["total"]) + "   " + _fits(m["total"], r["usable"]),
         f"  largest IG chunk that fits: {m['max_chunk_rows']} rows  (--mining.chunk_rows; "
         f"{m['rows_per_example']} rows per example)",
+    ]
+    if o["offload"]:
+        lines += ["  host memory per node (offloaded weights x 1.5)".ljust(56) + _g(m["cpu_per_node"]),
+                  f"  run it with --mining.ds_config {cfg_name}"]
+    lines += [
         "",
     ]
     for stage in ("stage1", "stage2"):

@@ -2,6 +2,7 @@
 DeepSpeed's ZeRO-3 estimator."""
 import importlib.util
 import json
+import math
 import os
 import sys
 
@@ -81,6 +82,7 @@ def test_tiny_offload_and_checkpointing():
     # host: 1.5 x (2 bytes x 1704 weights + 18 bytes x 528 trainable) on one node
     assert s2["cpu_per_node"] == int(1.5 * (2 * 1704 + 18 * 528))
     assert r["mining"]["weights_shard"] == 0
+    assert r["mining"]["cpu_per_node"] == math.ceil(1.5 * 2 * r["params"] / r["options"]["nodes"])
 
 
 def test_crosscheck_matches_deepspeed_estimator():
