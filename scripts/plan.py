@@ -18,9 +18,9 @@ What is counted (bytes per GPU; N = nodes x GPUs per node ranks; bf16 weights, 2
 * mining             the prompt's KV cache (2 x layers x kv_heads x head_dim x prompt tokens) plus the IG rows of
                      one chunk. A row is the last token run over the cache with one (layer, step) scaled; it keeps,
                      in every layer above the scaled one (worst case: all layers), its activations
-                     (10 x hidden + 4 x FFN width), its own copy of the concatenated keys and values
-                     (2 x kv_heads x head_dim x tokens: the cache update concatenates the expanded cache) and the
-                     attention scores/probabilities (2 x heads x tokens), in bf16; plus its logits
+                     (10 x hidden + 4 x FFN width) and the attention scores/probabilities against the shared
+                     prompt cache (2 x heads x tokens; rows read the cache in place, no per-row copy of the keys
+                     and values: attribution/ig_fast.py), in bf16; plus its logits
                      (vocab x 8 bytes: fp32 softmax and its gradient).
 * stages             deltas = trainable parameters T (stage 1: irrelevant-only neurons x 3 x hidden [gate row, up
                      row, down column]; stage 2: all three groups x 3 x hidden + target layers x the whole FFN
@@ -214,7 +214,7 @@ def buckets_from_ds_config(path: str) -> dict:
 
 def row_bytes(s: Shape, tokens: int) -> int:
     """One IG row (worst case: scaled at the bottom layer, so every layer keeps its activations)."""
-    per_layer = 10 * s.hidden + 4 * s.ffn + 2 * s.kv_width * tokens + 2 * s.heads * tokens
+    per_layer = 10 * s.hidden + 4 * s.ffn + 2 * s.heads * tokens
     return WEIGHT_BYTES * s.layers * per_layer + LOGIT_ROW_BYTES * s.vocab
 
 

@@ -48,12 +48,12 @@ def test_tiny_plan_by_hand():
     assert m["gathered_layer"] == 4 * 256 == 1024
     assert m["zero_buffers"] == 2 * 10 * 2 == 40  # bf16 prefetch bucket, doubled by overlap_comm
     assert m["kv_cache"] == 2 * 2 * 2 * 4 * 4 == 128  # bytes x (k, v) x layers x kv width x tokens
-    # per layer: 10 x 8 + 4 x 16 + 2 x 4 x 4 (own k/v copy) + 2 x 2 x 4 (scores) = 192; x 2 layers x 2 bytes
+    # per layer: 10 x 8 + 4 x 16 + 2 x 2 x 4 (scores against the shared cache) = 160; x 2 layers x 2 bytes
     # + logits 8 bytes x 32
-    assert m["per_row"] == 2 * 2 * 192 + 8 * 32 == 1024
-    assert m["ig_rows"] == 5 * 1024
-    assert m["total"] == 1704 + 1024 + 40 + 128 + 5120 == 8016
-    assert m["max_chunk_rows"] == (usable - 2896) // 1024 == 524285
+    assert m["per_row"] == 2 * 2 * 160 + 8 * 32 == 896
+    assert m["ig_rows"] == 5 * 896
+    assert m["total"] == 1704 + 1024 + 40 + 128 + 4480 == 7376
+    assert m["max_chunk_rows"] == (usable - 2896) // 896 == 599183
     assert m["rows_per_example"] == 40
 
     s1, s2 = r["stage1"], r["stage2"]
