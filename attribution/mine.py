@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 import torch
 
@@ -179,13 +180,27 @@ def main(argv=None) -> None:
     if dist.is_main() and state.done:
         print(f"resuming: {len(state.done)} examples already in {stats_dir}, {len(todo)} to go", file=sys.stderr)
     path = shard_path(stats_dir, state.generation, dist.rank())
+    start = time.perf_counter()
     mine = mine_examples(model, patcher, builder, pairs, todo, path, run_id, cfg, zero3, layers, width)
+    seconds = time.perf_counter() - start
     rank, world = dist.rank(), dist.world_size()
     earlier = [RankStats.load(p, layers, width, m.top_k) for j, p in enumerate(state.paths) if j % world == rank]
     stats = reduce_stats([mine] + earlier, [p[0].id for p in pairs], layers, width, m.top_k)
     if dist.is_main():
         write_outputs(cfg, out, stats, fingerprint)
+        write_throughput(out, len(todo), seconds, world)
     dist.barrier()
+
+
+def write_throughput(out: str, questions: int, seconds: float, world: int) -> None:
+    """Questions mined per minute by this run (all ranks), printed and kept in ``throughput.json`` (apart from
+    the summary, which is byte-stable across runs)."""
+    rate = 60.0 * questions / seconds if seconds > 0 and questions else 0.0
+    line = (f"throughput: {questions} questions in {seconds / 60:.1f} min on {world} rank(s) = "
+            f"{rate:.2f} questions/min (two prompts each)")
+    print(line)
+    atomic_write_text(os.path.join(out, "throughput.json"), json.dumps(
+        {"questions": questions, "seconds": round(seconds, 3), "ranks": world, "questions_per_minute": rate}) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 examples, a killed rank and a resumed rerun) that must give the same statistics and neuron map."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -44,8 +45,10 @@ def assert_same(out_a: str, out_b: str, exact: bool) -> None:
 def test_single_process_outputs_and_idempotent_rerun(single, capsys):
     cfg, out = single
     for name in ("neuron_stats.safetensors", "neuron_map.safetensors", "neuron_map.json", "neuron_map.png",
-                 "summary.txt", "config.yaml"):
+                 "summary.txt", "config.yaml", "throughput.json"):
         assert os.path.isfile(os.path.join(out, name)), name
+    rate = json.load(open(os.path.join(out, "throughput.json")))
+    assert rate["questions"] == 7 and rate["seconds"] > 0 and rate["questions_per_minute"] > 0
     assert os.listdir(os.path.join(out, "tensorboard"))
     stats, nmap = _load(out)
     assert stats.status.tolist().count(OK) == 6 and stats.status.tolist().count(EMPTY_PASSAGE) == 1
