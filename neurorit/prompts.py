@@ -1,7 +1,8 @@
 """Prompt templates and tokenization for every stage.
 
 Prompt kinds: mining (verification prompt with and without the passage), stage 1 (instruction + question + K
-irrelevant documents -> EOS only), stage 2 (instruction + question + top-K documents -> evidence summary),
+irrelevant documents -> EOS only), stage 2 (instruction + question + top-K documents -> evidence summary), teacher
+(what a teacher model reads to write that summary, ``rag/write_evidence.py``),
 inference (two-step: evidence then answer; or answer-only), and robust SFT (documents -> answer).
 
 Two styles share the same slots: ``paper`` (English instructions in the spirit of the released prompts, for
@@ -58,8 +59,13 @@ PAPER = Style(
                      "concisely.\nWrite 'Evidence:' followed by the evidence, then 'Answer:' followed by the answer."),
         "stage1": "Answer the question based on the documents. If the documents are irrelevant, output nothing.",
         "stage2": "Summarize the evidence in the documents that is relevant to the question.",
+        "teacher": ("Summarize, in a few short sentences, the parts of the documents that are relevant to the "
+                    "question and help to answer it. Use only what the documents say. Do not answer the question "
+                    "from memory. If no document holds relevant information, write exactly: "
+                    + NO_EVIDENCE["paper"]),
     },
-    tails={"answer_only": "Answer:", "two_step": "Evidence:", "stage1": "Answer:", "stage2": "Evidence:"},
+    tails={"answer_only": "Answer:", "two_step": "Evidence:", "stage1": "Answer:", "stage2": "Evidence:",
+           "teacher": "Evidence:"},
     question="Question: {question}",
     answer_marker="Answer:",
 )
@@ -72,8 +78,11 @@ COMPACT = Style(
     no_word="no",
     verify_ctx="verify doc : {passage} question : {question} proposed : {answer} reply :",
     verify_noctx="verify question : {question} proposed : {answer} reply :",
-    heads={"answer_only": "qa", "two_step": "twostep", "stage1": "filter", "stage2": "summarize"},
-    tails={"answer_only": "answer :", "two_step": "evidence :", "stage1": "output :", "stage2": "evidence :"},
+    # teacher: stage 2's own prompt (the embedded model learned to summarize with it; no new vocabulary)
+    heads={"answer_only": "qa", "two_step": "twostep", "stage1": "filter", "stage2": "summarize",
+           "teacher": "summarize"},
+    tails={"answer_only": "answer :", "two_step": "evidence :", "stage1": "output :", "stage2": "evidence :",
+           "teacher": "evidence :"},
     question="question : {question}",
     answer_marker="answer :",
 )
@@ -203,7 +212,9 @@ class PromptBuilder:
     def _task(self, task: str, question: str, docs: Sequence[Passage], target: str = "") -> PromptParts:
         s = self.style
         rendered = [self.render_doc(i + 1, p) for i, p in enumerate(docs)]
-        tail = s.question.format(question=question) + s.sep + s.tails[task]
+        tail = s.question.format(question=question)
+        if not self.chat:  # a chat model's answer cue is the assistant turn itself (a cue in the user turn is
+            tail += s.sep + s.tails[task]  # echoed by small models: "Evidence: Evidence: ...")
         return self._wrap(PromptParts(head=s.heads[task], docs=rendered, tail=tail, target=target, sep=s.sep))
 
     # ---------------------------------------------------------------- the prompt kinds
@@ -212,16 +223,31 @@ class PromptBuilder:
         s = self.style
         if passage is None:
             return self._wrap(PromptParts(head="", docs=[],
-                                          tail=s.verify_noctx.format(question=question, answer=answer), sep=s.sep))
+                                          tail=self._cue(s.verify_noctx.format(question=question, answer=answer)),
+                                          sep=s.sep))
         head, rest = s.verify_ctx.split("{passage}", 1)
         return self._wrap(PromptParts(head=head.rstrip(), docs=[passage.text],
-                                      tail=rest.lstrip().format(question=question, answer=answer), sep=s.sep))
+                                      tail=self._cue(rest.lstrip().format(question=question, answer=answer)),
+                                      sep=s.sep))
+
+    def _cue(self, tail: str) -> str:
+        """In chat, the verification prompt's last line ("Reply:") goes: the assistant turn is the reply."""
+        if self.chat:
+            rest, _, last = tail.rstrip().rpartition(self.style.sep)
+            if rest and last.strip().lower().replace(" ", "") == "reply:":
+                return rest.rstrip()
+        return tail
 
     def stage1(self, question: str, irrelevant_docs: Sequence[Passage]) -> PromptParts:
         return self._task("stage1", question, irrelevant_docs, target="")
 
     def stage2(self, question: str, docs: Sequence[Passage], evidence: str) -> PromptParts:
         return self._task("stage2", question, docs, target=evidence or self.no_evidence())
+
+    def teacher(self, question: str, docs: Sequence[Passage]) -> PromptParts:
+        """A teacher model's prompt for writing a record's stage-2 evidence (``rag/write_evidence.py``): the
+        relevant parts of ``docs`` as a short summary, or ``no_evidence()`` when none is relevant."""
+        return self._task("teacher", question, docs)
 
     def two_step(self, question: str, docs: Sequence[Passage]) -> PromptParts:
         return self._task("two_step", question, docs)

@@ -10,8 +10,9 @@ corpus scores every question's candidates, stored best first with their scores.
 
 Half the questions ask *real facts* (``benchmarks/english/facts.py``: capitals and demonyms from
 ``countryinfo``, elements by symbol from ``periodictable``), half *fresh facts* (made-up entities and values).
-A closed-book probe of the base model (``data`` model ``model.path``; its own phrasing, not the benchmark's
-question, greedy, chat template per ``data.chat_template``) labels every real fact known or unknown:
+A closed-book probe of the base model (``model.path``; a phrasing of its own per relation, not the benchmark's
+question; greedy; chat template per ``data.chat_template``) labels every real fact known (answered right) or
+unknown:
 ``meta.kind`` is ``known`` / ``unknown`` / ``fresh`` (``real`` when built with ``--no-probe``), ``meta.known``
 the label, so evaluation reports per label. Probe results are cached next to the records
 (``probe_cache.json``, keyed by the model's files and the probe phrasing).
@@ -43,7 +44,7 @@ from neurorit.records import Passage, Record, passage_has_answer, write_records
 
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
 N_SAME_RELATION, N_RANDOM = 2, 4
-PROBE_MAX_NEW_TOKENS = 12
+PROBE_MAX_NEW_TOKENS = 16
 _WORD = re.compile(r"\w+")
 # side facts of made-up entities (besides their relations): a kind -> templates with {e} and a value list
 FRESH_SIDE = {
@@ -287,13 +288,14 @@ def _model_fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def probe_prompt(fact: RealFact) -> str:
-    return PROBES[fact.relation].format(e=fact.entity)
+def probe_prompts(fact: RealFact) -> list[str]:
+    return [p.format(e=fact.entity) for p in PROBES[fact.relation]]
 
 
 def probe_known(model_path: str, facts: list[RealFact], cache_path: str, chat_mode: str = "auto",
                 batch_size: int = 32, threads: int = 0) -> dict[str, bool]:
-    """Closed-book probe: ``{fact_key: known}``, greedy answers to ``PROBES`` phrasings; cached per model."""
+    """Closed-book probe: ``{fact_key: known}``; known = the greedy answer is right under every ``PROBES``
+    phrasing of the relation (not the benchmark's question). Cached per model and phrasing."""
     if not os.path.isdir(model_path):
         raise UserError(f"the closed-book probe needs the base model at {model_path} (model.path): run "
                         f"`make real-model` first, or pass --no-probe to build without known/unknown labels")
@@ -310,9 +312,12 @@ def probe_known(model_path: str, facts: list[RealFact], cache_path: str, chat_mo
         cache = {"model": fingerprint, "model_path": model_path, "probe": spec, "facts": {}}
     todo = [f for f in facts if fact_key(f) not in cache["facts"]]
     if todo:
-        outputs = _run_probe(model_path, [probe_prompt(f) for f in todo], chat_mode, batch_size, threads)
-        for f, out in zip(todo, outputs):
-            cache["facts"][fact_key(f)] = {"output": out, "known": bool(match(out, [f.value]))}
+        texts = [t for f in todo for t in probe_prompts(f)]
+        outputs = iter(_run_probe(model_path, texts, chat_mode, batch_size, threads))
+        for f in todo:
+            outs = [next(outputs) for _ in probe_prompts(f)]
+            right = [bool(match(o, [f.value])) for o in outs]
+            cache["facts"][fact_key(f)] = {"outputs": outs, "right": right, "known": all(right)}
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
         atomic_write_text(cache_path, json.dumps(cache, indent=1, ensure_ascii=False) + "\n")
     return {k: bool(v["known"]) for k, v in cache["facts"].items()}
@@ -337,7 +342,7 @@ def _run_probe(model_path: str, texts: list[str], chat_mode: str, batch_size: in
         prompts = [tok(f"Question: {t}\nAnswer:")["input_ids"] for t in texts]
         stop = []
     eos = eos_ids_of(model, tok, stop)
-    print(f"closed-book probe of {model_path} on {len(texts)} real facts", file=sys.stderr, flush=True)
+    print(f"closed-book probe of {model_path}: {len(texts)} prompts", file=sys.stderr, flush=True)
     out = generate_all(model, prompts, PROBE_MAX_NEW_TOKENS, batch_size, eos, pad_id_of(tok, eos))
     return [tok.decode(out[i], skip_special_tokens=True).strip() for i in range(len(texts))]
 

@@ -31,10 +31,13 @@ QUESTIONS = {
     "birthplace": "Where was {e} born?",
     "founder": "Who founded {e}?",
 }
+# The probe's phrasing per relation (a list: "known" = right under every phrasing listed), never the question.
+# One phrasing each: 135M-parameter models ramble under most rewordings (measured: second phrasings such as
+# "{e} has its government in which city?" were answered right for 24 of 228 capitals instead of 89).
 PROBES = {
-    "capital": "Name the capital city of {e}. Reply with the name of the city only.",
-    "demonym": "Complete with one word: a citizen of {e} is called a ...",
-    "element": "The chemical symbol {e} stands for which element? Reply with the element's name only.",
+    "capital": ["Name the capital city of {e}. Reply with the name of the city only."],
+    "demonym": ["What do you call a person from {e}? Reply with one word."],
+    "element": ["The chemical symbol {e} stands for which element? Reply with the element's name only."],
 }
 SENTENCES = {
     "capital": ["The capital of {e} is {v}.", "{v} is the capital city of {e}.",
