@@ -228,3 +228,15 @@ def test_template_without_stop_token_is_refused(template):
 def test_bad_mode_is_refused():
     with pytest.raises(UserError, match="chat_template"):
         prompt_builder(data_cfg("sometimes"), smollm2_tokenizer())
+
+
+def test_chat_user_turn_ends_with_the_question():
+    """In chat the assistant turn is the answer cue: no "Evidence:" / "Answer:" / "Reply:" line in the user turn."""
+    tok = smollm2_tokenizer()
+    b = prompt_builder(data_cfg(), tok)
+    for kind in ("two_step", "answer_only", "stage1"):
+        assert _kinds(b)[kind].text().endswith(f"Question: {Q}"), kind
+    for kind in ("mining", "mining_query"):
+        assert _kinds(b)[kind].text().endswith("Reply YES or NO."), kind
+    plain = PromptBuilder("paper")
+    assert plain.two_step(Q, DOCS).text().endswith("Evidence:") and plain.mining(Q, "x", None).text().endswith("Reply:")
