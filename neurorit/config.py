@@ -112,6 +112,21 @@ class EvalConfig:
 
 
 @dataclass
+class EvidenceConfig:
+    """``rag/write_evidence.py``: a teacher model writes the stage-2 ``evidence`` of records that lack it (through
+    ``eval.backend``, with ``model.dtype`` and ``data.prompt_style``)."""
+
+    teacher: str = ""  # the teacher's local Hugging Face checkpoint (--teacher wins); required
+    max_new_tokens: int = 160  # token limit of one summary (the paper's are at most ~142 tokens)
+    batch_size: int = 16  # prompts per generation batch (also the unit of resume)
+    num_docs: int = 0  # documents shown (stage 2's top-K); 0 = stage2.num_docs
+    # records whose shown documents hold no gold answer: "teacher" = the teacher decides too; "fixed" = the
+    # no-evidence sentence without asking the teacher
+    no_answer_docs: Literal["teacher", "fixed"] = "teacher"
+    resume: bool = True  # continue from the batches a killed run finished (<out>.partial/); false = start over
+
+
+@dataclass
 class RuntimeConfig:
     output_dir: str = "outputs/run"
     seed: int = 0
@@ -129,6 +144,7 @@ class ExperimentConfig:
         default_factory=lambda: StageConfig(lr=2e-5, epochs=2.0)
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
@@ -252,6 +268,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise UserError(f"config key 'eval.max_new_tokens' must be >= 0, got {ev.max_new_tokens}")
     if ev.tensor_parallel_size < 1:
         raise UserError(f"config key 'eval.tensor_parallel_size' must be >= 1, got {ev.tensor_parallel_size}")
+    evc = cfg.evidence
+    if evc.max_new_tokens < 1:
+        raise UserError(f"config key 'evidence.max_new_tokens' must be >= 1, got {evc.max_new_tokens}")
+    if evc.batch_size <= 0:
+        raise UserError(f"config key 'evidence.batch_size' must be > 0, got {evc.batch_size}")
+    if evc.num_docs < 0:
+        raise UserError(f"config key 'evidence.num_docs' must be >= 0 (0 = stage2.num_docs), got {evc.num_docs}")
     m = cfg.mining
     if m.steps < 1:
         raise UserError(f"config key 'mining.steps' must be >= 1, got {m.steps}")

@@ -100,7 +100,7 @@ nr_output_dir() { nr_config_get runtime.output_dir "$@"; }
 # nr_setup ARGS...: resolve nodes, MASTER_ADDR/PORT, hostfile, processes per node and the entry arguments (NR_ARGS).
 nr_setup() {
     cd "$NR_ROOT" || nr_die "cannot cd to $NR_ROOT (set NEURORIT_ROOT)"
-    [[ -n "${SLURM_JOB_ID:-}" ]] || nr_die "not inside a SLURM job: submit with sbatch (see README.md, "Scale-out")"
+    [[ -n "${SLURM_JOB_ID:-}" ]] || nr_die "not inside a SLURM job: submit with sbatch (see README.md, 'Scale-out')"
     mapfile -t NR_HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
     [[ ${#NR_HOSTS[@]} -gt 0 ]] || nr_die "scontrol show hostnames returned no host for '$SLURM_JOB_NODELIST'"
     export NNODES=${#NR_HOSTS[@]}
