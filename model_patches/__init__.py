@@ -10,6 +10,8 @@
   ``add_neuron_deltas({layer: neurons}) -> [params]`` / ``neuron_deltas`` / ``remove_neuron_deltas``.
 - ``merge_into_weights``, ``export_hf``: fold deltas (and deactivations) and write a plain HF checkpoint.
 - ``choose_attn_implementation``, ``load_causal_lm``, ``load_tokenizer``: attention choice and checkpoint loading (ZeRO-3 aware).
+- ``compat``: the supported transformers range (``TRANSFORMERS_RANGE``) and the one seam for what changed inside
+  it, the KV cache's name (``cache_kwargs(model, cache)``, ``output_cache(out)``, ``cache_layers_kv(cache)``).
 """
 from model_patches.adapters import SUPPORTED_ARCHITECTURES, FFNAdapter, get_ffn_adapter, model_fingerprint
 from model_patches.attention import choose_attn_implementation

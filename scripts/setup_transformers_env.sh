@@ -10,8 +10,9 @@
 #   3. the rest of requirements.txt under a constraints file that holds torch and transformers where steps 1-2
 #      put them (so pip fails loudly if some other requirement would need another transformers),
 #   4. this repo, editable, --no-deps.
-# Idempotent: a finished environment (stamp file naming the version) is left as it is; `rm -rf .venv-tf<VERSION>`
-# starts over. TF_VENV overrides the folder.
+# Idempotent: a finished environment (stamp file naming the version and a hash of requirements.txt and
+# pyproject.toml) is left as it is; a changed requirements.txt re-runs steps 3-4 in place; `rm -rf
+# .venv-tf<VERSION>` starts over. TF_VENV overrides the folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +21,12 @@ VENV=${TF_VENV:-.venv-tf$VERSION}
 PY="$VENV/bin/python"
 PIP="$VENV/bin/pip"
 STAMP="$VENV/.setup-done"
+# The stamp names the version and the requirements it was built from: a changed requirements.txt reinstalls.
+WANT="transformers==$VERSION requirements=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)"
 
 report() { "$PY" -c 'import transformers, torch; print("transformers", transformers.__version__, "torch", torch.__version__)'; }
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "transformers==$VERSION" ] \
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
         && [ "$("$PY" -c 'import transformers; print(transformers.__version__)' 2>/dev/null)" = "$VERSION" ]; then
     echo "$VENV: ready ($(report))"
     exit 0
@@ -45,4 +48,4 @@ grep -v -i -E '^transformers([<>=!~ ]|$)' requirements.txt > "$VENV/requirements
 
 "$PY" -c 'import transformers, deepspeed, peft, accelerate; print("transformers", transformers.__version__, "deepspeed", deepspeed.__version__, "peft", peft.__version__, "accelerate", accelerate.__version__)'
 "$PIP" check
-echo "transformers==$VERSION" > "$STAMP"
+echo "$WANT" > "$STAMP"
