@@ -56,7 +56,6 @@ def load_model(cfg: ExperimentConfig, zero3: bool):
     patcher = patch_model(model)
     if strategy is not None:
         strategy.prepare_frozen(model)
-        model._neurorit_strategy = strategy  # the strategy holds the ZeRO-3 hooks' engine: keep it with the model
     return model, patcher
 
 

@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import copy
 import datetime
+import gc
 import json
 import os
 import sys
@@ -200,7 +201,10 @@ def shard_indices(n: int, rank_: Optional[int] = None, world: Optional[int] = No
 
 
 def shutdown() -> None:
+    """At exit: collect what is left (DeepSpeed engines sit in reference cycles) while the group is still alive,
+    then destroy the group. An engine finalised after the group is gone can abort the process at exit."""
     if tdist.is_initialized():
+        gc.collect()
         tdist.destroy_process_group()
 
 
@@ -284,7 +288,6 @@ class Strategy:
 
     def __init__(self, ds_config: dict):
         self.config = ds_config
-        self._frozen: list = []  # engines of frozen models: they hold the ZeRO-3 hooks, keep them alive
 
     @classmethod
     def for_training(cls, zero_stage: int, batch_size: int, micro_batch_size: int, path: str = "",
@@ -311,8 +314,7 @@ class Strategy:
         if self.zero_stage == 3:
             import deepspeed
 
-            engine, _, _, _ = deepspeed.initialize(model=model, config=self.config)
-            self._frozen.append(engine)
+            deepspeed.initialize(model=model, config=self.config)  # the hooks stay on the model; the engine is not needed
         return model
 
     def optimizer(self, params: list, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
