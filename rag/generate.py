@@ -21,19 +21,15 @@ import inspect
 
 import torch
 
+from model_patches.compat import cache_arg_name, output_cache
+
 
 def _cache_kwargs(model) -> tuple[str, dict]:
-    """The name the model's forward uses for the KV cache (``cache`` in recent transformers, else
-    ``past_key_values``) and ``logits_to_keep=1`` when supported (only the last position's logits are needed)."""
+    """The name the model's forward uses for the KV cache (``model_patches.compat``: ``cache`` from transformers
+    5.24, ``past_key_values`` before) and ``logits_to_keep=1`` when supported (only the last logits are needed)."""
     params = inspect.signature(model.forward).parameters
-    name = "cache" if "cache" in params else "past_key_values"
     extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-    return name, extra
-
-
-def _cache_of(out):
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
+    return cache_arg_name(model), extra
 
 
 def eos_ids_of(model, tokenizer, extra: Iterable[int] = ()) -> list[int]:
@@ -99,7 +95,7 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
         mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
         positions = positions[:, -1:] + 1
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
-                    **{cache_name: _cache_of(out)}, **extra)
+                    **{cache_name: output_cache(out)}, **extra)
 
     tokens = torch.stack(steps, dim=1).tolist()
     eos_set = set(eos.tolist())
