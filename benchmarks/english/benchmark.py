@@ -1,8 +1,8 @@
 """The English RAG benchmark: real facts a pretrained model may know, made-up facts it can only read, in plain
 English passages ranked by a real BM25 library (``rank_bm25``).
 
-Per question: a gold passage (the fact in one of several sentence templates, plus up to two true side facts
-about the same entity), hard distractors of the same shape (two passages stating the *same relation* for other
+Per question: a gold passage (the fact in one of several sentence templates, sometimes with a true side fact
+or another fact about the same entity), hard distractors of the same shape (two passages stating the *same relation* for other
 entities; one about the *same entity* without the answer; a *near-duplicate* of the gold passage with a made-up
 entity and another value), four random passages (other entities, other relations), and a *counterfactual*
 passage (same entity and relation, another value) kept apart in ``counterfactual_ctxs``. BM25 over the whole
@@ -44,6 +44,7 @@ from neurorit.records import Passage, Record, passage_has_answer, write_records
 
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
 N_SAME_RELATION, N_RANDOM = 2, 4
+GOLD_SIDE = 0.3  # chance of each extra sentence in a passage (another relation, a side fact): 1-3 sentences
 PROBE_MAX_NEW_TOKENS = 16
 _WORD = re.compile(r"\w+")
 # side facts of made-up entities (besides their relations): a kind -> templates with {e} and a value list
@@ -94,7 +95,7 @@ class Builder:
     def _real_doc(self, fact: RealFact, kind: str, value: Optional[str] = None, n_side: Optional[int] = None) -> Passage:
         side = list(fact.side)
         self.rng.shuffle(side)
-        n_side = self.rng.randint(0, min(2, len(side))) if n_side is None else min(n_side, len(side))
+        n_side = (int(self.rng.random() < GOLD_SIDE) if side else 0) if n_side is None else min(n_side, len(side))
         sents = [sentence(fact.relation, fact.entity, value or fact.value, self.rng.randrange(3))] + side[:n_side]
         self.rng.shuffle(sents)
         title = fact.group if fact.relation != "element" else (value or fact.value).capitalize()
@@ -166,8 +167,8 @@ class Builder:
         ent = self.entity(kind)
         answer = ent.values[relation]
         extra = [r for r in RELATIONS_OF[kind] if r != relation]
-        gold_rels = [relation] + ([rng.choice(extra)] if extra and rng.random() < 0.5 else [])
-        gold = self._fresh_doc(ent, gold_rels, "gold", side=rng.random() < 0.5)
+        gold_rels = [relation] + ([rng.choice(extra)] if extra and rng.random() < GOLD_SIDE else [])
+        gold = self._fresh_doc(ent, gold_rels, "gold", side=rng.random() < GOLD_SIDE)
         docs = [gold]
         for _ in range(N_SAME_RELATION):
             docs.append(self._fresh_doc(self.entity(kind), [relation], "same_relation", side=rng.random() < 0.5))

@@ -160,9 +160,9 @@ def real_facts() -> list[RealFact]:
 
 
 # ------------------------------------------------------------------------------------------------ made-up names
-_ONSETS = "b c d f g h k l m n p r s t v z br cl dr fl gr kr pl pr sk st tr th".split()
-_VOWELS = "a e i o u a e o ai ea".split()
-_CODAS = ["", "", "", "n", "r", "l", "s", "m", "th", "nd"]
+_ONSETS = "b d f g k l m n p r s t v z br dr pl st tr".split()  # short, pronounceable: a 135M reader copies
+_VOWELS = "a e i o u".split()  # these far more reliably than long clusters ("Skedriseth", "thiskeock")
+_CODAS = ["", "", "", "n", "r", "l", "m"]
 _SUFFIX = {
     "country": ["ania", "ovia", "land", "mark", "istan", "ora", "eth", "ria"],
     "city": ["ford", "ton", "by", "wick", "mouth", "dale", "port", "ham", "field", "bridge"],
@@ -187,13 +187,13 @@ class NameMaker:
     def make(self, kind: str) -> str:
         for _ in range(10_000):
             if kind == "person":
-                name = f"{self._stem(2)} {self._stem(self.rng.choice([2, 3]))}"
+                name = f"{self._stem(self.rng.choice([1, 2]))} {self._stem(2)}"
             elif kind == "company":
-                name = f"{self._stem(2)} {self.rng.choice(_COMPANY)}"
+                name = f"{self._stem(self.rng.choice([1, 2]))} {self.rng.choice(_COMPANY)}"
             elif kind == "symbol":  # a made-up chemical symbol: capital + rare letter (no real symbol has these)
                 name = self.rng.choice("BCDFGHJKLMNPQRSTVWXZ") + self.rng.choice("jqvwxz")
             else:
-                name = self._stem(self.rng.choice([1, 2])) + self.rng.choice(_SUFFIX[kind])
+                name = self._stem(1 if kind == "currency" else self.rng.choice([1, 2])) + self.rng.choice(_SUFFIX[kind])
                 if kind in ("currency", "element"):
                     name = name.lower()
             key = normalize(name)
