@@ -11,7 +11,7 @@ import json
 import os
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text
@@ -115,11 +115,11 @@ def parse_record(raw: Any, where: str) -> Record:
                   ctxs=passages, evidence=str(evidence or ""), counterfactual_ctxs=cf, meta=dict(meta))
 
 
-def load_records(path: str, limit: int = -1) -> list[Record]:
-    """Read a JSONL file of records (any accepted spelling). Bad lines raise UserError with file:line."""
+def read_lines(path: str) -> Iterator[tuple[str, dict, Record]]:
+    """``(line, raw object, parsed record)`` for every non-empty line of a JSONL records file (any accepted
+    spelling); a missing file or a bad line raises UserError with file:line."""
     if not os.path.isfile(path):
         raise UserError(f"records file not found: {path}")
-    out: list[Record] = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -129,9 +129,16 @@ def load_records(path: str, limit: int = -1) -> list[Record]:
                 raw = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            out.append(parse_record(raw, where))
-            if 0 < limit <= len(out):
-                break
+            yield line.rstrip("\r\n"), raw, parse_record(raw, where)
+
+
+def load_records(path: str, limit: int = -1) -> list[Record]:
+    """Read a JSONL file of records (at most ``limit`` when > 0). Bad lines raise UserError with file:line."""
+    out: list[Record] = []
+    for _, _, record in read_lines(path):
+        out.append(record)
+        if 0 < limit <= len(out):
+            break
     if not out:
         raise UserError(f"{path}: no records")
     return out

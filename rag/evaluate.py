@@ -41,11 +41,12 @@ from model_patches import load_tokenizer
 from neurorit import dist
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
+from neurorit.files import atomic_write_text
 from neurorit.methods import REPORT_ORDER
 from neurorit import metrics
 from rag.backends import as_backend, load_backend
 from rag.generate import eos_ids_of, length_batches, pad_id_of
-from rag.resume import BatchStore, MemoryStore, durable_write_text, fingerprint
+from rag.resume import BatchStore, MemoryStore, fingerprint
 from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
 from neurorit.records import Record, load_records
 from neurorit.settings import SETTINGS, docs_for_setting, has_setting
@@ -224,9 +225,9 @@ def output_paths(out_dir: str, name: str) -> dict:
 def write_outputs(out_dir: str, name: str, result: dict, predictions: list[dict]) -> str:
     """Predictions, then ``<name>.eval.json`` last, each atomically: an eval.json always has its predictions."""
     paths = output_paths(out_dir, name)
-    durable_write_text(paths["predictions"],
+    atomic_write_text(paths["predictions"],
                        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    durable_write_text(paths["eval"], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(paths["eval"], json.dumps(result, indent=2) + "\n")
     return paths["eval"]
 
 

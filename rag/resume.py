@@ -21,33 +21,11 @@ import shutil
 from typing import Optional, Sequence
 
 from neurorit import dist
+from neurorit.files import atomic_write_text
 
 log = logging.getLogger("rag.resume")
 
 SHARD = re.compile(r"batch-(\d+)\.json")
-
-
-def durable_write_text(path: str, text: str) -> str:
-    """Temp file beside ``path`` (unique to this process), fsync, rename, fsync the folder."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return path
 
 
 def checkpoint_identity(path: str) -> list:
@@ -140,7 +118,7 @@ class BatchStore:
                 if ".tmp." in name:  # a write cut by a kill: never renamed, so never counted
                     os.remove(os.path.join(self.directory, name))
             if meta is None or not os.path.isfile(meta_path):
-                durable_write_text(meta_path, json.dumps({"fingerprint": self.fp}) + "\n")
+                atomic_write_text(meta_path, json.dumps({"fingerprint": self.fp}) + "\n")
             for name in sorted(os.listdir(self.directory)):
                 m = SHARD.fullmatch(name)
                 if m and int(m.group(1)) < len(batches):
@@ -156,7 +134,7 @@ class BatchStore:
 
     def put(self, b: int, outputs: dict) -> None:
         rows = [[int(i), [int(t) for t in outputs[i]]] for i in sorted(outputs)]
-        durable_write_text(self._path(b), json.dumps({"fingerprint": self.fp, "batch": b, "outputs": rows}) + "\n")
+        atomic_write_text(self._path(b), json.dumps({"fingerprint": self.fp, "batch": b, "outputs": rows}) + "\n")
 
     def collect(self, batches: list[list[int]]) -> dict[int, list[int]]:
         """Collective: every batch's outputs, read by rank 0 after all ranks finished, on every rank."""

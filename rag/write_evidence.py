@@ -61,7 +61,7 @@ from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.metrics import normalize
 from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
-from neurorit.records import Record, parse_record, passage_has_answer
+from neurorit.records import Record, passage_has_answer, read_lines
 from neurorit.settings import docs_for_setting
 from rag.backends import load_backend
 from rag.evaluate import check_positions
@@ -117,20 +117,8 @@ def teacher_fingerprint(path: str, edge: int = 2**20) -> str:
 
 # ------------------------------------------------------------------------------------------------- records
 def read_rows(path: str) -> list[tuple[str, dict, Record]]:
-    """``(line, raw object, parsed record)`` per non-empty line; the errors of ``load_records`` (file:line)."""
-    if not os.path.isfile(path):
-        raise UserError(f"records file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            rows.append((line.rstrip("\r\n"), raw, parse_record(raw, where)))
+    """``(line, raw object, parsed record)`` per non-empty line (``neurorit.records.read_lines``)."""
+    rows = list(read_lines(path))
     if not rows:
         raise UserError(f"{path}: no records")
     return rows
