@@ -185,3 +185,46 @@ def as_backend(model_or_backend):
     if isinstance(model_or_backend, (HFBackend, VLLMBackend)):
         return model_or_backend
     return HFBackend(model_or_backend)
+
+
+def generate_resumably(backend, prompts: list, batches: list, max_new_tokens: int, eos_ids, pad_id: int, store,
+                       resume: bool, desc: str, unit: str, show_progress: bool = True) -> list:
+    """Generate every batch this rank owns that ``store`` (``rag.resume``) does not hold yet, keeping each as it
+    finishes, with a progress bar on rank 0 and the throughput in the log; returns all outputs, in prompt order,
+    on every rank."""
+    import sys
+    import time
+
+    done = store.open(batches, resume)
+    mine = dist.shard_indices(len(batches)) if backend.splits_over_ranks else list(range(len(batches)))
+    todo = [b for b in mine if b not in done]
+    bar = None
+    if show_progress and dist.is_main():
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(batches[b]) for b in mine), initial=sum(len(batches[b]) for b in mine if b in done),
+                   desc=f"{desc} ({backend.name}, rank 0)", unit=unit, file=sys.stderr, dynamic_ncols=True)
+    timing = {"start": time.perf_counter(), "first": None, "prompts": 0}
+
+    def on_batch(b: int, outputs: dict) -> None:
+        store.put(b, outputs)
+        if timing["first"] is None:
+            timing["first"] = time.perf_counter() - timing["start"]
+        timing["prompts"] += len(outputs)
+        if bar is not None:
+            bar.update(len(outputs))
+
+    try:
+        backend.generate(prompts, batches, todo, max_new_tokens, eos_ids, pad_id, on_batch)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - timing["start"]
+    if timing["prompts"]:
+        log.info("generation (%s, rank %d): %d prompts in %.2f s, %.1f prompts/s, first answer after %.3f s",
+                 backend.name, dist.rank(), timing["prompts"], seconds, timing["prompts"] / max(seconds, 1e-9),
+                 timing["first"])
+    outputs = store.collect(batches)
+    if len(outputs) != len(prompts):
+        raise RuntimeError(f"gathered {len(outputs)} outputs for {len(prompts)} prompts")
+    return outputs

@@ -44,7 +44,7 @@ from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.methods import REPORT_ORDER
 from neurorit import metrics
-from rag.backends import as_backend, load_backend
+from rag.backends import as_backend, generate_resumably, load_backend
 from rag.generate import eos_ids_of, length_batches, pad_id_of
 from rag.resume import BatchStore, MemoryStore, fingerprint
 from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
@@ -135,38 +135,8 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
     elif isinstance(store, str):
         store = BatchStore(store, fingerprint(prompts, ev.batch_size, ev.max_new_tokens, eos_ids, pad_id,
                                               backend.name, model_path))
-    done = store.open(batches, ev.resume)
-    mine = dist.shard_indices(len(batches)) if backend.splits_over_ranks else list(range(len(batches)))
-    todo = [b for b in mine if b not in done]
-    bar = None
-    if show_progress and dist.is_main():
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(len(batches[b]) for b in mine), initial=sum(len(batches[b]) for b in mine if b in done),
-                   desc=f"evaluate ({backend.name}, rank 0)", unit="prompt", file=sys.stderr, dynamic_ncols=True)
-    timing = {"start": time.perf_counter(), "first": None, "prompts": 0}
-
-    def on_batch(b: int, outputs: dict) -> None:
-        store.put(b, outputs)
-        if timing["first"] is None:
-            timing["first"] = time.perf_counter() - timing["start"]
-        timing["prompts"] += len(outputs)
-        if bar is not None:
-            bar.update(len(outputs))
-
-    try:
-        backend.generate(prompts, batches, todo, ev.max_new_tokens, eos_ids, pad_id, on_batch)
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - timing["start"]
-    if timing["prompts"]:
-        log.info("generation (%s, rank %d): %d prompts in %.2f s, %.1f prompts/s, first answer after %.3f s",
-                 backend.name, dist.rank(), timing["prompts"], seconds, timing["prompts"] / max(seconds, 1e-9),
-                 timing["first"])
-    tokens = store.collect(batches)
-    if len(tokens) != len(jobs):
-        raise RuntimeError(f"gathered {len(tokens)} outputs for {len(jobs)} prompts")
+    tokens = generate_resumably(backend, prompts, batches, ev.max_new_tokens, eos_ids, pad_id, store, ev.resume,
+                                "evaluate", "prompt", show_progress)
 
     predictions = []
     for i, job in enumerate(jobs):

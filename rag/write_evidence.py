@@ -63,7 +63,7 @@ from neurorit.metrics import normalize
 from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
 from neurorit.records import Record, passage_has_answer, read_lines
 from neurorit.settings import docs_for_setting
-from rag.backends import load_backend
+from rag.backends import generate_resumably, load_backend
 from rag.evaluate import check_positions
 from rag.generate import eos_ids_of, length_batches, pad_id_of
 from rag.resume import BatchStore, fingerprint
@@ -224,30 +224,8 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
         batches = length_batches(prompts, ev.batch_size)
         store = BatchStore(partial, fingerprint(prompts, ev.batch_size, ev.max_new_tokens, eos_ids, pad_id,
                                                 backend.name, teacher))
-        done = store.open(batches, ev.resume)
-        mine = dist.shard_indices(len(batches)) if backend.splits_over_ranks else list(range(len(batches)))
-        todo = [b for b in mine if b not in done]
-        bar = None
-        if show_progress and dist.is_main():
-            from tqdm import tqdm
-
-            bar = tqdm(total=sum(len(batches[b]) for b in mine),
-                       initial=sum(len(batches[b]) for b in mine if b in done),
-                       desc=f"evidence ({backend.name}, rank 0)", unit="record", file=sys.stderr, dynamic_ncols=True)
-
-        def on_batch(b: int, outputs: dict) -> None:
-            store.put(b, outputs)
-            if bar is not None:
-                bar.update(len(outputs))
-
-        try:
-            backend.generate(prompts, batches, todo, ev.max_new_tokens, eos_ids, pad_id, on_batch)
-        finally:
-            if bar is not None:
-                bar.close()
-        tokens = store.collect(batches)
-        if len(tokens) != len(prompts):
-            raise RuntimeError(f"gathered {len(tokens)} summaries for {len(prompts)} prompts")
+        tokens = generate_resumably(backend, prompts, batches, ev.max_new_tokens, eos_ids, pad_id, store,
+                                    ev.resume, "evidence", "record", show_progress)
 
     counts = {"records": len(rows), "kept": len(rows) - len(ask) - len(fixed), "teacher": len(ask),
               "fixed": len(fixed), "no_evidence": len(fixed), "truncated": 0}
