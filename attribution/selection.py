@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from neurorit.neuron_map import GROUPS, NeuronMap
+from neurorit.neuron_map import NeuronMap
 
 
 def example_topk(attr: torch.Tensor, threshold_ratio: float, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:

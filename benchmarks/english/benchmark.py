@@ -39,7 +39,7 @@ from benchmarks.english.facts import (FRESH_RELATIONS, FRESH_SUBJECT, FRESH_VALU
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from neurorit.metrics import match, normalize
+from neurorit.metrics import match
 from neurorit.records import Passage, Record, passage_has_answer, write_records
 
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
