@@ -117,6 +117,8 @@ def test_resume_equals_uninterrupted_and_refuses_another_map(workspace, tmp_path
 
     resumed = run_stage("stage1", split)
     assert resumed["step"] == 4
+    again = run_stage("stage1", split)  # resumed at its final step (as after a kill before the export)
+    assert again["step"] == 4 and again["final_loss"] == resumed["final_loss"] is not None
     a, b = weights(done["export_dir"]), weights(resumed["export_dir"])
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     logged_a, logged_b = scalars(str(tmp_path / "straight" / "tb")), scalars(str(tmp_path / "split" / "tb"))

@@ -68,15 +68,18 @@ def _listing(tag_dir: str) -> dict:
     return out
 
 
-def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity: dict) -> None:
-    """Collective: every rank calls it. ``identity`` = what a resume must match (neuron-map hash, method)."""
+def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity: dict,
+         last_loss: Optional[float] = None) -> None:
+    """Collective: every rank calls it. ``identity`` = what a resume must match (neuron-map hash, method);
+    ``last_loss`` (the step's reduced loss) lets a run resumed at its final step report it."""
     tag = f"step{step}"
     tag_dir = os.path.join(ckpt_dir, tag)
     previous = _newest_complete(ckpt_dir)
     kept = (f"the previous checkpoint {previous} is kept and --resume auto takes it" if previous
             else "no earlier checkpoint existed")
     rngs = dist.all_gather_objects(_rng_state())
-    state = {"step": step, "consumed_samples": consumed, "world_size": dist.world_size(), **identity}
+    state = {"step": step, "consumed_samples": consumed, "world_size": dist.world_size(), "last_loss": last_loss,
+             **identity}
     error = None
     if dist.is_main():
         try:

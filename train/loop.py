@@ -138,17 +138,18 @@ def _stage_data(cfg: ExperimentConfig, stage: str, rule: StageRule, tokenizer):
     return examples, dev, truncation
 
 
-def _resume(engine, ckpt_dir: str, resume: str, identity: dict, batch_size: int) -> tuple[Optional[str], int]:
-    """(checkpoint folder or None, the step to continue from)."""
+def _resume(engine, ckpt_dir: str, resume: str, identity: dict,
+            batch_size: int) -> tuple[Optional[str], int, Optional[float]]:
+    """(checkpoint folder or None, the step to continue from, the loss of that step)."""
     found = checkpoint.find(ckpt_dir, resume)
     if not found:
-        return None, 0
+        return None, 0, None
     client = checkpoint.load(engine, found, identity)
     step = client["step"]
     if client["consumed_samples"] != step * batch_size:
         raise UserError(f"checkpoint {found} consumed {client['consumed_samples']} samples in {step} steps; "
                         f"resume with the batch_size it was taken with")
-    return found, step
+    return found, step, client.get("last_loss")
 
 
 def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_after: int = 0,
@@ -189,7 +190,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     identity = {"stage": stage, "method": st.method, "neuron_map_hash": nmap.hash() if nmap else None,
                 "init_from": os.path.abspath(init_from), "seed": cfg.runtime.seed}
-    found, step = _resume(engine, ckpt_dir, resume, identity, st.batch_size)
+    found, step, resumed_loss = _resume(engine, ckpt_dir, resume, identity, st.batch_size)
     monitor = Monitor(os.path.join(out_dir, "tb"), plan.total_steps, step, stage)
     monitor.print(trainable.describe(model.config.hidden_size))
     monitor.print(truncation.report(f"{stage} training data"))
@@ -199,7 +200,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         monitor.scalars(0, {"train/trainable_params": trainable.count})
     stop_at = min(plan.total_steps, step + stop_after) if stop_after > 0 else plan.total_steps
     engine.train()
-    last = {"loss": None}
+    last = {"loss": resumed_loss}  # a run resumed at its final step still reports that step's loss
     while step < stop_at:
         last = _train_step(engine, plan, step, examples, pad_id)
         step += 1
@@ -212,7 +213,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         if dev and (step % st.eval_every == 0 or step == plan.total_steps):
             monitor.scalars(step, {"dev/loss": dev_loss(engine, dev, micro, pad_id)})
         if (st.save_every > 0 and step % st.save_every == 0) or step == stop_at:
-            checkpoint.save(engine, ckpt_dir, step, step * st.batch_size, identity)
+            checkpoint.save(engine, ckpt_dir, step, step * st.batch_size, identity, last["loss"])
     monitor.close()
     if step < plan.total_steps:
         monitor.print(f"stopped after step {step} of {plan.total_steps}; rerun the same command to resume")
