@@ -74,4 +74,4 @@ check-reader-smollm: real-model
 
 # every method on the real model (slow: about 90 minutes on 2 CPU cores; resumes where it stopped)
 experiment-smollm: real-model
-	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions two_step
+	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only

@@ -1,7 +1,7 @@
 """The whole Neuro-RIT pipeline on one experiment config, on CPU, end to end.
 
     python scripts/demo.py --config configs/embedded.yaml [--quick] [--ranks 2]      (what `make demo` runs)
-    python scripts/demo.py --config configs/smollm2.yaml --instructions two_step     (`make experiment-smollm`)
+    python scripts/demo.py --config configs/smollm2.yaml --instructions answer_only  (`make experiment-smollm`)
 
 Steps (each skipped when its output already exists, so a re-run continues where it stopped): the benchmark
 (``data.benchmark``: ``benchmarks/embedded`` or ``benchmarks/english``) -> the base model (embedded: the
@@ -52,7 +52,7 @@ class Pipeline:
     def __init__(self, config: str, overrides: list[str], ranks: int, baselines: bool = True,
                  instructions: tuple[str, ...] = ("two_step", "answer_only")):
         self.config, self.overrides, self.ranks, self.baselines = config, overrides, ranks, baselines
-        # the two-step instruction is the headline (its results go to output_dir); others to output_dir/<name>
+        # the first instruction is the headline (its results go to output_dir); others to output_dir/<name>
         self.instructions = instructions
         self.cfg = load_config(config, overrides)
         self.out = self.cfg.runtime.output_dir
@@ -105,10 +105,10 @@ class Pipeline:
         self.step(f"evaluate {name} ({instruction})", os.path.join(folder, f"{name}.eval.json"), cmd)
 
     def eval_folder(self, instruction: str) -> str:
-        return self.path("eval" if instruction == "two_step" else f"eval_{instruction}")
+        return self.path("eval" if instruction == self.instructions[0] else f"eval_{instruction}")
 
     def results_folder(self, instruction: str) -> str:
-        return self.out if instruction == "two_step" else self.path(instruction)
+        return self.out if instruction == self.instructions[0] else self.path(instruction)
 
     def run(self) -> None:
         cfg = self.cfg
@@ -156,14 +156,15 @@ def main(argv=None) -> None:
                    help="smaller budgets and no trained baselines: a first look within ~5 minutes")
     p.add_argument("--ranks", type=int, default=2, help="processes per distributed step (ZeRO-3 over gloo on CPU)")
     p.add_argument("--instructions", default="",
-                   help="comma-separated inference instructions to evaluate, two_step first (default: two_step,"
-                        "answer_only; two_step with --quick)")
+                   help="comma-separated inference instructions to evaluate; the first is the headline, reported in "
+                        "runtime.output_dir, the others in output_dir/<instruction> (default: two_step,answer_only; "
+                        "two_step with --quick)")
     args, rest = p.parse_known_args(argv)
     overrides = (QUICK if args.quick else []) + rest
     instructions = tuple(args.instructions.split(",")) if args.instructions else \
         (("two_step",) if args.quick else ("two_step", "answer_only"))
-    if instructions[0] != "two_step" or not set(instructions) <= {"two_step", "answer_only"}:
-        raise UserError(f"--instructions {args.instructions!r}: two_step first, then optionally answer_only")
+    if not set(instructions) <= {"two_step", "answer_only"} or len(set(instructions)) != len(instructions):
+        raise UserError(f"--instructions {args.instructions!r}: two_step and/or answer_only, each once")
     Pipeline(args.config, overrides, args.ranks, baselines=not args.quick, instructions=instructions).run()
 
 
