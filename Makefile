@@ -3,12 +3,6 @@ PY      := .venv/bin/python
 PIP     := .venv/bin/pip
 STAMP   := .venv/.setup-done
 export PYTHONUNBUFFERED := 1
-# Bit-reproducible demo numbers across x86 hosts (torch / MKL / oneDNN kernels pinned to AVX2; README "Reproducible").
-ifeq ($(shell uname -m),x86_64)
-export ATEN_CPU_CAPABILITY ?= avx2
-export MKL_CBWR ?= AVX2
-export ONEDNN_MAX_CPU_ISA ?= AVX2
-endif
 
 .PHONY: setup demo demo-quick test test-slow test-all test-slurm test-faults test-vllm base-model benchmark bench \
 	test-transformers-oldest real-model check-reader-smollm experiment-smollm clean

@@ -111,7 +111,7 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
 def make_deterministic(on: bool = True) -> None:
     """``runtime.deterministic`` (default on): bit-reproducible training on GPUs too. Call before any CUDA work.
 
-    On CPU nothing is needed: with a fixed seed and kernel path (the Makefile and the demo pin the x86 kernels
+    On CPU nothing is needed: with a fixed seed and kernel path (the demo pins the x86 kernels
     to AVX2, see the README) every reduction here is in a fixed order. On CUDA, atomics in the embedding backward,
     attention backward kernels and cuBLAS split-K vary run to run; this selects deterministic kernels (warning
     where one has none), which costs speed there (roughly 5-20%, mostly attention backward; not measured here).
@@ -278,11 +278,6 @@ def zero3_loading(ds_config: Optional[dict]):
 
 
 # ---------------------------------------------------------------------------------------------- the strategy
-def inference_ds_config(zero_stage: int, dtype: str = "float32", path: str = "") -> dict:
-    """A DeepSpeed config for a frozen model (no optimizer): one sequence per rank and step."""
-    return ds_config_for(zero_stage, world_size(), 1, path, dtype)
-
-
 class Strategy:
     """Everything DeepSpeed does for one run: its config, loading under ZeRO-3, and preparing models."""
 
@@ -298,7 +293,8 @@ class Strategy:
 
     @classmethod
     def for_inference(cls, zero_stage: int, dtype: str = "float32", path: str = "") -> "Strategy":
-        return cls(inference_ds_config(zero_stage, dtype, path))
+        """For a frozen model (no optimizer): one sequence per rank and step."""
+        return cls(ds_config_for(zero_stage, world_size(), 1, path, dtype))
 
     @property
     def zero_stage(self) -> int:

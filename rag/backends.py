@@ -72,10 +72,6 @@ class Zero3Backend(HFBackend):
 
     name = "zero3"
 
-    def __init__(self, model, strategy):
-        super().__init__(model)
-        self.strategy = strategy  # holds the engine that owns the ZeRO-3 hooks: keep it alive with the model
-
     @classmethod
     def load(cls, path: str, cfg) -> "Zero3Backend":
         from model_patches import load_causal_lm
@@ -84,8 +80,7 @@ class Zero3Backend(HFBackend):
         model = load_causal_lm(path, cfg.model.dtype, cfg.model.attn_implementation, strategy.config)
         model.requires_grad_(False)
         model.eval()
-        strategy.prepare_frozen(model)
-        return cls(model, strategy)
+        return cls(strategy.prepare_frozen(model))
 
     def generate(self, prompts, batches, todo, max_new_tokens, eos_ids, pad_id, on_batch) -> None:
         """Collective. Rounds = the most batches any rank has left; a rank without a batch in a round decodes a

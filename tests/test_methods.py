@@ -18,7 +18,7 @@ from neurorit.neuron_map import GROUPS as MAP_GROUPS
 from neurorit.neuron_map import NeuronMap
 from tests.support.workspaces import GROUPS, HIDDEN, TARGET_LAYERS, training_workspace
 from train import lora
-from train.loop import run_stage
+from train.loop import init_path, run_stage
 from train.trainable import planned_count, setup_trainable
 
 
@@ -45,6 +45,16 @@ def test_config_takes_stage_methods_from_the_registry():
     for stage, bad in (("stage2", "layer"), ("stage1", "layer_tuning"), ("stage1", "neurorit_stage1")):
         with pytest.raises(UserError, match=f"'{stage}.method'.*use one of .*neurorit"):
             load_config(None, [f"--{stage}.method", bad])
+
+
+def test_stage2_starts_from_stage1_only_for_methods_with_both_stages(tmp_path):
+    cfg = load_config(None, ["--runtime.output_dir", str(tmp_path), "--model.path", "base"])
+    assert init_path(cfg, "stage2", methods.get("layer_tuning")) == "base"
+    assert init_path(cfg, "stage2", methods.get("lora")) == "base"
+    with pytest.raises(UserError, match="stage 1's export"):
+        init_path(cfg, "stage2", methods.get("neurorit"))
+    (tmp_path / "stage1" / "export").mkdir(parents=True)
+    assert init_path(cfg, "stage2", methods.get("random_neurons")) == str(tmp_path / "stage1" / "export")
 
 
 def test_a_new_baseline_is_one_registry_entry(tmp_path, single_rank_env, monkeypatch):

@@ -1,5 +1,5 @@
 """Bit-reproducible training: the method most sensitive to rounding (robust_sft, every parameter) trained twice
-on 2 real ZeRO-3 ranks gives byte-identical exports, and the kernel pin of the Makefile and the demo reaches the
+on 2 real ZeRO-3 ranks gives byte-identical exports, and the demo's kernel pin reaches the
 ranks (the AVX-512 and AVX2 kernels of one host round differently, which is what moved robust_sft's numbers
 between machines)."""
 import json

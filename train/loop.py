@@ -48,12 +48,13 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> str:
     return getattr(cfg, stage).output_dir or os.path.join(cfg.runtime.output_dir, stage)
 
 
-def init_path(cfg: ExperimentConfig, stage: str) -> str:
-    """Where a stage's starting weights come from: ``init_from``, else model.path (stage 1) or stage 1's export."""
+def init_path(cfg: ExperimentConfig, stage: str, method: methods.Method) -> str:
+    """Where a stage's starting weights come from: ``init_from``, else stage 1's export for stage 2 of a method
+    that runs both stages (``Method.chains``), else model.path."""
     explicit = getattr(cfg, stage).init_from
     if explicit:
         return explicit
-    if stage == "stage1":
+    if stage == "stage1" or not method.chains():
         return cfg.model.path
     path = os.path.join(stage_dir(cfg, "stage1"), "export")
     if not os.path.isdir(path):
@@ -165,7 +166,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     st: StageConfig = getattr(cfg, stage)
     method = methods.get(st.method)
     rule = method.rule(stage)
-    out_dir, init_from = stage_dir(cfg, stage), init_path(cfg, stage)
+    out_dir, init_from = stage_dir(cfg, stage), init_path(cfg, stage, method)
     if dist.is_main():
         save_config(cfg, out_dir)
     nmap = NeuronMap.load(mining_dir(cfg)) if rule.needs_map else None

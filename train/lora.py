@@ -22,10 +22,6 @@ from neurorit import dist
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj", "qkv_proj")
 
 
-def _numel(param: torch.nn.Parameter) -> int:
-    return int(getattr(param, "ds_numel", param.numel()))
-
-
 def _shape(param: torch.nn.Parameter) -> tuple[int, ...]:
     return tuple(getattr(param, "ds_shape", param.shape))
 
