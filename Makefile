@@ -5,7 +5,8 @@ STAMP   := .venv/.setup-done
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup demo demo-quick test test-slow test-all test-slurm test-faults test-vllm base-model benchmark bench \
-	test-transformers-oldest real-model check-reader-smollm experiment-smollm clean
+	test-transformers-oldest real-model check-reader-smollm experiment-smollm experiment-smollm-why \
+	results-smollm clean
 
 setup: $(STAMP)
 
@@ -69,3 +70,19 @@ check-reader-smollm: real-model
 # every method on the real model (slow: about 90 minutes on 2 CPU cores; resumes where it stopped)
 experiment-smollm: real-model
 	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only
+
+# after experiment-smollm: the same questions mined with the other IG target, and the analysis (scripts/analyze_run.py)
+experiment-smollm-why: experiment-smollm
+	test -f outputs/smollm2/mining_answer_logprob/summary.txt || \
+	  OMP_NUM_THREADS=1 .venv/bin/torchrun --nproc_per_node 2 attribution/mine.py --config configs/smollm2.yaml \
+	    --mining.target answer_logprob --mining.output_dir outputs/smollm2/mining_answer_logprob
+	$(PY) scripts/analyze_run.py --run outputs/smollm2 --compare-map outputs/smollm2/mining_answer_logprob
+
+# copy what the experiment measured (no weights) into results/smollm2 for committing
+results-smollm: experiment-smollm-why
+	mkdir -p results/smollm2
+	cp outputs/smollm2/results.json outputs/smollm2/results.md outputs/smollm2/results.png \
+	  outputs/smollm2/analysis.json outputs/smollm2/analysis.md results/smollm2/
+	cp outputs/smollm2/mining/summary.txt results/smollm2/mining_summary.txt
+	cp outputs/smollm2/mining/neuron_map.png results/smollm2/neuron_map.png
+	cp outputs/smollm2/mining_answer_logprob/summary.txt results/smollm2/mining_summary_answer_logprob.txt

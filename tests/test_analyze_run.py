@@ -1,0 +1,75 @@
+"""scripts/analyze_run.py: neuron locations, paired differences, answer shapes and map overlap, on hand-made files
+whose right answers are known."""
+import json
+import os
+
+import pytest
+import torch
+
+from neurorit.neuron_map import NeuronMap
+from scripts import analyze_run
+from tests.support.workspaces import write_jsonl
+
+FINGERPRINT = {"architecture": "LlamaForCausalLM", "num_layers": 3, "intermediate_size": 8}
+
+
+def neuron_map(irrelevant_rows, targets=(1,)) -> NeuronMap:
+    def rows(pairs):
+        return torch.tensor([[layer, neuron, 1, 1] for layer, neuron in pairs], dtype=torch.long).reshape(-1, 4)
+    return NeuronMap({"relevant_only": rows([(0, 1), (2, 3)]), "irrelevant_only": rows(irrelevant_rows),
+                      "shared": rows([(1, 5)])}, list(targets), FINGERPRINT)
+
+
+def predictions(path, matches: dict[str, list[float]], answers: dict[str, list[str]] | None = None):
+    rows = []
+    for setting, values in matches.items():
+        for i, m in enumerate(values):
+            answer = answers[setting][i] if answers else ("right" if m else "wrong")
+            rows.append({"id": f"q{i}", "setting": setting, "answer": answer, "output": answer, "match": m})
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_jsonl(path, rows)
+
+
+def test_analysis_of_a_run(tmp_path):
+    run = str(tmp_path / "run")
+    neuron_map([(1, 2), (1, 4), (2, 0)]).save(os.path.join(run, "mining"))
+    other = neuron_map([(1, 2), (0, 7)], targets=(2,))
+    other.save(str(tmp_path / "other"))
+    n = 40
+    ev = os.path.join(run, "eval")
+    # neurorit beats base on top5 on every question; ties it on gold; loses half of noise_only to abstentions
+    predictions(os.path.join(ev, "neurorit.predictions.jsonl"),
+                {"gold": [1.0] * n, "top5": [1.0] * n, "noise_only": [0.0] * (n // 2) + [1.0] * (n // 2)},
+                {"gold": ["right"] * n, "top5": ["right"] * n, "noise_only": [""] * (n // 2) + ["right"] * (n // 2)})
+    predictions(os.path.join(ev, "base.predictions.jsonl"),
+                {"gold": [1.0] * n, "top5": [0.0] * n, "noise_only": [1.0] * n})
+    res = analyze_run.main(["--run", run, "--compare-map", str(tmp_path / "other")])
+
+    assert res["neurons"]["per_layer"]["irrelevant_only"] == [0, 2, 1]
+    assert res["neurons"]["target_layers"] == [1]
+    paired = res["paired"]["base"]
+    assert paired["top5"]["diff"] == 1.0 and paired["top5"]["verdict"] == "above"
+    assert paired["gold"]["diff"] == 0.0 and paired["gold"]["verdict"] == "inside"
+    assert paired["noise_only"]["diff"] == -0.5 and paired["noise_only"]["verdict"] == "below"
+    assert paired["noise_only"]["ci95"][1] < 0 and paired["noise_only"]["n"] == n
+    shapes = res["answers"]["neurorit"]
+    assert shapes["noise_only"]["empty"] == 0.5 and shapes["gold"]["empty"] == 0.0
+    assert shapes["top5"]["differs_from_base"] == 1.0 and shapes["gold"]["differs_from_base"] == 0.0
+    overlap = res["map_overlap"]["groups"]
+    assert overlap["irrelevant_only"] == {"size_a": 3, "size_b": 2, "both": 1, "jaccard": 0.25}
+    assert overlap["shared"]["jaccard"] == 1.0
+    assert res["map_overlap"]["target_layers_b"] == [2]
+    with open(os.path.join(run, "analysis.json")) as fh:
+        assert json.load(fh)["paired"]["base"]["top5"]["verdict"] == "above"
+    md = open(os.path.join(run, "analysis.md")).read()
+    assert "| irrelevant_only | 0 | 2 | 1 |" in md and "+100.0" in md and "50 / " in md
+
+
+def test_a_method_without_predictions_is_a_clear_error(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    neuron_map([(1, 2)]).save(os.path.join(run, "mining"))
+    predictions(os.path.join(run, "eval", "base.predictions.jsonl"), {"gold": [1.0, 0.0]})
+    with pytest.raises(SystemExit) as err:
+        analyze_run.main(["--run", run])
+    assert err.value.code == 2
+    assert "no predictions of method 'neurorit'" in capsys.readouterr().err
