@@ -85,6 +85,7 @@ class StageConfig:
     eval_every: int = 0  # steps between dev-loss evaluations; 0 = never
     eval_examples: int = 64  # dev records scored for the periodic dev loss
     log_every: int = 1
+    train_gate: bool = True  # false: gate projections frozen (neuron deltas and target layers); up / down train
     lora_rank: int = 0  # method lora: adapter rank; 0 = the rank whose parameter count matches Neuro-RIT's
     lora_alpha: float = 0.0  # method lora: scale numerator; 0 = 2 x rank
     lora_lr: float = 2e-4  # method lora: its learning rate (LoRA's usual range; the other methods use lr)

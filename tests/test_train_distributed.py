@@ -36,3 +36,19 @@ def test_two_rank_zero3_stage1_then_stage2(tmp_path, run_ranks):
         previous = model
         assert (folder / "export" / "tokenizer.json").is_file()
     assert logged["train/trainable_params"][0][1] == expected
+
+
+@pytest.mark.distributed
+def test_two_rank_zero3_stage2_with_frozen_gates(tmp_path, run_ranks):
+    """``stage2.train_gate false`` under ZeRO-3: the export's gate projections are the input's, bit for bit, and
+    its up / down projections moved."""
+    config = training_workspace(str(tmp_path), n_train=8, stage_overrides={"train_gate": False})
+    printed = run_ranks("train/stage2.py", "--config", config, "--stage2.init_from", str(tmp_path / "model")).stdout
+    outside = sum(1 for rows in GROUPS.values() for layer, _ in rows if layer not in TARGET_LAYERS)
+    assert f"trainable parameters: {2 * 64 * outside + 2 * 64 * 128 * len(TARGET_LAYERS):,} =" in printed
+    base = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model")).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out" / "stage2" / "export")).state_dict()
+    gates = [k for k in base if "gate_proj" in k]
+    assert gates and all(torch.equal(base[k], tuned[k]) for k in gates)
+    ups = [k for k in base if "up_proj" in k or "down_proj" in k]
+    assert any(not torch.equal(base[k], tuned[k]) for k in ups)

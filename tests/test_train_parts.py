@@ -115,6 +115,37 @@ def test_stage1_and_baseline_trainable_sets():
     assert list(chosen) == [0] and len(chosen[0]) == 5 and chosen[0] != [3, 7, 9, 40, 100]
 
 
+def test_train_gate_false_freezes_every_gate_projection():
+    model = _model()
+    patcher = patch_model(model)
+    t = setup_trainable(model, patcher, rule("neurorit", "stage2"), training_neuron_map(model), seed=0,
+                        train_gate=False)
+    outside = sum(1 for rows in GROUPS.values() for layer, _ in rows if layer not in TARGET_LAYERS)
+    assert t.count == 2 * HIDDEN * outside + 2 * HIDDEN * INTERMEDIATE * len(TARGET_LAYERS)
+    trained = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in t.params} == trained
+    for layer, (_, d_gate, d_up, d_down) in patcher.neuron_deltas().items():
+        assert id(d_gate) not in trained and id(d_up) in trained and id(d_down) in trained
+    for layer in TARGET_LAYERS:
+        mlp = model.model.layers[layer].mlp
+        assert id(mlp.gate_proj.weight) not in trained and id(mlp.up_proj.weight) in trained
+    # a gradient step moves nothing of a gate: the frozen gate deltas get no gradient
+    model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]])).loss.backward()
+    assert all(d_gate.grad is None for _, d_gate, _, _ in patcher.neuron_deltas().values())
+    assert all(d_up.grad is not None for _, _, d_up, _ in patcher.neuron_deltas().values())
+
+
+def test_train_gate_false_is_refused_where_it_cannot_hold():
+    model = tiny_model("phi3", hidden=HIDDEN, intermediate=INTERMEDIATE, vocab=97)
+    with pytest.raises(UserError, match="fused"):  # gate and up share one weight in the target layers
+        setup_trainable(model, patch_model(model), rule("neurorit", "stage2"), training_neuron_map(model), seed=0,
+                        train_gate=False)
+    model = _model()
+    with pytest.raises(UserError, match="train_gate false applies to neuron"):
+        setup_trainable(model, patch_model(model), rule("full", "stage1"), training_neuron_map(model), seed=0,
+                        train_gate=False)
+
+
 def test_adamw_8bit_without_bitsandbytes_is_a_user_error(monkeypatch, single_rank_env):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
 

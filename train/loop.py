@@ -119,7 +119,8 @@ def _model_and_trainable(cfg: ExperimentConfig, stage: str, init_from: str, nmap
         nmap.check_fingerprint(model_fingerprint(model))
     model.config.use_cache = False
     patcher = patch_model(model) if rule.trains != "lora" else None  # LoRA wraps the FFN linears instead
-    trainable = setup_trainable(model, patcher, rule, nmap, cfg.runtime.seed, st.lora_rank, st.lora_alpha)
+    trainable = setup_trainable(model, patcher, rule, nmap, cfg.runtime.seed, st.lora_rank, st.lora_alpha,
+                                st.train_gate)
     if not trainable.params and rule.trains != "nothing":
         raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")
     if st.gradient_checkpointing:

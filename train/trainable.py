@@ -9,6 +9,10 @@ and stays out of the optimizer.
   ``random``, each layer's neurons are replaced by as many distinct random neurons of that layer (seeded by
   ``runtime.seed``); target layers unchanged.
 - ``target_layers``: the whole FFN of the target layers only.
+- With ``stage<N>.train_gate: false`` (both neuron-level rules) the gate projections stay frozen: no gate-row
+  deltas train, and the target layers' gate weights do not (the released Neuro-RIT stage 2 trained up / down
+  only). Layouts that fuse gate and up in one weight (Phi-3, MoE experts) cannot freeze one half of a weight
+  and are refused when target layers train. LoRA's rank still matches the default count (gates trained).
 - ``all``: every parameter.
 - ``lora``: peft LoRA adapters on every linear of every decoder layer (``train/lora.py``); with
   ``stage<N>.lora_rank`` 0 the rank is the one whose count is nearest the trainable count of the rule's
@@ -23,6 +27,7 @@ import torch
 
 from model_patches import FFNPatcher, get_ffn_adapter
 from neurorit import methods
+from neurorit.errors import UserError
 from neurorit.methods import StageRule
 from train import lora
 
@@ -53,7 +58,7 @@ class Trainable:
         n = sum(int(v.numel()) for v in self.neurons.values())
         if self.lora_rank:
             return f"trainable parameters: {self.count:,} = LoRA adapters of rank {self.lora_rank}"
-        return (f"trainable parameters: {self.count:,} = deltas 3 x hidden {hidden} x {n} neurons ({self.delta_count:,})"
+        return (f"trainable parameters: {self.count:,} = deltas of {n} neurons at hidden {hidden} ({self.delta_count:,})"
                 f" + FFN of layers {self.full_layers} ({self.ffn_count:,}) + other ({self.other_count:,})")
 
 
@@ -95,10 +100,26 @@ def planned_count(rule: StageRule, nmap, model: torch.nn.Module, seed: int) -> i
     return 3 * model.config.hidden_size * sum(int(ids.numel()) for ids in spec.values()) + ffn
 
 
+def _gate_weights(patcher: FFNPatcher, layers: list) -> set:
+    """``id`` of the gate-only weights of ``layers``' FFNs; a UserError where a weight holds the gate and more."""
+    adapter = patcher.adapter
+    fused = [role for role, owned in adapter.ROLES.items() if len(owned) > 1 and "gate" in dict(owned)]
+    if fused and layers:
+        raise UserError(f"train_gate false: the {adapter.layout} layout of this model keeps the gate in one weight "
+                        f"with the up projection ({fused[0]}), so the target layers' gates cannot be frozen alone; "
+                        f"use train_gate true")
+    modules = adapter.ffn_modules(patcher.model)
+    return {id(w) for layer in layers for role, w in adapter.weights(modules[layer]).items()
+            if adapter.ROLES[role] == (("gate", 0),)}
+
+
 def setup_trainable(model: torch.nn.Module, patcher: FFNPatcher, rule: StageRule, nmap, seed: int,
-                    lora_rank: int = 0, lora_alpha: float = 0.0) -> Trainable:
+                    lora_rank: int = 0, lora_alpha: float = 0.0, train_gate: bool = True) -> Trainable:
     """Freeze everything, then add deltas / adapters or unfreeze what ``rule`` trains. Call before the strategy
     prepares the model; the returned ``params`` are exactly what the optimizer gets."""
+    if not train_gate and rule.trains not in ("neurons", "target_layers"):
+        raise UserError(f"train_gate false applies to neuron and target-layer rules; this stage trains "
+                        f"{rule.trains!r}")
     for p in model.parameters():
         p.requires_grad_(False)
     out = Trainable()
@@ -116,9 +137,16 @@ def setup_trainable(model: torch.nn.Module, patcher: FFNPatcher, rule: StageRule
         spec, full_layers = neuron_spec(rule, nmap, patcher.intermediate_size, seed)
         out.neurons, out.full_layers = spec, full_layers
         deltas = patcher.add_neuron_deltas(spec) if spec else []
-        out.delta_count = sum(numel(p) for p in deltas)
         modules = patcher.adapter.ffn_modules(model)
         ffn = [p for layer in full_layers for p in modules[layer].parameters()]
+        if not train_gate:
+            frozen = {id(d_gate) for _, d_gate, _, _ in patcher.neuron_deltas().values()} | \
+                _gate_weights(patcher, full_layers)
+            for p in deltas:  # new parameters require grad: freeze the gate deltas (they stay zero)
+                p.requires_grad_(id(p) not in frozen)
+            deltas = [p for p in deltas if id(p) not in frozen]
+            ffn = [p for p in ffn if id(p) not in frozen]
+        out.delta_count = sum(numel(p) for p in deltas)
         out.ffn_count = sum(numel(p) for p in ffn)
         out.params = deltas + ffn
     for p in out.params:
