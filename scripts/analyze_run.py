@@ -121,8 +121,8 @@ def render_markdown(res: dict) -> str:
         cells = []
         for s in settings:
             d = per.get(s)
-            cells.append("-" if d is None else
-                         f"{100 * d['diff']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}] {d['verdict']}")
+            lo, hi = (100 * x for x in d["ci95"]) if d else (0, 0)
+            cells.append("-" if d is None else f"{100 * d['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}] {d['verdict']}")
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
     lines += ["", "## Answers: share empty / share different from base (%)", "",
               "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]

@@ -58,7 +58,8 @@ class Trainable:
         n = sum(int(v.numel()) for v in self.neurons.values())
         if self.lora_rank:
             return f"trainable parameters: {self.count:,} = LoRA adapters of rank {self.lora_rank}"
-        return (f"trainable parameters: {self.count:,} = deltas of {n} neurons at hidden {hidden} ({self.delta_count:,})"
+        return (f"trainable parameters: {self.count:,} = deltas of {n} neurons at hidden {hidden} "
+                f"({self.delta_count:,})"
                 f" + FFN of layers {self.full_layers} ({self.ffn_count:,}) + other ({self.other_count:,})")
 
 
