@@ -71,12 +71,10 @@ check-reader-smollm: real-model
 experiment-smollm: real-model
 	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only
 
-# after experiment-smollm: the same questions mined with the other IG target, and the analysis (scripts/analyze_run.py)
-experiment-smollm-why: experiment-smollm
-	test -f outputs/smollm2/mining_answer_logprob/summary.txt || \
-	  OMP_NUM_THREADS=1 .venv/bin/torchrun --nproc_per_node 2 attribution/mine.py --config configs/smollm2.yaml \
-	    --mining.target answer_logprob --mining.output_dir outputs/smollm2/mining_answer_logprob
-	$(PY) scripts/analyze_run.py --run outputs/smollm2 --compare-map outputs/smollm2/mining_answer_logprob
+# after experiment-smollm (one command does both): mining with the other IG target, Neuro-RIT's stage 2 with
+# frozen gates, and scripts/analyze_run.py -> outputs/smollm2/analysis.md (about 20 more minutes)
+experiment-smollm-why: real-model
+	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --why
 
 # copy what the experiment measured (no weights) into results/smollm2 for committing
 results-smollm: experiment-smollm-why

@@ -1,6 +1,6 @@
 """Why a run's numbers are what they are: measurements over the files a finished run left on disk.
 
-    python scripts/analyze_run.py --run outputs/smollm2 [--compare-map outputs/smollm2/mining_answer_logprob]
+    python scripts/analyze_run.py --run outputs/smollm2 [--eval-dir DIR ...] [--compare-map MAP]
 
 Reads the run's neuron map (``<run>/mining``) and its evaluations (``<run>/eval/<method>.predictions.jsonl``) and
 writes ``analysis.json`` and ``analysis.md`` (to ``--out``, default the run folder):
@@ -9,7 +9,7 @@ writes ``analysis.json`` and ``analysis.md`` (to ``--out``, default the run fold
 - **paired differences**: ``--method`` (default ``neurorit``) minus each other method, per setting, on the same
   questions, with a paired bootstrap 95% interval; an interval that excludes 0 is a difference beyond noise
   (the per-cell intervals of results.md overlap more often than a paired test does);
-- **what the answers look like**: per method and setting, the share of empty answers (stage 1 teaches EOS on noise,
+- **what the answers look like**: per method and setting, the match, the share of empty answers (stage 1 teaches EOS on noise,
   so an empty answer is an abstention) and the share of answers that differ from ``base``'s;
 - with ``--compare-map``: how far another map (e.g. mined with ``mining.target answer_logprob``) agrees with the
   run's, per group (shared neurons, Jaccard) and in its target layers.
@@ -30,18 +30,23 @@ from rag.report import ordered
 PRED_SUFFIX = ".predictions.jsonl"
 
 
-def load_predictions(eval_dir: str) -> dict[str, dict[tuple[str, str], dict]]:
-    """``{method: {(setting, question id): prediction row}}`` from every ``*.predictions.jsonl`` in ``eval_dir``."""
-    if not os.path.isdir(eval_dir):
-        raise UserError(f"evaluation folder not found: {eval_dir}")
-    out = {}
-    for fname in sorted(os.listdir(eval_dir)):
-        if fname.endswith(PRED_SUFFIX):
-            with open(os.path.join(eval_dir, fname), encoding="utf-8") as fh:
-                rows = [json.loads(line) for line in fh if line.strip()]
-            out[fname[: -len(PRED_SUFFIX)]] = {(r["setting"], r["id"]): r for r in rows}
+def load_predictions(eval_dirs: list[str]) -> dict[str, dict[tuple[str, str], dict]]:
+    """``{method: {(setting, question id): prediction row}}`` from every ``*.predictions.jsonl`` in ``eval_dirs``
+    (a method name may appear in one folder only)."""
+    out: dict[str, dict] = {}
+    for eval_dir in eval_dirs:
+        if not os.path.isdir(eval_dir):
+            raise UserError(f"evaluation folder not found: {eval_dir}")
+        for fname in sorted(os.listdir(eval_dir)):
+            if fname.endswith(PRED_SUFFIX):
+                name = fname[: -len(PRED_SUFFIX)]
+                if name in out:
+                    raise UserError(f"method {name!r} has predictions in more than one of {', '.join(eval_dirs)}")
+                with open(os.path.join(eval_dir, fname), encoding="utf-8") as fh:
+                    rows = [json.loads(line) for line in fh if line.strip()]
+                out[name] = {(r["setting"], r["id"]): r for r in rows}
     if not out:
-        raise UserError(f"no *{PRED_SUFFIX} files in {eval_dir} (run rag/evaluate.py first)")
+        raise UserError(f"no *{PRED_SUFFIX} files in {', '.join(eval_dirs)} (run rag/evaluate.py first)")
     return out
 
 
@@ -66,7 +71,7 @@ def answer_shapes(preds: dict[str, dict], reference: str = "base") -> dict[str, 
         for setting in settings_of(rows):
             keys = [k for k in rows if k[0] == setting]
             empty = [float(not rows[k]["answer"].strip()) for k in keys]
-            shape = {"empty": mean(empty), "n": len(keys)}
+            shape = {"match": mean([rows[k]["match"] for k in keys]), "empty": mean(empty), "n": len(keys)}
             shared = [k for k in keys if k in ref]
             if ref and name != reference and shared:
                 shape["differs_from_" + reference] = mean([float(rows[k]["answer"] != ref[k]["answer"])
@@ -88,9 +93,9 @@ def map_overlap(a: NeuronMap, b: NeuronMap) -> dict:
             "settings_b": {k: b.settings.get(k) for k in ("target", "num_examples", "steps") if k in b.settings}}
 
 
-def analyze(run: str, eval_dir: str = "", method: str = "neurorit", compare_map: str = "") -> dict:
+def analyze(run: str, eval_dirs: tuple[str, ...] = (), method: str = "neurorit", compare_map: str = "") -> dict:
     nmap = NeuronMap.load(os.path.join(run, "mining"))
-    preds = load_predictions(eval_dir or os.path.join(run, "eval"))
+    preds = load_predictions(list(eval_dirs) or [os.path.join(run, "eval")])
     if method not in preds:
         raise UserError(f"no predictions of method {method!r} in the evaluation folder (have: {', '.join(preds)})")
     result = {
@@ -124,14 +129,14 @@ def render_markdown(res: dict) -> str:
             lo, hi = (100 * x for x in d["ci95"]) if d else (0, 0)
             cells.append("-" if d is None else f"{100 * d['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}] {d['verdict']}")
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
-    lines += ["", "## Answers: share empty / share different from base (%)", "",
+    lines += ["", "## Answers: match / share empty / share different from base (%)", "",
               "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for name in ordered(res["answers"]):
         per = res["answers"][name]
         cells = []
         for s in settings:
             a = per.get(s)
-            cells.append("-" if a is None else f"{100 * a['empty']:.0f} / " +
+            cells.append("-" if a is None else f"{100 * a['match']:.1f} / {100 * a['empty']:.0f} / " +
                          (f"{100 * a['differs_from_base']:.0f}" if "differs_from_base" in a else "-"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if "map_overlap" in res:
@@ -148,7 +153,8 @@ def render_markdown(res: dict) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a run's output_dir (holds mining/ and eval/)")
-    p.add_argument("--eval-dir", default="", help="evaluations to read (default: <run>/eval)")
+    p.add_argument("--eval-dir", action="append", default=[],
+                   help="a folder of evaluations to read; repeat for several (default: <run>/eval)")
     p.add_argument("--method", default="neurorit", help="the method compared with every other (default: neurorit)")
     p.add_argument("--compare-map", default="", help="another neuron map (folder or file) to compare with the run's")
     p.add_argument("--out", default="", help="folder for analysis.json / analysis.md (default: --run)")

@@ -9,7 +9,8 @@ committed one, trained only if missing; otherwise ``model.path`` must hold one, 
 -> mine (ZeRO-3 over ``--ranks`` ranks, launched with torchrun) -> every method of ``neurorit/methods.py``
 (Neuro-RIT's stages, hard deactivation, the baselines), each in ``<output_dir>/<method>/<stage>`` ->
 evaluation of every method with the two-step instruction -> results.json, results.md and the chart in
-``runtime.output_dir``; then the same with the answer-only instruction -> ``<output_dir>/answer_only/``. Every
+``runtime.output_dir``; then the same with the answer-only instruction -> ``<output_dir>/answer_only/``; with
+``--why``, the measurements of ``Pipeline.why`` -> ``analysis.md``. Every
 method starts from the same base model with the same step budget (``stage1.max_steps`` / ``stage2.max_steps``).
 """
 from __future__ import annotations
@@ -87,18 +88,21 @@ class Pipeline:
                   launch(self.ranks, f"train/{stage}.py", self.args(*extra)))
         return os.path.join(out, "export")
 
+    def trained_count(self, export: str) -> int:
+        with open(os.path.join(export, "..", "train_summary.json")) as fh:
+            return json.load(fh)["trainable_params"]
+
     def run_method(self, method: methods.Method) -> tuple[str, int]:
         """Train the method's stages in order (stage 2 from its own stage 1 when it has both, else from the base
         model); returns (the model to evaluate, its trainable parameters over all stages)."""
         model, count = self.cfg.model.path, 0
         for stage in method.stages:
             model = self.train(method.run_of or method.name, stage, model)
-            with open(os.path.join(model, "..", "train_summary.json")) as fh:
-                count += json.load(fh)["trainable_params"]
+            count += self.trained_count(model)
         return model, count
 
-    def evaluate(self, name: str, model: str, trainable: int, instruction: str) -> None:
-        folder = self.eval_folder(instruction)
+    def evaluate(self, name: str, model: str, trainable: int, instruction: str, folder: str = "") -> None:
+        folder = folder or self.eval_folder(instruction)
         cmd = launch(self.ranks, "rag/evaluate.py",
                      self.args("--model", model, "--name", name, "--trainable-params", str(trainable),
                                "--eval.instruction", instruction, "--eval.output_dir", folder))
@@ -133,6 +137,28 @@ class Pipeline:
                                                       "--out", self.results_folder(instruction)])
         self.print_summary()
 
+    def why(self) -> None:
+        """After ``run``: measurements behind its numbers. The same questions mined with the other IG target
+        (``<output_dir>/mining_<target>``); Neuro-RIT's stage 2 again with the gate projections frozen, as the
+        release trained it (``variants/neurorit_gate_frozen``, evaluated with the headline instruction into
+        ``variants/eval``); then ``scripts/analyze_run.py`` over all of it -> ``analysis.md`` / ``analysis.json``."""
+        other = "answer_logprob" if self.cfg.mining.target == "yes_prob" else "yes_prob"
+        mined = self.path(f"mining_{other}")
+        self.step(f"mine ({other})", os.path.join(mined, "summary.txt"), launch(
+            self.ranks, "attribution/mine.py", self.args("--mining.target", other, "--mining.output_dir", mined)))
+        name, stage1 = "neurorit_gate_frozen", self.path("neurorit", "stage1", "export")
+        out = self.path("variants", name, "stage2")
+        self.step(f"train {name} stage2", os.path.join(out, "train_summary.json"), launch(
+            self.ranks, "train/stage2.py", self.args("--stage2.method", "neurorit", "--stage2.train_gate", "false",
+                                                     "--stage2.init_from", stage1, "--stage2.output_dir", out)))
+        export = os.path.join(out, "export")
+        variants = self.path("variants", "eval")
+        self.evaluate(name, export, self.trained_count(stage1) + self.trained_count(export), self.instructions[0],
+                      variants)
+        self.step("analysis", "", [PY, "scripts/analyze_run.py", "--run", self.out, "--eval-dir",
+                                   self.eval_folder(self.instructions[0]), "--eval-dir", variants,
+                                   "--compare-map", mined])
+
     def print_summary(self) -> None:
         print("\n== timings")
         for name, secs, note in self.timings:
@@ -155,6 +181,9 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smaller budgets and no trained baselines: a first look within ~5 minutes")
     p.add_argument("--ranks", type=int, default=2, help="processes per distributed step (ZeRO-3 over gloo on CPU)")
+    p.add_argument("--why", action="store_true",
+                   help="then the measurements behind the numbers: mining with the other IG target, Neuro-RIT's "
+                        "stage 2 with frozen gates, and scripts/analyze_run.py (writes analysis.md)")
     p.add_argument("--instructions", default="",
                    help="comma-separated inference instructions to evaluate; the first is the headline, reported in "
                         "runtime.output_dir, the others in output_dir/<instruction> (default: two_step,answer_only; "
@@ -165,7 +194,11 @@ def main(argv=None) -> None:
         (("two_step",) if args.quick else ("two_step", "answer_only"))
     if not set(instructions) <= {"two_step", "answer_only"} or len(set(instructions)) != len(instructions):
         raise UserError(f"--instructions {args.instructions!r}: two_step and/or answer_only, each once")
-    Pipeline(args.config, overrides, args.ranks, baselines=not args.quick, instructions=instructions).run()
+    pipeline = Pipeline(args.config, overrides, args.ranks, baselines=not args.quick, instructions=instructions)
+    pipeline.run()
+    if args.why:
+        pipeline.why()
+        pipeline.print_summary()
 
 
 if __name__ == "__main__":

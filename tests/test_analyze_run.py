@@ -54,6 +54,7 @@ def test_analysis_of_a_run(tmp_path):
     assert paired["noise_only"]["ci95"][1] < 0 and paired["noise_only"]["n"] == n
     shapes = res["answers"]["neurorit"]
     assert shapes["noise_only"]["empty"] == 0.5 and shapes["gold"]["empty"] == 0.0
+    assert shapes["noise_only"]["match"] == 0.5 and res["answers"]["base"]["top5"]["match"] == 0.0
     assert shapes["top5"]["differs_from_base"] == 1.0 and shapes["gold"]["differs_from_base"] == 0.0
     overlap = res["map_overlap"]["groups"]
     assert overlap["irrelevant_only"] == {"size_a": 3, "size_b": 2, "both": 1, "jaccard": 0.25}
@@ -62,7 +63,20 @@ def test_analysis_of_a_run(tmp_path):
     with open(os.path.join(run, "analysis.json")) as fh:
         assert json.load(fh)["paired"]["base"]["top5"]["verdict"] == "above"
     md = open(os.path.join(run, "analysis.md")).read()
-    assert "| irrelevant_only | 0 | 2 | 1 |" in md and "+100.0" in md and "50 / " in md
+    assert "| irrelevant_only | 0 | 2 | 1 |" in md and "+100.0" in md and "50.0 / 50 / " in md
+
+
+def test_evaluations_from_several_folders(tmp_path):
+    run = str(tmp_path / "run")
+    neuron_map([(1, 2)]).save(os.path.join(run, "mining"))
+    predictions(os.path.join(run, "eval", "base.predictions.jsonl"), {"gold": [1.0, 0.0]})
+    predictions(str(tmp_path / "variants" / "neurorit.predictions.jsonl"), {"gold": [1.0, 1.0]})
+    res = analyze_run.main(["--run", run, "--eval-dir", os.path.join(run, "eval"),
+                            "--eval-dir", str(tmp_path / "variants")])
+    assert res["paired"]["base"]["gold"]["diff"] == 0.5
+    predictions(str(tmp_path / "variants" / "base.predictions.jsonl"), {"gold": [1.0, 0.0]})
+    with pytest.raises(SystemExit):
+        analyze_run.main(["--run", run, "--eval-dir", os.path.join(run, "eval"), "--eval-dir", str(tmp_path / "variants")])
 
 
 def test_a_method_without_predictions_is_a_clear_error(tmp_path, capsys):
