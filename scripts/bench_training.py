@@ -5,6 +5,7 @@ tied embeddings, random weights, no download).
 
     .venv/bin/python scripts/bench_training.py --json outputs/bench_training.json
     .venv/bin/python scripts/bench_training.py --shape smollm2 --json outputs/bench_training_smollm2.json
+    .venv/bin/python scripts/bench_training.py --shape smollm2 --map outputs/smollm2/mining   # the mined neurons
 
 Every variant uses the project's trainable sets (``train.trainable``) and torch's AdamW (weight decay 0) on the same
 batches. Gradient masking trains the full FFN weights of the layers that hold selected neurons (stage 2: every
@@ -89,9 +90,18 @@ def grad_mask_params(model, nmap, stage: str, a) -> list:
     return params
 
 
+def neuron_map(model, a) -> NeuronMap:
+    """``--map``: a mined map (its model must have this shape), else ``random_map``."""
+    if not a.map:
+        return random_map(model, a)
+    nmap = NeuronMap.load(a.map)
+    nmap.check_fingerprint(model_fingerprint(model))
+    return nmap
+
+
 def setup(variant: str, a):
     model = build_model(a)
-    nmap = random_map(model, a)
+    nmap = neuron_map(model, a)
     if variant.startswith("grad_mask_"):
         params = grad_mask_params(model, nmap, variant.removeprefix("grad_mask_"), a)
     else:
@@ -139,7 +149,7 @@ def _child_peak(variant: str, a, batch, conn) -> None:
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     tiny = argparse.Namespace(**{**vars(a), "layers": a.targets + 1, "hidden": 64, "intermediate": 128, "heads": 4,
-                                 "kv_heads": 2})
+                                 "kv_heads": 2, "map": ""})
     step(*setup("stage2", tiny)[::2], batch)  # lazy initialisation stays out of the measurement
     start = _status_kb("VmRSS")
     model, _, opt = setup(variant, a)
@@ -170,6 +180,18 @@ def peak_memory_mb(variant: str, a, batch) -> float:
     return value
 
 
+def neuron_summary(a) -> dict:
+    """The groups' sizes and where they sit: with ``--map`` the mined ones, else the random spread's."""
+    if not a.map:
+        return {"map": "random over all layers", "relevant_only": a.n_relevant, "irrelevant_only": a.n_irrelevant,
+                "shared": a.n_shared, "target_layers": a.targets}
+    nmap = NeuronMap.load(a.map)
+    out = {"map": a.map, **{g: len(rows) for g, rows in nmap.groups.items()}, "target_layers": nmap.target_layers}
+    stage1 = nmap.groups["irrelevant_only"]
+    out["lowest_stage1_layer"] = int(stage1[:, 0].min()) if len(stage1) else None
+    return out
+
+
 def ratios(num: dict, den: dict) -> dict:
     return {"optimizer_state_ratio": num["optimizer_state_mb"] / den["optimizer_state_mb"],
             "step_time_ratio": num["step_time_s"] / den["step_time_s"],
@@ -198,8 +220,7 @@ def run(a) -> dict:
                     "optimizer_s": statistics.median(p[2] for p in phases[v])} for v in VARIANTS}
     out = {"model": {k: getattr(a, k) for k in ("shape", "layers", "hidden", "intermediate", "vocab", "heads",
                                                  "kv_heads", "tied", "batch", "seq")},
-           "neurons": {"relevant_only": a.n_relevant, "irrelevant_only": a.n_irrelevant, "shared": a.n_shared,
-                       "target_layers": a.targets},
+           "neurons": neuron_summary(a),
            "device": str(a.device), "threads": torch.get_num_threads(), "rounds": a.rounds, "variants": variants,
            "vs_grad_mask": {}}
     for stage in ("stage1", "stage2"):
@@ -230,6 +251,8 @@ def main() -> None:
     p.add_argument("--n-irrelevant", dest="n_irrelevant", type=int, default=100)
     p.add_argument("--n-shared", dest="n_shared", type=int, default=30)
     p.add_argument("--targets", type=int, default=3, help="target layers (the last ones)")
+    p.add_argument("--map", default="", help="a mined neuron map (folder or file) for the model's shape, instead of "
+                                             "random neurons over all layers (the backward stops at its lowest layer)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     a = p.parse_args()
     for key, value in SHAPES.get(a.shape, {}).items():
