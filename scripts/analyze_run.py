@@ -11,12 +11,15 @@ writes ``analysis.json`` and ``analysis.md`` (to ``--out``, default the run fold
   (the per-cell intervals of results.md overlap more often than a paired test does);
 - **what the answers look like**: per method and setting, the match, the share of empty answers (stage 1 teaches EOS on noise,
   so an empty answer is an abstention) and the share of answers that differ from ``base``'s;
+- **what training did**: per trained stage (``<run>/<method>/<stage>`` and ``<run>/variants/...``) its trainable
+  parameters and its training loss at the first and last step (TensorBoard's ``train/loss``);
 - with ``--compare-map``: how far another map (e.g. mined with ``mining.target answer_logprob``) agrees with the
   run's, per group (shared neurons, Jaccard) and in its target layers.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 from collections import defaultdict
@@ -93,6 +96,24 @@ def map_overlap(a: NeuronMap, b: NeuronMap) -> dict:
             "settings_b": {k: b.settings.get(k) for k in ("target", "num_examples", "steps") if k in b.settings}}
 
 
+def training_losses(run: str) -> dict[str, dict]:
+    """``{"<method>/<stage>": {"trainable_params", "first_loss", "last_loss", "steps"}}`` of every finished stage."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for summary in sorted(glob.glob(os.path.join(run, "**", "train_summary.json"), recursive=True)):
+        folder = os.path.dirname(summary)
+        with open(summary, encoding="utf-8") as fh:
+            info = json.load(fh)
+        acc = EventAccumulator(os.path.join(folder, "tb"))
+        acc.Reload()
+        losses = [e.value for e in acc.Scalars("train/loss")] if "train/loss" in acc.Tags()["scalars"] else []
+        out[os.path.relpath(folder, run)] = {"trainable_params": info["trainable_params"], "steps": len(losses),
+                                             "first_loss": losses[0] if losses else None,
+                                             "last_loss": losses[-1] if losses else None}
+    return out
+
+
 def analyze(run: str, eval_dirs: tuple[str, ...] = (), method: str = "neurorit", compare_map: str = "") -> dict:
     nmap = NeuronMap.load(os.path.join(run, "mining"))
     preds = load_predictions(list(eval_dirs) or [os.path.join(run, "eval")])
@@ -105,6 +126,7 @@ def analyze(run: str, eval_dirs: tuple[str, ...] = (), method: str = "neurorit",
         "paired": {other: {s: paired_difference(preds[method], preds[other], s) for s in settings_of(preds[method])}
                    for other in ordered(preds) if other != method},
         "answers": answer_shapes(preds),
+        "training": training_losses(run),
     }
     if compare_map:
         result["map_overlap"] = map_overlap(nmap, NeuronMap.load(compare_map))
@@ -139,6 +161,12 @@ def render_markdown(res: dict) -> str:
             cells.append("-" if a is None else f"{100 * a['match']:.1f} / {100 * a['empty']:.0f} / " +
                          (f"{100 * a['differs_from_base']:.0f}" if "differs_from_base" in a else "-"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if res["training"]:
+        lines += ["", "## Training: trainable parameters and loss at the first / last step", "",
+                  "| stage | trainable | first loss | last loss |", "|---|---:|---:|---:|"]
+        for name, t in res["training"].items():
+            first, last = (f"{t[k]:.3f}" if t[k] is not None else "-" for k in ("first_loss", "last_loss"))
+            lines.append(f"| {name} | {t['trainable_params']:,} | {first} | {last} |")
     if "map_overlap" in res:
         o = res["map_overlap"]
         lines += ["", f"## Overlap with another map ({o['settings_b']})", "",

@@ -30,6 +30,18 @@ def predictions(path, matches: dict[str, list[float]], answers: dict[str, list[s
     write_jsonl(path, rows)
 
 
+def write_summary_and_losses(folder, losses):
+    from torch.utils.tensorboard import SummaryWriter
+
+    os.makedirs(folder)
+    with open(os.path.join(folder, "train_summary.json"), "w") as fh:
+        json.dump({"trainable_params": 123}, fh)
+    writer = SummaryWriter(os.path.join(folder, "tb"))
+    for step, loss in enumerate(losses, 1):
+        writer.add_scalar("train/loss", loss, step)
+    writer.close()
+
+
 def test_analysis_of_a_run(tmp_path):
     run = str(tmp_path / "run")
     neuron_map([(1, 2), (1, 4), (2, 0)]).save(os.path.join(run, "mining"))
@@ -43,7 +55,11 @@ def test_analysis_of_a_run(tmp_path):
                 {"gold": ["right"] * n, "top5": ["right"] * n, "noise_only": [""] * (n // 2) + ["right"] * (n // 2)})
     predictions(os.path.join(ev, "base.predictions.jsonl"),
                 {"gold": [1.0] * n, "top5": [0.0] * n, "noise_only": [1.0] * n})
+    stage = os.path.join(run, "neurorit", "stage1")
+    write_summary_and_losses(stage, [10.0, 9.5, 9.0])
     res = analyze_run.main(["--run", run, "--compare-map", str(tmp_path / "other")])
+    assert res["training"] == {os.path.join("neurorit", "stage1"): {"trainable_params": 123, "steps": 3,
+                                                                     "first_loss": 10.0, "last_loss": 9.0}}
 
     assert res["neurons"]["per_layer"]["irrelevant_only"] == [0, 2, 1]
     assert res["neurons"]["target_layers"] == [1]
@@ -64,6 +80,7 @@ def test_analysis_of_a_run(tmp_path):
         assert json.load(fh)["paired"]["base"]["top5"]["verdict"] == "above"
     md = open(os.path.join(run, "analysis.md")).read()
     assert "| irrelevant_only | 0 | 2 | 1 |" in md and "+100.0" in md and "50.0 / 50 / " in md
+    assert "| neurorit/stage1 | 123 | 10.000 | 9.000 |" in md
 
 
 def test_evaluations_from_several_folders(tmp_path):
