@@ -105,9 +105,11 @@ def training_losses(run: str) -> dict[str, dict]:
         folder = os.path.dirname(summary)
         with open(summary, encoding="utf-8") as fh:
             info = json.load(fh)
-        acc = EventAccumulator(os.path.join(folder, "tb"))
-        acc.Reload()
-        losses = [e.value for e in acc.Scalars("train/loss")] if "train/loss" in acc.Tags()["scalars"] else []
+        losses = []
+        if os.path.isdir(os.path.join(folder, "tb")):  # a stage that trains nothing only exports
+            acc = EventAccumulator(os.path.join(folder, "tb"))
+            acc.Reload()
+            losses = [e.value for e in acc.Scalars("train/loss")] if "train/loss" in acc.Tags()["scalars"] else []
         out[os.path.relpath(folder, run)] = {"trainable_params": info["trainable_params"], "steps": len(losses),
                                              "first_loss": losses[0] if losses else None,
                                              "last_loss": losses[-1] if losses else None}
