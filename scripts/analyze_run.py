@@ -9,8 +9,8 @@ writes ``analysis.json`` and ``analysis.md`` (to ``--out``, default the run fold
 - **paired differences**: ``--method`` (default ``neurorit``) minus each other method, per setting, on the same
   questions, with a paired bootstrap 95% interval; an interval that excludes 0 is a difference beyond noise
   (the per-cell intervals of results.md overlap more often than a paired test does);
-- **what the answers look like**: per method and setting, the match, the share of empty answers (stage 1 teaches EOS on noise,
-  so an empty answer is an abstention) and the share of answers that differ from ``base``'s;
+- **what the answers look like**: per method and setting, the match, the share of empty answers (stage 1 teaches
+  EOS on noise, so an empty answer is an abstention) and the share of answers that differ from ``base``'s;
 - **what training did**: per trained stage (``<run>/<method>/<stage>`` and ``<run>/variants/...``) its trainable
   parameters and its training loss at the first and last step (TensorBoard's ``train/loss``);
 - with ``--compare-map``: how far another map (e.g. mined with ``mining.target answer_logprob``) agrees with the
@@ -93,7 +93,8 @@ def map_overlap(a: NeuronMap, b: NeuronMap) -> dict:
         groups[g] = {"size_a": len(sa), "size_b": len(sb), "both": len(sa & sb),
                      "jaccard": len(sa & sb) / len(union) if union else 1.0}
     return {"groups": groups, "target_layers_a": a.target_layers, "target_layers_b": b.target_layers,
-            "settings_b": {k: b.settings.get(k) for k in ("target", "num_examples", "steps") if k in b.settings}}
+            "settings_b": {k: v for k, v in b.settings.get("mining", {}).items()
+                           if k in ("target", "num_examples", "steps")}}
 
 
 def training_losses(run: str) -> dict[str, dict]:
