@@ -72,7 +72,8 @@ experiment-smollm: real-model
 	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only
 
 # after experiment-smollm (one command does both): mining with the other IG target, Neuro-RIT's stage 2 with
-# frozen gates, and scripts/analyze_run.py -> outputs/smollm2/analysis.md (about 20 more minutes)
+# frozen gates, its stage 1 with 5x the steps, and scripts/analyze_run.py -> outputs/smollm2/analysis.md
+# (about 25 more minutes)
 experiment-smollm-why: real-model
 	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --why
 

@@ -138,25 +138,33 @@ class Pipeline:
         self.print_summary()
 
     def why(self) -> None:
-        """After ``run``: measurements behind its numbers. The same questions mined with the other IG target
-        (``<output_dir>/mining_<target>``); Neuro-RIT's stage 2 again with the gate projections frozen, as the
-        release trained it (``variants/neurorit_gate_frozen``, evaluated with the headline instruction into
-        ``variants/eval``); then ``scripts/analyze_run.py`` over all of it -> ``analysis.md`` / ``analysis.json``."""
+        """After ``run``: measurements behind its numbers, each a variant of one choice, in ``variants/``:
+        the same questions mined with the other IG target (``<output_dir>/mining_<target>``); Neuro-RIT's stage 2
+        with the gate projections frozen, as the release trained it (``neurorit_gate_frozen``); Neuro-RIT's
+        stage 1 with 5x its step budget (``neurorit_stage1_long``: does it learn to stop on noise, and what does
+        that do to gold-only?); the variants evaluated with the headline instruction into ``variants/eval``; then
+        ``scripts/analyze_run.py`` over all of it -> ``analysis.md`` / ``analysis.json``."""
         other = "answer_logprob" if self.cfg.mining.target == "yes_prob" else "yes_prob"
         mined = self.path(f"mining_{other}")
         self.step(f"mine ({other})", os.path.join(mined, "summary.txt"), launch(
             self.ranks, "attribution/mine.py", self.args("--mining.target", other, "--mining.output_dir", mined)))
-        name, stage1 = "neurorit_gate_frozen", self.path("neurorit", "stage1", "export")
-        out = self.path("variants", name, "stage2")
-        self.step(f"train {name} stage2", os.path.join(out, "train_summary.json"), launch(
-            self.ranks, "train/stage2.py", self.args("--stage2.method", "neurorit", "--stage2.train_gate", "false",
-                                                     "--stage2.init_from", stage1, "--stage2.output_dir", out)))
-        export = os.path.join(out, "export")
-        variants = self.path("variants", "eval")
-        self.evaluate(name, export, self.trained_count(stage1) + self.trained_count(export), self.instructions[0],
-                      variants)
+        stage1 = self.path("neurorit", "stage1", "export")
+        long_steps = str(5 * self.cfg.stage1.max_steps)
+        variants = {  # name -> (stage, init_from, extra overrides, trainable count of earlier stages)
+            "neurorit_gate_frozen": ("stage2", stage1, ["--stage2.train_gate", "false"], self.trained_count(stage1)),
+            "neurorit_stage1_long": ("stage1", self.cfg.model.path, ["--stage1.max_steps", long_steps], 0),
+        }
+        evals = self.path("variants", "eval")
+        for name, (stage, init_from, extra, earlier) in variants.items():
+            out = self.path("variants", name, stage)
+            self.step(f"train {name} {stage}", os.path.join(out, "train_summary.json"), launch(
+                self.ranks, f"train/{stage}.py", self.args(f"--{stage}.method", "neurorit", *extra,
+                                                          f"--{stage}.init_from", init_from,
+                                                          f"--{stage}.output_dir", out)))
+            export = os.path.join(out, "export")
+            self.evaluate(name, export, earlier + self.trained_count(export), self.instructions[0], evals)
         self.step("analysis", "", [PY, "scripts/analyze_run.py", "--run", self.out, "--eval-dir",
-                                   self.eval_folder(self.instructions[0]), "--eval-dir", variants,
+                                   self.eval_folder(self.instructions[0]), "--eval-dir", evals,
                                    "--compare-map", mined])
 
     def print_summary(self) -> None:
@@ -183,7 +191,8 @@ def main(argv=None) -> None:
     p.add_argument("--ranks", type=int, default=2, help="processes per distributed step (ZeRO-3 over gloo on CPU)")
     p.add_argument("--why", action="store_true",
                    help="then the measurements behind the numbers: mining with the other IG target, Neuro-RIT's "
-                        "stage 2 with frozen gates, and scripts/analyze_run.py (writes analysis.md)")
+                        "stage 2 with frozen gates, its stage 1 with 5x the steps, and scripts/analyze_run.py "
+                        "(writes analysis.md)")
     p.add_argument("--instructions", default="",
                    help="comma-separated inference instructions to evaluate; the first is the headline, reported in "
                         "runtime.output_dir, the others in output_dir/<instruction> (default: two_step,answer_only; "
