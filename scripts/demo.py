@@ -141,8 +141,8 @@ class Pipeline:
         """After ``run``: measurements behind its numbers, each a variant of one choice, in ``variants/``:
         the same questions mined with the other IG target (``<output_dir>/mining_<target>``); Neuro-RIT's stage 2
         with the gate projections frozen, as the release trained it (``neurorit_gate_frozen``); Neuro-RIT's
-        stage 1 with 5x its step budget (``neurorit_stage1_long``: does it learn to stop on noise, and what does
-        that do to gold-only?); the variants evaluated with the headline instruction into ``variants/eval``; then
+        stage 1 with 5x its step budget, capped at ``stage1.epochs`` (``neurorit_stage1_long``: does it learn to
+        stop on noise, and what does that do to gold-only?); the variants evaluated with the headline instruction into ``variants/eval``; then
         ``scripts/analyze_run.py`` over all of it -> ``analysis.md`` / ``analysis.json``."""
         other = "answer_logprob" if self.cfg.mining.target == "yes_prob" else "yes_prob"
         mined = self.path(f"mining_{other}")
