@@ -28,6 +28,7 @@ from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.metrics import bootstrap_ci, mean
 from neurorit.neuron_map import GROUPS, NeuronMap
+from neurorit.settings import SETTINGS
 from rag.report import ordered
 
 PRED_SUFFIX = ".predictions.jsonl"
@@ -53,8 +54,14 @@ def load_predictions(eval_dirs: list[str]) -> dict[str, dict[tuple[str, str], di
     return out
 
 
+def in_setting_order(names) -> list[str]:
+    """``names`` in the order of ``neurorit.settings.SETTINGS`` (the order of results.md), unknown ones last."""
+    names = set(names)
+    return [s for s in SETTINGS if s in names] + sorted(names - set(SETTINGS))
+
+
 def settings_of(preds: dict[tuple[str, str], dict]) -> list[str]:
-    return sorted({s for s, _ in preds}, key=lambda s: (s != "gold", s))
+    return in_setting_order(s for s, _ in preds)
 
 
 def paired_difference(a: dict, b: dict, setting: str, n_resamples: int = 1000) -> dict:
@@ -144,7 +151,7 @@ def render_markdown(res: dict) -> str:
              "|---|" + "---|" * len(n["per_layer"][GROUPS[0]])]
     lines += [f"| {g} | " + " | ".join(str(c) for c in n["per_layer"][g]) + " |" for g in GROUPS]
     m = res["method"]
-    settings = sorted({s for d in res["paired"].values() for s in d}, key=lambda s: (s != "gold", s))
+    settings = in_setting_order(s for d in res["paired"].values() for s in d)
     lines += ["", f"## {m} minus each method, paired over the same questions (match, points, 95% interval)", "",
               "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for other, per in res["paired"].items():

@@ -89,6 +89,7 @@ class Pipeline:
         return os.path.join(out, "export")
 
     def trained_count(self, export: str) -> int:
+        """Trainable parameters of the stage that wrote ``export`` (its ``train_summary.json``)."""
         with open(os.path.join(export, "..", "train_summary.json")) as fh:
             return json.load(fh)["trainable_params"]
 
@@ -142,8 +143,8 @@ class Pipeline:
         the same questions mined with the other IG target (``<output_dir>/mining_<target>``); Neuro-RIT's stage 2
         with the gate projections frozen, as the release trained it (``neurorit_gate_frozen``); Neuro-RIT's
         stage 1 with 5x its step budget, capped at ``stage1.epochs`` (``neurorit_stage1_long``: does it learn to
-        stop on noise, and what does that do to gold-only?); the variants evaluated with the headline instruction into ``variants/eval``; then
-        ``scripts/analyze_run.py`` over all of it -> ``analysis.md`` / ``analysis.json``."""
+        stop on noise, and what does that do to gold-only?); the variants evaluated with the headline instruction
+        into ``variants/eval``; then ``scripts/analyze_run.py`` over all of it -> ``analysis.md`` / ``.json``."""
         other = "answer_logprob" if self.cfg.mining.target == "yes_prob" else "yes_prob"
         mined = self.path(f"mining_{other}")
         self.step(f"mine ({other})", os.path.join(mined, "summary.txt"), launch(
