@@ -34,7 +34,7 @@ from attribution.ig_common import IGSettings
 from attribution.selection import example_topk, neuron_map_from_stats
 from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, reduce_stats, scan_shards,
                                shard_path)
-from neurorit import dist
+from neurorit import dist, runtime
 from neurorit.config import ExperimentConfig, mining_dir, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -154,11 +154,7 @@ def main(argv=None) -> None:
     from neurorit.records import load_records, mining_pairs
 
     args, cfg = parse_args("Mine a neuron map with integrated gradients (docs/DESIGN.md §2).", argv)
-    dist.make_deterministic(cfg.runtime.deterministic)
-    dist.init_distributed(args.local_rank)
-    if cfg.runtime.torch_threads > 0:
-        torch.set_num_threads(cfg.runtime.torch_threads)
-    torch.manual_seed(cfg.runtime.seed)
+    runtime.start(cfg.runtime, args.local_rank)
     m = cfg.mining
     out = mining_dir(cfg)
     pairs = mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)

@@ -64,6 +64,15 @@ class MiningConfig:
 
 
 @dataclass
+class LoraConfig:
+    """``stage<N>.lora.*``: read by the lora recipe only."""
+
+    rank: int = 0  # adapter rank; 0 = the rank whose parameter count matches Neuro-RIT's
+    alpha: float = 0.0  # scale numerator; 0 = 2 x rank
+    lr: float = 2e-4  # its learning rate (LoRA's usual range; the other recipes use stage<N>.lr)
+
+
+@dataclass
 class StageConfig:
     method: str = "neurorit"  # a name of neurorit/methods.py that runs in this stage
     lr: float = 1e-5
@@ -86,9 +95,7 @@ class StageConfig:
     eval_examples: int = 64  # dev records scored for the periodic dev loss
     log_every: int = 1
     train_gate: bool = True  # false: gate projections frozen (neuron deltas and target layers); up / down train
-    lora_rank: int = 0  # method lora: adapter rank; 0 = the rank whose parameter count matches Neuro-RIT's
-    lora_alpha: float = 0.0  # method lora: scale numerator; 0 = 2 x rank
-    lora_lr: float = 2e-4  # method lora: its learning rate (LoRA's usual range; the other methods use lr)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # the block of the lora recipe (train/recipes.py)
     init_from: str = ""  # empty = model.path (stage 2 defaults to stage 1's export in the pipeline)
     output_dir: str = ""  # empty = <runtime.output_dir>/<stage name>
 

@@ -1,11 +1,11 @@
 """The method registry: Neuro-RIT and every baseline, one entry each (docs/DESIGN.md §3).
 
-An entry says, per training stage it runs in, what trains (neuron deltas of some groups, the whole FFN of the
-target layers, every parameter, or nothing), on which data recipe, and how the stage exports (a plain merge, or
-the irrelevant-only neurons folded to zero: hard deactivation). From that follow whether it needs a neuron map
-and where stage 2 starts. Config validation (``stage<N>.method``), training (``train/``), the demo, the report
-and the SLURM scripts read this table; nothing else names a method. Adding a baseline that trains what an
-existing rule can express is one entry here plus its test.
+An entry says, per training stage it runs in, which training recipe runs (``StageRule.recipe``: a name of
+``train/recipes.py``, which owns what trains, its learning rate, whether it needs the neuron map, and what happens
+before export), with which options, on which data task (``train/data.py``: ``end_on_noise``, ``evidence``,
+``answer``). Where stage 2 starts follows from the entry (``Method.chains``). Config validation
+(``stage<N>.method``), training, the demo, the report and the SLURM scripts read this table; nothing else names a
+method. A baseline is one entry here plus its test; a new kind of trainable set is one recipe class plus an entry.
 
 Evaluation never patches anything: every method ends in a plain Hugging Face checkpoint.
 """
@@ -18,25 +18,16 @@ from neurorit.errors import UserError
 from neurorit.neuron_map import GROUPS as ALL_GROUPS
 
 STAGES = ("stage1", "stage2")
-
+TASKS = ("end_on_noise", "evidence", "answer")
 
 
 @dataclass(frozen=True)
 class StageRule:
-    """What one method does in one stage."""
+    """What one method does in one stage: a training recipe with its options, on a data task."""
 
-    trains: Literal["neurons", "target_layers", "all", "lora", "nothing"]
-    groups: tuple[str, ...] = ()  # neuron groups that get deltas (trains="neurons")
-    random: bool = False  # replace each layer's neurons by as many random neurons of that layer (seeded)
-    target_layers: bool = False  # with trains="neurons": the whole FFN of the target layers trains too
-    data: Literal["stage1", "stage2", "robust_sft"] = "stage1"  # the data recipe (train/data.py)
-    export: Literal["merge", "fold_irrelevant_only"] = "merge"
-    match_params_of: str = ""  # trains="lora": the rank (stage<N>.lora_rank 0) matches this method's count
-
-    @property
-    def needs_map(self) -> bool:
-        return self.trains in ("neurons", "target_layers") or self.export == "fold_irrelevant_only" or \
-            bool(self.match_params_of)
+    recipe: str  # a name of train/recipes.py RECIPES
+    task: Literal["end_on_noise", "evidence", "answer"] = "end_on_noise"
+    options: dict = field(default_factory=dict)  # the recipe's arguments
 
 
 @dataclass(frozen=True)
@@ -46,10 +37,6 @@ class Method:
     stages: dict = field(default_factory=dict)  # stage -> StageRule, in pipeline order; {} = evaluated as it is
     role: Literal["base", "baseline", "neurorit", "reference"] = "baseline"  # reference: not in the demo/report
     run_of: str = ""  # evaluated from another method's run (its stage outputs), e.g. neurorit_stage1
-
-    @property
-    def needs_map(self) -> bool:
-        return any(rule.needs_map for rule in self.stages.values())
 
     @property
     def reported(self) -> bool:
@@ -66,33 +53,35 @@ class Method:
         return "stage1" in self.stages and "stage2" in self.stages
 
 
-_NEURORIT_STAGE1 = StageRule("neurons", groups=("irrelevant_only",), data="stage1")
-_NEURORIT_STAGE2 = StageRule("neurons", groups=ALL_GROUPS, target_layers=True, data="stage2")
+_NEURORIT_STAGE1 = StageRule("neurons", "end_on_noise", {"groups": ("irrelevant_only",)})
+_NEURORIT_STAGE2 = StageRule("neurons", "evidence", {"groups": ALL_GROUPS, "target_layers": True})
 
 _ENTRIES = (
     Method("base", "the model as it is, untuned", role="base"),
     Method("robust_sft", "RetRobust-style SFT of every parameter: top-K or noise-only documents -> the answer",
-           {"stage2": StageRule("all", data="robust_sft")}),
+           {"stage2": StageRule("everything", "answer")}),
     Method("layer_tuning", "the whole FFN of the mined target layers on stage 2's data",
-           {"stage2": StageRule("target_layers", data="stage2")}),
+           {"stage2": StageRule("neurons", "evidence", {"target_layers": True})}),
     Method("lora", "LoRA (peft) on every linear of every decoder layer, on stage 2's data, its rank set so that "
            "its trainable parameters match Neuro-RIT's (both stages) within 10%",
-           {"stage2": StageRule("lora", data="stage2", match_params_of="neurorit")}),
+           {"stage2": StageRule("lora", "evidence", {"match_params_of": "neurorit"})}),
     Method("random_neurons", "Neuro-RIT's two stages with each layer's neurons replaced by random ones",
-           {"stage1": StageRule("neurons", groups=("irrelevant_only",), random=True, data="stage1"),
-            "stage2": StageRule("neurons", groups=ALL_GROUPS, random=True, target_layers=True, data="stage2")}),
+           {"stage1": StageRule("neurons", "end_on_noise", {"groups": ("irrelevant_only",), "random": True}),
+            "stage2": StageRule("neurons", "evidence", {"groups": ALL_GROUPS, "random": True,
+                                                        "target_layers": True})}),
     Method("neurorit_stage1", "Neuro-RIT after stage 1 only (noise suppression)", {"stage1": _NEURORIT_STAGE1},
            role="neurorit", run_of="neurorit"),
     Method("neurorit", "Neuro-RIT: stage 1 (irrelevant-only neurons -> EOS on noise), then stage 2 (all groups "
            "+ target-layer FFNs -> evidence)", {"stage1": _NEURORIT_STAGE1, "stage2": _NEURORIT_STAGE2},
            role="neurorit"),
     Method("neurorit_hard_deactivation", "the base model with its irrelevant-only neurons switched off (folded "
-           "into the weights at export)", {"stage1": StageRule("nothing", export="fold_irrelevant_only")},
+           "into the weights at export)", {"stage1": StageRule("nothing", options={"fold_irrelevant_only": True})},
            role="neurorit"),
     Method("full", "full fine-tuning of every parameter on each stage's own data (a reference, not reported)",
-           {"stage1": StageRule("all", data="stage1"), "stage2": StageRule("all", data="stage2")}, role="reference"),
+           {"stage1": StageRule("everything", "end_on_noise"), "stage2": StageRule("everything", "evidence")},
+           role="reference"),
     Method("none", "train nothing: the stage re-exports its input (for tests and plumbing)",
-           {"stage1": StageRule("nothing"), "stage2": StageRule("nothing", data="stage2")}, role="reference"),
+           {"stage1": StageRule("nothing"), "stage2": StageRule("nothing", "evidence")}, role="reference"),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _ENTRIES}
 REPORT_ORDER = tuple(m.name for m in _ENTRIES if m.reported)

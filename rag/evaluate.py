@@ -35,10 +35,9 @@ from typing import Optional
 if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag/evaluate.py): import from the
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # repo root, not from rag/ itself
 
-import torch
 
 from model_patches import load_tokenizer
-from neurorit import dist
+from neurorit import dist, runtime
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -239,9 +238,7 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
     exists only when this run has finished."""
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", args.name):
         raise UserError(f"--name {args.name!r}: use letters, digits, '_', '-' or '.' only")
-    if cfg.runtime.torch_threads > 0:
-        torch.set_num_threads(cfg.runtime.torch_threads)
-    dist.init_distributed(args.local_rank)
+    runtime.start(cfg.runtime, args.local_rank)
     model_path = args.model or cfg.model.path
     records = load_records(cfg.data.test_file, cfg.eval.num_examples)
     tokenizer = load_tokenizer(model_path)

@@ -52,10 +52,9 @@ from typing import Optional
 if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag/write_evidence.py): import from
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo root, not from rag/
 
-import torch
 
 from model_patches import load_tokenizer
-from neurorit import dist
+from neurorit import dist, runtime
 from neurorit.config import ExperimentConfig, parse_args
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -171,9 +170,7 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
     ev = cfg.evidence
     check_teacher(teacher)
     rows = read_rows(in_path)
-    if cfg.runtime.torch_threads > 0:
-        torch.set_num_threads(cfg.runtime.torch_threads)
-    dist.init_distributed(local_rank)
+    runtime.start(cfg.runtime, local_rank)
     num_docs = ev.num_docs or cfg.stage2.num_docs
     tokenizer = load_tokenizer(teacher)
     builder = prompt_builder(cfg.data, tokenizer)

@@ -33,10 +33,12 @@ import time
 import torch
 import transformers as tf
 
-from model_patches import model_fingerprint, patch_model
+from model_patches import model_fingerprint
+from neurorit.config import StageConfig
 from neurorit.methods import METHODS
 from neurorit.neuron_map import NeuronMap
-from train.trainable import neuron_spec, setup_trainable
+from train import recipes
+from train.trainable import neuron_spec
 
 VARIANTS = ("full", "stage1", "stage2", "grad_mask_stage1", "grad_mask_stage2")
 SHAPES = {  # real models' configs (random weights): the size flags they set
@@ -70,7 +72,7 @@ def random_map(model, a) -> NeuronMap:
 
 def grad_mask_params(model, nmap, stage: str, a) -> list:
     """Full FFN weights with gradient hooks that keep only the selected neurons' rows / columns."""
-    spec, full_layers = neuron_spec(METHODS["neurorit"].rule(stage), nmap, a.intermediate, 0)
+    spec, full_layers = neuron_spec(recipes.build(METHODS["neurorit"].rule(stage)), nmap, a.intermediate, 0)
     for p in model.parameters():
         p.requires_grad_(False)
     params = []
@@ -106,7 +108,8 @@ def setup(variant: str, a):
         params = grad_mask_params(model, nmap, variant.removeprefix("grad_mask_"), a)
     else:
         method, stage = ("full", "stage1") if variant == "full" else ("neurorit", variant)
-        params = setup_trainable(model, patch_model(model), METHODS[method].rule(stage), nmap, seed=0).params
+        _, trainable = recipes.setup_stage(model, recipes.build(METHODS[method].rule(stage)), nmap, 0, StageConfig())
+        params = trainable.params
     return model, params, torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
 
 

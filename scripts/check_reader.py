@@ -127,15 +127,12 @@ def _extra(parser: argparse.ArgumentParser) -> None:
 
 @main_guard
 def main(argv=None) -> dict:
-    import torch
 
     from model_patches import load_tokenizer
-    from neurorit import dist
+    from neurorit import dist, runtime
     from rag.evaluate import load_model
 
     args, cfg = parse_args(__doc__.split("\n\n")[0], argv, _extra)
-    if cfg.runtime.torch_threads > 0:
-        torch.set_num_threads(cfg.runtime.torch_threads)
     path = {"dev": cfg.data.dev_file, "test": cfg.data.test_file, "train": cfg.data.train_file}[args.split]
     model_path = args.model or cfg.model.path
     if not os.path.isdir(model_path):
@@ -144,7 +141,7 @@ def main(argv=None) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"records file not found: {path}; build the benchmark first (python -m "
                         f"benchmarks.english.benchmark --config ... or benchmarks.embedded.benchmark)")
-    dist.init_distributed(getattr(args, "local_rank", None))
+    runtime.start(cfg.runtime, getattr(args, "local_rank", None))
     records = load_records(path, cfg.eval.num_examples)
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, cfg)

@@ -16,10 +16,10 @@ from neurorit.errors import UserError
 from neurorit.methods import Method, StageRule
 from neurorit.neuron_map import GROUPS as MAP_GROUPS
 from neurorit.neuron_map import NeuronMap
-from tests.support.workspaces import GROUPS, HIDDEN, TARGET_LAYERS, training_workspace
-from train import lora
+from tests.support.workspaces import GROUPS, HIDDEN, TARGET_LAYERS, setup_trainable, training_workspace
+from train import lora, recipes
 from train.loop import init_path, run_stage
-from train.trainable import planned_count, setup_trainable
+from train.trainable import Trainable, numel
 
 
 def test_registry_entries_are_consistent():
@@ -30,14 +30,18 @@ def test_registry_entries_are_consistent():
     for m in methods.METHODS.values():
         assert list(m.stages) == [s for s in methods.STAGES if s in m.stages], m.name  # pipeline order
         for rule in m.stages.values():
-            assert set(rule.groups) <= set(MAP_GROUPS), m.name
-            assert (rule.trains == "neurons") == bool(rule.groups), m.name
-            assert not rule.match_params_of or rule.match_params_of in methods.METHODS
+            recipe = recipes.build(rule)  # every entry names a recipe and options it takes
+            assert rule.task in methods.TASKS, m.name
+            assert set(getattr(recipe, "groups", ())) <= set(MAP_GROUPS), m.name
+            assert getattr(recipe, "match_params_of", "") in ("", *methods.METHODS), m.name
         if m.run_of:  # evaluated from another run: its rules must be that run's
             other = methods.get(m.run_of)
             assert all(other.stages[s] == r for s, r in m.stages.items()), m.name
     assert methods.get("neurorit").chains() and not methods.get("layer_tuning").chains()
-    assert methods.get("neurorit_hard_deactivation").needs_map and not methods.get("robust_sft").needs_map
+    assert recipes.build(methods.get("neurorit_hard_deactivation").rule("stage1")).needs_map
+    assert not recipes.build(methods.get("robust_sft").rule("stage2")).needs_map
+    with pytest.raises(UserError, match="unknown training recipe 'nope'"):
+        recipes.build(StageRule("nope"))
 
 
 def test_config_takes_stage_methods_from_the_registry():
@@ -61,7 +65,7 @@ def test_a_new_baseline_is_one_registry_entry(tmp_path, single_rank_env, monkeyp
     """The throwaway example of a new baseline: stage 2 trains only the relevant-only neurons. It needs this entry
     and nothing else: config validation, the trainable set, the data recipe and the export all come from it."""
     entry = Method("relevant_only", "stage 2 on the relevant-only neurons",
-                   {"stage2": StageRule("neurons", groups=("relevant_only",), data="stage2")})
+                   {"stage2": StageRule("neurons", "evidence", {"groups": ("relevant_only",)})})
     monkeypatch.setitem(methods.METHODS, entry.name, entry)
     config = training_workspace(str(tmp_path))
     cfg = load_config(config, ["--stage2.method", "relevant_only", "--stage2.init_from", str(tmp_path / "model")])
@@ -115,7 +119,7 @@ def test_lora_rank_matches_neurorit_count_within_ten_percent(shape, tiny_model):
         targets = [27, 28, 29]
     groups = {g: torch.tensor([[layer, n, 1, 1] for layer, n in r], dtype=torch.long) for g, r in rows.items()}
     nmap = NeuronMap(groups, targets, model_fingerprint(model))
-    neurorit = sum(planned_count(r, nmap, model, 0) for r in methods.get("neurorit").stages.values())
+    neurorit = sum(recipes.build(r).planned_count(model, nmap, 0) for r in methods.get("neurorit").stages.values())
     rank = lora.rank_to_match(model, neurorit)
     count = rank * sum(i + o for i, o in lora.target_linears(model).values())
     assert abs(count - neurorit) <= 0.1 * neurorit, (rank, count, neurorit)
@@ -125,10 +129,11 @@ def test_lora_trains_only_adapters_and_merges_exactly(tiny_model):
     model = tiny_model("llama", layers=2, hidden=HIDDEN, intermediate=128)
     groups = {g: torch.tensor([[layer, n, 1, 1] for layer, n in r], dtype=torch.long) for g, r in GROUPS.items()}
     nmap = NeuronMap(groups, TARGET_LAYERS, model_fingerprint(model))
-    trainable = setup_trainable(model, None, methods.get("lora").rule("stage2"), nmap, seed=0)
+    trainable, patcher = setup_trainable(model, "lora", "stage2", nmap)
+    assert patcher is None  # LoRA wraps the linears instead
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
-    assert trainable.count == sum(p.numel() for p in trainable.params) and trainable.lora_rank >= 1
+    assert trainable.count == sum(p.numel() for p in trainable.params) and trainable.details["lora_rank"] >= 1
     with torch.no_grad():
         for p in trainable.params:
             p.normal_(0, 0.05)  # B starts at zero: make the adapters do something
@@ -144,7 +149,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(tiny_model):
 
 @pytest.mark.distributed
 def test_lora_two_rank_zero3_exports_a_merged_plain_checkpoint(tmp_path, run_ranks):
-    config = training_workspace(str(tmp_path), stage_overrides={"lora_lr": 1e-2})
+    config = training_workspace(str(tmp_path), stage_overrides={"lora": {"lr": 1e-2}})
     printed = run_ranks("train/stage2.py", "--config", config, "--stage2.method", "lora",
                         "--stage2.init_from", str(tmp_path / "model")).stdout
     assert "LoRA adapters of rank" in printed
@@ -160,3 +165,29 @@ def test_lora_two_rank_zero3_exports_a_merged_plain_checkpoint(tmp_path, run_ran
     assert isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)
     assert dataclasses.is_dataclass(methods.get("lora").rule("stage2"))
     assert os.path.isfile(tmp_path / "out" / "stage2" / "train_summary.json")
+
+
+def test_a_new_kind_of_trainable_set_is_one_recipe_and_one_entry(tmp_path, single_rank_env, monkeypatch):
+    """A baseline of a kind no recipe covers (norms and biases only): one recipe class and one registry entry,
+    defined here; the loop trains and exports it without knowing it."""
+
+    @dataclasses.dataclass
+    class NormsAndBiases(recipes.Recipe):
+        name = "norms_and_biases"
+
+        def choose(self, ctx):
+            params = [p for n, p in ctx.model.named_parameters() if "norm" in n or n.endswith(".bias")]
+            return Trainable(params=params, other_count=sum(numel(p) for p in params))  # partitioned: ds_numel
+
+    monkeypatch.setitem(recipes.RECIPES, NormsAndBiases.name, NormsAndBiases)
+    entry = Method("norms_tuning", "stage 2 on the norms and biases", {"stage2": StageRule("norms_and_biases",
+                                                                                          "evidence")})
+    monkeypatch.setitem(methods.METHODS, entry.name, entry)
+    cfg = load_config(training_workspace(str(tmp_path)), ["--stage2.method", "norms_tuning",
+                                                          "--stage2.init_from", str(tmp_path / "model")])
+    summary = run_stage("stage2", cfg)
+    before = load_file(str(tmp_path / "model" / "model.safetensors"))
+    after = load_file(str(tmp_path / "out" / "stage2" / "export" / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("norm" in k for k in changed)
+    assert summary["trainable_params"] == sum(v.numel() for k, v in before.items() if "norm" in k)

@@ -4,25 +4,21 @@ import sys
 import pytest
 import torch
 
-from model_patches import patch_model
 from neurorit.config import StageConfig
-from neurorit.dist import Strategy
+from neurorit.dist import Strategy, build_optimizer, lr_factor
 from neurorit.errors import UserError
 from neurorit.prompts import PromptBuilder
 from neurorit.records import Passage, Record
 from tests.support.models import tiny_model
-from tests.support.workspaces import (GROUPS, HIDDEN, INTERMEDIATE, PEOPLE, TARGET_LAYERS, training_neuron_map,
-                                      training_tokenizer)
-from train.data import StepPlan, build_examples, eval_batches, evidence_for
+from tests.support.workspaces import (GROUPS, HIDDEN, INTERMEDIATE, PEOPLE, TARGET_LAYERS, setup_trainable,
+                                      training_neuron_map, training_tokenizer)
+from train.data import Batching, StepPlan, build_examples, eval_batches, evidence_for
 from train.loop import enable_gradient_checkpointing
-from train.optim import lr_factor
-from neurorit import methods
-from train.trainable import setup_trainable
 
 
 def test_step_plan_splits_each_epoch_across_ranks_and_groups_lengths():
     lengths = [(i * 37) % 101 for i in range(50)]
-    plans = [StepPlan(lengths, 8, 2, 2, r, epochs=2, max_steps=-1, seed=3) for r in range(2)]
+    plans = [StepPlan(lengths, Batching(8, 2, 2, r), epochs=2, max_steps=-1, seed=3) for r in range(2)]
     assert plans[0].steps_per_epoch == 6 and plans[0].total_steps == 12
     for epoch in range(2):
         seen = []
@@ -33,13 +29,13 @@ def test_step_plan_splits_each_epoch_across_ranks_and_groups_lengths():
             batch = sorted(lengths[i] for i in per_rank[0] + per_rank[1])
             assert batch[-1] - batch[0] <= 60  # grouped: a batch spans a narrow length band
         assert len(seen) == len(set(seen)) == 48
-    again = StepPlan(lengths, 8, 2, 2, 1, epochs=2, max_steps=-1, seed=3)
+    again = StepPlan(lengths, Batching(8, 2, 2, 1), epochs=2, max_steps=-1, seed=3)
     assert again.micro_batches(9) == plans[1].micro_batches(9)  # a resumed run sees the same batches
-    assert StepPlan(lengths, 8, 2, 2, 0, epochs=2, max_steps=5, seed=3).total_steps == 5
+    assert StepPlan(lengths, Batching(8, 2, 2, 0), epochs=2, max_steps=5, seed=3).total_steps == 5
     with pytest.raises(UserError):
-        StepPlan(lengths, 6, 4, 1, 0, 1, -1, 0)
+        StepPlan(lengths, Batching(6, 4, 1, 0), 1, -1, 0)
     with pytest.raises(UserError):
-        StepPlan(lengths[:3], 4, 2, 1, 0, 1, -1, 0)
+        StepPlan(lengths[:3], Batching(4, 2, 1, 0), 1, -1, 0)
 
 
 def test_eval_batches_give_every_rank_the_same_count():
@@ -62,31 +58,27 @@ def test_stage_examples_have_the_right_targets():
     rel = Passage("", "ann born paris . bob lives rome .", has_answer=True)
     irr = [Passage("", f"{p} works oslo .", has_answer=False) for p in PEOPLE[1:6]]
     records = [Record("a", "born ann ?", ["paris"], [rel] + irr), Record("b", "born ann ?", ["paris"], irr[:2])]
-    s1, _ = build_examples("stage1", records, tok, PromptBuilder("compact"), 3, 96, 0)
+    s1, _ = build_examples("end_on_noise", records, tok, PromptBuilder("compact"), 3, 96, 0)
     assert [t for t in s1[0].labels if t != -100] == [tok.eos_token_id]
     assert "paris" not in tok.decode(s1[0].input_ids)
-    s2, _ = build_examples("stage2", records, tok, PromptBuilder("compact"), 3, 96, 0)
+    s2, _ = build_examples("evidence", records, tok, PromptBuilder("compact"), 3, 96, 0)
     target = tok.decode([t for t in s2[0].labels if t != -100])
     assert target.split() == ["ann", "born", "paris", ".", "</s>"]
     builder = PromptBuilder("compact")
     assert evidence_for(records[1], irr[:2], builder) == builder.no_evidence()
-    sft, _ = build_examples("robust_sft", records, tok, PromptBuilder("compact"), 3, 96, 0)
+    sft, _ = build_examples("answer", records, tok, PromptBuilder("compact"), 3, 96, 0)
     assert tok.decode([t for t in sft[0].labels if t != -100]).split() == ["paris", "</s>"]
     with pytest.raises(UserError, match="record a: .* > max_length 8; raise data.max_length"):
-        build_examples("stage2", records, tok, PromptBuilder("compact"), 3, 8, 0)
+        build_examples("evidence", records, tok, PromptBuilder("compact"), 3, 8, 0)
 
 
 def _model():
     return tiny_model("llama", hidden=HIDDEN, intermediate=INTERMEDIATE, vocab=97)
 
 
-def rule(method: str, stage: str):
-    return methods.get(method).rule(stage)
-
-
 def test_stage2_trainable_count_is_the_formula():
     model = _model()
-    trainable = setup_trainable(model, patch_model(model), rule("neurorit", "stage2"), training_neuron_map(model), seed=0)
+    trainable = setup_trainable(model, "neurorit", "stage2", training_neuron_map(model))[0]
     outside = sum(1 for rows in GROUPS.values() for layer, _ in rows if layer not in TARGET_LAYERS)
     ffn = sum(p.numel() for t in TARGET_LAYERS for p in model.model.layers[t].mlp.parameters()
               if p.requires_grad)
@@ -101,7 +93,7 @@ def test_stage1_and_baseline_trainable_sets():
     for method, stage in (("neurorit", "stage1"), ("random_neurons", "stage1"), ("layer_tuning", "stage2"),
                           ("full", "stage1")):
         model = _model()
-        t = setup_trainable(model, patch_model(model), rule(method, stage), training_neuron_map(model), seed=0)
+        t = setup_trainable(model, method, stage, training_neuron_map(model))[0]
         assert {id(p) for p in t.params} == {id(p) for p in model.parameters() if p.requires_grad}
         counts[method] = t.count
     n_irr = len(GROUPS["irrelevant_only"])
@@ -109,17 +101,14 @@ def test_stage1_and_baseline_trainable_sets():
     assert counts["layer_tuning"] == 3 * HIDDEN * INTERMEDIATE * len(TARGET_LAYERS)
     assert counts["full"] == sum(p.numel() for p in _model().parameters())
     model = _model()
-    patcher = patch_model(model)
-    setup_trainable(model, patcher, rule("random_neurons", "stage2"), training_neuron_map(model), seed=0)
+    _, patcher = setup_trainable(model, "random_neurons", "stage2", training_neuron_map(model))
     chosen = {layer: ids.tolist() for layer, (ids, *_) in patcher.neuron_deltas().items()}
     assert list(chosen) == [0] and len(chosen[0]) == 5 and chosen[0] != [3, 7, 9, 40, 100]
 
 
 def test_train_gate_false_freezes_every_gate_projection():
     model = _model()
-    patcher = patch_model(model)
-    t = setup_trainable(model, patcher, rule("neurorit", "stage2"), training_neuron_map(model), seed=0,
-                        train_gate=False)
+    t, patcher = setup_trainable(model, "neurorit", "stage2", training_neuron_map(model), train_gate=False)
     outside = sum(1 for rows in GROUPS.values() for layer, _ in rows if layer not in TARGET_LAYERS)
     assert t.count == 2 * HIDDEN * outside + 2 * HIDDEN * INTERMEDIATE * len(TARGET_LAYERS)
     trained = {id(p) for p in model.parameters() if p.requires_grad}
@@ -138,12 +127,10 @@ def test_train_gate_false_freezes_every_gate_projection():
 def test_train_gate_false_is_refused_where_it_cannot_hold():
     model = tiny_model("phi3", hidden=HIDDEN, intermediate=INTERMEDIATE, vocab=97)
     with pytest.raises(UserError, match="fused"):  # gate and up share one weight in the target layers
-        setup_trainable(model, patch_model(model), rule("neurorit", "stage2"), training_neuron_map(model), seed=0,
-                        train_gate=False)
+        setup_trainable(model, "neurorit", "stage2", training_neuron_map(model), train_gate=False)[0]
     model = _model()
     with pytest.raises(UserError, match="train_gate false applies to neuron"):
-        setup_trainable(model, patch_model(model), rule("full", "stage1"), training_neuron_map(model), seed=0,
-                        train_gate=False)
+        setup_trainable(model, "full", "stage1", training_neuron_map(model), train_gate=False)[0]
 
 
 def test_adamw_8bit_without_bitsandbytes_is_a_user_error(monkeypatch, single_rank_env):
@@ -151,7 +138,8 @@ def test_adamw_8bit_without_bitsandbytes_is_a_user_error(monkeypatch, single_ran
 
     def build(st: StageConfig):
         strategy = Strategy.for_training(st.zero_stage, st.batch_size, st.micro_batch_size)
-        return strategy.optimizer([torch.nn.Parameter(torch.zeros(3))], st.optimizer, st.lr, st.weight_decay)
+        return build_optimizer([torch.nn.Parameter(torch.zeros(3))], st.optimizer, st.lr, st.weight_decay,
+                               strategy.offloads_optimizer)
 
     with pytest.raises(UserError, match="bitsandbytes"):
         build(StageConfig(optimizer="adamw_8bit"))
@@ -162,7 +150,7 @@ def test_gradient_checkpointing_reaches_deltas_behind_frozen_layers():
     grads = []
     for checkpointing in (False, True):
         model = _model().train()
-        t = setup_trainable(model, patch_model(model), rule("neurorit", "stage1"), training_neuron_map(model), seed=0)
+        t = setup_trainable(model, "neurorit", "stage1", training_neuron_map(model))[0]
         if checkpointing:
             enable_gradient_checkpointing(model)
         x = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))

@@ -120,7 +120,7 @@ def test_teacher_evidence_goes_through_stage2(data, tmp_path, single_rank_env):
                                "--stage2.micro_batch_size", "2", "--stage2.num_docs", str(NUM_DOCS),
                                "--stage2.warmup_ratio", "0"])
     tok = load_tokenizer(TEACHER)
-    examples, _ = build_examples("stage2", written, tok, prompt_builder(cfg.data, tok), NUM_DOCS,
+    examples, _ = build_examples("evidence", written, tok, prompt_builder(cfg.data, tok), NUM_DOCS,
                                  cfg.data.max_length, cfg.runtime.seed)
     for rec, ex in zip(written, examples):
         target = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != -100]

@@ -1,11 +1,11 @@
 """Stage datasets and the deterministic step plan (length-grouped, split across ranks, resumable).
 
-Examples (loss on the output tokens + EOS only, via ``neurorit.prompts.encode``):
+Examples of each data task of ``neurorit.methods.TASKS`` (loss on the output tokens + EOS only, via ``neurorit.prompts.encode``):
 
-- ``stage1``: instruction + question + K irrelevant documents -> EOS only;
-- ``stage2``: instruction + question + top-K documents -> evidence summary (``record.evidence``; else the
+- ``end_on_noise`` (stage 1): instruction + question + K irrelevant documents -> EOS only;
+- ``evidence`` (stage 2): instruction + question + top-K documents -> evidence summary (``record.evidence``; else the
   sentences of the shown documents that hold a gold answer; else ``PromptBuilder.no_evidence()``);
-- ``robust_sft`` (RetRobust-style baseline): question + top-K documents, or K noise-only documents for a seeded
+- ``answer`` (the RetRobust-style baseline ``robust_sft``): question + top-K documents, or K noise-only documents for a seeded
   half of the records -> the first gold answer.
 
 ``StepPlan`` fixes, from (seed, epoch) alone, which examples every rank sees at every optimizer step: each epoch
@@ -19,15 +19,16 @@ from __future__ import annotations
 import math
 import random
 import re
+from dataclasses import dataclass
 
 import torch
 
 from neurorit.errors import UserError
+from neurorit.methods import TASKS
 from neurorit.prompts import Encoded, PromptBuilder, TruncationCounter, encode
 from neurorit.records import Passage, Record, irrelevant_passages, passage_has_answer
 from neurorit.settings import docs_for_setting, record_rng
 
-KINDS = ("stage1", "stage2", "robust_sft")
 MEGA_BATCHES = 32
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -45,18 +46,18 @@ def evidence_for(record: Record, docs, builder: PromptBuilder) -> str:
     return " ".join(found) if found else builder.no_evidence()
 
 
-def build_examples(kind: str, records: list[Record], tokenizer, builder: PromptBuilder, num_docs: int, max_length: int,
+def build_examples(task: str, records: list[Record], tokenizer, builder: PromptBuilder, num_docs: int, max_length: int,
                    seed: int) -> tuple[list[Encoded], TruncationCounter]:
-    """Tokenized examples of one kind, one per record, in record order."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown example kind {kind!r}; use one of {', '.join(KINDS)}")
+    """Tokenized examples of one data task, one per record, in record order."""
+    if task not in TASKS:
+        raise ValueError(f"unknown data task {task!r}; use one of {', '.join(TASKS)}")
     rng = random.Random(seed)
     counter = TruncationCounter()
     out = []
     for record in records:
-        if kind == "stage1":
+        if task == "end_on_noise":
             parts = builder.stage1(record.question, irrelevant_passages(record, num_docs, pool=records, rng=rng))
-        elif kind == "stage2":
+        elif task == "evidence":
             docs = docs_for_setting(record, "top5", num_docs)
             parts = builder.stage2(record.question, docs, evidence_for(record, docs, builder))
         else:
@@ -86,11 +87,22 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How one optimizer step's global batch splits: over ``world`` ranks (this is ``rank``), in micro-batches."""
+
+    batch_size: int
+    micro_batch_size: int
+    world: int = 1
+    rank: int = 0
+
+
 class StepPlan:
     """Deterministic assignment of examples to (step, rank, micro-batch); see the module docstring."""
 
-    def __init__(self, lengths: list[int], batch_size: int, micro_batch_size: int, world: int, rank: int,
-                 epochs: float, max_steps: int, seed: int):
+    def __init__(self, lengths: list[int], batching: Batching, epochs: float, max_steps: int, seed: int):
+        batch_size, micro_batch_size, world, rank = (batching.batch_size, batching.micro_batch_size, batching.world,
+                                                     batching.rank)
         if batch_size % (micro_batch_size * world):
             raise UserError(f"batch_size {batch_size} must be a multiple of micro_batch_size {micro_batch_size} "
                             f"x world size {world}")

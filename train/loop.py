@@ -1,18 +1,19 @@
 """The one training loop behind ``train/stage1.py`` and ``train/stage2.py`` (and every baseline).
 
-Order (docs/DESIGN.md §5): distributed init -> the method's rule for this stage (``neurorit/methods.py``) ->
-neuron map -> model load (partitioned under ZeRO-3, HfDeepSpeedConfig alive) -> patch + trainable set (deltas
-added before the strategy prepares the model) -> data -> optimizer and schedule -> ``Strategy.prepare_trainable``
--> resume -> steps (TensorBoard, checkpoints, dev loss; a non-finite loss or grad norm stops the run before it
-is saved) -> export. DeepSpeed itself is behind ``neurorit.dist``; this file never touches an engine.
+Order (docs/DESIGN.md §5): runtime start (``neurorit.runtime``) -> the method's rule for this stage
+(``neurorit/methods.py``) and its recipe (``train/recipes.py``) -> neuron map -> model load (partitioned under
+ZeRO-3, HfDeepSpeedConfig alive) -> patch + the recipe's trainable set (deltas added before the strategy prepares
+the model) -> data -> optimizer and schedule -> ``Strategy.prepare_trainable`` -> resume -> steps (TensorBoard,
+checkpoints, dev loss; a non-finite loss or grad norm stops the run before it is saved) -> the recipe's
+before-export step -> export. DeepSpeed itself is behind ``neurorit.dist``; this file never touches an engine,
+and it names no method and no recipe.
 
-Files, under the stage's output folder ``stage<N>.output_dir`` (default ``<runtime.output_dir>/stage<N>``):
-``config.yaml`` (resolved config), ``tb/`` (TensorBoard, rank 0), ``checkpoints/step<N>/`` (DeepSpeed, for
-resume), ``export/`` (plain Hugging Face checkpoint with the tokenizer, deltas merged, deactivations folded for
-``neurorit_hard_deactivation``) and ``train_summary.json``.
-Stage 1 starts from ``model.path``; stage 2 from ``<stage 1 output>/export`` (override with
-``stage<N>.init_from``). The neuron map is read from ``<mining.output_dir>/neuron_map.safetensors`` (default
-``<runtime.output_dir>/mining``) by the methods that need one.
+Files (``neurorit/layout.py``), under the stage's output folder ``stage<N>.output_dir`` (default
+``<runtime.output_dir>/stage<N>``): ``config.yaml`` (resolved config), ``tb/`` (TensorBoard, rank 0),
+``checkpoints/step<N>/`` (DeepSpeed, for resume), ``export/`` (plain Hugging Face checkpoint with the tokenizer,
+deltas merged, deactivations folded for ``neurorit_hard_deactivation``) and ``train_summary.json``.
+Stage 1 starts from ``model.path``; stage 2 from stage 1's export (override with ``stage<N>.init_from``). The
+neuron map is read from the layout's mining folder by the recipes that need one.
 """
 from __future__ import annotations
 
@@ -20,34 +21,30 @@ import argparse
 import json
 import math
 import os
-import random
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from model_patches import export_hf, get_patcher, load_causal_lm, load_tokenizer, model_fingerprint, patch_model
-from neurorit import dist, methods
-from neurorit.config import ExperimentConfig, StageConfig, mining_dir, parse_args, save_config
+from model_patches import export_hf, load_causal_lm, load_tokenizer, model_fingerprint
+from neurorit import dist, methods, runtime
+from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_config
 from neurorit.dist import TrainEngine
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from neurorit.methods import StageRule
+from neurorit.layout import RunLayout, StageFiles
 from neurorit.neuron_map import NeuronMap
 from neurorit.prompts import prompt_builder
 from neurorit.records import load_records
-from train import checkpoint, lora
-from train.data import StepPlan, build_examples, collate, eval_batches
+from train import checkpoint, recipes
+from train.data import Batching, StepPlan, build_examples, collate, eval_batches
 from train.monitor import Monitor
-from train.optim import lr_factor
-from train.trainable import Trainable, setup_trainable
+from train.recipes import Recipe, StageContext
+from train.trainable import Trainable
 
 
-# ------------------------------------------------------------------------------------------------ paths
-def stage_dir(cfg: ExperimentConfig, stage: str) -> str:
-    return getattr(cfg, stage).output_dir or os.path.join(cfg.runtime.output_dir, stage)
-
-
+# ------------------------------------------------------------------------------------------------ the run
 def init_path(cfg: ExperimentConfig, stage: str, method: methods.Method) -> str:
     """Where a stage's starting weights come from: ``init_from``, else stage 1's export for stage 2 of a method
     that runs both stages (``Method.chains``), else model.path."""
@@ -56,11 +53,40 @@ def init_path(cfg: ExperimentConfig, stage: str, method: methods.Method) -> str:
         return explicit
     if stage == "stage1" or not method.chains():
         return cfg.model.path
-    path = os.path.join(stage_dir(cfg, "stage1"), "export")
+    path = RunLayout.of(cfg).stage("stage1").export
     if not os.path.isdir(path):
         raise UserError(f"stage 2 starts from stage 1's export {path}, which does not exist: run train/stage1.py "
                         f"first or set --stage2.init_from")
     return path
+
+
+@dataclass
+class StageRun:
+    """One stage's run: its config, the method's recipe, files, starting weights and neuron map."""
+
+    stage: str
+    cfg: ExperimentConfig
+    recipe: Recipe
+    files: StageFiles
+    init_from: str
+    nmap: Optional[NeuronMap]
+
+    @property
+    def st(self) -> StageConfig:
+        return getattr(self.cfg, self.stage)
+
+    @classmethod
+    def of(cls, stage: str, cfg: ExperimentConfig) -> "StageRun":
+        method = methods.get(getattr(cfg, stage).method)
+        recipe = recipes.build(method.rule(stage))
+        layout = RunLayout.of(cfg)
+        nmap = NeuronMap.load(layout.mining) if recipe.needs_map else None
+        return cls(stage, cfg, recipe, layout.stage(stage), init_path(cfg, stage, method), nmap)
+
+    def identity(self) -> dict:
+        """What a resumed checkpoint must match."""
+        return {"stage": self.stage, "method": self.st.method, "neuron_map_hash": self.nmap.hash() if self.nmap else None,
+                "init_from": os.path.abspath(self.init_from), "seed": self.cfg.runtime.seed}
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -110,33 +136,28 @@ def _train_step(engine: TrainEngine, plan: StepPlan, step: int, examples: list, 
             "seconds": time.perf_counter() - start}
 
 
-def _model_and_trainable(cfg: ExperimentConfig, stage: str, init_from: str, nmap, rule: StageRule,
-                         ds_config: Optional[dict]):
-    """Load (partitioned under ZeRO-3), check against the neuron map, patch, choose the trainable set."""
-    st: StageConfig = getattr(cfg, stage)
-    model = load_causal_lm(init_from, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
-    if nmap is not None:
-        nmap.check_fingerprint(model_fingerprint(model))
+def _model_and_trainable(run: StageRun, ds_config: Optional[dict]) -> tuple[StageContext, Trainable]:
+    """Load (partitioned under ZeRO-3), check against the neuron map, patch, let the recipe choose what trains."""
+    cfg, st = run.cfg, run.st
+    model = load_causal_lm(run.init_from, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
+    if run.nmap is not None:
+        run.nmap.check_fingerprint(model_fingerprint(model))
     model.config.use_cache = False
-    patcher = patch_model(model) if rule.trains != "lora" else None  # LoRA wraps the FFN linears instead
-    trainable = setup_trainable(model, patcher, rule, nmap, cfg.runtime.seed, st.lora_rank, st.lora_alpha,
-                                st.train_gate)
-    if not trainable.params and rule.trains != "nothing":
-        raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")
+    ctx, trainable = recipes.setup_stage(model, run.recipe, run.nmap, cfg.runtime.seed, st)
     if st.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    return model, trainable
+    return ctx, trainable
 
 
-def _stage_data(cfg: ExperimentConfig, stage: str, rule: StageRule, tokenizer):
+def _stage_data(run: StageRun, tokenizer):
     """Training examples (+ truncation report) and, when dev loss is on, the dev examples."""
-    st: StageConfig = getattr(cfg, stage)
-    kind = rule.data
+    cfg, st = run.cfg, run.st
+    task = methods.get(st.method).rule(run.stage).task
     common = (tokenizer, prompt_builder(cfg.data, tokenizer), st.num_docs, cfg.data.max_length, cfg.runtime.seed)
-    examples, truncation = build_examples(kind, load_records(cfg.data.train_file, st.num_examples), *common)
+    examples, truncation = build_examples(task, load_records(cfg.data.train_file, st.num_examples), *common)
     dev = []
     if st.eval_every > 0:
-        dev, _ = build_examples(kind, load_records(cfg.data.dev_file, st.eval_examples), *common)
+        dev, _ = build_examples(task, load_records(cfg.data.dev_file, st.eval_examples), *common)
     return examples, dev, truncation
 
 
@@ -158,43 +179,38 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
               local_rank: Optional[int] = None) -> dict:
     """Train ``stage`` ("stage1" / "stage2") as configured; returns the summary (also written to disk when the
     stage finishes)."""
-    dist.make_deterministic(cfg.runtime.deterministic)
-    dist.init_distributed(local_rank)
-    if cfg.runtime.torch_threads > 0:
-        torch.set_num_threads(cfg.runtime.torch_threads)
-    random.seed(cfg.runtime.seed)
-    torch.manual_seed(cfg.runtime.seed)
-    st: StageConfig = getattr(cfg, stage)
-    method = methods.get(st.method)
-    rule = method.rule(stage)
-    out_dir, init_from = stage_dir(cfg, stage), init_path(cfg, stage, method)
+    runtime.start(cfg.runtime, local_rank)
+    run = StageRun.of(stage, cfg)
+    st = run.st
     if dist.is_main():
-        save_config(cfg, out_dir)
-    nmap = NeuronMap.load(mining_dir(cfg)) if rule.needs_map else None
-    tokenizer = load_tokenizer(init_from)
+        save_config(cfg, run.files.root)
+    tokenizer = load_tokenizer(run.init_from)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if rule.trains == "nothing":
-        model, _ = _model_and_trainable(cfg, stage, init_from, nmap, rule, None)
-        return _finish(model, tokenizer, out_dir, stage, st, rule, init_from, Trainable(), 0, None, nmap)
+    if not run.recipe.trains:
+        ctx, trainable = _model_and_trainable(run, None)
+        return _finish(run, ctx, trainable, tokenizer, {"step": 0, "loss": None})
 
     micro = max(1, min(st.micro_batch_size, st.batch_size // dist.world_size()))
     strategy = dist.Strategy.for_training(st.zero_stage, st.batch_size, micro, st.ds_config, cfg.model.dtype,
                                           st.grad_clip)
-    model, trainable = _model_and_trainable(cfg, stage, init_from, nmap, rule, strategy.config)
-    examples, dev, truncation = _stage_data(cfg, stage, rule, tokenizer)
-    plan = StepPlan([len(e.input_ids) for e in examples], st.batch_size, micro, dist.world_size(), dist.rank(),
-                    st.epochs, st.max_steps, cfg.runtime.seed)
-    lr = st.lora_lr if rule.trains == "lora" else st.lr
-    optimizer = strategy.optimizer(trainable.params, st.optimizer, lr, st.weight_decay)
-    factor = lr_factor(st.schedule, int(st.warmup_ratio * plan.total_steps), plan.total_steps)
-    engine = strategy.prepare_trainable(model, trainable.params, optimizer, factor)
+    ctx, trainable = _model_and_trainable(run, strategy.config)
+    if not trainable.params:
+        raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")
 
-    ckpt_dir = os.path.join(out_dir, "checkpoints")
-    identity = {"stage": stage, "method": st.method, "neuron_map_hash": nmap.hash() if nmap else None,
-                "init_from": os.path.abspath(init_from), "seed": cfg.runtime.seed}
+    examples, dev, truncation = _stage_data(run, tokenizer)
+    plan = StepPlan([len(e.input_ids) for e in examples], Batching(st.batch_size, micro, dist.world_size(),
+                                                                   dist.rank()), st.epochs, st.max_steps,
+                    cfg.runtime.seed)
+    optimizer = dist.build_optimizer(trainable.params, st.optimizer, run.recipe.lr(st), st.weight_decay,
+                                     strategy.offloads_optimizer)
+    factor = dist.lr_factor(st.schedule, int(st.warmup_ratio * plan.total_steps), plan.total_steps)
+    engine = strategy.prepare_trainable(ctx.model, trainable.params, optimizer, factor)
+
+    ckpt_dir = run.files.checkpoints
+    identity = run.identity()
     found, step, resumed_loss = _resume(engine, ckpt_dir, resume, identity, st.batch_size)
-    monitor = Monitor(os.path.join(out_dir, "tb"), plan.total_steps, step, stage)
-    monitor.print(trainable.describe(model.config.hidden_size))
+    monitor = Monitor(run.files.tensorboard, plan.total_steps, step, stage)
+    monitor.print(trainable.describe(ctx.model.config.hidden_size))
     monitor.print(truncation.report(f"{stage} training data"))
     if found:
         monitor.print(f"resumed from {found} at step {step}")
@@ -220,8 +236,8 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     if step < plan.total_steps:
         monitor.print(f"stopped after step {step} of {plan.total_steps}; rerun the same command to resume")
         return {"stage": stage, "step": step, "total_steps": plan.total_steps, "finished": False}
-    return _finish(engine.module, tokenizer, out_dir, stage, st, rule, init_from, trainable, step, last["loss"],
-                   nmap)
+    ctx.model = engine.module
+    return _finish(run, ctx, trainable, tokenizer, {"step": step, "loss": last["loss"]})
 
 
 def check_finite(step: int, stats: dict, ckpt_dir: str) -> None:
@@ -234,31 +250,21 @@ def check_finite(step: int, stats: dict, ckpt_dir: str) -> None:
                         f"last good checkpoint in {ckpt_dir} (if any)")
 
 
-def _finish(model, tokenizer, out_dir: str, stage: str, st: StageConfig, rule: StageRule, init_from: str,
-            trainable: Trainable, step: int, loss: Optional[float], nmap) -> dict:
-    """Export the stage's output as a plain Hugging Face checkpoint (folded per the method's export rule) and
-    write ``train_summary.json``."""
-    export_dir = os.path.join(out_dir, "export")
-    model.config.use_cache = True  # off only while training; the plain export keeps the usual default
-    deactivated = 0
-    if rule.trains == "lora":
-        lora.merge_lora(model)
-    if rule.export == "fold_irrelevant_only":
-        spec = nmap.per_layer("irrelevant_only")
-        get_patcher(model).set_deactivated(spec)
-        deactivated = sum(len(v) for v in spec.values())
-    export_hf(model, export_dir, tokenizer=tokenizer, fold_deactivation=rule.export == "fold_irrelevant_only")
-    summary = {"stage": stage, "method": st.method, "step": step, "finished": True,
-               "final_loss": loss, "trainable_params": trainable.count, "init_from": init_from,
-               **({"lora_rank": trainable.lora_rank} if trainable.lora_rank else {}),
+def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, last: dict) -> dict:
+    """Apply the recipe's before-export step, export the stage's output as a plain Hugging Face checkpoint and
+    write ``train_summary.json`` (the stage's done marker)."""
+    export_dir = run.files.export
+    ctx.model.config.use_cache = True  # off only while training; the plain export keeps the usual default
+    extra = run.recipe.before_export(ctx)
+    export_hf(ctx.model, export_dir, tokenizer=tokenizer, fold_deactivation=run.recipe.fold_irrelevant_only)
+    summary = {"stage": run.stage, "method": run.st.method, "step": last["step"], "finished": True,
+               "final_loss": last["loss"], "trainable_params": trainable.count, "init_from": run.init_from,
+               **trainable.details,
                "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # AVX2 vs AVX512 round differently
-               "export_dir": export_dir, "neuron_map_hash": nmap.hash() if nmap else None}
-    if deactivated:
-        summary["deactivated_neurons"] = deactivated
+               "export_dir": export_dir, "neuron_map_hash": run.nmap.hash() if run.nmap else None, **extra}
     if dist.is_main():
-        path = os.path.join(out_dir, "train_summary.json")
-        atomic_write_text(path, json.dumps(summary, indent=1))
-        print(f"{stage}: exported {export_dir}")
+        atomic_write_text(run.files.summary, json.dumps(summary, indent=1))
+        print(f"{run.stage}: exported {export_dir}")
     return summary
 
 

@@ -1,23 +1,16 @@
-"""The trainable set of one stage, from the method's rule in ``neurorit/methods.py``; everything else is frozen
-and stays out of the optimizer.
+"""The trainable set of one stage and the neuron-level rules behind it (used by ``train/recipes.py``).
 
-- ``neurons``: neuron deltas (gate row, up row, down column) of the rule's groups in every layer, plus, with
+- Neuron deltas (gate row, up row, down column) of a recipe's groups in every layer, plus, with
   ``target_layers``, the whole FFN (gate, up, down) of the mined target layers. A group neuron inside a target
   layer then gets no delta: its rows and column are already trainable as part of that FFN, and a second
   parameter for the same weights would double its effective learning rate. Stage 2 of Neuro-RIT therefore
   trains ``3 x hidden x (group neurons outside target layers) + the target layers' FFN weights``. With
   ``random``, each layer's neurons are replaced by as many distinct random neurons of that layer (seeded by
   ``runtime.seed``); target layers unchanged.
-- ``target_layers``: the whole FFN of the target layers only.
-- With ``stage<N>.train_gate: false`` (both neuron-level rules) the gate projections stay frozen: no gate-row
-  deltas train, and the target layers' gate weights do not (the released Neuro-RIT stage 2 trained up / down
-  only). Layouts that fuse gate and up in one weight (Phi-3, MoE experts) cannot freeze one half of a weight
-  and are refused when target layers train. LoRA's rank still matches the default count (gates trained).
-- ``all``: every parameter.
-- ``lora``: peft LoRA adapters on every linear of every decoder layer (``train/lora.py``); with
-  ``stage<N>.lora_rank`` 0 the rank is the one whose count is nearest the trainable count of the rule's
-  ``match_params_of`` method (Neuro-RIT: both stages together) on this model and neuron map.
-- ``nothing``: nothing (the stage only re-exports its input, folded per the rule's export).
+- With ``stage<N>.train_gate: false`` the gate projections stay frozen: no gate-row deltas train, and the target
+  layers' gate weights do not (the released Neuro-RIT stage 2 trained up / down only). Layouts that fuse gate and
+  up in one weight (Phi-3, MoE experts) cannot freeze one half of a weight and are refused when target layers
+  train. LoRA's rank still matches the default count (gates trained).
 """
 from __future__ import annotations
 
@@ -26,11 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model_patches import FFNPatcher, get_ffn_adapter
-from neurorit import methods
 from neurorit.errors import UserError
-from neurorit.methods import StageRule
-from train import lora
-
 
 
 def numel(param: torch.nn.Parameter) -> int:
@@ -45,10 +34,11 @@ class Trainable:
     params: list = field(default_factory=list)
     neurons: dict = field(default_factory=dict)  # layer -> LongTensor of neurons with deltas
     full_layers: list = field(default_factory=list)  # layers whose whole FFN trains
-    lora_rank: int = 0  # LoRA adapters' rank (method lora)
     delta_count: int = 0
     ffn_count: int = 0
     other_count: int = 0
+    details: dict = field(default_factory=dict)  # recipe-specific fields for train_summary.json
+    description: str = ""  # what the parameters are, when not neuron deltas and FFN weights
 
     @property
     def count(self) -> int:
@@ -56,8 +46,8 @@ class Trainable:
 
     def describe(self, hidden: int) -> str:
         n = sum(int(v.numel()) for v in self.neurons.values())
-        if self.lora_rank:
-            return f"trainable parameters: {self.count:,} = LoRA adapters of rank {self.lora_rank}"
+        if self.description:
+            return f"trainable parameters: {self.count:,} = {self.description}"
         return (f"trainable parameters: {self.count:,} = deltas of {n} neurons at hidden {hidden} "
                 f"({self.delta_count:,})"
                 f" + FFN of layers {self.full_layers} ({self.ffn_count:,}) + other ({self.other_count:,})")
@@ -81,18 +71,17 @@ def _randomized(spec: dict[int, torch.Tensor], width: int, seed: int) -> dict[in
     return out
 
 
-def neuron_spec(rule: StageRule, nmap, width: int, seed: int) -> tuple[dict, list]:
-    """``({layer: neurons with deltas}, [layers whose whole FFN trains])`` for a neuron-level rule."""
-    targets = sorted(int(t) for t in nmap.target_layers) if rule.target_layers or rule.trains == "target_layers" else []
-    if rule.trains == "target_layers":
-        return {}, targets
+def neuron_spec(rule, nmap, width: int, seed: int) -> tuple[dict, list]:
+    """``({layer: neurons with deltas}, [layers whose whole FFN trains])`` for a neuron-level rule (anything with
+    ``groups``, ``random`` and ``target_layers``)."""
+    targets = sorted(int(t) for t in nmap.target_layers) if rule.target_layers else []
     spec = {layer: ids for layer, ids in _group_neurons(nmap, rule.groups).items() if layer not in targets and ids.numel()}
     if rule.random:
         spec = _randomized(spec, width, seed)
     return spec, targets
 
 
-def planned_count(rule: StageRule, nmap, model: torch.nn.Module, seed: int) -> int:
+def planned_neuron_count(rule, nmap, model: torch.nn.Module, seed: int) -> int:
     """What a neuron-level ``rule`` trains on ``model``, counted without building anything."""
     adapter = get_ffn_adapter(model)
     spec, full_layers = neuron_spec(rule, nmap, adapter.intermediate_size, seed)
@@ -101,7 +90,7 @@ def planned_count(rule: StageRule, nmap, model: torch.nn.Module, seed: int) -> i
     return 3 * model.config.hidden_size * sum(int(ids.numel()) for ids in spec.values()) + ffn
 
 
-def _gate_weights(patcher: FFNPatcher, layers: list) -> set:
+def gate_weights(patcher: FFNPatcher, layers: list) -> set:
     """``id`` of the gate-only weights of ``layers``' FFNs; a UserError where a weight holds the gate and more."""
     adapter = patcher.adapter
     fused = [role for role, owned in adapter.ROLES.items() if len(owned) > 1 and "gate" in dict(owned)]
@@ -112,44 +101,3 @@ def _gate_weights(patcher: FFNPatcher, layers: list) -> set:
     modules = adapter.ffn_modules(patcher.model)
     return {id(w) for layer in layers for role, w in adapter.weights(modules[layer]).items()
             if adapter.ROLES[role] == (("gate", 0),)}
-
-
-def setup_trainable(model: torch.nn.Module, patcher: FFNPatcher, rule: StageRule, nmap, seed: int,
-                    lora_rank: int = 0, lora_alpha: float = 0.0, train_gate: bool = True) -> Trainable:
-    """Freeze everything, then add deltas / adapters or unfreeze what ``rule`` trains. Call before the strategy
-    prepares the model; the returned ``params`` are exactly what the optimizer gets."""
-    if not train_gate and rule.trains not in ("neurons", "target_layers"):
-        raise UserError(f"train_gate false applies to neuron and target-layer rules; this stage trains "
-                        f"{rule.trains!r}")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    out = Trainable()
-    if rule.trains == "lora":
-        if not lora_rank:
-            target = sum(planned_count(r, nmap, model, seed) for r in methods.get(rule.match_params_of).stages.values())
-            lora_rank = lora.rank_to_match(model, target)
-        out.params = lora.add_lora(model, lora_rank, lora_alpha, seed)
-        out.other_count = sum(numel(p) for p in out.params)
-        out.lora_rank = lora_rank
-    elif rule.trains == "all":
-        out.params = list(model.parameters())
-        out.other_count = sum(numel(p) for p in out.params)
-    elif rule.trains in ("neurons", "target_layers"):
-        spec, full_layers = neuron_spec(rule, nmap, patcher.intermediate_size, seed)
-        out.neurons, out.full_layers = spec, full_layers
-        deltas = patcher.add_neuron_deltas(spec) if spec else []
-        modules = patcher.adapter.ffn_modules(model)
-        ffn = [p for layer in full_layers for p in modules[layer].parameters()]
-        if not train_gate:
-            frozen = {id(d_gate) for _, d_gate, _, _ in patcher.neuron_deltas().values()} | \
-                _gate_weights(patcher, full_layers)
-            for p in deltas:  # new parameters require grad: freeze the gate deltas (they stay zero)
-                p.requires_grad_(id(p) not in frozen)
-            deltas = [p for p in deltas if id(p) not in frozen]
-            ffn = [p for p in ffn if id(p) not in frozen]
-        out.delta_count = sum(numel(p) for p in deltas)
-        out.ffn_count = sum(numel(p) for p in ffn)
-        out.params = deltas + ffn
-    for p in out.params:
-        p.requires_grad_(True)
-    return out

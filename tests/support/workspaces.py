@@ -20,8 +20,11 @@ import torch
 import yaml
 
 from model_patches import model_fingerprint
+from neurorit import methods
+from neurorit.config import StageConfig
 from neurorit.neuron_map import NeuronMap
 from tests.support.models import tiny_model, word_tokenizer
+from train import recipes
 
 
 def write_yaml(path: str, cfg: dict) -> str:
@@ -129,6 +132,14 @@ def training_records(n: int, seed: int) -> list[dict]:
 def training_neuron_map(model) -> NeuronMap:
     groups = {g: torch.tensor([[layer, n, 1, 1] for layer, n in rows], dtype=torch.long) for g, rows in GROUPS.items()}
     return NeuronMap(groups=groups, target_layers=list(TARGET_LAYERS), fingerprint=model_fingerprint(model))
+
+
+def setup_trainable(model, method: str, stage: str, nmap, train_gate: bool = True):
+    """(the trainable set that ``stage`` of ``method`` chooses on ``model``, the FFN patcher or None): its recipe,
+    run as the training loop runs it (patched first when the recipe patches), seed 0."""
+    recipe = recipes.build(methods.get(method).rule(stage))
+    ctx, trainable = recipes.setup_stage(model, recipe, nmap, 0, StageConfig(train_gate=train_gate))
+    return trainable, ctx.patcher
 
 
 def training_workspace(root: str, n_train: int = 16, stage_overrides: dict | None = None) -> str:

@@ -1,0 +1,121 @@
+"""Starting and ending a distributed run: the launcher's environment (``deepspeed``, ``torchrun``, ``srun``),
+process-group init, the device of this rank, deterministic kernels, and clean shutdown.
+
+Under ``srun`` (one task per rank) the torch variables are filled from SLURM's when no launcher set them. Backend:
+NCCL on CUDA, gloo on CPU. DeepSpeed's start-up workarounds live in ``neurorit/dist/workarounds.py``.
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import gc
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as tdist
+
+from neurorit.dist.workarounds import clear_stale_build_lock, unlink_shm_buffer
+
+# Long rank-0-only sections (mining, export) must not trip the collective timeout.
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("NEURORIT_DIST_TIMEOUT_MIN", "120")))
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+_INFO: Optional[DistInfo] = None
+
+
+def _map_slurm_env() -> None:
+    """Under ``srun`` (one task per rank) fill the torch variables from SLURM's when no launcher set them."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    ntasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))  # set by srun steps, not by a batch shell
+    if ntasks <= 1:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = str(ntasks)
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    if "MASTER_ADDR" not in os.environ:
+        nodelist = os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
+        os.environ["MASTER_ADDR"] = _first_host(nodelist)
+
+
+def _first_host(nodelist: str) -> str:
+    """First host of a SLURM nodelist like ``node[01-04,07],gpu2`` without calling scontrol."""
+    head = nodelist.split(",")[0]
+    if "[" in head:
+        prefix, rest = head.split("[", 1)
+        first = rest.rstrip("]").split(",")[0].split("-")[0]
+        return prefix + first
+    return head
+
+
+def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
+    """Initialise once (idempotent); a single process without a launcher gets a one-rank group."""
+    global _INFO
+    if _INFO is not None:
+        return _INFO
+    _map_slurm_env()
+    if local_rank is not None and local_rank >= 0:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    lrank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(lrank)
+        device = torch.device("cuda", lrank)
+    else:
+        device = torch.device("cpu")
+    if not tdist.is_initialized():
+        clear_stale_build_lock()
+        import deepspeed
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if world == 1:  # a plain `python entry.py`: an in-memory one-rank group (no port, no MPI discovery)
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(lrank))
+            tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1, timeout=DEFAULT_TIMEOUT)
+        deepspeed.init_distributed(dist_backend=backend, timeout=DEFAULT_TIMEOUT)
+        unlink_shm_buffer()
+        # Destroy the group at exit: a gloo rank left with a live group can abort at interpreter exit.
+        atexit.register(shutdown)
+    rank = tdist.get_rank() if tdist.is_initialized() else 0
+    world = tdist.get_world_size() if tdist.is_initialized() else 1
+    _INFO = DistInfo(rank=rank, world_size=world, local_rank=lrank, device=device)
+    return _INFO
+
+
+def make_deterministic(on: bool = True) -> None:
+    """``runtime.deterministic`` (default on): bit-reproducible training on GPUs too. Call before any CUDA work.
+
+    On CPU nothing is needed: with a fixed seed and kernel path (the demo pins the x86 kernels
+    to AVX2, see the README) every reduction here is in a fixed order. On CUDA, atomics in the embedding backward,
+    attention backward kernels and cuBLAS split-K vary run to run; this selects deterministic kernels (warning
+    where one has none), which costs speed there (roughly 5-20%, mostly attention backward; not measured here).
+    """
+    if on and torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def info() -> DistInfo:
+    return _INFO if _INFO is not None else init_distributed()
+
+
+
+def shutdown() -> None:
+    """At exit: collect what is left (DeepSpeed engines sit in reference cycles) while the group is still alive,
+    then destroy the group. An engine finalised after the group is gone can abort the process at exit."""
+    if tdist.is_initialized():
+        gc.collect()
+        tdist.destroy_process_group()
+
+

@@ -1,0 +1,64 @@
+"""The optimizer factory and the learning-rate schedule of the training loop.
+
+Which Adam runs best depends on DeepSpeed's offload settings and the device (``build_optimizer``); the schedule is
+linear warmup, then constant, linear or cosine decay (``lr_factor``, a LambdaLR multiplier). Weight decay and lr
+come from the stage config; gradient clipping lives in the DeepSpeed config.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from neurorit.dist.launch import info
+from neurorit.errors import UserError
+
+
+def build_optimizer(params: list, name: str, lr: float, weight_decay: float,
+                    offloaded: bool = False) -> torch.optim.Optimizer:
+    """``adamw``: DeepSpeed's CPU Adam under optimizer offload, its fused Adam on CUDA, torch's AdamW
+    otherwise; ``adamw_torch``: torch's AdamW; ``adamw_8bit``: bitsandbytes (a UserError where it cannot run)."""
+    kwargs = dict(lr=lr, weight_decay=weight_decay)
+    device = info().device
+    if name == "adamw_8bit":
+        return _adamw_8bit(params, kwargs, device)
+    if name == "adamw" and offloaded:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+    if name == "adamw" and device.type == "cuda":
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(params, adam_w_mode=True, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def _adamw_8bit(params: list, kwargs: dict, device: torch.device) -> torch.optim.Optimizer:
+    """bitsandbytes AdamW8bit, after one probe step on this device so that a broken install fails here, clearly."""
+    try:
+        import bitsandbytes as bnb
+
+        probe = torch.nn.Parameter(torch.zeros(4096, device=device))
+        probe.grad = torch.ones_like(probe)
+        bnb.optim.AdamW8bit([probe], lr=1e-3).step()
+    except Exception as err:  # an import error, a missing native library, an unsupported device: all alike
+        raise UserError(f"optimizer adamw_8bit needs bitsandbytes, which cannot run on {device.type} here "
+                        f"({type(err).__name__}: {err}); use --stageN.optimizer adamw") from None
+    return bnb.optim.AdamW8bit(params, **kwargs)
+
+
+
+
+
+def lr_factor(schedule: str, warmup: int, total: int):
+    """Multiplier of the base lr at optimizer step ``s`` (0-based): linear warmup, then constant/linear/cosine."""
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / (warmup + 1)
+        progress = (s - warmup) / max(1, total - warmup)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+    return factor

@@ -1,0 +1,202 @@
+"""Training recipes: one class per kind of trainable set, bound to method names by the registry
+(``neurorit/methods.py``: a stage's ``StageRule.recipe`` names a class here, ``StageRule.options`` are its
+arguments). A recipe owns what trains (``choose``: everything else is frozen and stays out of the optimizer), its
+learning rate and config block, whether it needs the neuron map, and what happens to the model before export.
+The training loop (``train/loop.py``) knows no method and no recipe by name.
+
+- ``neurons``: neuron deltas (gate row, up row, down column) of some groups in every layer, optionally
+  randomised, optionally with the whole FFN of the mined target layers (with no groups: the target layers alone);
+- ``everything``: every parameter;
+- ``lora``: peft LoRA adapters, merged before export; its block is ``stage<N>.lora``;
+- ``nothing``: nothing trains (the stage re-exports its input), optionally with the irrelevant-only neurons
+  folded to zero at export (hard deactivation).
+
+A new kind of trainable set is one class here with ``@recipe("name")`` plus a registry entry naming it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from model_patches import FFNPatcher, patch_model
+from neurorit import methods
+from neurorit.config import StageConfig
+from neurorit.errors import UserError
+from neurorit.methods import StageRule
+from train import lora
+from train.trainable import Trainable, gate_weights, neuron_spec, numel, planned_neuron_count
+
+RECIPES: dict[str, type["Recipe"]] = {}
+
+
+def recipe(name: str):
+    """Class decorator: register a recipe under the name registry entries use."""
+    def register(cls):
+        cls.name = name
+        RECIPES[name] = cls
+        return cls
+    return register
+
+
+@dataclass
+class StageContext:
+    """What a recipe sees of its stage: the loaded model, its FFN patcher (None for recipes that do not patch),
+    the neuron map (None when the recipe needs none), the seed and the stage's config."""
+
+    model: torch.nn.Module
+    patcher: Optional[FFNPatcher]
+    nmap: object
+    seed: int
+    st: StageConfig
+
+
+class Recipe:
+    """Base: freezes everything, then ``choose`` marks what trains. Subclasses override what differs."""
+
+    name = ""
+    needs_map = False
+    trains = True  # False: the stage loads the model whole, builds no engine and only exports
+    patches_ffn = True  # the loop patches the FFNs before ``choose`` (neuron deltas, deactivation)
+    fold_irrelevant_only = False  # export with the irrelevant-only neurons folded to zero
+    can_freeze_gate = False  # honours stage<N>.train_gate false
+
+    def lr(self, st: StageConfig) -> float:
+        return st.lr
+
+    def setup(self, ctx: StageContext) -> Trainable:
+        """Freeze every parameter, then let the recipe choose; the returned ``params`` are exactly what the
+        optimizer gets."""
+        if not ctx.st.train_gate and not self.can_freeze_gate:
+            raise UserError(f"train_gate false applies to neuron and target-layer rules; this stage trains "
+                            f"{self.name!r}")
+        for p in ctx.model.parameters():
+            p.requires_grad_(False)
+        out = self.choose(ctx)
+        for p in out.params:
+            p.requires_grad_(True)
+        return out
+
+    def choose(self, ctx: StageContext) -> Trainable:
+        raise NotImplementedError
+
+    def before_export(self, ctx: StageContext) -> dict:
+        """Change the trained model into what the export holds; returns extra summary fields."""
+        return {}
+
+    def planned_count(self, model: torch.nn.Module, nmap, seed: int) -> int:
+        """What this recipe trains on ``model``, counted without building anything (for LoRA's rank match)."""
+        raise UserError(f"recipe {self.name!r} has no planned parameter count")
+
+
+@recipe("neurons")
+@dataclass
+class Neurons(Recipe):
+    """Neuron deltas of ``groups`` in every layer (``random``: as many random neurons per layer), plus the whole
+    FFN of the target layers with ``target_layers`` (see ``train/trainable.py`` for the counting rules)."""
+
+    groups: tuple = ()
+    random: bool = False
+    target_layers: bool = False
+    needs_map = True
+    can_freeze_gate = True
+
+    def choose(self, ctx: StageContext) -> Trainable:
+        patcher = ctx.patcher
+        spec, full_layers = neuron_spec(self, ctx.nmap, patcher.intermediate_size, ctx.seed)
+        deltas = patcher.add_neuron_deltas(spec) if spec else []
+        modules = patcher.adapter.ffn_modules(ctx.model)
+        ffn = [p for layer in full_layers for p in modules[layer].parameters()]
+        if not ctx.st.train_gate:
+            frozen = {id(d_gate) for _, d_gate, _, _ in patcher.neuron_deltas().values()} | \
+                gate_weights(patcher, full_layers)
+            for p in deltas:  # new parameters require grad: freeze the gate deltas (they stay zero)
+                p.requires_grad_(id(p) not in frozen)
+            deltas = [p for p in deltas if id(p) not in frozen]
+            ffn = [p for p in ffn if id(p) not in frozen]
+        return Trainable(params=deltas + ffn, neurons=spec, full_layers=full_layers,
+                         delta_count=sum(numel(p) for p in deltas), ffn_count=sum(numel(p) for p in ffn))
+
+    def planned_count(self, model: torch.nn.Module, nmap, seed: int) -> int:
+        return planned_neuron_count(self, nmap, model, seed)
+
+
+@recipe("everything")
+@dataclass
+class Everything(Recipe):
+    """Every parameter (full fine-tuning)."""
+
+    def choose(self, ctx: StageContext) -> Trainable:
+        params = list(ctx.model.parameters())
+        return Trainable(params=params, other_count=sum(numel(p) for p in params))
+
+
+@recipe("lora")
+@dataclass
+class Lora(Recipe):
+    """peft LoRA on every linear of every decoder layer (``train/lora.py``), block ``stage<N>.lora``; with rank 0
+    the rank whose count is nearest the count of ``match_params_of`` (all its stages) on this model and map."""
+
+    match_params_of: str = ""
+    patches_ffn = False  # LoRA wraps the FFN linears instead
+
+    @property
+    def needs_map(self) -> bool:
+        return bool(self.match_params_of)
+
+    def lr(self, st: StageConfig) -> float:
+        return st.lora.lr
+
+    def choose(self, ctx: StageContext) -> Trainable:
+        rank = ctx.st.lora.rank
+        if not rank:
+            rules = methods.get(self.match_params_of).stages.values()
+            target = sum(build(r).planned_count(ctx.model, ctx.nmap, ctx.seed) for r in rules)
+            rank = lora.rank_to_match(ctx.model, target)
+        params = lora.add_lora(ctx.model, rank, ctx.st.lora.alpha, ctx.seed)
+        return Trainable(params=params, other_count=sum(numel(p) for p in params), details={"lora_rank": rank},
+                         description=f"LoRA adapters of rank {rank}")
+
+    def before_export(self, ctx: StageContext) -> dict:
+        lora.merge_lora(ctx.model)
+        return {}
+
+
+@recipe("nothing")
+@dataclass
+class Nothing(Recipe):
+    """Nothing trains; with ``fold_irrelevant_only`` the irrelevant-only neurons are switched off and folded into
+    the exported weights (hard deactivation)."""
+
+    fold_irrelevant_only: bool = False
+    trains = False
+
+    @property
+    def needs_map(self) -> bool:
+        return self.fold_irrelevant_only
+
+    def choose(self, ctx: StageContext) -> Trainable:
+        return Trainable()
+
+    def before_export(self, ctx: StageContext) -> dict:
+        if not self.fold_irrelevant_only:
+            return {}
+        spec = ctx.nmap.per_layer("irrelevant_only")
+        ctx.patcher.set_deactivated(spec)
+        return {"deactivated_neurons": sum(len(v) for v in spec.values())}
+
+
+def setup_stage(model: torch.nn.Module, recipe: Recipe, nmap, seed: int,
+                st: StageConfig) -> tuple[StageContext, Trainable]:
+    """Patch the FFNs (when the recipe patches) and let the recipe choose what trains: what the training loop does
+    to a loaded model, also used by the benchmarks."""
+    ctx = StageContext(model, patch_model(model) if recipe.patches_ffn else None, nmap, seed, st)
+    return ctx, recipe.setup(ctx)
+
+
+def build(rule: StageRule) -> Recipe:
+    """The recipe a registry rule names, with the rule's options."""
+    if rule.recipe not in RECIPES:
+        raise UserError(f"unknown training recipe {rule.recipe!r}; use one of {', '.join(RECIPES)}")
+    return RECIPES[rule.recipe](**rule.options)
