@@ -35,9 +35,10 @@ from attribution.selection import example_topk, neuron_map_from_stats
 from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, reduce_stats, scan_shards,
                                shard_path)
 from neurorit import dist, runtime
-from neurorit.config import ExperimentConfig, mining_dir, parse_args, save_config
+from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
+from neurorit.layout import RunLayout
 from model_patches import load_tokenizer, model_fingerprint
 from neurorit.neuron_map import NeuronMap
 from neurorit.prompts import prompt_builder
@@ -59,15 +60,33 @@ def load_model(cfg: ExperimentConfig, zero3: bool):
     return model, patcher
 
 
-def attribute(model, patcher, ex: MiningExample, pads, settings: IGSettings, cfg: ExperimentConfig,
-              lockstep: bool, top_k: int) -> ExampleResult:
+@dataclasses.dataclass
+class Miner:
+    """What attributing one example needs: the frozen patched model, how examples are built, the IG settings,
+    and whether ranks run in lockstep (ZeRO-3: every rank must run the same passes)."""
+
+    cfg: ExperimentConfig
+    model: torch.nn.Module
+    patcher: object
+    builder: ExampleBuilder
+    lockstep: bool
+
+    @property
+    def settings(self) -> IGSettings:
+        m = self.cfg.mining
+        return IGSettings(steps=m.steps, ig_rule=m.ig_rule, chunk_rows=m.chunk_rows)
+
+
+def attribute(miner: Miner, ex: MiningExample, pads) -> ExampleResult:
     """Both sides of one example (or stand-in passes for a skipped one under lockstep)."""
+    m = miner.cfg.mining
+    top_k = m.top_k
     empty = ExampleResult(ex.index, ex.status, ex.truncated, torch.full((2, top_k), -1, dtype=torch.long),
                           torch.zeros(2, top_k, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
-    if ex.status != OK and not lockstep:
+    if ex.status != OK and not miner.lockstep:
         return empty
     inputs = ex.inputs if ex.status == OK else pads
-    results = [integrated_gradients(model, patcher, inp, settings, cfg.mining.method) for inp in inputs]
+    results = [integrated_gradients(miner.model, miner.patcher, inp, miner.settings, m.method) for inp in inputs]
     if ex.status != OK:
         return empty
     attr = torch.stack([r.attributions for r in results])
@@ -75,7 +94,7 @@ def attribute(model, patcher, ex: MiningExample, pads, settings: IGSettings, cfg
     if not (torch.isfinite(attr).all() and torch.isfinite(f_input).all()):
         empty.status = NON_FINITE
         return empty
-    tops = [example_topk(a, cfg.mining.threshold_ratio, top_k) for a in attr]
+    tops = [example_topk(a, m.threshold_ratio, top_k) for a in attr]
     return ExampleResult(ex.index, OK, ex.truncated, torch.stack([t[0] for t in tops]),
                          torch.stack([t[1] for t in tops]), f_input, attr)
 
@@ -88,33 +107,32 @@ def _kill_point() -> int:
     return n if rank == dist.rank() else 0
 
 
-def mine_examples(model, patcher, builder: ExampleBuilder, pairs, todo: list[int], path: str, run_id: str,
-                  cfg: ExperimentConfig, lockstep: bool, layers: int, width: int) -> RankStats:
-    """This rank's share of ``todo``; its shard is rewritten every ``shard_every`` examples and at the end."""
+def mine_examples(miner: Miner, pairs, todo: list[int], shard: str, run_id: str) -> RankStats:
+    """This rank's share of ``todo``; its ``shard`` is rewritten every ``shard_every`` examples and at the end."""
     from tqdm import tqdm
 
-    m = cfg.mining
+    m, lockstep = miner.cfg.mining, miner.lockstep
     rank, world = dist.rank(), dist.world_size()
     mine = todo[rank::world]
     rounds = math.ceil(len(todo) / world) if lockstep else len(mine)
-    settings = IGSettings(steps=m.steps, ig_rule=m.ig_rule, chunk_rows=m.chunk_rows)
-    part = RankStats(layers, width, m.top_k)
-    pads = builder.pad_inputs()
+    fingerprint = model_fingerprint(miner.model)
+    part = RankStats(fingerprint["num_layers"], fingerprint["intermediate_size"], m.top_k)
+    pads = miner.builder.pad_inputs()
     kill_after = _kill_point()
     bar = tqdm(total=len(todo), unit="ex", desc="mining", disable=not dist.is_main(), dynamic_ncols=True)
     for r in range(rounds):
-        ex = builder.build(mine[r], *pairs[mine[r]]) if r < len(mine) else MiningExample(-1, "", -1)
-        result = attribute(model, patcher, ex, pads, settings, cfg, lockstep, m.top_k)
+        ex = miner.builder.build(mine[r], *pairs[mine[r]]) if r < len(mine) else MiningExample(-1, "", -1)
+        result = attribute(miner, ex, pads)
         if ex.index >= 0:
             part.add(result)
             if len(part) % m.shard_every == 0:
-                part.save(path, run_id)
+                part.save(shard, run_id)
                 if kill_after and len(part) >= kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
         bar.update(min(world, len(todo) - r * world) if lockstep else 1)
     bar.close()
     if len(part):
-        part.save(path, run_id)
+        part.save(shard, run_id)
     return part
 
 
@@ -123,7 +141,8 @@ def run_fingerprint(cfg: ExperimentConfig, fingerprint: dict, pairs, max_length:
     m = cfg.mining
     body = {"model": os.path.abspath(cfg.model.path), "dtype": cfg.model.dtype, "fingerprint": fingerprint,
             "examples": examples_digest(pairs), "style": cfg.data.prompt_style, "max_length": max_length,
-            "mining": [m.method, m.steps, m.ig_rule, m.baseline, m.target, m.threshold_ratio, m.top_k]}
+            "mining": [m.method, m.steps, m.ig_rule, m.baseline, m.target, m.threshold_ratio, m.top_k,
+                       m.chunk_rows]}  # rows of a chunk share reductions: results move (within rounding) with it
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -156,7 +175,7 @@ def main(argv=None) -> None:
     args, cfg = parse_args("Mine a neuron map with integrated gradients (docs/DESIGN.md §2).", argv)
     runtime.start(cfg.runtime, args.local_rank)
     m = cfg.mining
-    out = mining_dir(cfg)
+    files = RunLayout.of(cfg).mining
     pairs = mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)
     if not pairs:
         raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a relevant and "
@@ -169,21 +188,20 @@ def main(argv=None) -> None:
     fingerprint = model_fingerprint(model)
     layers, width = fingerprint["num_layers"], fingerprint["intermediate_size"]
     run_id = run_fingerprint(cfg, fingerprint, pairs, max_length)
-    stats_dir = os.path.join(out, "stats")
-    state = scan_shards(stats_dir, run_id, layers, width, m.top_k)
+    state = scan_shards(files.stats, run_id, layers, width, m.top_k)
     todo = [i for i in range(len(pairs)) if i not in state.done]
     if dist.is_main() and state.done:
-        print(f"resuming: {len(state.done)} examples already in {stats_dir}, {len(todo)} to go", file=sys.stderr)
-    path = shard_path(stats_dir, state.generation, dist.rank())
+        print(f"resuming: {len(state.done)} examples already in {files.stats}, {len(todo)} to go", file=sys.stderr)
+    shard = shard_path(files.stats, state.generation, dist.rank())
     start = time.perf_counter()
-    mine = mine_examples(model, patcher, builder, pairs, todo, path, run_id, cfg, zero3, layers, width)
+    mine = mine_examples(Miner(cfg, model, patcher, builder, zero3), pairs, todo, shard, run_id)
     seconds = time.perf_counter() - start
     rank, world = dist.rank(), dist.world_size()
     earlier = [RankStats.load(p, layers, width, m.top_k) for j, p in enumerate(state.paths) if j % world == rank]
     stats = reduce_stats([mine] + earlier, [p[0].id for p in pairs], layers, width, m.top_k)
     if dist.is_main():
-        write_outputs(cfg, out, stats, fingerprint)
-        write_throughput(out, len(todo), seconds, world)
+        write_outputs(cfg, files.root, stats, fingerprint)
+        write_throughput(files.root, len(todo), seconds, world)
     dist.barrier()
 
 

@@ -345,11 +345,6 @@ def save_config(cfg: ExperimentConfig, directory: str, name: str = "config.yaml"
     return atomic_write_text(os.path.join(directory, name), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def mining_dir(cfg: ExperimentConfig) -> str:
-    """Where mining writes and the stages read the neuron map: ``mining.output_dir`` or ``<output_dir>/mining``."""
-    return cfg.mining.output_dir or os.path.join(cfg.runtime.output_dir, "mining")
-
-
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="experiment YAML (see configs/); defaults apply without it")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,

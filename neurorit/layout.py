@@ -13,8 +13,8 @@ Under ``runtime.output_dir`` (each overridable by its ``<section>.output_dir`` k
   unfinished, ``<name>.partial/``;
 - ``results.json`` / ``results.md`` / ``results.png`` from the report.
 
-    python -m neurorit.layout --config configs/x.yaml [overrides] export stage2    # prints <out>/stage2/export
-    python -m neurorit.layout --config configs/x.yaml trained-params <export dir>  # the count over its stages
+    python -m neurorit.layout export stage2 --config configs/x.yaml [overrides]    # prints <out>/stage2/export
+    python -m neurorit.layout trained-params <export dir>  # the trainable count over the stages behind it
 """
 from __future__ import annotations
 
@@ -26,6 +26,28 @@ from typing import Optional
 
 SUMMARY = "train_summary.json"
 EVAL_SUFFIX = ".eval.json"
+PREDICTIONS_SUFFIX = ".predictions.jsonl"
+
+
+@dataclass(frozen=True)
+class MiningFiles:
+    """The files of one mining output folder (``neurorit/neuron_map.py`` names the map's own two files)."""
+
+    root: str
+
+    @property
+    def summary(self) -> str:
+        """``summary.txt``, written last by mining: its done marker."""
+        return os.path.join(self.root, "summary.txt")
+
+    @property
+    def picture(self) -> str:
+        return os.path.join(self.root, "neuron_map.png")
+
+    @property
+    def stats(self) -> str:
+        """Per-rank statistics shards (resume)."""
+        return os.path.join(self.root, "stats")
 
 
 @dataclass(frozen=True)
@@ -66,7 +88,7 @@ class EvalFiles:
 
     @property
     def predictions(self) -> str:
-        return os.path.join(self.folder, f"{self.name}.predictions.jsonl")
+        return os.path.join(self.folder, self.name + PREDICTIONS_SUFFIX)
 
     @property
     def partial(self) -> str:
@@ -90,17 +112,12 @@ class RunLayout:
 
     # ------------------------------------------------------------------------------------------------ mining
     @property
-    def mining(self) -> str:
-        return self.mining_dir or os.path.join(self.root, "mining")
+    def mining(self) -> MiningFiles:
+        return MiningFiles(self.mining_dir or os.path.join(self.root, "mining"))
 
-    @property
-    def mining_summary(self) -> str:
-        """Written last by mining: its done marker."""
-        return os.path.join(self.mining, "summary.txt")
-
-    @property
-    def neuron_map_picture(self) -> str:
-        return os.path.join(self.mining, "neuron_map.png")
+    def mining_variant(self, name: str) -> MiningFiles:
+        """Another mining of the same run (the demo's ``--why``: ``mining_<target>``)."""
+        return MiningFiles(os.path.join(self.root, f"mining_{name}"))
 
     # ------------------------------------------------------------------------------------------------ stages
     def stage(self, stage: str, method: str = "") -> StageFiles:
@@ -156,7 +173,10 @@ def trained_params(export_dir: str) -> int:
 def main(argv=None) -> None:
     from neurorit.config import parse_args
 
-    def extra(parser):
+    def extra(parser):  # the entry points' own flags may travel with the config arguments: accepted, unused
+        for flag in ("--model", "--name", "--trainable-params", "--resume", "--stop_after"):
+            parser.add_argument(flag)
+        parser.add_argument("--no-progress", action="store_true")
         parser.add_argument("what", choices=("export", "summary", "mining", "eval", "trained-params"))
         parser.add_argument("arg", nargs="?", default="",
                             help="export / summary: the stage (stage1, stage2); trained-params: an export folder")
@@ -169,7 +189,7 @@ def main(argv=None) -> None:
         files = layout.stage(args.arg or "stage2")
         print(files.export if args.what == "export" else files.summary)
     else:
-        print(layout.mining if args.what == "mining" else layout.evaluation())
+        print(layout.mining.root if args.what == "mining" else layout.evaluation())
 
 
 if __name__ == "__main__":

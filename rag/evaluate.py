@@ -41,6 +41,7 @@ from neurorit import dist, runtime
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
+from neurorit.layout import EvalFiles, RunLayout, eval_files, trained_params
 from neurorit.methods import REPORT_ORDER
 from neurorit import metrics
 from rag.backends import as_backend, generate_resumably, load_backend
@@ -179,25 +180,11 @@ def load_model(path: str, cfg: ExperimentConfig):
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def eval_dir(cfg: ExperimentConfig) -> str:
-    return cfg.eval.output_dir or os.path.join(cfg.runtime.output_dir, "eval")
-
-
-def output_paths(out_dir: str, name: str) -> dict:
-    """The files of one evaluation: ``eval`` (written last: the done marker), ``predictions``, ``partial`` (the
-    folder of finished batches while it runs)."""
-    return {"eval": os.path.join(out_dir, f"{name}.eval.json"),
-            "predictions": os.path.join(out_dir, f"{name}.predictions.jsonl"),
-            "partial": os.path.join(out_dir, f"{name}.partial")}
-
-
-def write_outputs(out_dir: str, name: str, result: dict, predictions: list[dict]) -> str:
+def write_outputs(files: EvalFiles, result: dict, predictions: list[dict]) -> str:
     """Predictions, then ``<name>.eval.json`` last, each atomically: an eval.json always has its predictions."""
-    paths = output_paths(out_dir, name)
-    atomic_write_text(paths["predictions"],
-                       "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    atomic_write_text(paths["eval"], json.dumps(result, indent=2) + "\n")
-    return paths["eval"]
+    atomic_write_text(files.predictions, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+    atomic_write_text(files.result, json.dumps(result, indent=2) + "\n")
+    return files.result
 
 
 def write_tensorboard(logdir: str, summary: dict) -> None:
@@ -225,8 +212,9 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True,
                         help="method name for the outputs (the report orders the names of neurorit/methods.py: "
                              + ", ".join(REPORT_ORDER) + "; any other name is reported after them)")
-    parser.add_argument("--trainable-params", type=int, default=0,
-                        help="trainable parameter count of the method, recorded for the report (default 0)")
+    parser.add_argument("--trainable-params", type=int, default=None,
+                        help="trainable parameter count of the method, recorded for the report (default: read from "
+                             "the train_summary.json files of the stages behind --model; 0 for a base model)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -242,18 +230,19 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
     model_path = args.model or cfg.model.path
     records = load_records(cfg.data.test_file, cfg.eval.num_examples)
     tokenizer = load_tokenizer(model_path)
-    out = eval_dir(cfg)
-    paths = output_paths(out, args.name)
-    if dist.is_main() and os.path.exists(paths["eval"]):
-        os.remove(paths["eval"])  # a stale done marker would outlive a run killed from here on
+    out = RunLayout.of(cfg).evaluation()
+    files = eval_files(out, args.name)
+    if dist.is_main() and os.path.exists(files.result):
+        os.remove(files.result)  # a stale done marker would outlive a run killed from here on
     started = time.perf_counter()
     backend = load_backend(cfg.eval.backend, model_path, cfg,
                            max_model_len=cfg.data.max_length + cfg.eval.max_new_tokens)
     if dist.is_main():
         log.info("%s backend ready in %.2f s", backend.name, time.perf_counter() - started)
     summary, predictions = evaluate_model(backend, tokenizer, records, cfg, show_progress=not args.no_progress,
-                                          store=paths["partial"], model_path=model_path)
-    result = {"name": args.name, "model": model_path, "trainable_params": int(args.trainable_params),
+                                          store=files.partial, model_path=model_path)
+    trainable = trained_params(model_path) if args.trainable_params is None else args.trainable_params
+    result = {"name": args.name, "model": model_path, "trainable_params": int(trainable),
               "instruction": cfg.eval.instruction, "prompt_style": cfg.data.prompt_style,
               "test_file": cfg.data.test_file, "num_questions": len(records), "world_size": dist.world_size(),
               **summary}
@@ -261,8 +250,8 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
         save_config(cfg, out, f"{args.name}.config.yaml")
         write_tensorboard(os.path.join(cfg.runtime.output_dir, "tensorboard",
                                        f"eval_{args.name}_{cfg.eval.instruction}"), summary)
-        path = write_outputs(out, args.name, result, predictions)
-        shutil.rmtree(paths["partial"], ignore_errors=True)
+        path = write_outputs(files, result, predictions)
+        shutil.rmtree(files.partial, ignore_errors=True)
         print_table(args.name, summary)
         print(f"wrote {path}")
     dist.barrier()

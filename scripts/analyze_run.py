@@ -27,11 +27,11 @@ from collections import defaultdict
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.metrics import bootstrap_ci, mean
+from neurorit.layout import PREDICTIONS_SUFFIX, SUMMARY, RunLayout, StageFiles
 from neurorit.neuron_map import GROUPS, NeuronMap
 from neurorit.settings import SETTINGS
 from rag.report import ordered
 
-PRED_SUFFIX = ".predictions.jsonl"
 
 
 def load_predictions(eval_dirs: list[str]) -> dict[str, dict[tuple[str, str], dict]]:
@@ -42,15 +42,15 @@ def load_predictions(eval_dirs: list[str]) -> dict[str, dict[tuple[str, str], di
         if not os.path.isdir(eval_dir):
             raise UserError(f"evaluation folder not found: {eval_dir}")
         for fname in sorted(os.listdir(eval_dir)):
-            if fname.endswith(PRED_SUFFIX):
-                name = fname[: -len(PRED_SUFFIX)]
+            if fname.endswith(PREDICTIONS_SUFFIX):
+                name = fname[: -len(PREDICTIONS_SUFFIX)]
                 if name in out:
                     raise UserError(f"method {name!r} has predictions in more than one of {', '.join(eval_dirs)}")
                 with open(os.path.join(eval_dir, fname), encoding="utf-8") as fh:
                     rows = [json.loads(line) for line in fh if line.strip()]
                 out[name] = {(r["setting"], r["id"]): r for r in rows}
     if not out:
-        raise UserError(f"no *{PRED_SUFFIX} files in {', '.join(eval_dirs)} (run rag/evaluate.py first)")
+        raise UserError(f"no *{PREDICTIONS_SUFFIX} files in {', '.join(eval_dirs)} (run rag/evaluate.py first)")
     return out
 
 
@@ -109,24 +109,25 @@ def training_losses(run: str) -> dict[str, dict]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = {}
-    for summary in sorted(glob.glob(os.path.join(run, "**", "train_summary.json"), recursive=True)):
-        folder = os.path.dirname(summary)
-        with open(summary, encoding="utf-8") as fh:
+    for summary in sorted(glob.glob(os.path.join(run, "**", SUMMARY), recursive=True)):
+        files = StageFiles(os.path.dirname(summary))
+        with open(files.summary, encoding="utf-8") as fh:
             info = json.load(fh)
         losses = []
-        if os.path.isdir(os.path.join(folder, "tb")):  # a stage that trains nothing only exports
-            acc = EventAccumulator(os.path.join(folder, "tb"))
+        if os.path.isdir(files.tensorboard):  # a stage that trains nothing only exports
+            acc = EventAccumulator(files.tensorboard)
             acc.Reload()
             losses = [e.value for e in acc.Scalars("train/loss")] if "train/loss" in acc.Tags()["scalars"] else []
-        out[os.path.relpath(folder, run)] = {"trainable_params": info["trainable_params"], "steps": len(losses),
+        out[os.path.relpath(files.root, run)] = {"trainable_params": info["trainable_params"], "steps": len(losses),
                                              "first_loss": losses[0] if losses else None,
                                              "last_loss": losses[-1] if losses else None}
     return out
 
 
 def analyze(run: str, eval_dirs: tuple[str, ...] = (), method: str = "neurorit", compare_map: str = "") -> dict:
-    nmap = NeuronMap.load(os.path.join(run, "mining"))
-    preds = load_predictions(list(eval_dirs) or [os.path.join(run, "eval")])
+    layout = RunLayout(run)
+    nmap = NeuronMap.load(layout.mining.root)
+    preds = load_predictions(list(eval_dirs) or [layout.evaluation()])
     if method not in preds:
         raise UserError(f"no predictions of method {method!r} in the evaluation folder (have: {', '.join(preds)})")
     result = {

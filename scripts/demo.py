@@ -16,7 +16,6 @@ method starts from the same base model with the same step budget (``stage1.max_s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -27,6 +26,7 @@ import time
 from neurorit import methods
 from neurorit.config import load_config
 from neurorit.errors import UserError, main_guard
+from neurorit.layout import RunLayout, StageFiles, eval_files, trained_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bit-reproducible across x86 hosts: torch, MKL and oneDNN pick their kernels by the CPU's instruction set, and
@@ -56,7 +56,7 @@ class Pipeline:
         # the first instruction is the headline (its results go to output_dir); others to output_dir/<name>
         self.instructions = instructions
         self.cfg = load_config(config, overrides)
-        self.out = self.cfg.runtime.output_dir
+        self.layout = RunLayout.of(self.cfg)
         self.timings: list[tuple[str, float, str]] = []
 
     def args(self, *extra: str) -> list[str]:
@@ -77,43 +77,38 @@ class Pipeline:
                             f"steps are kept")
         self.timings.append((name, time.time() - t0, done_marker))
 
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.out, *parts)
+    def train(self, name: str, stage: str, init_from: str, variant: str = "", extra: tuple = ()) -> str:
+        """Run ``stage`` of method ``name`` into its folder of the layout: ``<output_dir>/<name>/<stage>``, or
+        for a ``variant`` (with its ``extra`` overrides) ``<output_dir>/variants/<variant>/<stage>``; returns its
+        export folder."""
+        files = StageFiles(self.layout.variants(variant, stage)) if variant else self.layout.stage(stage, name)
+        overrides = [f"--{stage}.method", name, *extra, f"--{stage}.output_dir", files.root,
+                     f"--{stage}.init_from", init_from]
+        self.step(f"train {variant or name} {stage}", files.summary,
+                  launch(self.ranks, f"train/{stage}.py", self.args(*overrides)))
+        return files.export
 
-    def train(self, name: str, stage: str, init_from: str) -> str:
-        """Run ``stage`` of method ``name`` into ``<output_dir>/<name>/<stage>``; returns its export folder."""
-        out = self.path(name, stage)
-        extra = [f"--{stage}.method", name, f"--{stage}.output_dir", out, f"--{stage}.init_from", init_from]
-        self.step(f"train {name} {stage}", os.path.join(out, "train_summary.json"),
-                  launch(self.ranks, f"train/{stage}.py", self.args(*extra)))
-        return os.path.join(out, "export")
-
-    def trained_count(self, export: str) -> int:
-        """Trainable parameters of the stage that wrote ``export`` (its ``train_summary.json``)."""
-        with open(os.path.join(export, "..", "train_summary.json")) as fh:
-            return json.load(fh)["trainable_params"]
-
-    def run_method(self, method: methods.Method) -> tuple[str, int]:
+    def run_method(self, method: methods.Method) -> str:
         """Train the method's stages in order (stage 2 from its own stage 1 when it has both, else from the base
-        model); returns (the model to evaluate, its trainable parameters over all stages)."""
-        model, count = self.cfg.model.path, 0
+        model); returns the model to evaluate."""
+        model = self.cfg.model.path
         for stage in method.stages:
             model = self.train(method.run_of or method.name, stage, model)
-            count += self.trained_count(model)
-        return model, count
+        return model
 
-    def evaluate(self, name: str, model: str, trainable: int, instruction: str, folder: str = "") -> None:
+    def evaluate(self, name: str, model: str, instruction: str, folder: str = "") -> None:
         folder = folder or self.eval_folder(instruction)
         cmd = launch(self.ranks, "rag/evaluate.py",
-                     self.args("--model", model, "--name", name, "--trainable-params", str(trainable),
+                     self.args("--model", model, "--name", name, "--trainable-params", str(trained_params(model)),
                                "--eval.instruction", instruction, "--eval.output_dir", folder))
-        self.step(f"evaluate {name} ({instruction})", os.path.join(folder, f"{name}.eval.json"), cmd)
+        self.step(f"evaluate {name} ({instruction})", eval_files(folder, name).result, cmd)
 
     def eval_folder(self, instruction: str) -> str:
-        return self.path("eval" if instruction == self.instructions[0] else f"eval_{instruction}")
+        return self.layout.evaluation("eval" if instruction == self.instructions[0] else f"eval_{instruction}")
 
     def results_folder(self, instruction: str) -> str:
-        return self.out if instruction == self.instructions[0] else self.path(instruction)
+        return self.layout.root if instruction == self.instructions[0] else \
+            os.path.join(self.layout.root, instruction)
 
     def run(self) -> None:
         cfg = self.cfg
@@ -125,15 +120,15 @@ class Pipeline:
                       [PY, "scripts/train_base_model.py", "--config", self.config, "--out", cfg.model.path])
         elif not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
             raise UserError(f"model.path {cfg.model.path} holds no model (for configs/smollm2.yaml: make real-model)")
-        mining = self.path("mining")
-        self.step("mine", os.path.join(mining, "summary.txt"), launch(self.ranks, "attribution/mine.py", self.args()))
-        print(open(os.path.join(mining, "summary.txt")).read(), flush=True)
+        mining = self.layout.mining
+        self.step("mine", mining.summary, launch(self.ranks, "attribution/mine.py", self.args()))
+        print(open(mining.summary).read(), flush=True)
 
-        runs = [(m.name, *self.run_method(m)) for m in methods.METHODS.values()
+        runs = [(m.name, self.run_method(m)) for m in methods.METHODS.values()
                 if m.reported and (self.baselines or m.role != "baseline")]
         for instruction in self.instructions:
-            for name, model, count in runs:
-                self.evaluate(name, model, count, instruction)
+            for name, model in runs:
+                self.evaluate(name, model, instruction)
             self.step(f"report ({instruction})", "", [PY, "-m", "rag.report", "--eval-dir", self.eval_folder(instruction),
                                                       "--out", self.results_folder(instruction)])
         self.print_summary()
@@ -146,39 +141,35 @@ class Pipeline:
         stop on noise, and what does that do to gold-only?); the variants evaluated with the headline instruction
         into ``variants/eval``; then ``scripts/analyze_run.py`` over all of it -> ``analysis.md`` / ``.json``."""
         other = "answer_logprob" if self.cfg.mining.target == "yes_prob" else "yes_prob"
-        mined = self.path(f"mining_{other}")
-        self.step(f"mine ({other})", os.path.join(mined, "summary.txt"), launch(
-            self.ranks, "attribution/mine.py", self.args("--mining.target", other, "--mining.output_dir", mined)))
-        stage1 = self.path("neurorit", "stage1", "export")
+        mined = self.layout.mining_variant(other)
+        self.step(f"mine ({other})", mined.summary, launch(
+            self.ranks, "attribution/mine.py", self.args("--mining.target", other, "--mining.output_dir", mined.root)))
+        stage1 = self.layout.stage("stage1", "neurorit").export
         long_steps = str(5 * self.cfg.stage1.max_steps)
-        variants = {  # name -> (stage, init_from, extra overrides, trainable count of earlier stages)
-            "neurorit_gate_frozen": ("stage2", stage1, ["--stage2.train_gate", "false"], self.trained_count(stage1)),
-            "neurorit_stage1_long": ("stage1", self.cfg.model.path, ["--stage1.max_steps", long_steps], 0),
+        variants = {  # name -> (stage, init_from, extra overrides)
+            "neurorit_gate_frozen": ("stage2", stage1, ("--stage2.train_gate", "false")),
+            "neurorit_stage1_long": ("stage1", self.cfg.model.path, ("--stage1.max_steps", long_steps)),
         }
-        evals = self.path("variants", "eval")
-        for name, (stage, init_from, extra, earlier) in variants.items():
-            out = self.path("variants", name, stage)
-            self.step(f"train {name} {stage}", os.path.join(out, "train_summary.json"), launch(
-                self.ranks, f"train/{stage}.py", self.args(f"--{stage}.method", "neurorit", *extra,
-                                                          f"--{stage}.init_from", init_from,
-                                                          f"--{stage}.output_dir", out)))
-            export = os.path.join(out, "export")
-            self.evaluate(name, export, earlier + self.trained_count(export), self.instructions[0], evals)
-        self.step("analysis", "", [PY, "scripts/analyze_run.py", "--run", self.out, "--eval-dir",
+        evals = self.layout.variants("eval")
+        for variant, (stage, init_from, extra) in variants.items():
+            export = self.train("neurorit", stage, init_from, variant, extra)
+            self.evaluate(variant, export, self.instructions[0], evals)
+        self.step("analysis", "", [PY, "scripts/analyze_run.py", "--run", self.layout.root, "--eval-dir",
                                    self.eval_folder(self.instructions[0]), "--eval-dir", evals,
-                                   "--compare-map", mined])
+                                   "--compare-map", mined.root])
 
     def print_summary(self) -> None:
         print("\n== timings")
         for name, secs, note in self.timings:
             print(f"  {name:<48} {secs / 60:6.1f} min" + ("  (skipped: already done)" if note == "already done" else ""))
         print(f"  {'total':<48} {sum(t for _, t, _ in self.timings) / 60:6.1f} min")
-        print(f"\nresults: {self.path('results.md')}, {self.path('results.json')}, {self.path('results.png')}")
-        if len(self.instructions) > 1:
-            print(f"answer-only instruction: {self.path('answer_only', 'results.md')}")
-        print(f"neuron map: {self.path('mining', 'summary.txt')} and {self.path('mining', 'neuron_map.png')}")
-        print(f"TensorBoard: .venv/bin/tensorboard --logdir {self.out}")
-        md = self.path("results.md")
+        results = self.layout.results()
+        print(f"\nresults: {results['md']}, {results['json']}, {results['png']}")
+        for other in self.instructions[1:]:
+            print(f"{other} instruction: {self.layout.results(other)['md']}")
+        print(f"neuron map: {self.layout.mining.summary} and {self.layout.mining.picture}")
+        print(f"TensorBoard: .venv/bin/tensorboard --logdir {self.layout.root}")
+        md = results["md"]
         if os.path.exists(md):
             print("\n" + open(md).read())
 

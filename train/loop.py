@@ -80,7 +80,7 @@ class StageRun:
         method = methods.get(getattr(cfg, stage).method)
         recipe = recipes.build(method.rule(stage))
         layout = RunLayout.of(cfg)
-        nmap = NeuronMap.load(layout.mining) if recipe.needs_map else None
+        nmap = NeuronMap.load(layout.mining.root) if recipe.needs_map else None
         return cls(stage, cfg, recipe, layout.stage(stage), init_path(cfg, stage, method), nmap)
 
     def identity(self) -> dict:
