@@ -116,7 +116,7 @@ def row_mode(model, patcher, state: _RowState):
     global _STATE
     configs = _configs(model)
     saved_impl = [cfg._attn_implementation for cfg in configs]
-    layers = patcher.adapter.layers(model)
+    layers = patcher.layout.layers(model)
     restore = []
     try:
         for cfg in configs:

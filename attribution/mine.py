@@ -38,7 +38,7 @@ from neurorit import dist, runtime
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from neurorit.layout import RunLayout
+from neurorit.run_layout import RunLayout
 from model_patches import load_tokenizer, model_fingerprint
 from neurorit.neuron_map import NeuronMap
 from neurorit.prompts import prompt_builder

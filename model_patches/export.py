@@ -52,7 +52,7 @@ def merge_into_weights(model: torch.nn.Module, fold_deactivation: bool = False) 
         small = list(deltas[1:]) if deltas else []
         with dist.gathered([param] + small, modifier_rank=0):
             with torch.no_grad():
-                param.copy_(patcher.adapter.fold(role, param, deltas, dead.get(layer)))
+                param.copy_(patcher.layout.fold(role, param, deltas, dead.get(layer)))
     patcher.remove_neuron_deltas()
     if fold_deactivation:
         patcher.clear_deactivated()
@@ -147,7 +147,7 @@ def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactiv
                 if writer is not None and error is None:
                     value = param.detach()
                     if role is not None and (deltas is not None or layer in dead):
-                        value = patcher.adapter.fold(role, value, deltas, dead.get(layer))
+                        value = patcher.layout.fold(role, value, deltas, dead.get(layer))
                     error = _write(out_dir, lambda: writer.add(name, value.to("cpu", copy=True)))
         if writer is not None and error is None:
             error = _write(out_dir, lambda: _finish_files(model, writer, tmp_dir, tokenizer))

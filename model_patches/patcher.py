@@ -11,7 +11,7 @@ from typing import Iterable, Optional, Union
 
 import torch
 
-from model_patches.adapters import get_ffn_adapter
+from model_patches.layout_registry import get_ffn_layout, unwrap
 from model_patches.layouts.base import DELTA_INDEX, DELTA_NAMES, FFNLayout, LayerControl
 from neurorit.errors import UserError
 
@@ -22,11 +22,11 @@ Positions = Union[str, Iterable[int], torch.Tensor]
 class FFNPatcher:
     """Neuron-level control of every FFN layer of one model (all features off until switched on)."""
 
-    def __init__(self, model: torch.nn.Module, adapter: FFNLayout):
+    def __init__(self, model: torch.nn.Module, layout: FFNLayout):
         self.model = model
-        self.adapter = adapter
-        self.num_layers = len(adapter.layers(model))
-        self.intermediate_size = adapter.intermediate_size
+        self.layout = layout
+        self.num_layers = len(layout.layers(model))
+        self.intermediate_size = layout.intermediate_size
         self.scaled: dict[int, torch.Tensor] = {}
         self.controls: list[LayerControl] = []
         self._restore: list[tuple[torch.nn.Module, Optional[object]]] = []
@@ -36,10 +36,10 @@ class FFNPatcher:
 
     # ---------------------------------------------------------------------------------------- install
     def _install(self) -> None:
-        for i, layer in enumerate(self.adapter.layers(self.model)):
-            ctl = LayerControl(self, i, self.adapter.ffn_module(layer))
+        for i, layer in enumerate(self.layout.layers(self.model)):
+            ctl = LayerControl(self, i, self.layout.ffn_module(layer))
             self.controls.append(ctl)
-            for module, patched in self.adapter.patches(ctl, layer):
+            for module, patched in self.layout.patches(ctl, layer):
                 self._replace(module, patched)
 
     def _replace(self, module: torch.nn.Module, patched) -> None:
@@ -131,7 +131,7 @@ class FFNPatcher:
         """Trainable zero deltas for ``{layer: neurons}`` — gate row, up row ``[n, hidden]`` and down column
         ``[hidden, n]`` — registered on that layer's FFN module. Call before ``deepspeed.initialize``. The layout
         may prepare the model first (``FFNLayout.before_deltas``; MoE makes the input embeddings require grad)."""
-        self.adapter.before_deltas(self.model)
+        self.layout.before_deltas(self.model)
         new = []
         for layer, neurons in spec.items():
             ctl = self.controls[self._check_layer(layer)]
@@ -140,7 +140,7 @@ class FFNPatcher:
                 raise UserError(f"layer {layer} already has neuron deltas")
             weight = next(mod.parameters())
             ids = self._neuron_ids(neurons, layer, weight.device)
-            shapes = self.adapter.delta_shapes(ids.numel())
+            shapes = self.layout.delta_shapes(ids.numel())
             mod.register_buffer(DELTA_INDEX, ids, persistent=False)
             for name, shape in zip(DELTA_NAMES, shapes):
                 param = torch.nn.Parameter(torch.zeros(shape, dtype=weight.dtype, device=weight.device))
@@ -156,7 +156,7 @@ class FFNPatcher:
     def weight_roles(self) -> dict[int, tuple[int, str]]:
         """``id(weight) -> (layer, role)`` for every FFN weight (roles as in the layout's ``ROLES``)."""
         return {id(w): (ctl.layer, role) for ctl in self.controls
-                for role, w in self.adapter.weights(ctl.module).items()}
+                for role, w in self.layout.weights(ctl.module).items()}
 
     def remove_neuron_deltas(self) -> None:
         for ctl in self.controls:
@@ -185,22 +185,13 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The Hugging Face model inside a DeepSpeed engine (or the model itself)."""
-    from transformers import PreTrainedModel
-
-    while not isinstance(model, PreTrainedModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
-    return model
-
-
 def patch_model(model: torch.nn.Module) -> FFNPatcher:
     """Patch every FFN module of ``model`` (idempotent: a patched model returns its existing patcher)."""
     model = unwrap(model)
     existing = getattr(model, _ATTR, None)
     if existing is not None:
         return existing
-    patcher = FFNPatcher(model, get_ffn_adapter(model))
+    patcher = FFNPatcher(model, get_ffn_layout(model))
     patcher._install()
     object.__setattr__(model, _ATTR, patcher)
     return patcher

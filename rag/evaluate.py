@@ -41,7 +41,7 @@ from neurorit import dist, runtime
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from neurorit.layout import EvalFiles, RunLayout, eval_files, trained_params
+from neurorit.run_layout import EvalFiles, RunLayout, eval_files, trained_params
 from neurorit.methods import REPORT_ORDER
 from neurorit import metrics
 from rag.backends import as_backend, generate_resumably, load_backend

@@ -157,7 +157,7 @@ def captum_ig(model, patcher, inp: IGInput, layers, steps: int, batch: int) -> t
     base, _, _ = last_position(model, patcher, inp.baseline_ids.view(1, -1).to(device), use_cache=False)
     out = []
     for layer in layers:
-        down = patcher.adapter.layers(model)[layer].mlp.down_proj
+        down = patcher.layout.layers(model)[layer].mlp.down_proj
         held = {}
 
         def swap_last(_module, args):

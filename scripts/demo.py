@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,14 +25,10 @@ import time
 from neurorit import methods
 from neurorit.config import load_config
 from neurorit.errors import UserError, main_guard
-from neurorit.layout import RunLayout, StageFiles, eval_files, trained_params
+from neurorit.runtime import PINNED_KERNELS
+from neurorit.run_layout import RunLayout, StageFiles, eval_files, trained_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Bit-reproducible across x86 hosts: torch, MKL and oneDNN pick their kernels by the CPU's instruction set, and
-# AVX-512 and AVX2 kernels round differently (the full fine-tuning baseline drifts visibly). Pin all three to AVX2,
-# which every x86-64 host of the last decade has; an explicit setting in the environment wins.
-PINNED_KERNELS = ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-                  if platform.machine() in ("x86_64", "AMD64") else {})
 PY = sys.executable
 
 # Quick variant: smaller budgets and no trained baselines (a first look within about five minutes).

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from neurorit.neuron_map import NeuronMap
-from scripts import analyze_run
+from rag import analysis as analyze_run
 from tests.support.workspaces import write_jsonl
 
 FINGERPRINT = {"architecture": "LlamaForCausalLM", "num_layers": 3, "intermediate_size": 8}

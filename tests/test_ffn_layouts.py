@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 import transformers as tf
 
-from model_patches import (SUPPORTED_ARCHITECTURES, FFNAdapter, export_hf, get_ffn_adapter,  # noqa: E402
+from model_patches import (SUPPORTED_ARCHITECTURES, export_hf, get_ffn_layout,  # noqa: E402
                            merge_into_weights, model_fingerprint, patch_model)
-from model_patches.adapters import LAYOUTS  # noqa: E402
+from model_patches.layout_registry import LAYOUTS  # noqa: E402
 from model_patches.layouts.base import FFNLayout  # noqa: E402
 from model_patches.layouts.fused import FusedGateUpLayout  # noqa: E402
 from model_patches.layouts.gated import GatedLayout  # noqa: E402
@@ -30,10 +30,9 @@ def logits(model, x):
 # ----------------------------------------------------------------------------------------------- registry
 def test_registry_covers_every_family():
     assert SUPPORTED_ARCHITECTURES == tuple(LAYOUTS) and set(TINY_FAMILIES) == set(LAYOUTS)
-    assert FFNAdapter is FFNLayout
     for family in TINY_FAMILIES:
         model = tiny_model(family)
-        layout = get_ffn_adapter(model)
+        layout = get_ffn_layout(model)
         assert type(layout) is EXPECTED.get(family, GatedLayout)
         assert (layout.model_type, layout.hidden_size, layout.expert_size) == (family, 64, 128)
         assert layout.num_experts == (4 if family in MOE_FAMILIES else 1)
@@ -46,9 +45,9 @@ def test_unregistered_model_type_is_a_user_error():
     model = tiny_model("llama")
     model.config.model_type = "llama_but_not"
     with pytest.raises(UserError, match="llama_but_not.*supported: llama, mistral"):
-        get_ffn_adapter(model)
+        get_ffn_layout(model)
     with pytest.raises(UserError, match="not supported"):
-        get_ffn_adapter(torch.nn.Linear(2, 2))
+        get_ffn_layout(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("family", ["llama", "phi3", "qwen2_moe"])
@@ -86,7 +85,7 @@ def owned_mask(layout, role, weight, ids):
 @pytest.mark.parametrize("family", ["llama", "phi3", "mixtral"])
 def test_fold_touches_exactly_the_owned_rows_and_columns(family):
     model = tiny_model(family)
-    layout = get_ffn_adapter(model)
+    layout = get_ffn_layout(model)
     ids = torch.tensor([3, 40, layout.intermediate_size - 1])
     gen = torch.Generator().manual_seed(0)
     deltas = (ids,) + tuple(torch.randn(s, generator=gen) for s in layout.delta_shapes(3))
@@ -161,7 +160,7 @@ def test_new_layout_needs_only_its_class_and_a_registry_entry(monkeypatch, tmp_p
     model, x = tiny_phi(), tiny_inputs(batch=2, seq=6)
     ref = logits(model, x)
     patcher = patch_model(model)
-    assert isinstance(patcher.adapter, PlainLayout) and patcher.intermediate_size == 128
+    assert isinstance(patcher.layout, PlainLayout) and patcher.intermediate_size == 128
     assert torch.equal(logits(model, x), ref)  # idle: bitwise invisible
     seen = {}
     hook = model.model.layers[0].mlp.fc2.register_forward_pre_hook(lambda m, args: seen.update(a=args[0]))

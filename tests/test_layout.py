@@ -1,4 +1,4 @@
-"""The run layout (neurorit/layout.py): the paths of a run from its config, the trainable count of a model
+"""The run layout (neurorit/run_layout.py): the paths of a run from its config, the trainable count of a model
 followed through the stages behind it (what evaluation records when --trainable-params is not given), and the
 CLI the SLURM scripts call."""
 import json
@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from neurorit.config import load_config
-from neurorit.layout import RunLayout, eval_files, trained_params
+from neurorit.run_layout import RunLayout, eval_files, trained_params
 from rag import evaluate
 from tests.support.workspaces import eval_checkpoint, eval_config, eval_records
 
@@ -61,7 +61,7 @@ def test_evaluation_reads_the_count_from_the_checkpoint(tmp_path):
 
 def test_cli_prints_the_paths_shell_scripts_need(tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "neurorit.layout", *args, "--runtime.output_dir",
+        return subprocess.run([sys.executable, "-m", "neurorit.run_layout", *args, "--runtime.output_dir",
                                 str(tmp_path)], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
     assert cli("export", "stage2") == str(tmp_path / "stage2" / "export")

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from model_patches import get_ffn_adapter, model_fingerprint, patch_model
+from model_patches import get_ffn_layout, model_fingerprint, patch_model
 from neurorit import methods
 from neurorit.config import load_config
 from neurorit.errors import UserError
@@ -142,7 +142,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(tiny_model):
         adapted = model(tokens).logits
     assert lora.merge_lora(model) == len(lora.target_linears(model))
     assert not any("lora" in n for n, _ in model.named_parameters())
-    assert get_ffn_adapter(model).ffn_modules(model)[0].gate_proj.__class__ is torch.nn.Linear
+    assert get_ffn_layout(model).ffn_modules(model)[0].gate_proj.__class__ is torch.nn.Linear
     with torch.no_grad():
         assert torch.allclose(model(tokens).logits, adapted, atol=1e-5, rtol=0)
 

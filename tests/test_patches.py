@@ -1,8 +1,8 @@
-"""model_patches: adapters, idle patch, probe, scale, deactivate, unpatch — on tiny models of every family."""
+"""model_patches: FFN layouts, idle patch, probe, scale, deactivate, unpatch — on tiny models of every family."""
 import pytest
 import torch
 
-from model_patches import (SUPPORTED_ARCHITECTURES, get_ffn_adapter, get_patcher, patch_model,
+from model_patches import (SUPPORTED_ARCHITECTURES, get_ffn_layout, get_patcher, patch_model,
                            unpatch_model)
 from model_patches.compat import cache_kwargs, output_cache
 from neurorit.errors import UserError
@@ -38,11 +38,11 @@ def test_deactivate_equals_zeroed_down_column(family, tiny_model):
     patcher.set_deactivated({1: neurons})
     got = logits(model, x)
     other = tiny_model(family)
-    adapter = get_ffn_adapter(other)
-    ffn = adapter.ffn_module(adapter.layers(other)[1])
+    layout = get_ffn_layout(other)
+    ffn = layout.ffn_module(layout.layers(other)[1])
     with torch.no_grad():
-        if adapter.layout == "moe":
-            experts, local = adapter.split(neurons)
+        if layout.layout == "moe":
+            experts, local = layout.split(neurons)
             ffn.down_proj[experts, :, local] = 0.0
         else:
             ffn.down_proj.weight[:, neurons] = 0.0
@@ -72,7 +72,7 @@ def test_probe_shapes_and_values(family, tiny_model):
     else:  # equals the input of down_proj seen by a hook on an unpatched model
         seen = {}
         ref = tiny_model(family)
-        down = get_ffn_adapter(ref).ffn_module(ref.model.layers[0]).down_proj
+        down = get_ffn_layout(ref).ffn_module(ref.model.layers[0]).down_proj
         down.register_forward_pre_hook(lambda m, args: seen.setdefault("a", args[0]))
         logits(ref, x)
         assert torch.allclose(every[0], seen["a"], atol=1e-6)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from model_patches import export_hf, get_ffn_adapter, load_causal_lm, merge_into_weights, patch_model
+from model_patches import export_hf, get_ffn_layout, load_causal_lm, merge_into_weights, patch_model
 from neurorit.errors import UserError
 from tests.support.models import MOE_FAMILIES, TINY_FAMILIES, tiny_config, tiny_inputs
 
@@ -22,13 +22,13 @@ def selected(family):
 
 def ffn_weight_masks(model, spec):
     """``{param: 0/1 mask}`` of the entries full-weight training may change: selected gate/up rows, down cols."""
-    adapter = get_ffn_adapter(model)
+    layout = get_ffn_layout(model)
     masks = {}
     for layer, ids in spec.items():
-        mod = adapter.ffn_module(adapter.layers(model)[layer])
-        experts, local = adapter.split(torch.tensor(ids))
-        width = adapter.expert_size
-        if adapter.layout == "moe":
+        mod = layout.ffn_module(layout.layers(model)[layer])
+        experts, local = layout.split(torch.tensor(ids))
+        width = layout.expert_size
+        if layout.layout == "moe":
             gu, down = mod.gate_up_proj, mod.down_proj
             masks[gu] = torch.zeros_like(gu)
             masks[gu][experts, local] = 1
@@ -36,7 +36,7 @@ def ffn_weight_masks(model, spec):
             masks[down] = torch.zeros_like(down)
             masks[down][experts, :, local] = 1
             continue
-        if adapter.layout == "fused":
+        if layout.layout == "fused":
             gu = mod.gate_up_proj.weight
             masks[gu] = torch.zeros_like(gu)
             masks[gu][local] = 1

@@ -1,19 +1,18 @@
-"""scripts/plan.py (the memory planner) against hand-computed values, transformers' own parameter counts and
+"""The memory planner (neurorit/dist/memory_plan.py, CLI scripts/plan.py) against hand-computed values, transformers' own parameter counts and
 DeepSpeed's ZeRO-3 estimator."""
-import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
 import torch
 
+from neurorit import methods
+from neurorit.dist import memory_plan as plan_mod
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("neurorit_plan", os.path.join(ROOT, "scripts", "plan.py"))
-plan_mod = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = plan_mod  # dataclasses look their module up
-_spec.loader.exec_module(plan_mod)
 
 GIB = 1024 ** 3
 
@@ -114,9 +113,16 @@ def test_parameter_count_matches_transformers(extra):
     assert plan_mod.shape_from_config("tiny", cfg).total_params() == sum(p.numel() for p in model.parameters())
 
 
-def test_cli_llama70b_on_4x8(capsys):
-    assert plan_mod.main(["--model", "Llama-3-70B", "--nodes", "4", "--gpus-per-node", "8", "--json"]) == 0
-    r = json.loads(capsys.readouterr().out)
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``scripts/plan.py`` as a user runs it."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plan.py"), *args], capture_output=True,
+                          text=True)
+
+
+def test_cli_llama70b_on_4x8():
+    run = cli("--model", "Llama-3-70B", "--nodes", "4", "--gpus-per-node", "8", "--json")
+    assert run.returncode == 0, run.stderr
+    r = json.loads(run.stdout)
     assert r["ranks"] == 32
     assert r["params"] == 70_553_706_496
     assert r["mining"]["weights_shard"] == -(-2 * 70_553_706_496 // 32)
@@ -127,15 +133,31 @@ def test_cli_llama70b_on_4x8(capsys):
         assert r["crosscheck"]["deepspeed"] == r["crosscheck"]["ours"]
 
 
-def test_cli_text_and_errors(tmp_path, capsys):
+def test_cli_text_and_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(TINY))
-    assert plan_mod.main(["--model", str(tmp_path), "--nodes", "1", "--gpus-per-node", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "largest IG chunk that fits" in out and "stage2" in out and "cross-check" in out
-    assert plan_mod.main(["--model", "no-such-model"]) == 2
-    assert "not a bundled config" in capsys.readouterr().err
-    assert plan_mod.main(["--model", "Mistral-7B", "--nodes", "0"]) == 2
-    assert "--nodes must be >= 1" in capsys.readouterr().err
+    run = cli("--model", str(tmp_path), "--nodes", "1", "--gpus-per-node", "2")
+    assert run.returncode == 0, run.stderr
+    assert "largest IG chunk that fits" in run.stdout and "stage2" in run.stdout and "cross-check" in run.stdout
+    run = cli("--model", "no-such-model")
+    assert run.returncode == 2 and "not a bundled config" in run.stderr
+    run = cli("--model", "Mistral-7B", "--nodes", "0")
+    assert run.returncode == 2 and "--nodes must be >= 1" in run.stderr
+
+
+def test_the_planner_counts_what_training_trains(tiny_model):
+    """The planner's stage-1 count and training's count come from one formula: on a model and a map whose
+    irrelevant-only neurons lie outside the target layers, they agree exactly."""
+    from model_patches import model_fingerprint
+    from neurorit.neuron_map import NeuronMap
+    from train import recipes
+
+    model = tiny_model("llama", layers=2, hidden=16, intermediate=32)
+    rows = torch.tensor([[0, 3, 1, 1], [1, 5, 1, 1], [1, 7, 1, 1]])
+    nmap = NeuronMap({"relevant_only": rows[:0], "irrelevant_only": rows, "shared": rows[:0]}, [1],
+                     model_fingerprint(model))
+    trained = recipes.build(methods.get("neurorit").rule("stage1")).planned_count(model, nmap, 0)
+    shape = plan_mod.shape_from_config("tiny", model.config.to_dict())
+    assert trained == plan_mod.trainable_params(shape, plan_mod.Options(n_irrelevant=3))["stage1"]
 
 
 @pytest.mark.parametrize("name", ["zero0", "zero2", "zero3", "zero3_offload"])

@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from scripts.demo import PINNED_KERNELS
+from neurorit.runtime import PINNED_KERNELS
 from tests.support.workspaces import training_workspace
 
 

@@ -8,7 +8,7 @@ checkpoints, dev loss; a non-finite loss or grad norm stops the run before it is
 before-export step -> export. DeepSpeed itself is behind ``neurorit.dist``; this file never touches an engine,
 and it names no method and no recipe.
 
-Files (``neurorit/layout.py``), under the stage's output folder ``stage<N>.output_dir`` (default
+Files (``neurorit/run_layout.py``), under the stage's output folder ``stage<N>.output_dir`` (default
 ``<runtime.output_dir>/stage<N>``): ``config.yaml`` (resolved config), ``tb/`` (TensorBoard, rank 0),
 ``checkpoints/step<N>/`` (DeepSpeed, for resume), ``export/`` (plain Hugging Face checkpoint with the tokenizer,
 deltas merged, deactivations folded for ``neurorit_hard_deactivation``) and ``train_summary.json``.
@@ -33,7 +33,7 @@ from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_conf
 from neurorit.dist import TrainEngine
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from neurorit.layout import RunLayout, StageFiles
+from neurorit.run_layout import RunLayout, StageFiles
 from neurorit.neuron_map import NeuronMap
 from neurorit.prompts import prompt_builder
 from neurorit.records import load_records

@@ -16,7 +16,7 @@ import zlib
 
 import torch
 
-from model_patches import get_ffn_adapter
+from model_patches import get_ffn_layout
 from neurorit import dist
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj", "qkv_proj")
@@ -28,7 +28,7 @@ def _shape(param: torch.nn.Parameter) -> tuple[int, ...]:
 
 def target_linears(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     """``{module name: (in_features, out_features)}`` of the linears LoRA adapts (inside decoder layers only)."""
-    layers = {id(m) for m in get_ffn_adapter(model).layers(model)}
+    layers = {id(m) for m in get_ffn_layout(model).layers(model)}
     out = {}
     for lname, layer in model.named_modules():
         if id(layer) not in layers:

@@ -106,7 +106,7 @@ class Neurons(Recipe):
         patcher = ctx.patcher
         spec, full_layers = neuron_spec(self, ctx.nmap, patcher.intermediate_size, ctx.seed)
         deltas = patcher.add_neuron_deltas(spec) if spec else []
-        modules = patcher.adapter.ffn_modules(ctx.model)
+        modules = patcher.layout.ffn_modules(ctx.model)
         ffn = [p for layer in full_layers for p in modules[layer].parameters()]
         if not ctx.st.train_gate:
             frozen = {id(d_gate) for _, d_gate, _, _ in patcher.neuron_deltas().values()} | \

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model_patches import FFNPatcher, get_ffn_adapter
+from model_patches import FFNPatcher, get_ffn_layout
+from neurorit.dist.memory_plan import neuron_params
 from neurorit.errors import UserError
 
 
@@ -83,21 +84,21 @@ def neuron_spec(rule, nmap, width: int, seed: int) -> tuple[dict, list]:
 
 def planned_neuron_count(rule, nmap, model: torch.nn.Module, seed: int) -> int:
     """What a neuron-level ``rule`` trains on ``model``, counted without building anything."""
-    adapter = get_ffn_adapter(model)
-    spec, full_layers = neuron_spec(rule, nmap, adapter.intermediate_size, seed)
-    modules = adapter.ffn_modules(model)
+    layout = get_ffn_layout(model)
+    spec, full_layers = neuron_spec(rule, nmap, layout.intermediate_size, seed)
+    modules = layout.ffn_modules(model)
     ffn = sum(numel(p) for layer in full_layers for p in modules[layer].parameters())
-    return 3 * model.config.hidden_size * sum(int(ids.numel()) for ids in spec.values()) + ffn
+    return neuron_params(model.config.hidden_size, sum(int(ids.numel()) for ids in spec.values())) + ffn
 
 
 def gate_weights(patcher: FFNPatcher, layers: list) -> set:
     """``id`` of the gate-only weights of ``layers``' FFNs; a UserError where a weight holds the gate and more."""
-    adapter = patcher.adapter
-    fused = [role for role, owned in adapter.ROLES.items() if len(owned) > 1 and "gate" in dict(owned)]
+    layout = patcher.layout
+    fused = [role for role, owned in layout.ROLES.items() if len(owned) > 1 and "gate" in dict(owned)]
     if fused and layers:
-        raise UserError(f"train_gate false: the {adapter.layout} layout of this model keeps the gate in one weight "
+        raise UserError(f"train_gate false: the {layout.layout} layout of this model keeps the gate in one weight "
                         f"with the up projection ({fused[0]}), so the target layers' gates cannot be frozen alone; "
                         f"use train_gate true")
-    modules = adapter.ffn_modules(patcher.model)
-    return {id(w) for layer in layers for role, w in adapter.weights(modules[layer]).items()
-            if adapter.ROLES[role] == (("gate", 0),)}
+    modules = layout.ffn_modules(patcher.model)
+    return {id(w) for layer in layers for role, w in layout.weights(modules[layer]).items()
+            if layout.ROLES[role] == (("gate", 0),)}

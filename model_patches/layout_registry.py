@@ -1,8 +1,8 @@
 """The FFN layout registry: ``config.model_type`` -> layout class, and the look-ups built on it.
 
-``get_ffn_adapter(model)`` returns the model's layout object (``model_patches/layouts/``): where each layer's FFN
+``get_ffn_layout(model)`` returns the model's layout object (``model_patches/layouts/``): where each layer's FFN
 neurons live and how the patched FFN computes. ``model_fingerprint(model)`` is what a neuron map records about
-the model it was mined on. A new model type of a known layout is one line in ``LAYOUTS``; a new layout is one
+the model it was mined on; ``unwrap(model)`` is the Hugging Face model inside a DeepSpeed engine. A new model type of a known layout is one line in ``LAYOUTS``; a new layout is one
 module under ``layouts/`` plus its import and lines here.
 """
 from __future__ import annotations
@@ -27,10 +27,9 @@ LAYOUTS: dict[str, type[FFNLayout]] = {
     "qwen2_moe": MoEExpertsLayout,
 }
 SUPPORTED_ARCHITECTURES = tuple(LAYOUTS)
-FFNAdapter = FFNLayout  # the name the rest of the project knows
 
 
-def get_ffn_adapter(model: torch.nn.Module) -> FFNLayout:
+def get_ffn_layout(model: torch.nn.Module) -> FFNLayout:
     """The layout of ``model`` (a causal LM); a UserError names the supported architectures otherwise."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     layout = LAYOUTS.get(model_type) if isinstance(model_type, str) else None
@@ -40,11 +39,18 @@ def get_ffn_adapter(model: torch.nn.Module) -> FFNLayout:
     return layout.from_model(model)
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside a DeepSpeed engine (or the model itself)."""
+    from transformers import PreTrainedModel
+
+    while not isinstance(model, PreTrainedModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
 def model_fingerprint(model: torch.nn.Module) -> dict:
     """Architecture, number of decoder layers and FFN neuron-space width of ``model`` (engine or plain)."""
-    from model_patches.patcher import unwrap  # patcher imports this module
-
     model = unwrap(model)
-    adapter = get_ffn_adapter(model)
-    return {"architecture": model.config.model_type, "num_layers": len(adapter.layers(model)),
-            "intermediate_size": adapter.intermediate_size}
+    layout = get_ffn_layout(model)
+    return {"architecture": model.config.model_type, "num_layers": len(layout.layers(model)),
+            "intermediate_size": layout.intermediate_size}

@@ -13,8 +13,8 @@ Under ``runtime.output_dir`` (each overridable by its ``<section>.output_dir`` k
   unfinished, ``<name>.partial/``;
 - ``results.json`` / ``results.md`` / ``results.png`` from the report.
 
-    python -m neurorit.layout export stage2 --config configs/x.yaml [overrides]    # prints <out>/stage2/export
-    python -m neurorit.layout trained-params <export dir>  # the trainable count over the stages behind it
+    python -m neurorit.run_layout export stage2 --config configs/x.yaml [overrides]    # prints <out>/stage2/export
+    python -m neurorit.run_layout trained-params <export dir>  # the trainable count over the stages behind it
 """
 from __future__ import annotations
 

@@ -1,0 +1,213 @@
+"""Why a run's numbers are what they are: measurements over the files a finished run left on disk.
+
+    python scripts/analyze_run.py --run outputs/smollm2 [--eval-dir DIR ...] [--compare-map MAP]
+    (the same as python -m rag.analysis ...)
+
+Reads the run's neuron map (``<run>/mining``) and its evaluations (``<run>/eval/<method>.predictions.jsonl``) and
+writes ``analysis.json`` and ``analysis.md`` (to ``--out``, default the run folder):
+
+- **where the neurons sit**: per group, how many neurons each layer holds, and the target layers;
+- **paired differences**: ``--method`` (default ``neurorit``) minus each other method, per setting, on the same
+  questions, with a paired bootstrap 95% interval; an interval that excludes 0 is a difference beyond noise
+  (the per-cell intervals of results.md overlap more often than a paired test does);
+- **what the answers look like**: per method and setting, the match, the share of empty answers (stage 1 teaches
+  EOS on noise, so an empty answer is an abstention) and the share of answers that differ from ``base``'s;
+- **what training did**: per trained stage (``<run>/<method>/<stage>`` and ``<run>/variants/...``) its trainable
+  parameters and its training loss at the first and last step (TensorBoard's ``train/loss``);
+- with ``--compare-map``: how far another map (e.g. mined with ``mining.target answer_logprob``) agrees with the
+  run's, per group (shared neurons, Jaccard) and in its target layers.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from collections import defaultdict
+
+from neurorit.errors import UserError, main_guard
+from neurorit.files import atomic_write_text
+from neurorit.metrics import bootstrap_ci, mean
+from neurorit.run_layout import PREDICTIONS_SUFFIX, SUMMARY, RunLayout, StageFiles
+from neurorit.neuron_map import GROUPS, NeuronMap
+from neurorit.settings import SETTINGS
+from rag.report import ordered
+
+
+
+def load_predictions(eval_dirs: list[str]) -> dict[str, dict[tuple[str, str], dict]]:
+    """``{method: {(setting, question id): prediction row}}`` from every ``*.predictions.jsonl`` in ``eval_dirs``
+    (a method name may appear in one folder only)."""
+    out: dict[str, dict] = {}
+    for eval_dir in eval_dirs:
+        if not os.path.isdir(eval_dir):
+            raise UserError(f"evaluation folder not found: {eval_dir}")
+        for fname in sorted(os.listdir(eval_dir)):
+            if fname.endswith(PREDICTIONS_SUFFIX):
+                name = fname[: -len(PREDICTIONS_SUFFIX)]
+                if name in out:
+                    raise UserError(f"method {name!r} has predictions in more than one of {', '.join(eval_dirs)}")
+                with open(os.path.join(eval_dir, fname), encoding="utf-8") as fh:
+                    rows = [json.loads(line) for line in fh if line.strip()]
+                out[name] = {(r["setting"], r["id"]): r for r in rows}
+    if not out:
+        raise UserError(f"no *{PREDICTIONS_SUFFIX} files in {', '.join(eval_dirs)} (run rag/evaluate.py first)")
+    return out
+
+
+def in_setting_order(names) -> list[str]:
+    """``names`` in the order of ``neurorit.settings.SETTINGS`` (the order of results.md), unknown ones last."""
+    names = set(names)
+    return [s for s in SETTINGS if s in names] + sorted(names - set(SETTINGS))
+
+
+def settings_of(preds: dict[tuple[str, str], dict]) -> list[str]:
+    return in_setting_order(s for s, _ in preds)
+
+
+def paired_difference(a: dict, b: dict, setting: str, n_resamples: int = 1000) -> dict:
+    """Mean of ``match_a - match_b`` over the questions both answered in ``setting``, with its bootstrap interval."""
+    keys = sorted(k for k in a if k[0] == setting and k in b)
+    diffs = [a[k]["match"] - b[k]["match"] for k in keys]
+    lo, hi = bootstrap_ci(diffs, n_resamples)
+    verdict = "above" if lo > 0 else "below" if hi < 0 else "inside"
+    return {"diff": mean(diffs), "ci95": [lo, hi], "n": len(keys), "verdict": verdict}
+
+
+def answer_shapes(preds: dict[str, dict], reference: str = "base") -> dict[str, dict[str, dict]]:
+    """Per method and setting: the share of empty answers and the share that differ from ``reference``'s."""
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    ref = preds.get(reference, {})
+    for name, rows in preds.items():
+        for setting in settings_of(rows):
+            keys = [k for k in rows if k[0] == setting]
+            empty = [float(not rows[k]["answer"].strip()) for k in keys]
+            shape = {"match": mean([rows[k]["match"] for k in keys]), "empty": mean(empty), "n": len(keys)}
+            shared = [k for k in keys if k in ref]
+            if ref and name != reference and shared:
+                shape["differs_from_" + reference] = mean([float(rows[k]["answer"] != ref[k]["answer"])
+                                                           for k in shared])
+            out[name][setting] = shape
+    return dict(out)
+
+
+def map_overlap(a: NeuronMap, b: NeuronMap) -> dict:
+    """Per group: sizes, neurons in both, Jaccard; and the two maps' target layers."""
+    groups = {}
+    for g in GROUPS:
+        sa = {tuple(r[:2]) for r in a.groups[g].tolist()}
+        sb = {tuple(r[:2]) for r in b.groups[g].tolist()}
+        union = sa | sb
+        groups[g] = {"size_a": len(sa), "size_b": len(sb), "both": len(sa & sb),
+                     "jaccard": len(sa & sb) / len(union) if union else 1.0}
+    return {"groups": groups, "target_layers_a": a.target_layers, "target_layers_b": b.target_layers,
+            "settings_b": {k: v for k, v in b.settings.get("mining", {}).items()
+                           if k in ("target", "num_examples", "steps")}}
+
+
+def training_losses(run: str) -> dict[str, dict]:
+    """``{"<method>/<stage>": {"trainable_params", "first_loss", "last_loss", "steps"}}`` of every finished stage."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for summary in sorted(glob.glob(os.path.join(run, "**", SUMMARY), recursive=True)):
+        files = StageFiles(os.path.dirname(summary))
+        with open(files.summary, encoding="utf-8") as fh:
+            info = json.load(fh)
+        losses = []
+        if os.path.isdir(files.tensorboard):  # a stage that trains nothing only exports
+            acc = EventAccumulator(files.tensorboard)
+            acc.Reload()
+            losses = [e.value for e in acc.Scalars("train/loss")] if "train/loss" in acc.Tags()["scalars"] else []
+        out[os.path.relpath(files.root, run)] = {"trainable_params": info["trainable_params"], "steps": len(losses),
+                                             "first_loss": losses[0] if losses else None,
+                                             "last_loss": losses[-1] if losses else None}
+    return out
+
+
+def analyze(run: str, eval_dirs: tuple[str, ...] = (), method: str = "neurorit", compare_map: str = "") -> dict:
+    layout = RunLayout(run)
+    nmap = NeuronMap.load(layout.mining.root)
+    preds = load_predictions(list(eval_dirs) or [layout.evaluation()])
+    if method not in preds:
+        raise UserError(f"no predictions of method {method!r} in the evaluation folder (have: {', '.join(preds)})")
+    result = {
+        "neurons": {"sizes": {g: len(nmap.groups[g]) for g in GROUPS}, "per_layer": nmap.layer_counts(),
+                    "target_layers": nmap.target_layers, "settings": nmap.settings},
+        "method": method,
+        "paired": {other: {s: paired_difference(preds[method], preds[other], s) for s in settings_of(preds[method])}
+                   for other in ordered(preds) if other != method},
+        "answers": answer_shapes(preds),
+        "training": training_losses(run),
+    }
+    if compare_map:
+        result["map_overlap"] = map_overlap(nmap, NeuronMap.load(compare_map))
+    return result
+
+
+def render_markdown(res: dict) -> str:
+    n = res["neurons"]
+    lines = ["# Analysis", "", "## Where the mined neurons sit", "",
+             f"Sizes: {n['sizes']}; target layers: {n['target_layers']}.", "",
+             "| group | " + " | ".join(f"L{i}" for i in range(len(n["per_layer"][GROUPS[0]]))) + " |",
+             "|---|" + "---|" * len(n["per_layer"][GROUPS[0]])]
+    lines += [f"| {g} | " + " | ".join(str(c) for c in n["per_layer"][g]) + " |" for g in GROUPS]
+    m = res["method"]
+    settings = in_setting_order(s for d in res["paired"].values() for s in d)
+    lines += ["", f"## {m} minus each method, paired over the same questions (match, points, 95% interval)", "",
+              "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for other, per in res["paired"].items():
+        cells = []
+        for s in settings:
+            d = per.get(s)
+            lo, hi = (100 * x for x in d["ci95"]) if d else (0, 0)
+            cells.append("-" if d is None else f"{100 * d['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}] {d['verdict']}")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    lines += ["", "## Answers: match / share empty / share different from base (%)", "",
+              "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for name in ordered(res["answers"]):
+        per = res["answers"][name]
+        cells = []
+        for s in settings:
+            a = per.get(s)
+            cells.append("-" if a is None else f"{100 * a['match']:.1f} / {100 * a['empty']:.0f} / " +
+                         (f"{100 * a['differs_from_base']:.0f}" if "differs_from_base" in a else "-"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if res["training"]:
+        lines += ["", "## Training: trainable parameters and loss at the first / last step", "",
+                  "| stage | trainable | first loss | last loss |", "|---|---:|---:|---:|"]
+        for name, t in res["training"].items():
+            first, last = (f"{t[k]:.3f}" if t[k] is not None else "-" for k in ("first_loss", "last_loss"))
+            lines.append(f"| {name} | {t['trainable_params']:,} | {first} | {last} |")
+    if "map_overlap" in res:
+        o = res["map_overlap"]
+        lines += ["", f"## Overlap with another map ({o['settings_b']})", "",
+                  f"Target layers: {o['target_layers_a']} vs {o['target_layers_b']}.", "",
+                  "| group | this map | other map | in both | Jaccard |", "|---|---|---|---|---|"]
+        lines += [f"| {g} | {v['size_a']} | {v['size_b']} | {v['both']} | {v['jaccard']:.2f} |"
+                  for g, v in o["groups"].items()]
+    return "\n".join(lines) + "\n"
+
+
+@main_guard
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a run's output_dir (holds mining/ and eval/)")
+    p.add_argument("--eval-dir", action="append", default=[],
+                   help="a folder of evaluations to read; repeat for several (default: <run>/eval)")
+    p.add_argument("--method", default="neurorit", help="the method compared with every other (default: neurorit)")
+    p.add_argument("--compare-map", default="", help="another neuron map (folder or file) to compare with the run's")
+    p.add_argument("--out", default="", help="folder for analysis.json / analysis.md (default: --run)")
+    args = p.parse_args(argv)
+    res = analyze(args.run, args.eval_dir, args.method, args.compare_map)
+    out = args.out or args.run
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(os.path.join(out, "analysis.json"), json.dumps(res, indent=1))
+    md = render_markdown(res)
+    atomic_write_text(os.path.join(out, "analysis.md"), md)
+    print(md)
+    return res
+
+
+if __name__ == "__main__":
+    main()
