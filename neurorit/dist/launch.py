@@ -70,8 +70,9 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     lrank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(lrank)
-        device = torch.device("cuda", lrank)
+        index = cuda_index(lrank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     if not tdist.is_initialized():
@@ -92,6 +93,18 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
     return _INFO
 
 
+def cuda_index(local_rank: int, visible: int) -> int:
+    """The CUDA device of this rank among the ``visible`` ones. One process per GPU on a node sees them all and
+    takes its local rank; under ``srun --gpus-per-task=1`` (or any binding that shows each task only its own
+    GPUs) every task sees device 0 as its GPU, whatever its local rank."""
+    if local_rank < visible:
+        return local_rank
+    if visible == 1:
+        return 0
+    raise RuntimeError(f"local rank {local_rank} but {visible} visible CUDA devices: bind one GPU per task "
+                       f"(--gpus-per-task=1) or all of a node's GPUs to every task")
+
+
 def make_deterministic(on: bool = True) -> None:
     """``runtime.deterministic`` (default on): bit-reproducible training on GPUs too. Call before any CUDA work.
 
@@ -102,6 +115,7 @@ def make_deterministic(on: bool = True) -> None:
     """
     if on and torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        os.environ.setdefault("FLASH_ATTENTION_DETERMINISTIC", "1")  # read by transformers' FlashAttention-2 path
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 

@@ -7,6 +7,8 @@ come from the stage config; gradient clipping lives in the DeepSpeed config.
 from __future__ import annotations
 
 import math
+import sys
+from typing import Optional
 
 import torch
 
@@ -14,23 +16,45 @@ from neurorit.dist.launch import info
 from neurorit.errors import UserError
 
 
-def build_optimizer(params: list, name: str, lr: float, weight_decay: float,
-                    offloaded: bool = False) -> torch.optim.Optimizer:
-    """``adamw``: DeepSpeed's CPU Adam under optimizer offload, its fused Adam on CUDA, torch's AdamW
-    otherwise; ``adamw_torch``: torch's AdamW; ``adamw_8bit``: bitsandbytes (a UserError where it cannot run)."""
+def build_optimizer(params: list, name: str, lr: float, weight_decay: float, offloaded: bool = False,
+                    device: Optional[torch.device] = None) -> torch.optim.Optimizer:
+    """``adamw``: DeepSpeed's CPU Adam under optimizer offload, its fused Adam on CUDA, torch's AdamW otherwise;
+    ``adamw_torch``: torch's AdamW; ``adamw_8bit``: bitsandbytes (a UserError where it cannot run).
+
+    DeepSpeed compiles its Adam kernels on first use: where that fails (no nvcc, a CUDA_HOME of another version, a
+    read-only environment) the fused Adam falls back to torch's AdamW, the same update, with one line saying what
+    failed and what was chosen, instead of stopping the job. Under optimizer offload DeepSpeed accepts its CPU Adam
+    only, so there the failure, and any other optimizer name, stops with one line before DeepSpeed starts."""
     kwargs = dict(lr=lr, weight_decay=weight_decay)
-    device = info().device
+    device = device or info().device
+    if offloaded and name != "adamw":
+        raise UserError(f"optimizer {name} cannot run with optimizer offload: DeepSpeed offloads only its own CPU "
+                        f"Adam; use --stageN.optimizer adamw, or a ds_config without offload_optimizer")
     if name == "adamw_8bit":
         return _adamw_8bit(params, kwargs, device)
     if name == "adamw" and offloaded:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+            return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+        except Exception as err:  # a failed build: offload has no other optimizer to fall back to
+            raise UserError(f"optimizer offload needs DeepSpeed's CPU Adam, which failed to build "
+                            f"({_first_line(err)}); fix the build (TORCH_EXTENSIONS_DIR, a C++ compiler) or use a "
+                            f"ds_config without offload_optimizer") from None
     if name == "adamw" and device.type == "cuda":
-        from deepspeed.ops.adam import FusedAdam
+        try:
+            from deepspeed.ops.adam import FusedAdam
 
-        return FusedAdam(params, adam_w_mode=True, **kwargs)
+            return FusedAdam(params, adam_w_mode=True, **kwargs)
+        except Exception as err:  # nvcc missing or of another CUDA version, a read-only extensions folder, ...
+            print(f"warning: optimizer adamw: DeepSpeed's FusedAdam failed to build ({_first_line(err)}); using "
+                  f"torch.optim.AdamW instead (the same update, somewhat slower)", file=sys.stderr, flush=True)
     return torch.optim.AdamW(params, **kwargs)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def _adamw_8bit(params: list, kwargs: dict, device: torch.device) -> torch.optim.Optimizer:

@@ -1,0 +1,85 @@
+"""Paths our users take on GPU clusters, exercised here on CPU: the device of a rank under SLURM's GPU binding, an
+optimizer that cannot be built (fallback in one line, or a one-line refusal under offload), 8-bit Adam under real
+2-rank ZeRO-3 with a checkpoint and resume, and the GPU ZeRO-3 config (small parameters kept whole on every rank,
+overlapped communication) training for real."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from neurorit.dist import build_optimizer
+from neurorit.dist.launch import cuda_index
+from neurorit.errors import UserError
+from tests.support.workspaces import training_workspace
+
+
+def test_each_rank_finds_its_gpu_whatever_the_binding():
+    assert [cuda_index(r, 8) for r in range(8)] == list(range(8))  # one process per GPU, all visible
+    assert [cuda_index(r, 1) for r in range(4)] == [0, 0, 0, 0]  # srun --gpus-per-task=1: each sees its own
+    with pytest.raises(RuntimeError, match="local rank 5 but 4 visible"):
+        cuda_index(5, 4)
+
+
+class _NoBuild:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("Error building extension 'fused_adam': nvcc not found\n(long compiler log)")
+
+
+def test_a_fused_adam_that_cannot_build_falls_back_in_one_line(monkeypatch, capsys):
+    import deepspeed.ops.adam
+
+    monkeypatch.setattr(deepspeed.ops.adam, "FusedAdam", _NoBuild)
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer = build_optimizer(params, "adamw", 1e-3, 0.0, device=torch.device("cuda"))
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["lr"] == 1e-3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "FusedAdam failed to build (RuntimeError: Error building extension" in err[0]
+    assert "using torch.optim.AdamW" in err[0]
+
+
+def test_optimizer_offload_refuses_what_deepspeed_would_refuse(monkeypatch):
+    import deepspeed.ops.adam
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    for name in ("adamw_torch", "adamw_8bit"):
+        with pytest.raises(UserError, match=f"optimizer {name} cannot run with optimizer offload"):
+            build_optimizer(params, name, 1e-3, 0.0, offloaded=True, device=torch.device("cpu"))
+    monkeypatch.setattr(deepspeed.ops.adam, "DeepSpeedCPUAdam", _NoBuild)
+    with pytest.raises(UserError, match="CPU Adam, which failed to build"):
+        build_optimizer(params, "adamw", 1e-3, 0.0, offloaded=True, device=torch.device("cpu"))
+
+
+def _stage1(run_ranks, config, *extra):
+    return run_ranks("train/stage1.py", "--config", config, *extra).stdout
+
+
+@pytest.mark.distributed
+def test_8bit_adam_under_two_rank_zero3_resumes_exactly(tmp_path, run_ranks):
+    """bitsandbytes' AdamW8bit over ZeRO-3's flat partitions: a run stopped after 2 of 4 steps and resumed from
+    its checkpoint ends with the same weights as a run that never stopped."""
+    exports = []
+    for run, stops in (("straight", ()), ("resumed", ("--stop_after", "2"))):
+        config = training_workspace(str(tmp_path / run), stage_overrides={"optimizer": "adamw_8bit", "max_steps": 4,
+                                                                          "save_every": 2})
+        printed = _stage1(run_ranks, config, *stops)
+        if stops:
+            assert "stopped after step 2 of 4" in printed
+            assert "resumed from" in _stage1(run_ranks, config)
+        exports.append(load_file(str(tmp_path / run / "out" / "stage1" / "export" / "model.safetensors")))
+    base = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    assert any(not torch.equal(base[k], exports[0][k]) for k in base)  # it trained
+    assert all(torch.equal(exports[0][k], exports[1][k]) for k in base)
+
+
+@pytest.mark.distributed
+def test_the_gpu_zero3_config_trains_small_persistent_parameters(tmp_path, run_ranks):
+    """ds_configs/zero3.json as a GPU run uses it (parameters under 1e5 elements stay whole on every rank, so the
+    neuron deltas are persistent trainable parameters; overlap_comm on), in fp32 on 2 CPU ranks: it trains and
+    the deltas land in the export of the layers that own them."""
+    config = training_workspace(str(tmp_path))
+    printed = _stage1(run_ranks, config, "--stage1.ds_config", "ds_configs/zero3.json")
+    assert "trainable parameters" in printed
+    base = load_file(str(tmp_path / "model" / "model.safetensors"))
+    tuned = load_file(str(tmp_path / "out" / "stage1" / "export" / "model.safetensors"))
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(".mlp." in k for k in changed)
+    assert all(torch.isfinite(v).all() for v in tuned.values())
