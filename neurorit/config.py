@@ -84,6 +84,7 @@ class StageConfig:
     num_docs: int = 5
     num_examples: int = -1  # -1 = all training records
     save_every: int = 0  # steps between DeepSpeed checkpoints; 0 = only at the end
+    keep_last: Optional[int] = None  # keep the newest N (>= 1) checkpoints, delete older ones; None = keep all
     eval_every: int = 0  # steps between dev-loss evaluations; 0 = never
     eval_examples: int = 64  # dev records scored for the periodic dev loss
     log_every: int = 1

@@ -19,6 +19,10 @@ so). A checkpoint that is damaged otherwise (a file of the manifest missing or o
 ``trainer_state.json`` or manifest, ``latest`` naming a folder that is not there) is refused with one line naming
 the file. A full disk while saving stops with one line; the checkpoints already written stay as they were.
 The checkpoint folder must be shared by the ranks (rank 0 writes the manifest of everyone's files).
+
+Rotation (``stage<N>.keep_last``). After a complete save, rank 0 deletes the complete checkpoints beyond the
+newest ``keep_last`` and the interrupted ones older than the newest complete one; never the one just saved, nor
+the one this run resumed from. ``keep_last`` must be >= 1 (None keeps every checkpoint).
 """
 from __future__ import annotations
 
@@ -26,8 +30,9 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -68,10 +73,47 @@ def _listing(tag_dir: str) -> dict:
     return out
 
 
+def check_keep_last(keep_last: Optional[int], key: str = "stageN.keep_last") -> Optional[int]:
+    """``keep_last`` as given, or a one-line UserError when it is not >= 1 (None = keep every checkpoint)."""
+    if keep_last is not None and keep_last < 1:
+        raise UserError(f"config key '{key}' must be >= 1 (the newest checkpoints kept; leave it unset to keep "
+                        f"all), got {keep_last}")
+    return keep_last
+
+
+def rotate(ckpt_dir: str, keep_last: Optional[int], protect: Sequence[str] = ()) -> list[str]:
+    """Delete the complete checkpoints beyond the newest ``keep_last`` and the interrupted ones older than the
+    newest complete one, sparing the folders in ``protect``; returns the deleted folders. Not collective: rank 0
+    calls it (``save`` does)."""
+    if keep_last is None or not os.path.isdir(ckpt_dir):
+        return []
+    spared = {os.path.realpath(p) for p in protect if p}
+    tags = sorted((n for n in os.listdir(ckpt_dir) if TAG.match(n)), key=_step_of, reverse=True)
+    complete = [n for n in tags if os.path.isfile(os.path.join(ckpt_dir, n, MANIFEST))]
+    if not complete:
+        return []
+    newest = _step_of(complete[0])
+    doomed = complete[keep_last:] + [n for n in tags if n not in complete and _step_of(n) < newest]
+    deleted = []
+    for name in sorted(doomed, key=_step_of):
+        path = os.path.join(ckpt_dir, name)
+        if os.path.realpath(path) in spared:
+            continue
+        try:
+            shutil.rmtree(path)
+            deleted.append(path)
+        except OSError as err:  # a checkpoint that cannot be deleted stays; the run goes on
+            _note(f"could not delete old checkpoint {path} ({err}); delete it by hand")
+    return deleted
+
+
 def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity: dict,
-         last_loss: Optional[float] = None) -> None:
+         last_loss: Optional[float] = None, keep_last: Optional[int] = None,
+         resumed_from: Optional[str] = None) -> None:
     """Collective: every rank calls it. ``identity`` = what a resume must match (neuron-map hash, method);
-    ``last_loss`` (the step's reduced loss) lets a run resumed at its final step report it."""
+    ``last_loss`` (the step's reduced loss) lets a run resumed at its final step report it. With ``keep_last``,
+    rank 0 then rotates (``rotate``), sparing the new checkpoint and ``resumed_from``."""
+    check_keep_last(keep_last)
     tag = f"step{step}"
     tag_dir = os.path.join(ckpt_dir, tag)
     previous = _newest_complete(ckpt_dir)
@@ -116,6 +158,8 @@ def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity:
     error = dist.broadcast_object(error)
     if error is not None:
         raise UserError(error)
+    if dist.is_main():
+        rotate(ckpt_dir, keep_last, protect=(tag_dir, resumed_from or ""))
     dist.barrier()
 
 
