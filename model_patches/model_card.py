@@ -47,9 +47,9 @@ def render_model_card(facts: dict) -> str:
     lines = [
         "---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "",
         f"# {facts['method']} ({facts['stage']}) of {facts['base_model']}", "",
-        f"Trained with [neuro-rit](https://arxiv.org/abs/2604.02194) (Neuro-RIT: neuron-guided instruction tuning "
-        f"for robust retrieval-augmented LLMs), exported as a plain Hugging Face checkpoint: it loads with "
-        f"`AutoModelForCausalLM.from_pretrained` alone.", "",
+        "Trained with [neuro-rit](https://arxiv.org/abs/2604.02194) (Neuro-RIT: neuron-guided instruction tuning "
+        "for robust retrieval-augmented LLMs), exported as a plain Hugging Face checkpoint: it loads with "
+        "`AutoModelForCausalLM.from_pretrained` alone.", "",
         f"- Base model: `{facts['base_model']}`{revision}",
         f"- Stage and method: {facts['stage']}, `{facts['method']}`",
         f"- Neuron map: {'`' + facts['neuron_map_hash'] + '`' if facts.get('neuron_map_hash') else 'none'}",

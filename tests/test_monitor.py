@@ -10,7 +10,6 @@ import json
 import os
 
 import pytest
-import yaml
 
 from neurorit import dist
 from neurorit.config import load_config
