@@ -1,9 +1,15 @@
 """DeepSpeed checkpoints for resume: ``<stage output>/checkpoints/step<N>/`` plus DeepSpeed's ``latest`` file.
 
 Client state: step, consumed samples, every rank's RNG states (python, torch, CUDA), the world size and the
-identity a resume must match (stage, method, neuron-map hash, ``init_from``, ``runtime.seed``). A resume on
-another world size is refused with a plain reason (ZeRO shards, RNG streams and the data split are per world
-size).
+identity a resume must match (stage, method, neuron-map hash, ``init_from``, ``runtime.seed``).
+
+Another world size. ZeRO shards are per world size, but the data order is not (``train.data.StepPlan`` splits each
+global batch over whatever ranks there are). A checkpoint taken on N ranks resumes on M through DeepSpeed's
+universal checkpoint: rank 0 converts the tag folder once into ``<tag>/universal/`` (``dist.to_universal``, written
+beside and renamed into place), every rank then loads that with ``TrainEngine.load(..., universal=True)``; rank r
+takes the RNG state of old rank ``r mod N``. Measured (tiny Llama, ZeRO-3, CPU; tests/test_resume_other_world.py):
+1 rank -> 2 -> 1 gives the losses and export of the uninterrupted run (equal to 1e-5 relative, the test's bound). Where ``neurorit.dist`` lacks
+``to_universal`` the resume is refused with one line, as before.
 Frozen parameters are left out (they are the stage's ``init_from`` weights, loaded again on resume), so a
 neuron-level checkpoint of a 70B model holds only the deltas, the trainable FFNs and their optimizer state.
 Rank 0 also writes ``trainer_state.json`` (the same minus RNG) inside the tag folder, so that a checkpoint taken
@@ -276,17 +282,54 @@ def load(engine: TrainEngine, tag_dir: str, identity: dict) -> dict:
             raise UserError(f"checkpoint {tag_dir} was taken with {key} = {saved.get(key)!r}, this run has "
                             f"{value!r}; use the matching neuron map / method, another output_dir, or --resume never")
     taken_on = saved.get("world_size", dist.world_size())
-    if taken_on != dist.world_size():  # ZeRO shards, per-rank RNG streams and the data split are per world size
+    resharded = taken_on != dist.world_size()
+    if resharded and not hasattr(dist, "to_universal"):  # ZeRO shards are per world size
         raise UserError(f"checkpoint {tag_dir} was taken on {taken_on} ranks and this run has {dist.world_size()}: "
-                        f"a resume cannot restore its optimizer shards, RNG streams and data order on another "
-                        f"world size; resume on {taken_on} ranks, or start over with --resume never")
-    try:
-        client = engine.load(os.path.dirname(tag_dir), os.path.basename(tag_dir))  # frozen weights: from init_from
+                        f"a resume cannot restore its optimizer shards on another world size; resume on "
+                        f"{taken_on} ranks, or start over with --resume never")
+    try:  # frozen weights: from init_from
+        if resharded:
+            client = engine.load(universal(tag_dir), UNIVERSAL_TAG, universal=True)
+        else:
+            client = engine.load(os.path.dirname(tag_dir), os.path.basename(tag_dir))
+    except UserError:
+        raise
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise UserError(f"checkpoint {tag_dir}: DeepSpeed could not load it ({type(err).__name__}: {first}); use "
                         f"--resume with an earlier step folder, or --resume never") from err
     if client is None:
         raise UserError(f"DeepSpeed could not load checkpoint {tag_dir}")
-    _set_rng_state(client["rng"][dist.rank()])
+    rngs = client["rng"]
+    _set_rng_state(rngs[dist.rank() % len(rngs)])  # another world size: old rank r mod N
+    if resharded and dist.is_main():
+        _note(f"checkpoint {tag_dir} was taken on {taken_on} ranks; resumed on {dist.world_size()} through its "
+              f"universal form {os.path.join(tag_dir, UNIVERSAL_TAG)}")
     return client
+
+
+UNIVERSAL_TAG = "universal"
+
+
+def universal(tag_dir: str) -> str:
+    """Collective. Make sure ``<tag_dir>/universal/`` holds DeepSpeed's universal form of the checkpoint (rank 0
+    converts it once, into a temp folder renamed into place; a conversion that fails is one line on every rank);
+    returns ``tag_dir``, the load folder whose tag ``universal`` it is."""
+    target = os.path.join(tag_dir, UNIVERSAL_TAG)
+    error = None
+    if dist.is_main() and not os.path.isdir(target):
+        partial = os.path.join(tag_dir, f".{UNIVERSAL_TAG}.partial.{os.getpid()}")
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            dist.to_universal(tag_dir, partial)
+            os.replace(partial, target)
+        except Exception as err:  # DeepSpeed's converter raises many kinds; a full disk among them
+            shutil.rmtree(partial, ignore_errors=True)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            error = (f"checkpoint {tag_dir}: converting it for another world size failed ({type(err).__name__}: "
+                     f"{first}); resume on the ranks it was taken on, or --resume never")
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+    dist.barrier()
+    return tag_dir
