@@ -1,7 +1,14 @@
-"""Load a causal LM checkpoint for this project: path checks, dtype, attention choice, ZeRO-3 partitioned load."""
+"""Load a causal LM checkpoint for this project: path or Hub id, dtype, attention choice, ZeRO-3 partitioned load.
+
+A model is a local checkpoint folder or a Hugging Face Hub id (``org/name``, optionally ``org/name@revision``),
+resolved through ``huggingface_hub``'s cache (``resolve_model``): ``HF_HUB_OFFLINE=1`` uses the cache alone, and
+the resolved commit hash is the model's revision for run fingerprints (``model_source``).
+"""
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -22,32 +29,106 @@ def _dtype(dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+# Files a model snapshot needs; other weight formats (Llama's original/*.pth, GGUF, TF, Flax) are not fetched.
+HUB_IGNORE = ["original/*", "*.pth", "*.gguf", "*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.ot", "*.tflite"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[\w./-]+)?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model came from: the local folder it loads from, and for a Hub id the id and commit hash."""
+
+    path: str  # a local folder (a snapshot inside the Hub cache for a Hub id)
+    repo_id: Optional[str] = None
+    revision: Optional[str] = None  # the commit hash; for a local folder inside a Hub cache snapshot, its hash
+
+    def fingerprint(self) -> dict:
+        """What a run's fingerprint records about its model."""
+        return {"model": self.repo_id or os.path.abspath(self.path), "revision": self.revision}
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return constants.HF_HUB_OFFLINE or env.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _snapshot_revision(path: str) -> Optional[str]:
+    """The commit hash of a folder that is a Hub cache snapshot (``.../snapshots/<hash>``), else None."""
+    parent, name = os.path.split(os.path.normpath(os.path.abspath(path)))
+    return name if _COMMIT.match(name) and os.path.basename(parent) == "snapshots" else None
+
+
+def _download(repo_id: str, revision: Optional[str], offline: bool) -> str:
+    """``snapshot_download`` with its errors as one line each (the id, what happened, what to do)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    try:
+        return snapshot_download(repo_id, revision=revision, ignore_patterns=HUB_IGNORE, local_files_only=offline)
+    except GatedRepoError:
+        raise UserError(f"model {where}: gated on the Hugging Face Hub; accept its licence on the Hub and log in "
+                        f"(hf auth login, or HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"model {where}: not a local folder and not a model on the Hugging Face Hub (or private: "
+                        f"log in with hf auth login, or HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise UserError(f"model {where}: the Hub repository has no revision {revision!r}") from None
+    except LocalEntryNotFoundError:
+        how = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
+        raise UserError(f"model {where}: not a local folder, and not in the Hugging Face cache while {how}; "
+                        f"download it where the Hub is reachable (hf download {repo_id}) into the cache this run "
+                        f"reads (HF_HOME / HF_HUB_CACHE), or give a local checkpoint folder") from None
+
+
+def resolve_model(path: str) -> ModelSource:
+    """A local checkpoint folder as it is; a Hub id (``org/name`` or ``org/name@revision``) through the Hub cache
+    (``HF_HUB_OFFLINE=1``: the cache alone). UserError (one line) when neither gives a folder."""
+    if os.path.isdir(path):
+        return ModelSource(path=path, revision=_snapshot_revision(path))
+    if not path or not _HUB_ID.match(path) or os.path.isabs(path) or path.startswith("."):
+        raise UserError(f"model path does not exist or is not a folder: {path}")
+    repo_id, _, revision = path.partition("@")
+    folder = _download(repo_id, revision or None, _hub_offline())
+    return ModelSource(path=folder, repo_id=repo_id, revision=_snapshot_revision(folder))
+
+
+def model_source(path: str) -> dict:
+    """``{"model", "revision", "path"}`` of a model path or Hub id, for run fingerprints and model cards."""
+    source = resolve_model(path)
+    return {**source.fingerprint(), "path": source.path}
+
+
 def load_causal_lm(path: str, dtype="float32", attn_implementation: str = "auto", ds_config: Optional[dict] = None,
                    device=None):
-    """``AutoModelForCausalLM`` from a local checkpoint folder. Under a ZeRO-3 ``ds_config`` the weights load
-    partitioned (``HfDeepSpeedConfig`` kept alive) and stay where DeepSpeed puts them; otherwise they move to
-    ``device`` (default: this rank's device)."""
+    """``AutoModelForCausalLM`` from a local checkpoint folder or a Hub id (``resolve_model``). Under a ZeRO-3
+    ``ds_config`` the weights load partitioned (``HfDeepSpeedConfig`` kept alive) and stay where DeepSpeed puts
+    them; otherwise they move to ``device`` (default: this rank's device)."""
     from transformers import AutoModelForCausalLM
 
-    if not os.path.isdir(path):
-        raise UserError(f"model path does not exist or is not a folder: {path}")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"not a Hugging Face checkpoint (no config.json): {path}")
+    folder = resolve_model(path).path
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise UserError(f"not a Hugging Face checkpoint (no config.json): {folder}")
     torch_dtype = _dtype(dtype)
     device = torch.device(device) if device is not None else dist.info().device
     impl, _ = choose_attn_implementation(attn_implementation, device, torch_dtype)
     zero3 = ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3
     with dist.zero3_loading(ds_config):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation=impl)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation=impl)
     if not zero3:
         model.to(device)
     return model
 
 
 def load_tokenizer(path: str):
-    """The checkpoint's tokenizer, or a one-line UserError naming the folder."""
+    """The checkpoint's tokenizer (a local folder or a Hub id), or a one-line UserError naming the folder."""
     from transformers import AutoTokenizer
 
+    path = resolve_model(path).path
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:

@@ -34,6 +34,8 @@ class DataConfig:
     test_file: str = "outputs/benchmark/test.jsonl"
     prompt_style: Literal["compact", "paper"] = "paper"  # compact = the embedded model's word-level prompts
     chat_template: Literal["auto", "never", "always"] = "auto"  # auto = the tokenizer's chat template if it has one
+    chat_template_file: str = ""  # a Jinja chat template file used instead of the tokenizer's; empty = the tokenizer's
+    chat_date: str = "26 Jul 2024"  # the date_string templates render (Llama-3.1 writes it in the system header)
     num_docs: int = 5  # K documents in evaluation prompts (the stages use stage1.num_docs / stage2.num_docs)
     max_length: int = 1024  # tokens; documents are truncated, never the question or the target
     benchmark: Literal["embedded", "english", ""] = "embedded"  # generator of the files above in the demo; "" = given
@@ -91,6 +93,7 @@ class StageConfig:
     num_docs: int = 5
     num_examples: int = -1  # -1 = all training records
     save_every: int = 0  # steps between DeepSpeed checkpoints; 0 = only at the end
+    keep_last: Optional[int] = None  # keep the newest N (>= 1) checkpoints, delete older ones; None = keep all
     eval_every: int = 0  # steps between dev-loss evaluations; 0 = never
     eval_examples: int = 64  # dev records scored for the periodic dev loss
     log_every: int = 1
@@ -140,6 +143,9 @@ class RuntimeConfig:
     seed: int = 0
     torch_threads: int = 0  # 0 = leave torch's default
     deterministic: bool = True  # deterministic kernels on CUDA (slower; see neurorit.dist.make_deterministic)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers: tensorboard, wandb, mlflow; none
+    tracker_project: str = "neuro-rit"  # the wandb project / MLflow experiment the runs go to
+    run_name: str = ""  # the tracker run's name; empty = the stage name
 
 
 @dataclass

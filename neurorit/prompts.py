@@ -16,6 +16,12 @@ target the *assistant* turn, rendered by the tokenizer's own template (``ChatFor
 assistant turn only: the target and the end-of-turn token that closes it (``<|im_end|>`` for SmolLM2 / ChatML,
 ``<|eot_id|>`` for Llama-3), which is also the stage-1 target for an empty output and a stop token for
 generation (``PromptBuilder.stop_ids``). Without a template (the embedded model) nothing changes.
+``data.chat_template_file`` replaces the tokenizer's template with a Jinja file. Templates render with a fixed
+``date_string`` (``data.chat_date``): Llama-3.1-style templates otherwise write today's date into the system
+header (``strftime_now``), and a prompt would change from one day to the next.
+
+The mining baseline (``PromptBuilder.mining`` without a passage) is the attributed prompt with only the passage
+removed: the same instruction, cue and chat wrapping; encoded, the two differ by the passage's tokens alone.
 """
 from __future__ import annotations
 
@@ -36,11 +42,16 @@ class Style:
     yes_word: str
     no_word: str
     verify_ctx: str  # format with passage (rendered doc), question, answer
-    verify_noctx: str
     heads: dict  # task -> instruction head
     tails: dict  # task -> text after the question (the answer cue)
     question: str = "{question}"
     answer_marker: str = "answer :"
+
+    @property
+    def verify_noctx(self) -> str:
+        """The verification prompt without its passage (the IG baseline's text; its words are ``verify_ctx``'s)."""
+        head, rest = self.verify_ctx.split("{passage}", 1)
+        return self.sep.join(p for p in (head.rstrip(), rest.lstrip()) if p)
 
 
 PAPER = Style(
@@ -51,8 +62,6 @@ PAPER = Style(
     no_word=" NO",
     verify_ctx=("Passage: {passage}\nQuestion: {question}\nProposed answer: {answer}\n"
                 "Can the proposed answer be derived from the passage? Reply YES or NO.\nReply:"),
-    verify_noctx=("Question: {question}\nProposed answer: {answer}\n"
-                  "Is the proposed answer correct? Reply YES or NO.\nReply:"),
     heads={
         "answer_only": "Answer the question using the documents if they help. Give only the answer.",
         "two_step": ("Read the documents, first extract the evidence relevant to the question, then answer "
@@ -77,7 +86,6 @@ COMPACT = Style(
     yes_word="yes",
     no_word="no",
     verify_ctx="verify doc : {passage} question : {question} proposed : {answer} reply :",
-    verify_noctx="verify question : {question} proposed : {answer} reply :",
     # teacher: stage 2's own prompt (the embedded model learned to summarize with it; no new vocabulary)
     heads={"answer_only": "qa", "two_step": "twostep", "stage1": "filter", "stage2": "summarize",
            "teacher": "summarize"},
@@ -91,6 +99,7 @@ STYLES = {"paper": PAPER, "compact": COMPACT}
 
 
 CHAT_MODES = ("auto", "never", "always")
+DEFAULT_CHAT_DATE = "26 Jul 2024"  # data.chat_date: the date_string templates render (Llama-3.1's own fallback)
 _USER, _ASSISTANT = "NEURORITUSERTURN", "NEURORITASSISTANTTURN"  # sentinels rendered through the template
 
 
@@ -110,12 +119,15 @@ class ChatFormat:
     close: str  # the full text after the assistant message (e.g. "<|im_end|>\n"); only its first token is trained
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "ChatFormat":
-        """Render sentinel messages through the tokenizer's template; UserError when the template has no usable
-        shape (no user / assistant slot, or an assistant turn that does not end with a special token)."""
+    def from_tokenizer(cls, tokenizer, template: Optional[str] = None,
+                       date_string: str = DEFAULT_CHAT_DATE) -> "ChatFormat":
+        """Render sentinel messages through ``template`` (default: the tokenizer's own) with a fixed
+        ``date_string``; UserError when the template has no usable shape (no user / assistant slot, or an
+        assistant turn that does not end with a special token)."""
         def render(messages, gen: bool) -> str:
             try:
-                out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+                out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen,
+                                                    chat_template=template, date_string=date_string)
             except Exception as err:  # jinja errors of a template that cannot render these messages
                 raise UserError(f"the tokenizer's chat template cannot render a user / assistant exchange ({err}); "
                                 f"set data.chat_template: never") from None
@@ -219,14 +231,11 @@ class PromptBuilder:
 
     # ---------------------------------------------------------------- the prompt kinds
     def mining(self, question: str, answer: str, passage: Optional[Passage]) -> PromptParts:
-        """Verification prompt; ``passage=None`` gives the query-only prompt (the IG baseline)."""
+        """Verification prompt; ``passage=None`` gives the IG baseline: the same prompt with only the passage
+        removed (same instruction, cue and chat wrapping), so that the attribution compares like with like."""
         s = self.style
-        if passage is None:
-            return self._wrap(PromptParts(head="", docs=[],
-                                          tail=self._cue(s.verify_noctx.format(question=question, answer=answer)),
-                                          sep=s.sep))
         head, rest = s.verify_ctx.split("{passage}", 1)
-        return self._wrap(PromptParts(head=head.rstrip(), docs=[passage.text],
+        return self._wrap(PromptParts(head=head.rstrip(), docs=[passage.text] if passage is not None else [],
                                       tail=self._cue(rest.lstrip().format(question=question, answer=answer)),
                                       sep=s.sep))
 
@@ -259,28 +268,48 @@ class PromptBuilder:
         return self._task("answer_only", question, docs, target=answer)
 
 
-def chat_format(mode: str, tokenizer) -> Optional[ChatFormat]:
-    """The chat format ``data.chat_template`` asks for: None for ``never``, and for ``auto`` when the tokenizer
-    has no chat template (so a template-less tokenizer behaves exactly as ``never``); UserError for ``always``
-    without a template."""
+def read_chat_template(path: str) -> str:
+    """The Jinja text of ``data.chat_template_file``, or a one-line UserError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"data.chat_template_file {path}: cannot be read ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not text.strip():
+        raise UserError(f"data.chat_template_file {path}: the file is empty; give a Jinja chat template")
+    return text
+
+
+def chat_format(mode: str, tokenizer, template_file: str = "",
+                date_string: str = DEFAULT_CHAT_DATE) -> Optional[ChatFormat]:
+    """The chat format ``data.chat_template`` asks for: None for ``never``, and for ``auto`` when there is no
+    template (the tokenizer has none and no ``template_file`` is given: a template-less tokenizer behaves exactly
+    as ``never``); UserError for ``always`` without a template, or a ``template_file`` under ``never``."""
     if mode not in CHAT_MODES:
         raise UserError(f"config key 'data.chat_template': {mode!r} is not allowed; use one of "
                         f"{', '.join(repr(m) for m in CHAT_MODES)}")
-    has = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if template_file and mode == "never":
+        raise UserError(f"data.chat_template_file is {template_file!r} but data.chat_template is 'never'; set "
+                        f"data.chat_template: auto (or always) to use the file, or leave the file empty")
+    template = read_chat_template(template_file) if template_file else None
+    has = template is not None or (tokenizer is not None and bool(getattr(tokenizer, "chat_template", None)))
     if mode == "never" or (mode == "auto" and not has):
         return None
     if not has:
         name = getattr(tokenizer, "name_or_path", "") or "the model"
         raise UserError(f"data.chat_template is 'always' but the tokenizer of {name} has no chat template; use "
-                        f"a model folder whose tokenizer_config.json (or chat_template.jinja) has one, or set "
-                        f"data.chat_template: auto / never")
-    return ChatFormat.from_tokenizer(tokenizer)
+                        f"a model folder whose tokenizer_config.json (or chat_template.jinja) has one, give "
+                        f"data.chat_template_file, or set data.chat_template: auto / never")
+    return ChatFormat.from_tokenizer(tokenizer, template, date_string)
 
 
 def prompt_builder(data_cfg, tokenizer) -> PromptBuilder:
-    """The prompt builder of an experiment: ``data.prompt_style``, chat-wrapped per ``data.chat_template``
-    (every stage builds its prompts here)."""
-    return PromptBuilder(data_cfg.prompt_style, chat_format(getattr(data_cfg, "chat_template", "auto"), tokenizer))
+    """The prompt builder of an experiment: ``data.prompt_style``, chat-wrapped per ``data.chat_template``,
+    ``data.chat_template_file`` and ``data.chat_date`` (every stage builds its prompts here)."""
+    chat = chat_format(getattr(data_cfg, "chat_template", "auto"), tokenizer,
+                       getattr(data_cfg, "chat_template_file", ""), getattr(data_cfg, "chat_date", DEFAULT_CHAT_DATE))
+    return PromptBuilder(data_cfg.prompt_style, chat)
 
 
 # ------------------------------------------------------------------------------------------- tokenization

@@ -2,17 +2,22 @@
 
 One question a line: ``id``, ``question``, ``answers`` (list), ``ctxs`` (list of ``title``, ``text``, optional
 ``score``, optional ``has_answer``), optional ``evidence``. DPR / BERGEN / InstructRAG / FlashRAG spellings are
-accepted (``query``, ``golden_answers``, ``contexts``, ``passages``, ``content``, ``hasanswer``, ...). A bad line
-raises ``UserError`` naming the file and line. Records become a ``datasets.Dataset`` with ``to_dataset``.
+accepted (``query``, ``golden_answers``, ``contexts``, ``passages``, ``content``, ``hasanswer``, ...); a field
+that is null counts as absent (a table's missing cell). Chat-style rows (``messages`` with ``role`` /
+``content``, or ShareGPT ``conversations`` with ``from`` / ``value``) give the question (the last user turn)
+and, without an answers field, the answer (the assistant turn after it); their passages still come from a
+passages field. The rows may come from JSONL, JSON, parquet, a ``datasets.save_to_disk`` folder or a Hub dataset
+id (``neurorit.data_sources``). A bad row raises ``UserError`` naming the file and line (or row). Records become
+a ``datasets.Dataset`` with ``to_dataset``.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Optional
 
+from neurorit.data_sources import rows as source_rows
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text
 from neurorit.metrics import normalize as _norm
@@ -23,6 +28,9 @@ CTXS_KEYS = ("ctxs", "contexts", "passages", "docs", "documents", "retrieved_doc
 TEXT_KEYS = ("text", "content", "contents", "passage", "paragraph_text")
 ID_KEYS = ("id", "_id", "qid", "question_id")
 EVIDENCE_KEYS = ("evidence", "rationale", "summary")
+MESSAGES_KEYS = ("messages", "conversations", "conversation")
+USER_ROLES = ("user", "human")
+ASSISTANT_ROLES = ("assistant", "gpt", "model", "bot")
 
 
 @dataclass
@@ -59,10 +67,38 @@ def passage_has_answer(p: Passage, answers: list[str]) -> bool:
 
 # ------------------------------------------------------------------------------------------------ parsing
 def _first(d: dict, keys: tuple[str, ...]):
+    """The first of ``keys`` that ``d`` holds with a value (null = absent), as ``(key, value)``."""
     for k in keys:
-        if k in d:
+        if d.get(k) is not None:
             return k, d[k]
     return None, None
+
+
+def _turns(raw: dict, where: str) -> list[tuple[str, str]]:
+    """``(role, text)`` of a chat-style row's turns (``messages`` or ShareGPT ``conversations``), or []."""
+    key, turns = _first(raw, MESSAGES_KEYS)
+    if key is None:
+        return []
+    if not isinstance(turns, list):
+        raise UserError(f"{where}: '{key}' must be a list of turns, got {type(turns).__name__}")
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise UserError(f"{where}: {key}[{i}] must be an object with role and content (or from and value)")
+        _, role = _first(turn, ("role", "from"))
+        _, text = _first(turn, ("content", "value"))
+        out.append((str(role or "").lower(), "" if text is None else str(text)))
+    return out
+
+
+def _from_turns(turns: list[tuple[str, str]]) -> tuple[Optional[str], Optional[str]]:
+    """(the last user turn's text, the assistant turn after it) of a chat-style row."""
+    users = [i for i, (role, _) in enumerate(turns) if role in USER_ROLES]
+    if not users:
+        return None, None
+    last = users[-1]
+    after = [text for role, text in turns[last + 1:] if role in ASSISTANT_ROLES]
+    return turns[last][1], (after[0] if after else None)
 
 
 def _parse_passage(raw: Any, where: str) -> Passage:
@@ -78,7 +114,7 @@ def _parse_passage(raw: Any, where: str) -> Passage:
     if not title and text.startswith('"') and '"\n' in text:  # FlashRAG "contents": '"Title"\ntext'
         title, text = text[1:].split('"\n', 1)
     score = raw.get("score")
-    has = raw.get("has_answer", raw.get("hasanswer"))
+    _, has = _first(raw, ("has_answer", "hasanswer"))
     return Passage(title=str(title), text=text, score=None if score is None else float(score),
                    has_answer=None if has is None else bool(has), kind=str(raw.get("kind", "")))
 
@@ -88,9 +124,13 @@ def parse_record(raw: Any, where: str) -> Record:
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     qkey, question = _first(raw, QUESTION_KEYS)
-    if not isinstance(question, str) or not question.strip():
-        raise UserError(f"{where}: record has no question (looked for {', '.join(QUESTION_KEYS)})")
     akey, answers = _first(raw, ANSWER_KEYS)
+    if qkey is None:
+        question, reply = _from_turns(_turns(raw, where))
+        answers = answers if akey is not None else ([reply] if reply else None)
+    if not isinstance(question, str) or not question.strip():
+        raise UserError(f"{where}: record has no question (looked for {', '.join(QUESTION_KEYS)}, or a user turn "
+                        f"in {' / '.join(MESSAGES_KEYS)})")
     if isinstance(answers, str):
         try:  # PopQA stores possible_answers as a JSON string
             decoded = json.loads(answers)
@@ -116,24 +156,16 @@ def parse_record(raw: Any, where: str) -> Record:
 
 
 def read_lines(path: str) -> Iterator[tuple[str, dict, Record]]:
-    """``(line, raw object, parsed record)`` for every non-empty line of a JSONL records file (any accepted
-    spelling); a missing file or a bad line raises UserError with file:line."""
-    if not os.path.isfile(path):
-        raise UserError(f"records file not found: {path}")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            yield line.rstrip("\r\n"), raw, parse_record(raw, where)
+    """``(line, raw object, parsed record)`` for every row of a records source (a JSONL, JSON or parquet file, a
+    ``datasets.save_to_disk`` folder or a Hub dataset id; ``neurorit.data_sources``), ``line`` being the row as
+    one JSON line (a JSONL file's own line); a missing source or a bad row raises UserError naming it."""
+    for where, raw, line in source_rows(path):
+        yield line, raw, parse_record(raw, where)
 
 
 def load_records(path: str, limit: int = -1) -> list[Record]:
-    """Read a JSONL file of records (at most ``limit`` when > 0). Bad lines raise UserError with file:line."""
+    """Read records from a file, folder or Hub dataset id (``read_lines``; at most ``limit`` when > 0). Bad rows
+    raise UserError naming the file and line or row."""
     out: list[Record] = []
     for _, _, record in read_lines(path):
         out.append(record)

@@ -8,7 +8,7 @@ Writes three files to the output folder (default ``runtime.output_dir``):
 - ``results.md``: readable tables — Match with its 95% interval per method x setting (plus trainable
   parameters), EM / F1, and the same Match table for world-fact and fresh-fact questions.
 - ``results.png``: grouped bars of Match per setting per method with the interval as error bars; one
-  panel for all questions and one per question kind.
+  panel for all questions and one per question kind; a cell not evaluated is marked "n/a", never a 0% bar.
 
     python -m rag.report --config configs/embedded.yaml                # reads <runtime.output_dir>/eval
     python -m rag.report --eval-dir outputs/demo/eval --out outputs/demo --methods base,neurorit
@@ -137,8 +137,25 @@ def render_markdown(results: dict, counts: Optional[dict[str, dict]] = None) -> 
     return "\n".join(out) + "\n"
 
 
-def plot(results: dict, path: str) -> str:
-    """Grouped bar chart of Match per setting per method (one panel for all questions, one per kind)."""
+MISSING = "n/a"  # what results.png writes where a method was not evaluated under a setting
+
+
+def _panel(results: dict, kind: Optional[str]) -> tuple[list[str], dict[str, list[tuple[float, Optional[dict]]]]]:
+    """(settings, {method: [(bar x, the cell's stats or None when missing)]}) of one panel of results.png."""
+    settings = _settings_of(results, kind)
+    names = list(results["methods"])
+    width = 0.8 / max(1, len(names))
+    cells = {}
+    for j, name in enumerate(names):
+        m = results["methods"][name]
+        block = m["settings"] if kind is None else m["by_kind"].get(kind, {})
+        cells[name] = [(i + (j - (len(names) - 1) / 2) * width, block.get(s)) for i, s in enumerate(settings)]
+    return settings, cells
+
+
+def figure(results: dict):
+    """The results.png figure: grouped bars of Match per setting per method (one panel for all questions, one per
+    kind), the interval as error bars; a cell that is missing gets no bar, only the mark ``MISSING``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,15 +167,16 @@ def plot(results: dict, path: str) -> str:
     width = 0.8 / max(1, len(names))
     colors = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     for ax, (kind, title) in zip(axes[0], panels):
-        settings = _settings_of(results, kind)
+        settings, cells = _panel(results, kind)
         for j, name in enumerate(names):
-            m = results["methods"][name]
-            block = m["settings"] if kind is None else m["by_kind"].get(kind, {})
-            xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(settings))]
-            vals = [block[s]["match"] if s in block else 0.0 for s in settings]
-            err = [[max(0.0, v - block[s]["match_ci95"][0]) if s in block else 0.0 for s, v in zip(settings, vals)],
-                   [max(0.0, block[s]["match_ci95"][1] - v) if s in block else 0.0 for s, v in zip(settings, vals)]]
-            ax.bar(xs, vals, width, yerr=err, capsize=2, label=name, color=colors(j % colors.N))
+            present = [(x, st) for x, st in cells[name] if st is not None]
+            vals = [st["match"] for _, st in present]
+            err = [[max(0.0, st["match"] - st["match_ci95"][0]) for _, st in present],
+                   [max(0.0, st["match_ci95"][1] - st["match"]) for _, st in present]]
+            ax.bar([x for x, _ in present], vals, width, yerr=err, capsize=2, label=name, color=colors(j % colors.N))
+            for x, st in cells[name]:
+                if st is None:
+                    ax.text(x, 0.01, MISSING, ha="center", va="bottom", rotation=90, fontsize=7, color="0.45")
         ax.set_xticks(range(len(settings)))
         ax.set_xticklabels(settings, rotation=20)
         ax.set_ylim(0, 1.05)
@@ -168,6 +186,14 @@ def plot(results: dict, path: str) -> str:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(names), 7), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
+    return fig
+
+
+def plot(results: dict, path: str) -> str:
+    """Write ``figure(results)`` to ``path`` (atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(results)
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -240,3 +240,116 @@ def test_chat_user_turn_ends_with_the_question():
         assert _kinds(b)[kind].text().endswith("Reply YES or NO."), kind
     plain = PromptBuilder("paper")
     assert plain.two_step(Q, DOCS).text().endswith("Evidence:") and plain.mining(Q, "x", None).text().endswith("Reply:")
+
+
+# ------------------------------------------------------------------ a fixed date (Llama-3.1's strftime_now)
+LLAMA31_TEMPLATE = (  # the shape of Llama-3.1/3.2/3.3's template: today's date in the system header
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = '26 Jul 2024' %}"
+    "{%- endif %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n' }}"
+    "{{- 'Today Date: ' + date_string + '\n\n<|eot_id|>' }}"
+    "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
+    "message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}")
+
+
+def _freeze_clock(monkeypatch, year: int, month: int, day: int) -> None:
+    """Make the templates' ``strftime_now`` see this date (transformers reads ``datetime.now()`` at render)."""
+    import datetime as real
+    from transformers.utils import chat_template_utils
+
+    class Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(year, month, day, 12, 0, 0)
+
+    monkeypatch.setattr(chat_template_utils, "datetime", Frozen)
+
+
+def _mining_ids(b: PromptBuilder, tok) -> list[int]:
+    return encode(tok, b.mining(Q, "Plimford", DOCS[0]), 4096, with_target=False).input_ids
+
+
+def test_llama31_prompt_does_not_change_with_the_date(monkeypatch):
+    tok = llama3_tokenizer(LLAMA31_TEMPLATE)
+    seen = []
+    for date in ((2025, 1, 2), (2031, 12, 31)):
+        _freeze_clock(monkeypatch, *date)
+        raw = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+        b = prompt_builder(data_cfg(), tok)
+        seen.append((raw, b.chat.user_prefix, _mining_ids(b, tok)))
+    (raw1, prefix1, ids1), (raw2, prefix2, ids2) = seen
+    assert "02 Jan 2025" in raw1 and "31 Dec 2031" in raw2  # the clock is frozen: unfixed, the template moves
+    assert prefix1 == prefix2 and "Today Date: 26 Jul 2024" in prefix1 and ids1 == ids2
+
+
+def test_chat_date_is_a_config_key(monkeypatch):
+    _freeze_clock(monkeypatch, 2030, 5, 5)
+    cfg = SimpleNamespace(prompt_style="paper", chat_template="auto", chat_date="01 Mar 2025")
+    b = prompt_builder(cfg, llama3_tokenizer(LLAMA31_TEMPLATE))
+    assert "Today Date: 01 Mar 2025" in b.chat.user_prefix and "2030" not in b.chat.user_prefix
+
+
+def test_chat_date_default_in_config():
+    from neurorit.config import load_config
+    from neurorit.prompts import DEFAULT_CHAT_DATE
+
+    cfg = load_config(None, ["--data.chat_date", "9 Sep 2024", "--data.chat_template_file", "t.jinja"])
+    assert cfg.data.chat_date == "9 Sep 2024" and cfg.data.chat_template_file == "t.jinja"
+    assert load_config(None, []).data.chat_date == DEFAULT_CHAT_DATE
+
+
+# ------------------------------------------------------------------ data.chat_template_file
+def _file_cfg(path: str, mode: str = "auto"):
+    return SimpleNamespace(prompt_style="paper", chat_template=mode, chat_template_file=str(path))
+
+
+def test_template_file_replaces_the_tokenizers(tmp_path):
+    path = tmp_path / "llama31.jinja"
+    path.write_text(LLAMA31_TEMPLATE)
+    tok = llama3_tokenizer(template=None)
+    assert not getattr(tok, "chat_template", None)
+    for mode in ("auto", "always"):
+        b = prompt_builder(_file_cfg(path, mode), tok)
+        assert b.chat.stop_id == tok.convert_tokens_to_ids("<|eot_id|>")
+        assert b.chat.user_prefix.startswith("<|begin_of_text|><|start_header_id|>system")
+    own = llama3_tokenizer()  # a tokenizer with its own template (no system header): the file wins
+    assert "Today Date" in prompt_builder(_file_cfg(path), own).chat.user_prefix
+    assert "Today Date" not in prompt_builder(data_cfg(), own).chat.user_prefix
+
+
+def test_template_file_refusals(tmp_path):
+    tok = llama3_tokenizer(template=None)
+    with pytest.raises(UserError, match="cannot be read"):
+        prompt_builder(_file_cfg(tmp_path / "missing.jinja"), tok)
+    empty = tmp_path / "empty.jinja"
+    empty.write_text("  \n")
+    with pytest.raises(UserError, match="empty"):
+        prompt_builder(_file_cfg(empty), tok)
+    good = tmp_path / "t.jinja"
+    good.write_text(LLAMA31_TEMPLATE)
+    with pytest.raises(UserError, match="'never'"):
+        prompt_builder(_file_cfg(good, "never"), tok)
+
+
+# ------------------------------------------------------------------ the IG baseline (issue 19, faithful mining)
+def _without_span(full: list[int], span: list[int]) -> list[list[int]]:
+    """``full`` with one occurrence of ``span`` removed, for every place ``span`` occurs."""
+    n = len(span)
+    return [full[:i] + full[i + n:] for i in range(len(full) - n + 1) if full[i:i + n] == span]
+
+
+@pytest.mark.parametrize("case", ["plain", "smollm2", "llama3", "llama31"])
+def test_baseline_is_the_prompt_minus_the_passage(case):
+    tok = {"plain": smollm2_tokenizer, "smollm2": smollm2_tokenizer, "llama3": llama3_tokenizer,
+           "llama31": lambda: llama3_tokenizer(LLAMA31_TEMPLATE)}[case]()
+    b = prompt_builder(data_cfg("never" if case == "plain" else "auto"), tok)
+    assert (b.chat is None) == (case == "plain")
+    full = encode(tok, b.mining(Q, "Plimford", DOCS[0]), 4096, with_target=False).input_ids
+    base = encode(tok, b.mining(Q, "Plimford", None), 4096, with_target=False).input_ids
+    passage = tok(b.style.sep + DOCS[0].text, add_special_tokens=False)["input_ids"]
+    assert len(full) == len(base) + len(passage)
+    assert _without_span(full, passage) == [base]  # the only difference: the passage (and its separator)
+    assert "derived from the passage" in tok.decode(base)  # the same instruction, not another question

@@ -133,7 +133,7 @@ def _tiny_chat_model(path: str):
     tok.save_pretrained(path)
 
 
-def test_probe_labels_and_caches(tmp_path, monkeypatch):
+def test_probe_labels_and_caches(tmp_path, monkeypatch, capfd):
     import benchmarks.english.benchmark as bench
 
     model = tmp_path / "model"
@@ -141,6 +141,9 @@ def test_probe_labels_and_caches(tmp_path, monkeypatch):
     facts = real_facts()[:6]
     cache = tmp_path / "probe_cache.json"
     labels = probe_known(str(model), facts, str(cache), batch_size=8)
+    prompts = sum(len(bench.probe_prompts(f)) for f in facts)
+    err = capfd.readouterr().err  # the progress bar of the probe, finished
+    assert "closed-book probe: 100%" in err and f"{prompts}/{prompts} [" in err
     assert set(labels) == {fact_key(f) for f in facts} and cache.is_file()
     stored = json.loads(cache.read_text())
     assert all(len(v["outputs"]) == 1 and isinstance(v["known"], bool) for v in stored["facts"].values())

@@ -15,7 +15,7 @@ def test_kinds_compact():
     b = PromptBuilder("compact")
     q = f"{NAMES[0]} color ?"
     assert b.mining(q, "red", DOCS[0]).text() == f"verify doc : {DOCS[0].text} question : {q} proposed : red reply :"
-    assert b.mining(q, "red", None).text() == f"verify question : {q} proposed : red reply :"
+    assert b.mining(q, "red", None).text() == f"verify doc : question : {q} proposed : red reply :"
     s1 = b.stage1(q, DOCS[:2])
     assert s1.text().startswith("filter doc :") and s1.target == ""
     assert b.stage2(q, DOCS, "").target == "none ."
@@ -56,3 +56,16 @@ def test_truncation_keeps_question_and_target(max_len):
 def test_too_long_fixed_part_is_an_error():
     with pytest.raises(ValueError, match="max_length 5"):
         encode(TOK, PromptBuilder("compact").stage2("a color ?", DOCS, "b color red ."), 5)
+
+
+def test_compact_baseline_differs_by_the_passage_tokens_only():
+    """The IG baseline is the attributed prompt minus the passage (issue 19): with the embedded word-level
+    tokenizer, removing the passage's tokens from the attributed prompt gives the baseline exactly."""
+    b = PromptBuilder("compact")
+    q = f"{NAMES[0]} color ?"
+    full = encode(TOK, b.mining(q, "red", DOCS[0]), 512, with_target=False, add_eos=False).input_ids
+    base = encode(TOK, b.mining(q, "red", None), 512, with_target=False, add_eos=False).input_ids
+    passage = TOK(" " + DOCS[0].text, add_special_tokens=False)["input_ids"]
+    cut = len(TOK("verify doc :", add_special_tokens=False)["input_ids"]) + 1  # + BOS
+    assert full[:cut] + full[cut + len(passage):] == base and full[cut:cut + len(passage)] == passage
+    assert TOK.unk_token_id not in base

@@ -1,9 +1,15 @@
 """DeepSpeed checkpoints for resume: ``<stage output>/checkpoints/step<N>/`` plus DeepSpeed's ``latest`` file.
 
 Client state: step, consumed samples, every rank's RNG states (python, torch, CUDA), the world size and the
-identity a resume must match (stage, method, neuron-map hash, ``init_from``, ``runtime.seed``). A resume on
-another world size is refused with a plain reason (ZeRO shards, RNG streams and the data split are per world
-size).
+identity a resume must match (stage, method, neuron-map hash, ``init_from``, ``runtime.seed``).
+
+Another world size. ZeRO shards are per world size, but the data order is not (``train.data.StepPlan`` splits each
+global batch over whatever ranks there are). A checkpoint taken on N ranks resumes on M through DeepSpeed's
+universal checkpoint: rank 0 converts the tag folder once into ``<tag>/universal/`` (``dist.to_universal``, written
+beside and renamed into place), every rank then loads that with ``TrainEngine.load(..., universal=True)``; rank r
+takes the RNG state of old rank ``r mod N``. Measured (tiny Llama, ZeRO-3, CPU; tests/test_resume_other_world.py):
+1 rank -> 2 -> 1 gives the losses and export of the uninterrupted run (equal to 1e-5 relative, the test's bound). Where ``neurorit.dist`` lacks
+``to_universal`` the resume is refused with one line, as before.
 Frozen parameters are left out (they are the stage's ``init_from`` weights, loaded again on resume), so a
 neuron-level checkpoint of a 70B model holds only the deltas, the trainable FFNs and their optimizer state.
 Rank 0 also writes ``trainer_state.json`` (the same minus RNG) inside the tag folder, so that a checkpoint taken
@@ -19,6 +25,10 @@ so). A checkpoint that is damaged otherwise (a file of the manifest missing or o
 ``trainer_state.json`` or manifest, ``latest`` naming a folder that is not there) is refused with one line naming
 the file. A full disk while saving stops with one line; the checkpoints already written stay as they were.
 The checkpoint folder must be shared by the ranks (rank 0 writes the manifest of everyone's files).
+
+Rotation (``stage<N>.keep_last``). After a complete save, rank 0 deletes the complete checkpoints beyond the
+newest ``keep_last`` and the interrupted ones older than the newest complete one; never the one just saved, nor
+the one this run resumed from. ``keep_last`` must be >= 1 (None keeps every checkpoint).
 """
 from __future__ import annotations
 
@@ -26,8 +36,9 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -68,10 +79,47 @@ def _listing(tag_dir: str) -> dict:
     return out
 
 
+def check_keep_last(keep_last: Optional[int], key: str = "stageN.keep_last") -> Optional[int]:
+    """``keep_last`` as given, or a one-line UserError when it is not >= 1 (None = keep every checkpoint)."""
+    if keep_last is not None and keep_last < 1:
+        raise UserError(f"config key '{key}' must be >= 1 (the newest checkpoints kept; leave it unset to keep "
+                        f"all), got {keep_last}")
+    return keep_last
+
+
+def rotate(ckpt_dir: str, keep_last: Optional[int], protect: Sequence[str] = ()) -> list[str]:
+    """Delete the complete checkpoints beyond the newest ``keep_last`` and the interrupted ones older than the
+    newest complete one, sparing the folders in ``protect``; returns the deleted folders. Not collective: rank 0
+    calls it (``save`` does)."""
+    if keep_last is None or not os.path.isdir(ckpt_dir):
+        return []
+    spared = {os.path.realpath(p) for p in protect if p}
+    tags = sorted((n for n in os.listdir(ckpt_dir) if TAG.match(n)), key=_step_of, reverse=True)
+    complete = [n for n in tags if os.path.isfile(os.path.join(ckpt_dir, n, MANIFEST))]
+    if not complete:
+        return []
+    newest = _step_of(complete[0])
+    doomed = complete[keep_last:] + [n for n in tags if n not in complete and _step_of(n) < newest]
+    deleted = []
+    for name in sorted(doomed, key=_step_of):
+        path = os.path.join(ckpt_dir, name)
+        if os.path.realpath(path) in spared:
+            continue
+        try:
+            shutil.rmtree(path)
+            deleted.append(path)
+        except OSError as err:  # a checkpoint that cannot be deleted stays; the run goes on
+            _note(f"could not delete old checkpoint {path} ({err}); delete it by hand")
+    return deleted
+
+
 def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity: dict,
-         last_loss: Optional[float] = None) -> None:
+         last_loss: Optional[float] = None, keep_last: Optional[int] = None,
+         resumed_from: Optional[str] = None) -> None:
     """Collective: every rank calls it. ``identity`` = what a resume must match (neuron-map hash, method);
-    ``last_loss`` (the step's reduced loss) lets a run resumed at its final step report it."""
+    ``last_loss`` (the step's reduced loss) lets a run resumed at its final step report it. With ``keep_last``,
+    rank 0 then rotates (``rotate``), sparing the new checkpoint and ``resumed_from``."""
+    check_keep_last(keep_last)
     tag = f"step{step}"
     tag_dir = os.path.join(ckpt_dir, tag)
     previous = _newest_complete(ckpt_dir)
@@ -116,6 +164,8 @@ def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity:
     error = dist.broadcast_object(error)
     if error is not None:
         raise UserError(error)
+    if dist.is_main():
+        rotate(ckpt_dir, keep_last, protect=(tag_dir, resumed_from or ""))
     dist.barrier()
 
 
@@ -232,17 +282,54 @@ def load(engine: TrainEngine, tag_dir: str, identity: dict) -> dict:
             raise UserError(f"checkpoint {tag_dir} was taken with {key} = {saved.get(key)!r}, this run has "
                             f"{value!r}; use the matching neuron map / method, another output_dir, or --resume never")
     taken_on = saved.get("world_size", dist.world_size())
-    if taken_on != dist.world_size():  # ZeRO shards, per-rank RNG streams and the data split are per world size
+    resharded = taken_on != dist.world_size()
+    if resharded and not hasattr(dist, "to_universal"):  # ZeRO shards are per world size
         raise UserError(f"checkpoint {tag_dir} was taken on {taken_on} ranks and this run has {dist.world_size()}: "
-                        f"a resume cannot restore its optimizer shards, RNG streams and data order on another "
-                        f"world size; resume on {taken_on} ranks, or start over with --resume never")
-    try:
-        client = engine.load(os.path.dirname(tag_dir), os.path.basename(tag_dir))  # frozen weights: from init_from
+                        f"a resume cannot restore its optimizer shards on another world size; resume on "
+                        f"{taken_on} ranks, or start over with --resume never")
+    try:  # frozen weights: from init_from
+        if resharded:
+            client = engine.load(universal(tag_dir), UNIVERSAL_TAG, universal=True)
+        else:
+            client = engine.load(os.path.dirname(tag_dir), os.path.basename(tag_dir))
+    except UserError:
+        raise
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise UserError(f"checkpoint {tag_dir}: DeepSpeed could not load it ({type(err).__name__}: {first}); use "
                         f"--resume with an earlier step folder, or --resume never") from err
     if client is None:
         raise UserError(f"DeepSpeed could not load checkpoint {tag_dir}")
-    _set_rng_state(client["rng"][dist.rank()])
+    rngs = client["rng"]
+    _set_rng_state(rngs[dist.rank() % len(rngs)])  # another world size: old rank r mod N
+    if resharded and dist.is_main():
+        _note(f"checkpoint {tag_dir} was taken on {taken_on} ranks; resumed on {dist.world_size()} through its "
+              f"universal form {os.path.join(tag_dir, UNIVERSAL_TAG)}")
     return client
+
+
+UNIVERSAL_TAG = "universal"
+
+
+def universal(tag_dir: str) -> str:
+    """Collective. Make sure ``<tag_dir>/universal/`` holds DeepSpeed's universal form of the checkpoint (rank 0
+    converts it once, into a temp folder renamed into place; a conversion that fails is one line on every rank);
+    returns ``tag_dir``, the load folder whose tag ``universal`` it is."""
+    target = os.path.join(tag_dir, UNIVERSAL_TAG)
+    error = None
+    if dist.is_main() and not os.path.isdir(target):
+        partial = os.path.join(tag_dir, f".{UNIVERSAL_TAG}.partial.{os.getpid()}")
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            dist.to_universal(tag_dir, partial)
+            os.replace(partial, target)
+        except Exception as err:  # DeepSpeed's converter raises many kinds; a full disk among them
+            shutil.rmtree(partial, ignore_errors=True)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            error = (f"checkpoint {tag_dir}: converting it for another world size failed ({type(err).__name__}: "
+                     f"{first}); resume on the ranks it was taken on, or --resume never")
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
+    dist.barrier()
+    return tag_dir

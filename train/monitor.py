@@ -1,34 +1,81 @@
-"""Training monitor: TensorBoard scalars and a tqdm bar with ETA, on rank 0 only (other ranks get no-ops).
+"""Training monitor on rank 0 (other ranks get no-ops): trackers (``runtime.report_to``: TensorBoard by default,
+Weights & Biases, MLflow; ``neurorit.trackers``), and progress as a tqdm bar on a terminal or, when stdout is not
+a terminal (a SLURM ``.out`` file, a pipe), one plain line per logged step:
+``stage1 step 20/500 | loss 0.4821 | lr 1.00e-05 | grad_norm 0.731 | tokens/s 1893 | elapsed 0:01:04 | eta 0:25:36``.
 
 Scalars (tags): ``train/loss``, ``train/lr``, ``train/grad_norm``, ``train/tokens_per_s``,
 ``train/trainable_params`` (at step 0) and ``dev/loss``. One run directory per stage (``<stage output>/tb``); a run
-resumed after step N purges the events an interrupted run logged after N, so no curve holds a step twice.
+resumed after step N purges the TensorBoard events an interrupted run logged after N (and continues its wandb /
+MLflow run), so no curve holds a step twice. The resolved config, when given, is logged once to every tracker.
 """
 from __future__ import annotations
 
-from typing import Optional
+import sys
+import time
+from datetime import timedelta
+from typing import Optional, Sequence, TextIO
 
 from neurorit import dist
+from neurorit.trackers import check_trackers, open_trackers
+
+SHORT = {"train/loss": "loss", "train/lr": "lr", "train/grad_norm": "grad_norm", "train/tokens_per_s": "tokens/s",
+         "dev/loss": "dev_loss"}  # the plain line's names, in its order
+LINE_TAGS = ("train/loss", "dev/loss")  # scalars that make a plain line (not the step-0 parameter count)
+
+
+def _number(tag: str, value: float) -> str:
+    if tag == "train/lr":
+        return f"{value:.2e}"
+    if tag == "train/tokens_per_s":
+        return f"{value:.0f}"
+    return f"{value:.4f}" if tag.endswith("loss") else f"{value:.3g}"
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=int(max(0.0, seconds))))
 
 
 class Monitor:
-    def __init__(self, log_dir: str, total_steps: int, start_step: int, desc: str):
-        self.writer = None
+    def __init__(self, log_dir: str, total_steps: int, start_step: int, desc: str,
+                 report_to: Sequence[str] | str = ("tensorboard",), config: Optional[dict] = None,
+                 project: str = "neuro-rit", run_name: str = "", plain: Optional[bool] = None,
+                 stream: Optional[TextIO] = None):
+        """``plain``: one line per logged step instead of a bar (default: when ``stream``, stdout by default, is
+        not a terminal). ``report_to`` is checked on every rank, so a missing tracker library stops all alike."""
+        check_trackers(report_to)
+        self.trackers = []
         self.bar = None
+        self.total, self.start, self.desc = total_steps, start_step, desc
+        self.stream = stream if stream is not None else sys.stdout
+        self.plain = (not getattr(self.stream, "isatty", lambda: False)()) if plain is None else plain
+        self.began = time.perf_counter()
         if not dist.is_main():
             return
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
+        self.trackers = open_trackers(report_to, log_dir, start_step, project, run_name or desc, config)
+        if not self.plain:
+            from tqdm import tqdm
 
-        self.writer = SummaryWriter(log_dir=log_dir, purge_step=start_step + 1 if start_step else None)
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
 
     def scalars(self, step: int, values: dict[str, Optional[float]]) -> None:
-        if self.writer is None:
+        if not dist.is_main():
             return
-        for tag, value in values.items():
-            if value is not None:
-                self.writer.add_scalar(tag, value, step)
+        present = {tag: float(v) for tag, v in values.items() if v is not None}
+        for tracker in self.trackers:
+            tracker.log(step, present)
+        if self.plain and any(tag in present for tag in LINE_TAGS):
+            self.print(self.line(step, present))
+
+    def line(self, step: int, values: dict[str, float]) -> str:
+        """The plain progress line of ``step``: the values, elapsed time and the ETA from this run's pace."""
+        parts = [f"{self.desc} step {step}/{self.total}"]
+        parts += [f"{SHORT[tag]} {_number(tag, values[tag])}" for tag in SHORT if tag in values]
+        elapsed = time.perf_counter() - self.began
+        done = step - self.start
+        parts.append(f"elapsed {_clock(elapsed)}")
+        if done > 0:
+            parts.append(f"eta {_clock(elapsed / done * (self.total - step))}")
+        return " | ".join(parts)
 
     def advance(self, loss: float) -> None:
         if self.bar is not None:
@@ -36,10 +83,17 @@ class Monitor:
             self.bar.set_postfix(loss=f"{loss:.4f}")
 
     def print(self, message: str) -> None:
-        if dist.is_main():
-            (self.bar.write if self.bar is not None else print)(message)
+        if not dist.is_main():
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
+        if self.bar is not None:
             self.bar.close()
+            self.bar = None

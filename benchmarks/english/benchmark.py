@@ -40,6 +40,7 @@ from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.metrics import match
+from neurorit.prompts import DEFAULT_CHAT_DATE
 from neurorit.records import Passage, Record, passage_has_answer, write_records
 
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
@@ -294,14 +295,25 @@ def probe_prompts(fact: RealFact) -> list[str]:
 
 
 def probe_known(model_path: str, facts: list[RealFact], cache_path: str, chat_mode: str = "auto",
-                batch_size: int = 32, threads: int = 0) -> dict[str, bool]:
+                batch_size: int = 32, threads: int = 0, template_file: str = "",
+                chat_date: str = DEFAULT_CHAT_DATE) -> dict[str, bool]:
     """Closed-book probe: ``{fact_key: known}``; known = the greedy answer is right under every ``PROBES``
-    phrasing of the relation (not the benchmark's question). Cached per model and phrasing."""
+    phrasing of the relation (not the benchmark's question). Cached per model and phrasing. ``model_path`` may be
+    a Hub id (``model_patches.loading.resolve_model``)."""
+    from model_patches.loading import resolve_model
+
+    try:
+        model_path = resolve_model(model_path).path
+    except UserError as err:
+        raise UserError(f"the closed-book probe needs the base model at {model_path} (model.path): run "
+                        f"`make real-model` first, or pass --no-probe to build without known/unknown labels "
+                        f"({err})") from None
     if not os.path.isdir(model_path):
         raise UserError(f"the closed-book probe needs the base model at {model_path} (model.path): run "
                         f"`make real-model` first, or pass --no-probe to build without known/unknown labels")
     fingerprint = _model_fingerprint(model_path)
-    spec = hashlib.sha256(json.dumps([PROBES, PROBE_MAX_NEW_TOKENS, chat_mode]).encode()).hexdigest()[:12]
+    chat = [chat_mode] if not template_file and chat_date == DEFAULT_CHAT_DATE else [chat_mode, template_file, chat_date]
+    spec = hashlib.sha256(json.dumps([PROBES, PROBE_MAX_NEW_TOKENS, *chat]).encode()).hexdigest()[:12]
     cache: dict = {}
     if os.path.isfile(cache_path):
         try:
@@ -314,7 +326,7 @@ def probe_known(model_path: str, facts: list[RealFact], cache_path: str, chat_mo
     todo = [f for f in facts if fact_key(f) not in cache["facts"]]
     if todo:
         texts = [t for f in todo for t in probe_prompts(f)]
-        outputs = iter(_run_probe(model_path, texts, chat_mode, batch_size, threads))
+        outputs = iter(_run_probe(model_path, texts, chat_mode, batch_size, threads, template_file, chat_date))
         for f in todo:
             outs = [next(outputs) for _ in probe_prompts(f)]
             right = [bool(match(o, [f.value])) for o in outs]
@@ -324,8 +336,10 @@ def probe_known(model_path: str, facts: list[RealFact], cache_path: str, chat_mo
     return {k: bool(v["known"]) for k, v in cache["facts"].items()}
 
 
-def _run_probe(model_path: str, texts: list[str], chat_mode: str, batch_size: int, threads: int) -> list[str]:
+def _run_probe(model_path: str, texts: list[str], chat_mode: str, batch_size: int, threads: int,
+               template_file: str = "", chat_date: str = DEFAULT_CHAT_DATE) -> list[str]:
     import torch
+    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from neurorit.prompts import chat_format
@@ -335,7 +349,7 @@ def _run_probe(model_path: str, texts: list[str], chat_mode: str, batch_size: in
         torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    chat = chat_format(chat_mode, tok)
+    chat = chat_format(chat_mode, tok, template_file, chat_date)
     if chat is not None:
         prompts = [tok(chat.user_prefix + t + chat.user_suffix, add_special_tokens=False)["input_ids"] for t in texts]
         stop = [chat.stop_id]
@@ -344,7 +358,9 @@ def _run_probe(model_path: str, texts: list[str], chat_mode: str, batch_size: in
         stop = []
     eos = eos_ids_of(model, tok, stop)
     print(f"closed-book probe of {model_path}: {len(texts)} prompts", file=sys.stderr, flush=True)
-    out = generate_all(model, prompts, PROBE_MAX_NEW_TOKENS, batch_size, eos, pad_id_of(tok, eos))
+    with tqdm(total=len(prompts), desc="closed-book probe", unit="prompt", file=sys.stderr) as bar:
+        out = generate_all(model, prompts, PROBE_MAX_NEW_TOKENS, batch_size, eos, pad_id_of(tok, eos),
+                           progress=bar.update)
     return [tok.decode(out[i], skip_special_tokens=True).strip() for i in range(len(texts))]
 
 
@@ -355,7 +371,8 @@ def write_benchmark(cfg: ExperimentConfig, probe: bool = True) -> dict[str, str]
     if probe:
         cache = os.path.join(os.path.dirname(os.path.abspath(paths["train"])), "probe_cache.json")
         labels = probe_known(cfg.model.path, real_facts(), cache, cfg.data.chat_template,
-                             threads=cfg.runtime.torch_threads)
+                             threads=cfg.runtime.torch_threads, template_file=cfg.data.chat_template_file,
+                             chat_date=cfg.data.chat_date)
     splits = build_benchmark(cfg.data.benchmark_seed, cfg.data.benchmark_questions, labels)
     for split, path in paths.items():
         write_records(splits[split], path)
