@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from typing import Optional, Sequence
+from typing import Optional
 
 import yaml
 
@@ -28,13 +28,12 @@ def _is_hub_id(name: str) -> bool:
 
 def card_facts(base_model: str, method: str, stage: str, trainable_params: int,
                base_revision: Optional[str] = None, neuron_map_hash: Optional[str] = None,
-               data: Optional[dict] = None, command: Optional[Sequence[str]] = None,
-               extra: Optional[dict] = None) -> dict:
-    """The ``neurorit`` block of the card (``command`` defaults to this process's command line)."""
-    argv = list(command) if command is not None else [os.path.basename(sys.executable)] + sys.argv
+               data: Optional[dict] = None) -> dict:
+    """The ``neurorit`` block of the card; the command is this process's command line."""
+    argv = [os.path.basename(sys.executable)] + sys.argv
     return {"base_model": base_model, "base_model_revision": base_revision, "stage": stage, "method": method,
             "neuron_map_hash": neuron_map_hash, "trainable_params": int(trainable_params),
-            "data": dict(data or {}), "command": " ".join(shlex.quote(a) for a in argv), **(extra or {})}
+            "data": dict(data or {}), "command": " ".join(shlex.quote(a) for a in argv)}
 
 
 def render_model_card(facts: dict) -> str:

@@ -19,6 +19,7 @@ import yaml
 from neurorit import methods
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text
+from neurorit.trackers import check_trackers
 
 @dataclass
 class ModelConfig:
@@ -267,11 +268,18 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             raise UserError(f"config key '{name}.lr' must be > 0, got {st.lr}")
         if st.batch_size <= 0 or st.micro_batch_size <= 0:
             raise UserError(f"config keys '{name}.batch_size' and '{name}.micro_batch_size' must be > 0")
+        if st.epochs <= 0 or st.max_steps == 0:
+            raise UserError(f"config keys '{name}.epochs' (> 0) and '{name}.max_steps' (> 0, or -1 for no cap): got "
+                            f"{st.epochs} and {st.max_steps}; a stage that trains no step would export its input")
+        if st.keep_last is not None and st.keep_last < 1:
+            raise UserError(f"config key '{name}.keep_last' must be >= 1 (the newest checkpoints kept; leave it unset "
+                            f"to keep all), got {st.keep_last}")
         if not 0 <= st.warmup_ratio < 1:
             raise UserError(f"config key '{name}.warmup_ratio' must be in [0, 1), got {st.warmup_ratio}")
         if st.method not in methods.stage_methods(name):
             raise UserError(f"config key '{name}.method': {st.method!r} is not allowed; use one of "
                             f"{', '.join(methods.stage_methods(name))}")
+    check_trackers(cfg.runtime.report_to)
     for s in cfg.eval.settings:
         if s not in EVAL_SETTINGS:
             raise UserError(f"config key 'eval.settings': {s!r} is not allowed; use any of {', '.join(EVAL_SETTINGS)}")

@@ -37,11 +37,12 @@ if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag
 
 
 from model_patches import load_tokenizer
+from model_patches.model_card import trainable_params_of
 from neurorit import dist, runtime
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from neurorit.run_layout import EvalFiles, RunLayout, eval_files, trained_params
+from neurorit.run_layout import EvalFiles, RunLayout, eval_files, read_summary, trained_params
 from neurorit.methods import REPORT_ORDER
 from neurorit import metrics
 from rag.backends import as_backend, generate_resumably, load_backend
@@ -207,6 +208,14 @@ def print_table(name: str, summary: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- entry
+def trainable_count(model_path: str) -> int:
+    """The trainable parameters behind a checkpoint: the ``train_summary.json`` files of its stages when they are
+    beside it, else what its model card records (an export copied elsewhere), else 0 (a base model)."""
+    if read_summary(model_path) is not None:
+        return trained_params(model_path)
+    return trainable_params_of(model_path) or 0 if os.path.isdir(model_path) else 0
+
+
 def _extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="", help="checkpoint folder to evaluate (default: model.path)")
     parser.add_argument("--name", required=True,
@@ -241,7 +250,7 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
         log.info("%s backend ready in %.2f s", backend.name, time.perf_counter() - started)
     summary, predictions = evaluate_model(backend, tokenizer, records, cfg, show_progress=not args.no_progress,
                                           store=files.partial, model_path=model_path)
-    trainable = trained_params(model_path) if args.trainable_params is None else args.trainable_params
+    trainable = args.trainable_params if args.trainable_params is not None else trainable_count(model_path)
     result = {"name": args.name, "model": model_path, "trainable_params": int(trainable),
               "instruction": cfg.eval.instruction, "prompt_style": cfg.data.prompt_style,
               "test_file": cfg.data.test_file, "num_questions": len(records), "world_size": dist.world_size(),

@@ -54,6 +54,7 @@ if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag
 
 
 from model_patches import load_tokenizer
+from model_patches.loading import resolve_model
 from neurorit import dist, runtime
 from neurorit.config import ExperimentConfig, parse_args
 from neurorit.errors import UserError, main_guard
@@ -78,10 +79,13 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 # ------------------------------------------------------------------------------------------------ the teacher
 def check_teacher(path: str) -> str:
-    """The teacher's checkpoint folder, or a one-line UserError when there is none there."""
+    """The teacher's checkpoint folder (a Hub id resolved through the Hub cache), or a one-line UserError when there
+    is none."""
     if not path:
-        raise UserError("no teacher model: pass --teacher PATH (a local Hugging Face checkpoint folder) or set "
+        raise UserError("no teacher model: pass --teacher PATH (a Hugging Face checkpoint folder or Hub id) or set "
                         "evidence.teacher")
+    if not os.path.isdir(path) and not os.path.exists(path):
+        path = resolve_model(path).path  # a Hub id, or a one-line error naming it
     if not os.path.isdir(path):
         raise UserError(f"teacher model not found: {path} is not a folder (expected a local Hugging Face "
                         f"checkpoint with config.json)")
@@ -168,7 +172,7 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
     """Fill the evidence of ``in_path``'s records with ``teacher`` into ``out_path`` (see the module doc).
     Collective; every rank returns the summary after rank 0 wrote the file."""
     ev = cfg.evidence
-    check_teacher(teacher)
+    teacher = check_teacher(teacher)
     rows = read_rows(in_path)
     runtime.start(cfg.runtime, local_rank)
     num_docs = ev.num_docs or cfg.stage2.num_docs

@@ -26,6 +26,7 @@ from neurorit import methods
 from neurorit.config import load_config
 from neurorit.errors import UserError, main_guard
 from neurorit.runtime import PINNED_KERNELS
+from model_patches.loading import resolve_model
 from neurorit.run_layout import RunLayout, StageFiles, eval_files, trained_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,8 +114,10 @@ class Pipeline:
         if cfg.data.benchmark == "embedded":
             self.step("base model", os.path.join(cfg.model.path, "training_history.json"),
                       [PY, "scripts/train_base_model.py", "--config", self.config, "--out", cfg.model.path])
-        elif not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
+        elif os.path.isdir(cfg.model.path) and not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
             raise UserError(f"model.path {cfg.model.path} holds no model (for configs/smollm2.yaml: make real-model)")
+        elif not os.path.exists(cfg.model.path):
+            resolve_model(cfg.model.path)  # a Hub id through the Hub cache, or one line saying why not
         mining = self.layout.mining
         self.step("mine", mining.summary, launch(self.ranks, "attribution/mine.py", self.args()))
         print(open(mining.summary).read(), flush=True)

@@ -23,7 +23,8 @@ class FileEngine:
 
 
 def _save(ckpt_dir, step: int, **kw) -> None:
-    checkpoint.save(FileEngine(), str(ckpt_dir), step, step * 4, {"stage": "stage1"}, 0.5, **kw)
+    progress = {"step": step, "consumed_samples": step * 4, "last_loss": 0.5}
+    checkpoint.save(FileEngine(), str(ckpt_dir), progress, {"stage": "stage1"}, **kw)
 
 
 def _steps(ckpt_dir) -> list[int]:
@@ -68,7 +69,7 @@ def test_keep_last_below_one_is_refused(tmp_path, value):
     assert "keep_last" in str(err.value) and "\n" not in str(err.value)
     assert not os.listdir(tmp_path)  # refused before anything was written
     with pytest.raises(UserError, match="'stage2.keep_last' must be >= 1"):
-        checkpoint.check_keep_last(value, "stage2.keep_last")
+        load_config(None, ["--stage2.keep_last", str(value)])  # refused when the config is read
 
 
 def test_keep_last_config_key():

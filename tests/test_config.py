@@ -68,3 +68,11 @@ def test_entry_point_prints_one_line_not_a_traceback(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: config key 'stage1.lr': expected a number, got 'oops'"
+
+
+@pytest.mark.parametrize("override", [["--stage1.epochs", "0"], ["--stage2.max_steps", "0"],
+                                      ["--stage1.epochs", "-1"], ["--runtime.report_to", "tensorbord"]])
+def test_a_run_that_would_train_nothing_or_log_nowhere_is_refused_in_one_line(override):
+    with pytest.raises(UserError) as err:
+        load_config(None, override)
+    assert "\n" not in str(err.value) and override[0].lstrip("-").split(".")[-1] in str(err.value)

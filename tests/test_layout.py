@@ -69,3 +69,14 @@ def test_cli_prints_the_paths_shell_scripts_need(tmp_path):
     first = write_stage(str(tmp_path / "stage1"), 3, "base")
     write_stage(str(tmp_path / "stage2"), 4, first)
     assert cli("trained-params", str(tmp_path / "stage2" / "export")) == "7"
+
+
+def test_an_export_copied_away_from_its_run_keeps_its_count_in_its_model_card(tmp_path):
+    from model_patches.model_card import write_model_card
+
+    copied = tmp_path / "shared" / "my-export"
+    copied.mkdir(parents=True)
+    write_model_card(str(copied), base_model="base", method="neurorit", stage="stage2", trainable_params=2100)
+    assert evaluate.trainable_count(str(copied)) == 2100  # no train_summary.json beside it
+    export = write_stage(str(tmp_path / "run" / "stage2"), 7, "base")
+    assert evaluate.trainable_count(export) == 7 and evaluate.trainable_count(str(tmp_path / "base")) == 0

@@ -3,6 +3,8 @@ with the facts a user needs (base model and revision, method, neuron map hash, d
 command), read back by ``read_model_card`` / ``trainable_params_of``; the export still loads on its own."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 from transformers import AutoModelForCausalLM
 
@@ -11,8 +13,8 @@ from neurorit.errors import UserError
 
 FACTS = dict(base_model="meta-llama/Llama-3.1-8B-Instruct", base_revision="0e9e39f249a16976918f6564b8830bc894c89659",
              method="neurorit", stage="stage2", trainable_params=73_728, neuron_map_hash="ab12cd34",
-             data={"train_file": "data/train.parquet"},
-             command=["deepspeed", "--num_gpus", "8", "train/stage2.py", "--config", "my config.yaml"])
+             data={"train_file": "data/train.parquet"})
+COMMAND = ["deepspeed", "--num_gpus", "8", "train/stage2.py", "--config", "my config.yaml"]
 
 
 @pytest.fixture
@@ -22,7 +24,9 @@ def export(tmp_path, tiny_model):
     return folder
 
 
-def test_card_facts_read_back(export):
+def test_card_facts_read_back(export, monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/venv/bin/deepspeed")
+    monkeypatch.setattr(sys, "argv", COMMAND[1:])  # the card records the command that made the export
     path = write_model_card(str(export), **FACTS)
     facts = read_model_card(str(export))
     assert facts["base_model"] == FACTS["base_model"] and facts["base_model_revision"] == FACTS["base_revision"]

@@ -8,6 +8,7 @@ import glob
 import io
 import json
 import os
+import time
 
 import pytest
 
@@ -15,15 +16,15 @@ from neurorit import dist
 from neurorit.config import load_config
 from neurorit.errors import UserError
 from train import monitor as monitor_mod
-from train.monitor import Monitor
+from train.monitor import Monitor, Tracking
 
 CONFIG = {"stage1": {"lr": 1e-5, "method": "neurorit"}, "runtime": {"report_to": ["tensorboard"]}}
 LOSSES = [0.9, 0.7, 0.5]
 
 
 def _run(log_dir: str, report_to, start: int = 0, steps=LOSSES, close: bool = True, **kw) -> Monitor:
-    mon = Monitor(str(log_dir), total_steps=10, start_step=start, desc="stage1", report_to=report_to,
-                  config=CONFIG, plain=True, stream=io.StringIO(), **kw)
+    mon = Monitor(str(log_dir), total_steps=10, start_step=start, desc="stage1",
+                  tracking=Tracking(report_to, CONFIG, **kw), plain=True, stream=io.StringIO())
     for i, loss in enumerate(steps, start=start + 1):
         mon.scalars(i, {"train/loss": loss, "train/lr": 1e-5, "train/grad_norm": None})
     if close:
@@ -76,10 +77,21 @@ def _wandb_records(log_dir, run_id: str):
             yield record
 
 
+def _finished_records(log_dir, run_id: str, wait: float = 60.0) -> list:
+    """The run's records once its exit record is on disk: wandb's service process may still be writing the log
+    when ``finish`` has returned in the training process."""
+    deadline = time.monotonic() + wait
+    while True:
+        records = list(_wandb_records(log_dir, run_id))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def _wandb_history(log_dir, run_id: str) -> tuple[list, dict]:
     """([(step, train/loss)], {config key: value}) as the offline run recorded them."""
     losses, config = [], {}
-    for record in _wandb_records(log_dir, run_id):
+    for record in _finished_records(log_dir, run_id):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
@@ -146,7 +158,7 @@ def test_missing_or_unknown_tracker_is_one_line(tmp_path, monkeypatch, value, ne
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(UserError) as err:
-        Monitor(str(tmp_path), 10, 0, "stage1", report_to=value, plain=True, stream=io.StringIO())
+        Monitor(str(tmp_path), 10, 0, "stage1", Tracking(value), plain=True, stream=io.StringIO())
     assert needle in str(err.value) and "\n" not in str(err.value)
     assert not os.listdir(tmp_path)  # refused before anything was opened
 
@@ -154,7 +166,7 @@ def test_missing_or_unknown_tracker_is_one_line(tmp_path, monkeypatch, value, ne
 def test_report_to_config_key():
     assert load_config(None, []).runtime.report_to == ["tensorboard"]
     assert load_config(None, ["--runtime.report_to", "tensorboard,wandb"]).runtime.report_to == ["tensorboard", "wandb"]
-    assert Monitor.__init__.__defaults__[0] == ("tensorboard",)
+    assert Tracking().report_to == ("tensorboard",)
 
 
 # ---------------------------------------------------------------------------------------- the plain line
@@ -162,7 +174,7 @@ def test_plain_line_when_stdout_is_not_a_terminal(tmp_path, monkeypatch):
     clock = iter([100.0, 160.0, 220.0])  # construction, then one call per logged step
     monkeypatch.setattr(monitor_mod.time, "perf_counter", lambda: next(clock))
     out = io.StringIO()
-    mon = Monitor(str(tmp_path), total_steps=10, start_step=4, desc="stage2", report_to="none", stream=out)
+    mon = Monitor(str(tmp_path), total_steps=10, start_step=4, desc="stage2", tracking=Tracking("none"), stream=out)
     assert mon.plain and mon.bar is None
     mon.scalars(5, {"train/loss": 0.25, "train/lr": 2e-5, "train/grad_norm": 0.5, "train/tokens_per_s": 1234.4})
     mon.scalars(0, {"train/trainable_params": 99})  # no line: not a training step's numbers
@@ -182,7 +194,7 @@ class _Terminal(io.StringIO):
 
 def test_a_terminal_gets_the_bar_not_lines(tmp_path):
     out = _Terminal()
-    mon = Monitor(str(tmp_path), 10, 0, "stage1", report_to="none", stream=out)
+    mon = Monitor(str(tmp_path), 10, 0, "stage1", Tracking("none"), stream=out)
     assert not mon.plain and mon.bar is not None
     mon.scalars(1, {"train/loss": 0.5})
     mon.close()

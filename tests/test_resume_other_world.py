@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from tests.support.workspaces import scalars, training_workspace
 
-SCRIPT = "tests/dist_scripts/train_any_world.py"
+SCRIPT = "train/stage1.py"
 TOLERANCE = 1e-5  # relative, on each step's loss (measured: equal to the last digit)
 
 

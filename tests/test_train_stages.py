@@ -108,12 +108,7 @@ def test_resume_equals_uninterrupted_and_refuses_another_map(workspace, tmp_path
         run_stage("stage1", load_config(workspace, ["--stage1.max_steps", "4", "--runtime.seed", "1",
                                                      "--stage1.output_dir", str(tmp_path / "split")]))
     state_file = tmp_path / "split" / "checkpoints" / "step2" / "trainer_state.json"
-    text = state_file.read_text()
-    assert json.loads(text)["world_size"] == 1
-    state_file.write_text(text.replace('"world_size": 1', '"world_size": 2'))  # same size: the manifest holds
-    with pytest.raises(UserError, match="taken on 2 ranks and this run has 1"):
-        run_stage("stage1", split)
-    state_file.write_text(text)
+    assert json.loads(state_file.read_text())["world_size"] == 1  # another world size resumes: test_resume_other_world
 
     resumed = run_stage("stage1", split)
     assert resumed["step"] == 4

@@ -8,8 +8,7 @@ global batch over whatever ranks there are). A checkpoint taken on N ranks resum
 universal checkpoint: rank 0 converts the tag folder once into ``<tag>/universal/`` (``dist.to_universal``, written
 beside and renamed into place), every rank then loads that with ``TrainEngine.load(..., universal=True)``; rank r
 takes the RNG state of old rank ``r mod N``. Measured (tiny Llama, ZeRO-3, CPU; tests/test_resume_other_world.py):
-1 rank -> 2 -> 1 gives the losses and export of the uninterrupted run (equal to 1e-5 relative, the test's bound). Where ``neurorit.dist`` lacks
-``to_universal`` the resume is refused with one line, as before.
+1 rank -> 2 -> 1 gives the losses and export of the uninterrupted run (equal to 1e-5 relative, the test's bound).
 Frozen parameters are left out (they are the stage's ``init_from`` weights, loaded again on resume), so a
 neuron-level checkpoint of a 70B model holds only the deltas, the trainable FFNs and their optimizer state.
 Rank 0 also writes ``trainer_state.json`` (the same minus RNG) inside the tag folder, so that a checkpoint taken
@@ -113,21 +112,22 @@ def rotate(ckpt_dir: str, keep_last: Optional[int], protect: Sequence[str] = ())
     return deleted
 
 
-def save(engine: TrainEngine, ckpt_dir: str, step: int, consumed: int, identity: dict,
-         last_loss: Optional[float] = None, keep_last: Optional[int] = None,
+def save(engine: TrainEngine, ckpt_dir: str, progress: dict, identity: dict, keep_last: Optional[int] = None,
          resumed_from: Optional[str] = None) -> None:
-    """Collective: every rank calls it. ``identity`` = what a resume must match (neuron-map hash, method);
-    ``last_loss`` (the step's reduced loss) lets a run resumed at its final step report it. With ``keep_last``,
-    rank 0 then rotates (``rotate``), sparing the new checkpoint and ``resumed_from``."""
+    """Collective: every rank calls it. ``progress`` = ``{"step", "consumed_samples", "last_loss"}`` (the step's
+    reduced loss lets a run resumed at its final step report it); ``identity`` = what a resume must match
+    (neuron-map hash, method). With ``keep_last``, rank 0 then rotates (``rotate``), sparing the new checkpoint
+    and ``resumed_from``."""
     check_keep_last(keep_last)
+    step = progress["step"]
     tag = f"step{step}"
     tag_dir = os.path.join(ckpt_dir, tag)
     previous = _newest_complete(ckpt_dir)
     kept = (f"the previous checkpoint {previous} is kept and --resume auto takes it" if previous
             else "no earlier checkpoint existed")
     rngs = dist.all_gather_objects(_rng_state())
-    state = {"step": step, "consumed_samples": consumed, "world_size": dist.world_size(), "last_loss": last_loss,
-             **identity}
+    state = {"step": step, "consumed_samples": progress["consumed_samples"], "world_size": dist.world_size(),
+             "last_loss": progress.get("last_loss"), **identity}
     error = None
     if dist.is_main():
         try:
@@ -283,10 +283,6 @@ def load(engine: TrainEngine, tag_dir: str, identity: dict) -> dict:
                             f"{value!r}; use the matching neuron map / method, another output_dir, or --resume never")
     taken_on = saved.get("world_size", dist.world_size())
     resharded = taken_on != dist.world_size()
-    if resharded and not hasattr(dist, "to_universal"):  # ZeRO shards are per world size
-        raise UserError(f"checkpoint {tag_dir} was taken on {taken_on} ranks and this run has {dist.world_size()}: "
-                        f"a resume cannot restore its optimizer shards on another world size; resume on "
-                        f"{taken_on} ranks, or start over with --resume never")
     try:  # frozen weights: from init_from
         if resharded:
             client = engine.load(universal(tag_dir), UNIVERSAL_TAG, universal=True)

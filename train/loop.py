@@ -28,18 +28,20 @@ from typing import Optional
 import torch
 
 from model_patches import export_hf, load_causal_lm, load_tokenizer, model_fingerprint
+from model_patches.loading import model_source
+from model_patches.model_card import write_model_card
 from neurorit import dist, methods, runtime
-from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_config
+from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_config, to_dict
 from neurorit.dist import TrainEngine
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from neurorit.run_layout import RunLayout, StageFiles
+from neurorit.run_layout import RunLayout, StageFiles, trained_params
 from neurorit.neuron_map import NeuronMap
 from neurorit.prompts import prompt_builder
 from neurorit.records import load_records
 from train import checkpoint, recipes
 from train.data import Batching, StepPlan, build_examples, collate, eval_batches
-from train.monitor import Monitor
+from train.monitor import Monitor, Tracking
 from train.recipes import Recipe, StageContext
 from train.trainable import Trainable
 
@@ -84,9 +86,11 @@ class StageRun:
         return cls(stage, cfg, recipe, layout.stage(stage), init_path(cfg, stage, method), nmap)
 
     def identity(self) -> dict:
-        """What a resumed checkpoint must match."""
+        """What a resumed checkpoint must match (a Hub id's starting model by its resolved revision)."""
+        start = os.path.abspath(self.init_from) if os.path.isdir(self.init_from) else \
+            "{model}@{revision}".format(**model_source(self.init_from))
         return {"stage": self.stage, "method": self.st.method, "neuron_map_hash": self.nmap.hash() if self.nmap else None,
-                "init_from": os.path.abspath(self.init_from), "seed": self.cfg.runtime.seed}
+                "init_from": start, "seed": self.cfg.runtime.seed}
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -209,7 +213,10 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     ckpt_dir = run.files.checkpoints
     identity = run.identity()
     found, step, resumed_loss = _resume(engine, ckpt_dir, resume, identity, st.batch_size)
-    monitor = Monitor(run.files.tensorboard, plan.total_steps, step, stage)
+    rt = cfg.runtime
+    tracking = Tracking(rt.report_to, to_dict(cfg), rt.tracker_project,
+                        rt.run_name or f"{os.path.basename(os.path.normpath(rt.output_dir))}/{stage}")
+    monitor = Monitor(run.files.tensorboard, plan.total_steps, step, stage, tracking)
     monitor.print(trainable.describe(ctx.model.config.hidden_size))
     monitor.print(truncation.report(f"{stage} training data"))
     if found:
@@ -231,7 +238,8 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         if dev and (step % st.eval_every == 0 or step == plan.total_steps):
             monitor.scalars(step, {"dev/loss": dev_loss(engine, dev, micro, pad_id)})
         if (st.save_every > 0 and step % st.save_every == 0) or step == stop_at:
-            checkpoint.save(engine, ckpt_dir, step, step * st.batch_size, identity, last["loss"])
+            progress = {"step": step, "consumed_samples": step * st.batch_size, "last_loss": last["loss"]}
+            checkpoint.save(engine, ckpt_dir, progress, identity, keep_last=st.keep_last, resumed_from=found)
     monitor.close()
     if step < plan.total_steps:
         monitor.print(f"stopped after step {step} of {plan.total_steps}; rerun the same command to resume")
@@ -263,6 +271,11 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
                "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # AVX2 vs AVX512 round differently
                "export_dir": export_dir, "neuron_map_hash": run.nmap.hash() if run.nmap else None, **extra}
     if dist.is_main():
+        base = model_source(run.cfg.model.path)
+        write_model_card(export_dir, base_model=run.cfg.model.path, method=run.st.method, stage=run.stage,
+                         trainable_params=trainable.count + trained_params(run.init_from),
+                         base_revision=base["revision"], neuron_map_hash=summary["neuron_map_hash"],
+                         data={"train_file": run.cfg.data.train_file})
         atomic_write_text(run.files.summary, json.dumps(summary, indent=1))
         print(f"{run.stage}: exported {export_dir}")
     return summary

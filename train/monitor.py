@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 import time
 from datetime import timedelta
-from typing import Optional, Sequence, TextIO
+from dataclasses import dataclass
+from typing import Optional, Sequence, TextIO, Union
 
 from neurorit import dist
 from neurorit.trackers import check_trackers, open_trackers
@@ -35,14 +36,23 @@ def _clock(seconds: float) -> str:
     return str(timedelta(seconds=int(max(0.0, seconds))))
 
 
+@dataclass(frozen=True)
+class Tracking:
+    """Where a stage reports (``runtime.report_to``, ``tracker_project``, ``run_name``) and the config it logs."""
+
+    report_to: Union[Sequence[str], str] = ("tensorboard",)
+    config: Optional[dict] = None
+    project: str = "neuro-rit"
+    run_name: str = ""
+
+
 class Monitor:
-    def __init__(self, log_dir: str, total_steps: int, start_step: int, desc: str,
-                 report_to: Sequence[str] | str = ("tensorboard",), config: Optional[dict] = None,
-                 project: str = "neuro-rit", run_name: str = "", plain: Optional[bool] = None,
-                 stream: Optional[TextIO] = None):
+    def __init__(self, log_dir: str, total_steps: int, start_step: int, desc: str, tracking: Tracking = Tracking(),
+                 plain: Optional[bool] = None, stream: Optional[TextIO] = None):
         """``plain``: one line per logged step instead of a bar (default: when ``stream``, stdout by default, is
-        not a terminal). ``report_to`` is checked on every rank, so a missing tracker library stops all alike."""
-        check_trackers(report_to)
+        not a terminal). ``tracking.report_to`` is checked on every rank, so a missing tracker library stops all
+        alike."""
+        check_trackers(tracking.report_to)
         self.trackers = []
         self.bar = None
         self.total, self.start, self.desc = total_steps, start_step, desc
@@ -51,7 +61,8 @@ class Monitor:
         self.began = time.perf_counter()
         if not dist.is_main():
             return
-        self.trackers = open_trackers(report_to, log_dir, start_step, project, run_name or desc, config)
+        self.trackers = open_trackers(tracking.report_to, log_dir, start_step, tracking.project,
+                                      tracking.run_name or desc, tracking.config)
         if not self.plain:
             from tqdm import tqdm
 

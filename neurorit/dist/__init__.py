@@ -6,7 +6,7 @@
 - ``collectives``: ``rank``, ``barrier``, ``all_reduce_sum``, ``all_gather_objects``, ...;
 - ``ds_config``: ``ds_configs/`` JSONs with batch sizes filled from the world size;
 - ``strategy``: the ``Strategy`` (prepare frozen / trainable models) and its ``TrainEngine``, ``gathered``,
-  ``zero3_loading``;
+  ``zero3_loading``, ``to_universal`` (a checkpoint any world size can load);
 - ``optim``: the optimizer factory and the learning-rate schedule.
 
 Library code imports this package (``from neurorit import dist``) and uses the names below; no other module
@@ -17,8 +17,9 @@ from neurorit.dist.collectives import (all_gather_objects, all_reduce_sum, barri
 from neurorit.dist.ds_config import DS_CONFIG_DIR, ds_config_for
 from neurorit.dist.launch import DistInfo, info, init_distributed, make_deterministic, shutdown
 from neurorit.dist.optim import build_optimizer, lr_factor
-from neurorit.dist.strategy import Strategy, TrainEngine, gathered, zero3_loading
+from neurorit.dist.strategy import Strategy, TrainEngine, gathered, to_universal, zero3_loading
 
 __all__ = ["DS_CONFIG_DIR", "DistInfo", "Strategy", "TrainEngine", "all_gather_objects", "all_reduce_sum", "barrier",
            "broadcast_object", "build_optimizer", "ds_config_for", "gathered", "info", "init_distributed", "is_main",
-           "lr_factor", "make_deterministic", "rank", "shard_indices", "shutdown", "world_size", "zero3_loading"]
+           "lr_factor", "make_deterministic", "rank", "shard_indices", "shutdown", "to_universal", "world_size",
+           "zero3_loading"]

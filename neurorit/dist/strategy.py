@@ -136,7 +136,21 @@ class TrainEngine:
         """Collective. Frozen parameters are left out (they are the stage's ``init_from`` weights)."""
         self._engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, exclude_frozen_parameters=True)
 
-    def load(self, ckpt_dir: str, tag: str) -> Optional[dict]:
-        """Collective. The client state, or None when DeepSpeed found nothing to load."""
+    def load(self, ckpt_dir: str, tag: str, universal: bool = False) -> Optional[dict]:
+        """Collective. The client state, or None when DeepSpeed found nothing to load. ``universal``: the tag is
+        DeepSpeed's universal form (``to_universal``), which any world size can load."""
+        self._engine._config.load_universal_checkpoint = universal
         path, client = self._engine.load_checkpoint(ckpt_dir, tag=tag, load_module_strict=False)
         return client if path is not None else None
+
+
+def to_universal(tag_dir: str, out_dir: str) -> None:
+    """Convert one saved checkpoint (``tag_dir``, ZeRO shards of its world size) into DeepSpeed's universal form in
+    ``out_dir``, which a run of any world size loads. One process (rank 0) runs it."""
+    import argparse
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    ds_to_universal.main(argparse.Namespace(input_folder=tag_dir, output_folder=out_dir, num_extract_workers=1,
+                                            num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                            inject_missing_state=False))
