@@ -24,15 +24,18 @@ from neurorit.trackers import check_trackers
 @dataclass
 class ModelConfig:
     path: str = "assets/base-model"  # a Hugging Face checkpoint directory (local; no hub at run time)
+    # weights and compute dtype (bfloat16 on GPUs; float32 on CPU)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto = FlashAttention-2 where installed and supported, else sdpa, else eager
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
 
 
 @dataclass
 class DataConfig:
+    # training records (JSONL, JSON, parquet, a save_to_disk folder or a Hub dataset id)
     train_file: str = "outputs/benchmark/train.jsonl"
-    dev_file: str = "outputs/benchmark/dev.jsonl"
-    test_file: str = "outputs/benchmark/test.jsonl"
+    dev_file: str = "outputs/benchmark/dev.jsonl"  # dev records (stage dev loss, the stage-1 probe)
+    test_file: str = "outputs/benchmark/test.jsonl"  # test records (evaluation)
     prompt_style: Literal["compact", "paper"] = "paper"  # compact = the embedded model's word-level prompts
     chat_template: Literal["auto", "never", "always"] = "auto"  # auto = the tokenizer's chat template if it has one
     chat_template_file: str = ""  # a Jinja chat template file used instead of the tokenizer's; empty = the tokenizer's
@@ -47,20 +50,24 @@ class DataConfig:
 @dataclass
 class MiningConfig:
     file: str = ""  # records to mine on; empty = data.train_file
-    num_examples: int = 400
+    num_examples: int = 400  # mining questions (the release used 389)
+    # fast = the exact single-token path; reference = full passes (slow, for checks)
     method: Literal["fast", "reference"] = "fast"
-    steps: int = 20
+    steps: int = 20  # integrated-gradients steps m
+    # standard = left Riemann sum; ircan = the release's end-point rule
     ig_rule: Literal["standard", "ircan"] = "standard"
-    baseline: Literal["query", "zero"] = "query"
+    baseline: Literal["query", "zero"] = "query"  # query = the same prompt without the passage; zero = zero activations
+    # yes_prob = P(YES) at the last position; answer_logprob = log P(gold answer's first token)
     target: Literal["yes_prob", "answer_logprob"] = "yes_prob"
     chunk_rows: int = 64  # (layer, step) rows per single-token sweep; bounds memory
     threshold_ratio: float = 0.1  # keep scores >= ratio x the example's max
     top_k: int = 20  # per example
-    n_relevant: int = 100
-    n_irrelevant: int = 100
-    n_shared: int = 30
-    n_target_layers: int = 3
+    n_relevant: int = 100  # relevant-only neurons kept
+    n_irrelevant: int = 100  # irrelevant-only neurons kept
+    n_shared: int = 30  # shared neurons kept
+    n_target_layers: int = 3  # target layers (densest in irrelevant-only + shared neurons)
     shard_every: int = 16  # examples between atomic per-rank shard writes
+    # 3 = the model partitioned over the ranks (models larger than one device); 0 = a whole copy per rank
     zero_stage: Literal[0, 3] = 3
     ds_config: str = ""  # ZeRO-3 DeepSpeed config; empty = ds_configs/zero3.json (cpu_zero3.json on CPU)
     output_dir: str = ""  # empty = <runtime.output_dir>/mining
@@ -78,26 +85,31 @@ class LoraConfig:
 @dataclass
 class StageConfig:
     method: str = "neurorit"  # a name of neurorit/methods.py that runs in this stage
+    # learning rate of the neuron / layer / full recipes (stage 1: the paper's 1e-5; LoRA uses lora.lr)
     lr: float = 1e-5
-    epochs: float = 1.0
+    epochs: float = 1.0  # passes over the training records (a fraction is allowed)
     max_steps: int = -1  # > 0 caps the optimizer steps (the same budget for every method)
     batch_size: int = 4  # global batch (all ranks, after accumulation)
     micro_batch_size: int = 4  # per rank per forward, at most (train/ lowers it to batch_size / world size)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW weight decay (0: the deltas equal gradient masking)
+    # adamw = DeepSpeed's fused / CPU Adam where it builds, else torch's; adamw_torch; adamw_8bit = bitsandbytes
     optimizer: Literal["adamw", "adamw_torch", "adamw_8bit"] = "adamw"
+    # after warmup: constant, linear decay or cosine decay to 0
     schedule: Literal["constant", "linear", "cosine"] = "linear"
-    warmup_ratio: float = 0.03
-    grad_clip: float = 1.0
+    warmup_ratio: float = 0.03  # share of the steps with linear warmup
+    grad_clip: float = 1.0  # global gradient-norm clip (DeepSpeed's gradient_clipping)
+    # recompute activations in the backward pass (less memory, about 30% more compute)
     gradient_checkpointing: bool = False
+    # DeepSpeed ZeRO stage: 3 partitions weights, gradients and optimizer state; 2 or 0 keep weights whole
     zero_stage: Literal[0, 2, 3] = 3
     ds_config: str = ""  # empty = ds_configs/zero<stage>.json (or the CPU test config on CPU)
-    num_docs: int = 5
+    num_docs: int = 5  # documents in each training prompt
     num_examples: int = -1  # -1 = all training records
     save_every: int = 0  # steps between DeepSpeed checkpoints; 0 = only at the end
     keep_last: Optional[int] = None  # keep the newest N (>= 1) checkpoints, delete older ones; None = keep all
     eval_every: int = 0  # steps between dev-loss evaluations; 0 = never
     eval_examples: int = 64  # dev records scored for the periodic dev loss
-    log_every: int = 1
+    log_every: int = 1  # optimizer steps between logged scalars and plain log lines
     train_gate: bool = True  # false: gate projections frozen (neuron deltas and target layers); up / down train
     lora: LoraConfig = field(default_factory=LoraConfig)  # the block of the lora recipe (train/recipes.py)
     init_from: str = ""  # empty = model.path (stage 2 defaults to stage 1's export in the pipeline)
@@ -106,14 +118,16 @@ class StageConfig:
 
 @dataclass
 class EvalConfig:
+    # retrieval settings evaluated (neurorit/settings.py): gold, top5, noise_only, counterfactual, closed_book
     settings: list[str] = field(
         default_factory=lambda: ["gold", "top5", "noise_only", "counterfactual", "closed_book"]
     )
+    # two_step = evidence then answer; answer_only = the answer alone
     instruction: Literal["two_step", "answer_only"] = "two_step"
-    num_examples: int = -1
-    batch_size: int = 32
-    max_new_tokens: int = 32
-    bootstrap: int = 1000
+    num_examples: int = -1  # test questions evaluated; -1 = all
+    batch_size: int = 32  # prompts per generation batch
+    max_new_tokens: int = 32  # generated tokens per answer
+    bootstrap: int = 1000  # bootstrap resamples of the 95% intervals
     output_dir: str = ""  # empty = <runtime.output_dir>/eval
     # hf = the model whole on every rank, batches split over ranks; zero3 = the model partitioned over the ranks
     # (DeepSpeed ZeRO-3), ranks decode in lockstep; vllm = vLLM's offline engine, one process (its own env)
@@ -134,14 +148,15 @@ class EvidenceConfig:
     num_docs: int = 0  # documents shown (stage 2's top-K); 0 = stage2.num_docs
     # records whose shown documents hold no gold answer: "teacher" = the teacher decides too; "fixed" = the
     # no-evidence sentence without asking the teacher
+    # records whose shown documents hold no gold answer: teacher = ask the teacher too; fixed = the no-evidence sentence
     no_answer_docs: Literal["teacher", "fixed"] = "teacher"
     resume: bool = True  # continue from the batches a killed run finished (<out>.partial/); false = start over
 
 
 @dataclass
 class RuntimeConfig:
-    output_dir: str = "outputs/run"
-    seed: int = 0
+    output_dir: str = "outputs/run"  # every stage's outputs go under this folder (docs/DESIGN.md §4)
+    seed: int = 0  # seeds data order, random neurons, LoRA init and the benchmark split
     torch_threads: int = 0  # 0 = leave torch's default
     deterministic: bool = True  # deterministic kernels on CUDA (slower; see neurorit.dist.make_deterministic)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers: tensorboard, wandb, mlflow; none
@@ -363,6 +378,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="experiment YAML (see configs/); defaults apply without it")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="set by the deepspeed launcher; LOCAL_RANK from the environment otherwise")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (defaults <- --config <- overrides) as YAML and exit")
 
 
 def parse_args(description: str, argv: Optional[list[str]] = None,
@@ -371,14 +388,16 @@ def parse_args(description: str, argv: Optional[list[str]] = None,
 
     Returns (args, cfg). Unknown dotted flags are config overrides; anything else is an error.
     """
-    parser = argparse.ArgumentParser(
-        description=description,
-        epilog="Any config field can be overridden with a dotted flag, e.g. --stage1.lr 2e-5 --runtime.output_dir out/x",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    from neurorit.config_help import config_reference
+
+    parser = argparse.ArgumentParser(description=description, epilog=config_reference(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     if extra is not None:
         extra(parser)
     args, rest = parser.parse_known_args(argv)
     cfg = load_config(args.config, rest)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        raise SystemExit(0)
     return args, cfg
