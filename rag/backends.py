@@ -11,6 +11,11 @@
   ``eval.tensor_parallel_size`` devices. Greedy (temperature 0), the same stop ids, token ids in (never text), so
   the prompts are identical. Needs the optional environment of ``scripts/setup_vllm_env.sh``. vLLM starts its
   engine with ``spawn``: the entry script must create it under ``if __name__ == "__main__"`` (rag/evaluate.py does).
+  Nothing before it may create a process group or a CUDA context: vLLM builds its own group (tensor parallelism)
+  and a group already initialised here would be taken as its world, and a CUDA context of this process holds
+  device memory that vLLM's memory profiling then counts as used. So an entry calls ``init_process(backend)``
+  instead of ``dist.init_distributed``: it joins the group for ``hf`` / ``zero3`` and, for ``vllm``, only refuses
+  a multi-rank launch (read from the launcher's environment) and touches neither.
 
 Every backend sees the same length-sorted batches (``rag.generate.length_batches``) and reports each finished
 batch to ``on_batch(batch_index, {prompt index: new token ids})`` as soon as it has it, which is what makes an
@@ -20,6 +25,7 @@ evaluation resumable (``rag/resume.py``). Prompt building, stop ids, answer extr
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -32,6 +38,28 @@ log = logging.getLogger("rag.backends")
 
 BACKENDS = ("hf", "zero3", "vllm")
 OnBatch = Callable[[int, dict], None]
+
+
+def launched_ranks() -> int:
+    """How many ranks the launcher started (``WORLD_SIZE``, or ``SLURM_STEP_NUM_TASKS`` under ``srun``), read from
+    the environment without joining a process group."""
+    for key in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1
+
+
+def init_process(backend: str, local_rank: Optional[int] = None) -> None:
+    """What an entry runs before ``load_backend(backend, ...)``: ``dist.init_distributed`` for ``hf`` / ``zero3``;
+    for ``vllm`` no process group and no CUDA context (see the module doc), only the one-process check."""
+    if backend != "vllm":
+        dist.init_distributed(local_rank)
+        return
+    ranks = launched_ranks()
+    if ranks > 1:
+        raise UserError("eval.backend vllm runs in one process (vLLM splits the model itself over "
+                        "eval.tensor_parallel_size devices): start it with python, not with a launcher of "
+                        f"{ranks} ranks")
 
 
 class HFBackend:
@@ -113,10 +141,7 @@ class VLLMBackend:
 
     @classmethod
     def load(cls, path: str, cfg, max_model_len: Optional[int] = None) -> "VLLMBackend":
-        if dist.world_size() > 1:
-            raise UserError("eval.backend vllm runs in one process (vLLM splits the model itself over "
-                            "eval.tensor_parallel_size devices): start it with python, not with a launcher of "
-                            f"{dist.world_size()} ranks")
+        init_process("vllm")  # the one-process check; joins nothing
         try:
             import vllm
         except ImportError as err:
