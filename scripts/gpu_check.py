@@ -574,7 +574,8 @@ def main(argv=None) -> int:
             print(f"{name:12s} {r['what']}: {r['value']}  [{r['target']}] "
                   f"{ {True: 'ok', False: 'FAIL', None: ''}[r['ok']]}", flush=True)
     failed = [n for n, res in results["parts"].items() if any(r["ok"] is False for r in res["rows"])]
-    print(f"wrote {os.path.join(args.out, 'gpu_check.md')}; " + (f"failed: {', '.join(failed)}" if failed else "all ok"))
+    verdict = f"failed: {', '.join(failed)}" if failed else "all ok"
+    print(f"wrote {os.path.join(args.out, 'gpu_check.md')}; {verdict}")
     return 1 if failed else 0
 
 
