@@ -24,7 +24,7 @@ IG_RULES = ("standard", "ircan")
 class IGSettings:
     steps: int = 20
     ig_rule: str = "standard"
-    chunk_rows: int = 64  # rows (layer, step) per pass: bounds memory, never changes the result
+    chunk_rows: int = 64  # rows (layer, step) per pass: bounds memory; changes the result only by float rounding
 
     def __post_init__(self):
         if self.ig_rule not in IG_RULES:
@@ -54,7 +54,8 @@ class IGResult:
 
 
 def step_grid(settings: IGSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """(alphas ``k/m``, weights ``w_k``) for k = 0..m-1, fp32 and fp64."""
+    """(alphas ``k/m``, weights ``w_k``) for k = 0..m-1, fp32 and fp64 (pass the alphas on in fp32, not in the
+    model's dtype: in bf16, 1/20 is 0.0500488)."""
     k = torch.arange(settings.steps, dtype=torch.float64)
     alphas = k / settings.steps
     weights = torch.ones_like(alphas) if settings.ig_rule == "standard" else alphas.clone()
@@ -84,9 +85,10 @@ def baseline_activations(model, patcher, inp: IGInput, like: torch.Tensor) -> to
     return acts
 
 
-def rows_of(base: torch.Tensor, rows: int, device, dtype) -> torch.Tensor:
+def rows_of(base: torch.Tensor, rows: int, device, dtype=torch.float32) -> torch.Tensor:
     """The baseline repeated for ``rows`` rows, as a leaf that requires grad: the scaled activation
-    ``h = a' + alpha (a - a')`` then joins the autograd graph even when every weight is frozen."""
+    ``h = a' + alpha (a - a')`` then joins the autograd graph even when every weight is frozen. fp32 by default
+    (the patched forward interpolates in fp32 and rounds once to the model's dtype)."""
     return base.to(device, dtype).expand(rows, -1).clone().requires_grad_(True)
 
 

@@ -18,6 +18,11 @@ heads, the prefix is never copied per row) plus the row's own last-token key and
 implementation (``neurorit_rows``) used only inside these passes; masks are not needed (the last token sees the
 whole prefix; sliding windows keep their last ``window - 1`` prefix keys, soft-capping is applied as in eager).
 Same numbers as ``ig_reference`` up to float rounding.
+
+Precision: in a bf16 model the row attention (scores, softmax, weighted values; prefix keys and values kept in
+fp32) and the step interpolation ``a' + (k/m)(a - a')`` (``LayerControl.apply_scale``) run in fp32; the rest of
+each layer runs in the model's dtype, so results depend on ``chunk_rows`` (the batch of a matrix product) only by
+bf16 rounding (tests/test_bf16_ig.py bounds it).
 """
 from __future__ import annotations
 
@@ -64,16 +69,18 @@ def rows_attention(module, query, key, value, attention_mask=None, scaling=None,
     if keys is not None and sliding_window:  # the last token sees keys at positions > T-1 - window
         keys, values = keys[:, -(sliding_window - 1):], values[:, -(sliding_window - 1):]
     # [Hkv, R*G, d]: all rows and query heads of one KV head in one matrix product with the shared prefix
-    q = query.reshape(rows, kv_heads, groups, dim).permute(1, 0, 2, 3).reshape(kv_heads, rows * groups, dim)
-    k_self = key.reshape(rows, kv_heads, 1, dim).permute(1, 0, 2, 3)  # [Hkv, R, 1, d]
-    v_self = value.reshape(rows, kv_heads, 1, dim).permute(1, 0, 2, 3)
+    # everything below in fp32 whatever the model's dtype: scores, softmax and the weighted sum of values (the
+    # reference path's eager / sdpa attention does not round the scores to bf16 either); one cast back at the end
+    q = query.float().reshape(rows, kv_heads, groups, dim).permute(1, 0, 2, 3).reshape(kv_heads, rows * groups, dim)
+    k_self = key.float().reshape(rows, kv_heads, 1, dim).permute(1, 0, 2, 3)  # [Hkv, R, 1, d]
+    v_self = value.float().reshape(rows, kv_heads, 1, dim).permute(1, 0, 2, 3)
     s_self = (q.view(kv_heads, rows, groups, dim) * k_self).sum(-1).reshape(kv_heads, rows * groups, 1)
     scores = s_self if keys is None or keys.shape[1] == 0 else torch.cat([torch.matmul(q, keys.transpose(1, 2)),
                                                                           s_self], dim=-1)
     scores = scores * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = torch.softmax(scores, dim=-1)
     prefix_len = scores.shape[-1] - 1
     # split, not two slices: its backward concatenates the two gradients instead of zero-filling twice
     p_prefix, p_self = probs.split([prefix_len, 1], dim=-1)
@@ -81,7 +88,7 @@ def rows_attention(module, query, key, value, attention_mask=None, scaling=None,
     if prefix_len:
         out = out + torch.matmul(p_prefix, values)
     out = out.view(kv_heads, rows, groups, dim).permute(1, 0, 2, 3).reshape(rows, 1, heads, dim)
-    return out, None
+    return out.to(query.dtype), None
 
 
 AttentionInterface.register(ATTN_NAME, rows_attention)
@@ -174,15 +181,16 @@ def row_chunks(layers: int, steps: int, chunk_rows: int) -> list[list[tuple[int,
 
 
 def _prefix_kv(cache) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """``{layer: (keys [Hkv, P, d], values [Hkv, P, d])}`` from the prefill cache (batch 1)."""
+    """``{layer: (keys [Hkv, P, d], values [Hkv, P, d])}`` from the prefill cache (batch 1), in fp32 (the row
+    attention computes in fp32)."""
     if cache is None:  # the rows would silently attend to themselves only
         raise RuntimeError("the prefill returned no KV cache (use_cache=True); fast IG needs it")
-    return {i: (keys[0].detach(), values[0].detach()) for i, (keys, values) in enumerate(cache_layers_kv(cache))}
+    return {i: (keys[0].detach().float(), values[0].detach().float())
+            for i, (keys, values) in enumerate(cache_layers_kv(cache))}
 
 
 def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
     device = model_device(model)
-    dtype = next(model.parameters()).dtype
     ids = inp.input_ids.view(1, -1).to(device)
     last = ids[:, -1:]
     position = torch.tensor([[ids.shape[1] - 1]], device=device)
@@ -214,7 +222,7 @@ def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
             for layer, items in by_layer.items():
                 rows = torch.tensor([r for r, _ in items], device=device)
                 ks = torch.tensor([k for _, k in items])
-                scale[layer] = (rows, alphas[ks].to(device, dtype), rows_of(base[layer], len(items), device, dtype))
+                scale[layer] = (rows, alphas[ks].to(device), rows_of(base[layer], len(items), device))
             state.counts = counts
             patcher.set_scale(scale)
             try:

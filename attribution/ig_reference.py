@@ -14,7 +14,6 @@ from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activ
 
 def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
     device = model_device(model)
-    dtype = next(model.parameters()).dtype
     ids = inp.input_ids.view(1, -1).to(device)
     acts, logits, _ = last_position(model, patcher, ids, use_cache=False)
     f_input = float(inp.target.value(logits)[0])
@@ -27,8 +26,8 @@ def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult
         for start in range(0, settings.steps, settings.chunk_rows):
             ks = torch.arange(start, min(settings.steps, start + settings.chunk_rows))
             rows = len(ks)
-            patcher.set_scale({layer: (torch.arange(rows, device=device), alphas[ks].to(device, dtype),
-                                       rows_of(base[layer], rows, device, dtype))})
+            patcher.set_scale({layer: (torch.arange(rows, device=device), alphas[ks].to(device),
+                                       rows_of(base[layer], rows, device))})  # fp32, as the fast path
             try:
                 out = model(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=1)
                 f = inp.target.value(out.logits[:, -1])

@@ -9,13 +9,25 @@ The export is atomic (``neurorit.files.atomic_dir``): rank 0 writes into a hidde
 and renames it into place only when every file is written, so a killed export never leaves a folder under that
 name that loads or that a done-marker check accepts, and a previous export stays whole until the new one is
 complete. A full disk stops every rank with the same one-line ``UserError`` (the previous export is kept).
+
+Precision (issue 20, item 1). Folding happens in fp32. In a bf16 / fp16 model a small delta added to a weight
+is partly rounded away (the bf16 spacing of a weight of 0.01-0.02 is 6e-5-1.2e-4), while training saw
+``W x + delta path`` at full size. So ``export_hf`` measures, per folded weight, how much of the learned change
+(folded minus base) rounding to the model's dtype would lose; where that is more than ``LOST_TOLERANCE`` of it, the
+weight is written in fp32 (exact: base + delta), ``config.json`` says ``dtype: float32`` (the other, untouched
+weights stay in their own dtype, which fp32 holds exactly) and records why under ``neurorit_export``, and one log
+line says so. ``from_pretrained`` with its default ``dtype="auto"`` then loads the model training saw; loading it
+in bf16 rounds the change away again.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import logging
 import os
 import re
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -29,6 +41,8 @@ from neurorit.files import atomic_dir, disk_full_error, is_disk_full
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+LOST_TOLERANCE = 0.01  # a folded weight is written in fp32 when rounding would lose more of its learned change
+log = logging.getLogger("neurorit.model_patches")
 
 
 def _layer_deltas(patcher: FFNPatcher, layer: int) -> Optional[tuple]:
@@ -37,7 +51,9 @@ def _layer_deltas(patcher: FFNPatcher, layer: int) -> Optional[tuple]:
 
 def merge_into_weights(model: torch.nn.Module, fold_deactivation: bool = False) -> None:
     """Add the neuron deltas into the base weights (then remove them); with ``fold_deactivation`` also zero the
-    down columns of deactivated neurons and clear the deactivation. The forward output is unchanged."""
+    down columns of deactivated neurons and clear the deactivation. The fold is computed in fp32 and rounded once
+    to the weight's dtype: the forward output is unchanged in fp32; in bf16 / fp16 small deltas are partly rounded
+    away (``export_hf`` keeps them by writing such weights in fp32)."""
     model = unwrap(model)
     patcher = get_patcher(model)
     roles = patcher.weight_roles()
@@ -52,7 +68,7 @@ def merge_into_weights(model: torch.nn.Module, fold_deactivation: bool = False) 
         small = list(deltas[1:]) if deltas else []
         with dist.gathered([param] + small, modifier_rank=0):
             with torch.no_grad():
-                param.copy_(patcher.layout.fold(role, param, deltas, dead.get(layer)))
+                param.copy_(patcher.layout.fold(role, param.float(), deltas, dead.get(layer)))
     patcher.remove_neuron_deltas()
     if fold_deactivation:
         patcher.clear_deactivated()
@@ -117,6 +133,43 @@ class _ShardWriter:
         os.replace(tmp, os.path.join(self.out_dir, "model.safetensors.index.json"))
 
 
+@dataclass
+class _Precision:
+    """What folding cost in the model's dtype: the weights kept in fp32 and the largest share of a learned change
+    that rounding them would have lost."""
+
+    dtype: Optional[torch.dtype] = None  # the dtype of the folded weights in the model
+    kept: list[str] = field(default_factory=list)
+    worst: float = 0.0
+
+    def fold(self, name: str, patcher: FFNPatcher, role: str, value: torch.Tensor, deltas, dead) -> torch.Tensor:
+        """``value`` folded in fp32, then rounded to its own dtype unless that loses more than ``LOST_TOLERANCE``
+        of the change (then kept in fp32)."""
+        folded = patcher.layout.fold(role, value.float(), deltas, dead)
+        if value.dtype == torch.float32:
+            return folded
+        self.dtype = value.dtype
+        rounded = folded.to(value.dtype)
+        change = float((folded - value.float()).norm())
+        lost = float((rounded.float() - folded).norm()) / change if change > 0 else 0.0
+        self.worst = max(self.worst, lost)
+        if lost <= LOST_TOLERANCE:
+            return rounded
+        self.kept.append(name)
+        return folded
+
+    def note(self) -> Optional[dict]:
+        """The ``neurorit_export`` entry of config.json (None: every weight kept its dtype)."""
+        if not self.kept:
+            return None
+        dtype = str(self.dtype).replace("torch.", "")
+        return {"dtype": "float32", "model_dtype": dtype, "weights_in_float32": len(self.kept),
+                "lost_if_rounded": round(self.worst, 4), "tolerance": LOST_TOLERANCE,
+                "reason": f"folding the trained neuron deltas into {dtype} weights would round away up to "
+                          f"{self.worst:.1%} of the learned change; those weights are written in float32 "
+                          f"(load in float32 to keep what training learned)"}
+
+
 def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactivation: bool = False,
               max_shard_size="2GB") -> None:
     """Write a plain Hugging Face checkpoint of ``model`` with deltas (and, if asked, deactivations) folded in.
@@ -128,6 +181,7 @@ def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactiv
     roles = patcher.weight_roles() if patcher is not None else {}
     dead = patcher.deactivated() if (patcher is not None and fold_deactivation) else {}
     limit = _shard_limit(max_shard_size)
+    precision = _Precision()
     error: Optional[str] = None
     with contextlib.ExitStack() as stack:
         writer = None
@@ -147,10 +201,13 @@ def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactiv
                 if writer is not None and error is None:
                     value = param.detach()
                     if role is not None and (deltas is not None or layer in dead):
-                        value = patcher.layout.fold(role, value, deltas, dead.get(layer))
+                        value = precision.fold(name, patcher, role, value, deltas, dead.get(layer))
                     error = _write(out_dir, lambda: writer.add(name, value.to("cpu", copy=True)))
         if writer is not None and error is None:
-            error = _write(out_dir, lambda: _finish_files(model, writer, tmp_dir, tokenizer))
+            error = _write(out_dir, lambda: _finish_files(model, writer, tmp_dir, tokenizer, precision.note()))
+            if error is None and precision.kept:
+                log.warning("export %s: %s (%d weights; config.json dtype float32)", out_dir,
+                            precision.note()["reason"], len(precision.kept))
         error = dist.broadcast_object(error)
         if error is not None:  # every rank stops with the same line; rank 0's temp folder is removed, not renamed
             raise UserError(error)
@@ -173,12 +230,17 @@ def _write(out_dir: str, fn) -> Optional[str]:
     return None
 
 
-def _finish_files(model, writer: "_ShardWriter", folder: str, tokenizer) -> None:
+def _finish_files(model, writer: "_ShardWriter", folder: str, tokenizer, note: Optional[dict]) -> None:
     for name, buf in _persistent_buffers(model):
         if not name.endswith(DELTA_INDEX):
             writer.add(name, buf.detach().to("cpu", copy=True))
     writer.finish()
-    model.config.save_pretrained(folder)
+    config = model.config
+    if note is not None:  # the live model's config is left as it is
+        config = copy.deepcopy(config)
+        config.dtype = torch.float32
+        config.neurorit_export = note
+    config.save_pretrained(folder)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(folder)
     if tokenizer is not None:

@@ -6,8 +6,10 @@ the resolved commit hash is the model's revision for run fingerprints (``model_s
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -114,6 +116,7 @@ def load_causal_lm(path: str, dtype="float32", attn_implementation: str = "auto"
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise UserError(f"not a Hugging Face checkpoint (no config.json): {folder}")
     torch_dtype = _dtype(dtype)
+    _warn_if_rounding(folder, torch_dtype)
     device = torch.device(device) if device is not None else dist.info().device
     impl, _ = choose_attn_implementation(attn_implementation, device, torch_dtype)
     zero3 = ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3
@@ -122,6 +125,20 @@ def load_causal_lm(path: str, dtype="float32", attn_implementation: str = "auto"
     if not zero3:
         model.to(device)
     return model
+
+
+def _warn_if_rounding(folder: str, torch_dtype: torch.dtype) -> None:
+    """An export that kept weights in fp32 because bf16 / fp16 would round its learned change away
+    (``model_patches/export.py``: ``neurorit_export`` in config.json) loses that change again when loaded in a
+    16-bit dtype: say so, once, on rank 0."""
+    if torch_dtype == torch.float32 or not dist.is_main():
+        return
+    with open(os.path.join(folder, "config.json")) as fh:
+        note = json.load(fh).get("neurorit_export")
+    if note:
+        print(f"warning: {folder} keeps fp32 weights whose learned change {torch_dtype} would round away "
+              f"({note}); loading it in {torch_dtype} loses that change: use model.dtype float32 to keep it",
+              file=sys.stderr, flush=True)
 
 
 def load_tokenizer(path: str):

@@ -77,7 +77,7 @@ class MiningConfig:
 class LoraConfig:
     """``stage<N>.lora.*``: read by the lora recipe only."""
 
-    rank: int = 0  # adapter rank; 0 = the rank whose parameter count matches Neuro-RIT's
+    rank: int = 0  # LoRA adapter rank; 0 = the rank whose parameter count matches Neuro-RIT's
     alpha: float = 0.0  # scale numerator; 0 = 2 x rank
     lr: float = 2e-4  # its learning rate (LoRA's usual range; the other recipes use stage<N>.lr)
 

@@ -21,10 +21,13 @@ PINNED_KERNELS = ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MA
                   if platform.machine() in ("x86_64", "AMD64") else {})
 
 
-def start(runtime: RuntimeConfig, local_rank: Optional[int] = None) -> dist.DistInfo:
-    """Start this process's part of a run; idempotent for the distributed init. Returns the rank's ``DistInfo``."""
+def start(runtime: RuntimeConfig, local_rank: Optional[int] = None,
+          join_group: bool = True) -> Optional[dist.DistInfo]:
+    """Start this process's part of a run; idempotent for the distributed init. Returns the rank's ``DistInfo``,
+    or None with ``join_group`` False (an engine that starts its own workers, vLLM, must find no process group
+    and no CUDA context)."""
     dist.make_deterministic(runtime.deterministic)
-    info = dist.init_distributed(local_rank)
+    info = dist.init_distributed(local_rank) if join_group else None
     if runtime.torch_threads > 0:
         torch.set_num_threads(runtime.torch_threads)
     random.seed(runtime.seed)

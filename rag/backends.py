@@ -11,6 +11,11 @@
   ``eval.tensor_parallel_size`` devices. Greedy (temperature 0), the same stop ids, token ids in (never text), so
   the prompts are identical. Needs the optional environment of ``scripts/setup_vllm_env.sh``. vLLM starts its
   engine with ``spawn``: the entry script must create it under ``if __name__ == "__main__"`` (rag/evaluate.py does).
+  Nothing before it may create a process group or a CUDA context: vLLM builds its own group (tensor parallelism)
+  and a group already initialised here would be taken as its world, and a CUDA context of this process holds
+  device memory that vLLM's memory profiling then counts as used. So an entry calls ``init_process(backend, ...)``
+  instead of ``dist.init_distributed``: it joins the group for ``hf`` / ``zero3`` and, for ``vllm``, only refuses
+  a multi-rank launch (read from the launcher's environment) and touches neither.
 
 Every backend sees the same length-sorted batches (``rag.generate.length_batches``) and reports each finished
 batch to ``on_batch(batch_index, {prompt index: new token ids})`` as soon as it has it, which is what makes an
@@ -20,11 +25,12 @@ evaluation resumable (``rag/resume.py``). Prompt building, stop ids, answer extr
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from neurorit import dist
+from neurorit import dist, runtime
 from neurorit.errors import UserError
 from rag.generate import greedy_generate
 
@@ -32,6 +38,33 @@ log = logging.getLogger("rag.backends")
 
 BACKENDS = ("hf", "zero3", "vllm")
 OnBatch = Callable[[int, dict], None]
+
+
+def launched_ranks() -> int:
+    """How many ranks the launcher started (``WORLD_SIZE``, or ``SLURM_STEP_NUM_TASKS`` under ``srun``), read from
+    the environment without joining a process group."""
+    for key in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1
+
+
+def init_process(backend: str, runtime_cfg, local_rank: Optional[int] = None) -> None:
+    """The runtime start of an entry that generates with ``backend`` (``neurorit.runtime.start``): with the
+    process group for ``hf`` / ``zero3``; for ``vllm`` no process group and no CUDA context (see the module doc),
+    only the one-process check."""
+    runtime.start(runtime_cfg, local_rank, join_group=backend != "vllm")
+    if backend == "vllm":
+        refuse_launchers()
+
+
+def refuse_launchers() -> None:
+    """vLLM runs in one process: a one-line error under a launcher of several ranks."""
+    ranks = launched_ranks()
+    if ranks > 1:
+        raise UserError("eval.backend vllm runs in one process (vLLM splits the model itself over "
+                        "eval.tensor_parallel_size devices): start it with python, not with a launcher of "
+                        f"{ranks} ranks")
 
 
 class HFBackend:
@@ -113,10 +146,7 @@ class VLLMBackend:
 
     @classmethod
     def load(cls, path: str, cfg, max_model_len: Optional[int] = None) -> "VLLMBackend":
-        if dist.world_size() > 1:
-            raise UserError("eval.backend vllm runs in one process (vLLM splits the model itself over "
-                            "eval.tensor_parallel_size devices): start it with python, not with a launcher of "
-                            f"{dist.world_size()} ranks")
+        refuse_launchers()
         try:
             import vllm
         except ImportError as err:

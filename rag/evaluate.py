@@ -38,14 +38,14 @@ if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag
 
 from model_patches import load_tokenizer
 from model_patches.model_card import trainable_params_of
-from neurorit import dist, runtime
+from neurorit import dist
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.run_layout import EvalFiles, RunLayout, eval_files, read_summary, trained_params
 from neurorit.methods import REPORT_ORDER
 from neurorit import metrics
-from rag.backends import as_backend, generate_resumably, load_backend
+from rag.backends import as_backend, generate_resumably, init_process, load_backend
 from rag.generate import eos_ids_of, length_batches, pad_id_of
 from rag.resume import BatchStore, MemoryStore, fingerprint
 from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
@@ -235,7 +235,7 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
     exists only when this run has finished."""
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", args.name):
         raise UserError(f"--name {args.name!r}: use letters, digits, '_', '-' or '.' only")
-    runtime.start(cfg.runtime, args.local_rank)
+    init_process(cfg.eval.backend, cfg.runtime, args.local_rank)
     model_path = args.model or cfg.model.path
     records = load_records(cfg.data.test_file, cfg.eval.num_examples)
     tokenizer = load_tokenizer(model_path)

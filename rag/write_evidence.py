@@ -55,7 +55,7 @@ if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag
 
 from model_patches import load_tokenizer
 from model_patches.loading import resolve_model
-from neurorit import dist, runtime
+from neurorit import dist
 from neurorit.config import ExperimentConfig, parse_args
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -63,7 +63,7 @@ from neurorit.metrics import normalize
 from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
 from neurorit.records import Record, passage_has_answer, read_lines
 from neurorit.settings import docs_for_setting
-from rag.backends import generate_resumably, load_backend
+from rag.backends import generate_resumably, init_process, load_backend
 from rag.evaluate import check_positions
 from rag.generate import eos_ids_of, length_batches, pad_id_of
 from rag.resume import BatchStore, fingerprint
@@ -174,7 +174,7 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
     ev = cfg.evidence
     teacher = check_teacher(teacher)
     rows = read_rows(in_path)
-    runtime.start(cfg.runtime, local_rank)
+    init_process(cfg.eval.backend, cfg.runtime, local_rank)
     num_docs = ev.num_docs or cfg.stage2.num_docs
     tokenizer = load_tokenizer(teacher)
     builder = prompt_builder(cfg.data, tokenizer)

@@ -69,11 +69,15 @@ class LayerControl:
         self.patcher.record_probe(self.layer, acts)
 
     def apply_scale(self, current: torch.Tensor) -> torch.Tensor:
-        """``h = baseline + alpha * (a - baseline)`` for the scaled rows; published to ``patcher.scaled``."""
+        """``h = baseline + alpha * (a - baseline)`` for the scaled rows, computed in fp32 whatever the model's
+        dtype (the step fractions ``k/m`` and the interpolation are not rounded to bf16); the fp32 ``h`` is
+        published to ``patcher.scaled`` (gradients are taken with respect to it), ``h`` in ``current``'s dtype
+        returned for the forward."""
         _, alphas, baseline = self.scale
-        h = baseline + alphas.unsqueeze(-1) * (current - baseline)
+        base = baseline.float()
+        h = base + alphas.float().unsqueeze(-1) * (current.float() - base)
         self.patcher.scaled[self.layer] = h
-        return h
+        return h.to(current.dtype)
 
     def forget(self, name: str) -> None:
         self.cache = {k: v for k, v in self.cache.items() if not (isinstance(k, tuple) and k[0] == name)}

@@ -4,6 +4,11 @@
 --nproc_per_node 2`` with ``launcher="torchrun"``, which starts ~30 s faster here) in the repository root, with one
 torch thread per rank and the root on ``PYTHONPATH`` (so launched scripts import ``tests.support``), and asserts
 that it exited 0 unless ``check=False``.
+
+On a machine with GPUs but fewer than the ranks asked for (one H200: NCCL refuses two ranks on one device), each
+rank starts through ``tests/support/cpu_rank.py``, which hides the GPUs and selects DeepSpeed's CPU accelerator, so
+the ranks run on CPU with gloo exactly as on a machine without GPUs (``cpu=True`` forces that, ``cpu=False``
+forbids it). Where there is no GPU, or enough of them, the command is the same as it always was.
 """
 from __future__ import annotations
 
@@ -14,6 +19,14 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEEPSPEED = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+CPU_RANK = os.path.join(ROOT, "tests", "support", "cpu_rank.py")
+
+
+def needs_cpu_ranks(n: int) -> bool:
+    """True where GPUs are visible but fewer than ``n`` (the ranks must then run on CPU)."""
+    import torch
+
+    return 0 < torch.cuda.device_count() < n
 
 
 def free_port() -> int:
@@ -31,8 +44,12 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
-def launch_command(script: str, args, n: int = 2, launcher: str = "deepspeed") -> list[str]:
+def launch_command(script: str, args, n: int = 2, launcher: str = "deepspeed", cpu: bool | None = None) -> list[str]:
+    """The command that starts ``n`` ranks of ``script``; through ``cpu_rank.py`` when ``cpu`` (default: when
+    ``needs_cpu_ranks(n)``)."""
     port = str(free_port())
+    if needs_cpu_ranks(n) if cpu is None else cpu:
+        script, args = CPU_RANK, [script, *args]
     if launcher == "deepspeed":
         return [DEEPSPEED, "--num_gpus", str(n), "--master_port", port, script, *args]
     if launcher == "torchrun":
@@ -42,11 +59,12 @@ def launch_command(script: str, args, n: int = 2, launcher: str = "deepspeed") -
 
 
 def run_ranks(script: str, *args: str, n: int = 2, launcher: str = "deepspeed", env: dict | None = None,
-              timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+              timeout: int = 300, check: bool = True, cpu: bool | None = None) -> subprocess.CompletedProcess:
     """``n`` ranks of ``script`` (a path, relative to the repository root or absolute) with ``args``; the finished
-    process with its captured ``stdout``/``stderr``. With ``check``, a non-zero exit fails the test with both tails."""
-    proc = subprocess.run(launch_command(script, [str(a) for a in args], n, launcher), cwd=ROOT, env=child_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    process with its captured ``stdout``/``stderr``. With ``check``, a non-zero exit fails the test with both tails.
+    ``cpu``: as in ``launch_command``."""
+    proc = subprocess.run(launch_command(script, [str(a) for a in args], n, launcher, cpu), cwd=ROOT,
+                          env=child_env(env), capture_output=True, text=True, timeout=timeout)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -1,0 +1,583 @@
+"""Every GPU check at once, in at most 8 minutes on one H200 (issue 20, Build item 2).
+
+    python scripts/gpu_check.py --out outputs/gpu_check      # on the GPU machine (wheels: scripts/get_gpu_wheels.sh)
+    python scripts/gpu_check.py --dry-run                      # every part on CPU at tiny shapes (tests run this)
+
+Each part runs in its own subprocess with its own timeout (and the whole run within ``--budget`` seconds), so one
+failure or hang loses only that part. After each part, ``gpu_check.json`` (every number) and ``gpu_check.md`` (one
+table: what, measured, target, verdict) are rewritten in ``--out``. The parts:
+
+- ``versions``: Python, torch, CUDA, transformers, DeepSpeed, bitsandbytes, flash-attn; the bf16 matmul ceiling.
+- ``attention``: the attention choice (``model_patches.choose_attn_implementation``) and agreement of sdpa (and
+  FlashAttention-2 when importable) with eager on a left-padded batch at a Llama-3-8B layer shape.
+- ``ig``: bf16 vs fp32 fast IG at Llama-3-8B shape (random weights built on the device; ``IG_AGREE_LAYERS`` layers,
+  stated in the output) -> top-20 overlap; IG speed on the full 32 layers in bf16 over a 1k-token prompt for several
+  ``chunk_rows`` -> time per prompt, questions / min (two prompts a question), TFLOP/s, the best ``chunk_rows``.
+- ``stage1`` / ``stage2``: one ZeRO-3 bf16 training step each at Llama-3-8B shape on one GPU (stage 1: the
+  irrelevant-only neuron deltas, loss on one token; stage 2: all three groups + the last 3 layers' FFNs), peak
+  memory against ``scripts/plan.py --json`` for one GPU.
+- ``extras``: the optimizers that can be built here (DeepSpeed FusedAdam's JIT build, bitsandbytes' 8-bit AdamW
+  under ZeRO-3), a checkpoint round trip (save, step, load, same step -> same loss) and bf16 export fidelity.
+- ``entry_points``: the real entry points (mine, stage 1, stage 2, evaluate with the hf and zero3 backends) on
+  ``configs/embedded.yaml`` in bf16, tiny budgets (``ENTRY_POINTS``: the one place they are invoked).
+- ``tests``: the test suite with the GPU visible, in the time left (the dry run: one small file).
+
+Targets (issue 20, "Targets on one H200"): mining 400 questions of 1k tokens in at most 90 s (>= 270 questions /
+min); bf16 IG top-20 overlap >= 0.9; stage peak memory within 15% of the planner.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+TARGET_QPM = 270.0  # questions / minute: 400 questions in 90 s
+TARGET_OVERLAP = 0.9
+TARGET_MEMORY = 0.15  # |peak - plan| / plan
+BUDGET_S = 480
+IG_AGREE_LAYERS = 8  # fp32 + bf16 copies of 8 of the 32 layers (the 8B's fp32 weights alone would be 32 GB)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a run: Llama-3-8B on the GPU, a tiny Llama on CPU for the dry run."""
+
+    device: str
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    prompt: int  # IG prompt tokens
+    seq: int  # training sequence
+    agree_layers: int
+    chunk_rows: tuple
+
+    def llama_config(self, layers: int | None = None, vocab: int | None = None):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(hidden_size=self.hidden, intermediate_size=self.ffn, num_hidden_layers=layers or self.layers,
+                           num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
+                           vocab_size=vocab or self.vocab, max_position_embeddings=max(self.prompt, self.seq) + 8,
+                           rope_theta=500000.0, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2)
+
+
+GPU = Shape("cuda", 4096, 14336, 32, 32, 8, 128256, 1024, 1024, IG_AGREE_LAYERS, (64, 160, 320, 640))
+DRY = Shape("cpu", 64, 128, 2, 4, 2, 97, 24, 32, 2, (7, 40))
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def row(what: str, value, target: str = "", ok=None) -> dict:
+    """One line of the table; ``ok`` None = information only."""
+    return {"what": what, "value": value, "target": target, "ok": ok}
+
+
+def _sync(shape: Shape) -> None:
+    import torch
+
+    if shape.device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(shape: Shape, fn, repeat: int = 1) -> float:
+    """Best wall time of ``repeat`` calls of ``fn`` (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        _sync(shape)
+        start = time.perf_counter()
+        fn()
+        _sync(shape)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _random_llama(shape: Shape, dtype, layers: int | None = None, vocab: int | None = None, seed: int = 0):
+    """A randomly initialised Llama of ``shape`` built directly on its device (no checkpoint)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(shape.device):
+        model = LlamaForCausalLM(shape.llama_config(layers, vocab)).to(dtype)
+    return model.eval().requires_grad_(False)
+
+
+def _set_attention(model, impl: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:
+        model.config._attn_implementation = impl
+
+
+def _peak_bytes(shape: Shape):
+    import torch
+
+    return torch.cuda.max_memory_allocated() if shape.device == "cuda" else None
+
+
+# --------------------------------------------------------------------------------------------------- parts
+def part_versions(shape: Shape) -> list[dict]:
+    import platform
+
+    import torch
+    import transformers
+
+    rows = [row("python", platform.python_version()), row("torch", torch.__version__),
+            row("cuda", torch.version.cuda), row("transformers", transformers.__version__)]
+    for name in ("deepspeed", "bitsandbytes", "flash_attn"):
+        try:
+            rows.append(row(name, __import__(name).__version__))
+        except Exception as err:  # not installed, or a broken native library: both are findings
+            rows.append(row(name, f"not importable ({type(err).__name__})"))
+    if shape.device == "cuda":
+        rows.append(row("gpu", torch.cuda.get_device_name(0)))
+    n = 8192 if shape.device == "cuda" else 128
+    a = torch.randn(n, n, device=shape.device, dtype=torch.bfloat16)
+    seconds = _timed(shape, lambda: a @ a, repeat=5)
+    rows.append(row("bf16 matmul TFLOP/s", round(2 * n ** 3 / seconds / 1e12, 3), "the ceiling"))
+    return rows
+
+
+def part_attention(shape: Shape) -> list[dict]:
+    import torch
+
+    from model_patches import choose_attn_implementation
+
+    impl, reason = choose_attn_implementation("auto", torch.device(shape.device), torch.bfloat16)
+    rows = [row("attention choice", f"{impl} ({reason})")]
+    model = _random_llama(shape, torch.bfloat16, layers=1, vocab=1024)
+    batch, seq = 4, min(512, shape.prompt)
+    ids = torch.randint(3, 1024, (batch, seq), device=shape.device)
+    mask = torch.ones_like(ids)
+    for b, pad in enumerate((0, seq // 8, seq // 3, seq * 3 // 4)):
+        mask[b, :pad] = 0  # left padding, as generation pads
+    impls = ["eager", "sdpa"]
+    try:
+        import flash_attn  # noqa: F401
+
+        impls.append("flash_attention_2")
+    except Exception:
+        rows.append(row("flash_attention_2", "not importable: not compared"))
+    outs = {}
+    for name in impls:
+        _set_attention(model, name)
+        with torch.no_grad():
+            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        outs[name] = hidden.float()[mask.bool()]  # real positions only
+    for name in impls[1:]:
+        err = float((outs[name] - outs["eager"]).abs().max() / outs["eager"].abs().max())
+        rows.append(row(f"{name} vs eager, padded batch (rel. max)", round(err, 5), "<= 0.02", err <= 0.02))
+    return rows
+
+
+def _ig_input(shape: Shape, seed: int):
+    import torch
+
+    from attribution.ig_common import IGInput
+    from attribution.targets import Target
+
+    gen = torch.Generator().manual_seed(seed)
+    vocab = min(shape.vocab, 32000)
+    prompt = torch.randint(3, vocab, (shape.prompt,), generator=gen)
+    query = torch.randint(3, vocab, (max(8, shape.prompt // 25),), generator=gen)
+    return IGInput(prompt, query, Target("yes_prob", 11))
+
+
+def _ig(model, inp, chunk_rows: int):
+    from attribution.ig import integrated_gradients
+    from attribution.ig_common import IGSettings
+    from model_patches import get_patcher, patch_model
+
+    patcher = get_patcher(model) if hasattr(model, "_neurorit_patcher") else patch_model(model)
+    return integrated_gradients(model, patcher, inp, IGSettings(steps=20, chunk_rows=chunk_rows), "fast")
+
+
+def _ig_flops(shape: Shape, prompt: int, steps: int = 20) -> float:
+    """FLOPs of one fast-IG prompt: prefill + baseline pass, and per row (layer l, step k) a single-token forward
+    and backward (3x) through layers l..L-1 and the head."""
+    per_layer = 2 * (2 * shape.hidden * shape.hidden + 2 * shape.hidden * shape.hidden * shape.kv_heads
+                     // shape.heads + 3 * shape.hidden * shape.ffn)
+    head = 2 * shape.hidden * shape.vocab
+    passes = (prompt + max(8, prompt // 25)) * shape.layers * per_layer
+    rows = sum(steps * 3 * ((shape.layers - l) * per_layer + head) for l in range(shape.layers))
+    return float(passes + rows)
+
+
+def part_ig(shape: Shape) -> list[dict]:
+    import torch
+
+    from attribution.selection import example_topk
+
+    def top20(attr):
+        ids, _ = example_topk(attr, 0.1, 20)
+        return set(ids[ids >= 0].tolist())
+
+    rows = []
+    fp32 = _random_llama(shape, torch.float32, layers=shape.agree_layers)
+    bf16 = _random_llama(shape, torch.bfloat16, layers=shape.agree_layers)
+    overlaps = []
+    for seed in range(2):
+        inp = _ig_input(shape, seed)
+        want, got = top20(_ig(fp32, inp, 64).attributions), top20(_ig(bf16, inp, 64).attributions)
+        overlaps.append(len(want & got) / max(len(want), 1))
+    del fp32, bf16
+    worst = min(overlaps)
+    rows.append(row(f"bf16 vs fp32 IG top-20 overlap ({shape.agree_layers} layers, worst of 2 prompts)",
+                    round(worst, 3), f">= {TARGET_OVERLAP}", worst >= TARGET_OVERLAP))
+    model = _random_llama(shape, torch.bfloat16)
+    inp = _ig_input(shape, 7)
+    times = {c: _timed(shape, lambda c=c: _ig(model, inp, c)) for c in shape.chunk_rows}
+    best = min(times, key=times.get)
+    seconds = times[best]
+    qpm = 60.0 / (2 * seconds)
+    rows += [row(f"IG time per {shape.prompt}-token prompt, chunk_rows {c}", round(t, 3)) for c, t in times.items()]
+    rows += [row("best chunk_rows", best),
+             row("IG TFLOP/s (estimated FLOPs / time)", round(_ig_flops(shape, shape.prompt) / seconds / 1e12, 3)),
+             row("mining questions / min (2 prompts a question)", round(qpm, 1), f">= {TARGET_QPM:.0f}",
+                 qpm >= TARGET_QPM if shape.device == "cuda" else None),
+             row("400 questions, extrapolated (s)", round(400 * 2 * seconds, 1), "<= 90",
+                 400 * 2 * seconds <= 90 if shape.device == "cuda" else None)]
+    return rows
+
+
+def _plan(shape: Shape, out: str) -> dict:
+    """``scripts/plan.py --json`` for one GPU at this shape (its config written to ``out``)."""
+    folder = os.path.join(out, "plan_model")
+    shape.llama_config().save_pretrained(folder)
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "plan.py"), "--model", folder, "--nodes", "1",
+           "--gpus-per-node", "1", "--gpu-gib", "139", "--seq-len", str(shape.seq), "--micro-batch", "1", "--json"]
+    if shape.device == "cpu":
+        cmd += ["--ds-config", os.path.join(ROOT, "ds_configs", "cpu_zero3.json")]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout)
+
+
+def _zero3_engine(shape: Shape, stage: int, optimizer: str = "adamw_torch", layers: int | None = None):
+    """A bf16 ZeRO-3 engine at ``shape`` on this one process: the neuron deltas of ``stage`` (1: 100 irrelevant-only
+    neurons; 2: 230 neurons + the last 3 layers' FFNs) trainable. Returns (engine, model, params)."""
+    import torch
+
+    from model_patches import patch_model
+    from neurorit import dist
+
+    dist.init_distributed()
+    strategy = dist.Strategy.for_training(3, 1, 1, "", "bfloat16")
+    with dist.zero3_loading(strategy.config):
+        model = _random_llama(shape, torch.bfloat16, layers=layers)
+    model.requires_grad_(False)
+    n_layers = model.config.num_hidden_layers
+    count = 100 if stage == 1 else 230
+    gen = torch.Generator().manual_seed(stage)
+    picks = torch.randint(0, n_layers * shape.ffn, (count,), generator=gen).unique()
+    spec = {l: picks[picks // shape.ffn == l] % shape.ffn for l in range(n_layers)}
+    params = patch_model(model).add_neuron_deltas({l: ids for l, ids in spec.items() if ids.numel()})
+    if stage == 2:  # the target layers' FFN weights (their deltas are in params already)
+        seen = {id(p) for p in params}
+        for layer in model.model.layers[-3:]:
+            layer.mlp.requires_grad_(True)
+            params += [p for p in layer.mlp.parameters() if id(p) not in seen]
+    opt = strategy.optimizer(params, optimizer, 1e-3, 0.0)
+    return strategy.prepare_trainable(model, params, opt, lambda _step: 1.0), model, params
+
+
+def _batch(shape: Shape, stage: int):
+    import torch
+
+    ids = torch.randint(3, min(shape.vocab, 32000), (1, shape.seq), device=shape.device)
+    labels = torch.full_like(ids, -100)
+    answer = 1 if stage == 1 else min(142, shape.seq // 2)  # stage 1: EOS only; stage 2: a summary
+    labels[:, -answer:] = ids[:, -answer:]
+    return {"input_ids": ids, "labels": labels}
+
+
+def _stage_step(shape: Shape, out: str, stage: int) -> list[dict]:
+    import torch
+
+    plan = _plan(shape, out)[f"stage{stage}"]
+    engine, _, _ = _zero3_engine(shape, stage)
+    batch = _batch(shape, stage)
+    losses = []
+    for _ in range(2):
+        loss = engine(**batch).loss
+        engine.backward_step(loss)
+        losses.append(float(loss))
+    rows = [row(f"stage {stage}: 2 ZeRO-3 bf16 steps, losses", [round(x, 4) for x in losses], "finite",
+                all(torch.isfinite(torch.tensor(losses))))]
+    peak = _peak_bytes(shape)
+    if peak is None:
+        rows.append(row(f"stage {stage}: planner total (GB; no peak to compare on CPU)", round(plan["total"] / 1e9, 3)))
+        return rows
+    gap = (peak - plan["total"]) / plan["total"]
+    rows.append(row(f"stage {stage}: peak GB vs plan {plan['total'] / 1e9:.2f} GB", round(peak / 1e9, 2),
+                    f"within {TARGET_MEMORY:.0%}", abs(gap) <= TARGET_MEMORY))
+    return rows
+
+
+def part_stage1(shape: Shape, out: str) -> list[dict]:
+    return _stage_step(shape, out, 1)
+
+
+def part_stage2(shape: Shape, out: str) -> list[dict]:
+    return _stage_step(shape, out, 2)
+
+
+def _check(rows: list, what: str, fn) -> None:
+    """Append ``fn()``'s row to ``rows``, or a failed row naming the exception (the other checks still run)."""
+    try:
+        rows.append(fn())
+    except Exception as err:
+        rows.append(row(what, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
+                        "works", False))
+
+
+def _fused_adam(shape: Shape) -> dict:
+    import torch
+
+    from neurorit import dist
+
+    if shape.device != "cuda":
+        return row("DeepSpeed FusedAdam (JIT build)", "CUDA only: not built on CPU")
+    dist.init_distributed()
+    start = time.perf_counter()
+    p = torch.nn.Parameter(torch.zeros(1024, device="cuda"))
+    opt = dist.Strategy.for_training(0, 1, 1, "", "bfloat16").optimizer([p], "adamw", 1e-3, 0.0)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    return row(f"{type(opt).__name__} built and stepped (s)", round(time.perf_counter() - start, 1), "works", True)
+
+
+def _adam8bit_zero3(shape: Shape) -> dict:
+    engine, _, _ = _zero3_engine(shape, 1, optimizer="adamw_8bit", layers=2)
+    batch = _batch(shape, 1)
+    losses = []
+    for _ in range(3):
+        loss = engine(**batch).loss
+        engine.backward_step(loss)
+        losses.append(float(loss))
+    return row("8-bit AdamW under ZeRO-3: 3 steps, losses", [round(x, 4) for x in losses], "finite, falling",
+               losses[-1] < losses[0])
+
+
+def _checkpoint_round_trip(shape: Shape, out: str) -> dict:
+    engine, _, _ = _zero3_engine(shape, 2, layers=2)
+    batch = _batch(shape, 2)
+    engine.backward_step(engine(**batch).loss)
+    folder = os.path.join(out, "ckpt")
+    engine.save(folder, "step1", {"step": 1})
+    engine.backward_step(engine(**batch).loss)
+    after = float(engine(**batch).loss)
+    client = engine.load(folder, "step1")
+    engine.backward_step(engine(**batch).loss)
+    again = float(engine(**batch).loss)
+    ok = client is not None and client.get("step") == 1 and abs(after - again) <= 1e-3 * max(1.0, abs(after))
+    return row("checkpoint round trip: same step, same loss", [round(after, 5), round(again, 5)], "equal", ok)
+
+
+def _export_fidelity(shape: Shape, out: str) -> dict:
+    """bf16 model with 1e-3 neuron deltas -> export -> reload: the learned change kept (all logits in fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from model_patches import export_hf, patch_model
+
+    model = _random_llama(shape, torch.bfloat16, layers=2, vocab=1024)
+    ids = torch.randint(3, 1024, (2, 64), device=shape.device)
+
+    def fp32_logits(m):
+        dtype = next(m.parameters()).dtype
+        with torch.no_grad():
+            logits = m.float()(input_ids=ids).logits
+        m.to(dtype)
+        return logits
+
+    base = fp32_logits(model)
+    params = patch_model(model).add_neuron_deltas({0: torch.arange(0, shape.ffn, 7)[:64], 1: torch.arange(64)})
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0.0, 1e-3)
+    want = fp32_logits(model)
+    folder = os.path.join(out, "export")
+    export_hf(model, folder)
+    loaded = AutoModelForCausalLM.from_pretrained(folder).to(shape.device)
+    err = float((fp32_logits(loaded) - want).norm() / (want - base).norm())
+    return row(f"bf16 export fidelity: error / learned change (export dtype {loaded.dtype})", round(err, 5),
+               "<= 0.01", err <= 0.01)
+
+
+def part_extras(shape: Shape, out: str) -> list[dict]:
+    rows: list[dict] = []
+    _check(rows, "DeepSpeed FusedAdam (JIT build)", lambda: _fused_adam(shape))
+    _check(rows, "8-bit AdamW under ZeRO-3", lambda: _adam8bit_zero3(shape))
+    _check(rows, "checkpoint round trip", lambda: _checkpoint_round_trip(shape, out))
+    _check(rows, "bf16 export fidelity", lambda: _export_fidelity(shape, out))
+    return rows
+
+
+# The real entry points, as a user runs them (python <entry> --config <yaml> <dotted overrides>). One place.
+ENTRY_POINTS = [
+    ("mine", ["attribution/mine.py"], "mining/neuron_map.json"),
+    ("stage 1", ["train/stage1.py"], "stage1/export/config.json"),
+    ("stage 2", ["train/stage2.py"], "stage2/export/config.json"),
+    ("evaluate (hf)", ["rag/evaluate.py", "--model", "{run}/stage2/export", "--name", "gpu_hf",
+                       "--eval.backend", "hf", "--no-progress"], "eval/gpu_hf.eval.json"),
+    ("evaluate (zero3)", ["rag/evaluate.py", "--model", "{run}/stage2/export", "--name", "gpu_zero3",
+                          "--eval.backend", "zero3", "--no-progress"], "eval/gpu_zero3.eval.json"),
+]
+
+
+def _entry_overrides(shape: Shape, data: str, run: str) -> list[str]:
+    small = shape.device == "cpu"
+    return ["--model.dtype", "bfloat16", "--runtime.output_dir", run,
+            "--data.train_file", f"{data}/train.jsonl", "--data.dev_file", f"{data}/dev.jsonl",
+            "--data.test_file", f"{data}/test.jsonl",
+            "--mining.num_examples", "4" if small else "64", "--mining.steps", "4" if small else "20",
+            "--stage1.max_steps", "2" if small else "20", "--stage2.max_steps", "2" if small else "20",
+            "--eval.num_examples", "4" if small else "64", "--eval.settings", "gold",
+            "--eval.max_new_tokens", "4" if small else "16", "--eval.bootstrap", "10"]
+
+
+def part_entry_points(shape: Shape, out: str) -> list[dict]:
+    from benchmarks.embedded.benchmark import build_benchmark
+    from neurorit.records import write_records
+
+    data, run = os.path.join(out, "data"), os.path.join(out, "run")
+    for split, records in build_benchmark(seed=0, n_questions=200).items():
+        write_records(records, os.path.join(data, f"{split}.jsonl"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    overrides = _entry_overrides(shape, data, run)
+    rows = []
+    for name, args, product in ENTRY_POINTS:
+        cmd = [sys.executable, *[a.format(run=run) for a in args], "--config", "configs/embedded.yaml", *overrides]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        seconds = round(time.perf_counter() - start, 1)
+        ok = proc.returncode == 0 and os.path.exists(os.path.join(run, product))
+        tail = "" if ok else " | " + (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
+        rows.append(row(f"{name} on configs/embedded.yaml, bf16 (s)", f"{seconds}{tail}", "exit 0 + output", ok))
+        if not ok:
+            break  # the next entry needs this one's output
+    return rows
+
+
+def part_tests(shape: Shape, out: str, seconds: float) -> list[dict]:
+    selection = ["tests/test_metrics.py"] if shape.device == "cpu" else ["tests"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(10, seconds - 10))
+        summary, ok = proc.stdout.strip().splitlines()[-1], proc.returncode == 0
+    except subprocess.TimeoutExpired as err:
+        text = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        summary, ok = f"stopped after {seconds - 10:.0f} s; progress: {text.strip()[-120:]}", False
+    with open(os.path.join(out, "pytest.txt"), "w") as fh:
+        fh.write(summary + "\n")
+    return [row(f"test suite, GPU visible ({' '.join(selection)})", summary, "all pass", ok)]
+
+
+PARTS = {  # name -> (function, needs out, timeout on the GPU in s)
+    "versions": (part_versions, False, 40),
+    "attention": (part_attention, False, 45),
+    "ig": (part_ig, False, 100),
+    "stage1": (part_stage1, True, 60),
+    "stage2": (part_stage2, True, 60),
+    "extras": (part_extras, True, 75),
+    "entry_points": (part_entry_points, True, 120),
+    "tests": (part_tests, True, 0),  # whatever time is left
+}
+DRY_TIMEOUT = 300  # per part in the dry run: process starts dominate on a small shared CPU
+
+
+# ----------------------------------------------------------------------------------------------- the runner
+def run_part(name: str, shape: Shape, out: str, seconds: float) -> list[dict]:
+    fn, needs_out, _ = PARTS[name]
+    folder = os.path.join(out, name)
+    os.makedirs(folder, exist_ok=True)
+    if name == "tests":
+        return fn(shape, folder, seconds)
+    return fn(shape, folder) if needs_out else fn(shape)
+
+
+def write_report(out: str, results: dict) -> None:
+    """``gpu_check.json`` and ``gpu_check.md``, rewritten whole (temp file + rename)."""
+    lines = ["| part | what | measured | target | verdict |", "| --- | --- | --- | --- | --- |"]
+    for part, res in results["parts"].items():
+        for r in res["rows"]:
+            verdict = {True: "ok", False: "FAIL", None: ""}[r["ok"]]
+            lines.append(f"| {part} | {r['what']} | {r['value']} | {r['target']} | {verdict} |")
+    for name, text in (("gpu_check.json", json.dumps(results, indent=2)), ("gpu_check.md", "\n".join(lines) + "\n")):
+        tmp = os.path.join(out, f".{name}.tmp")
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, os.path.join(out, name))
+
+
+def launch(name: str, args, timeout: float) -> dict:
+    """One part in its own process; its rows, or one failed row saying how it ended."""
+    result = os.path.join(args.out, name, "result.json")
+    if os.path.exists(result):
+        os.remove(result)
+    cmd = [sys.executable, os.path.abspath(__file__), "--part", name, "--out", args.out, "--seconds", str(timeout)]
+    cmd += ["--dry-run"] if args.dry_run else []
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        ended = f"exit {proc.returncode}: {tail}"
+    except subprocess.TimeoutExpired:
+        ended = f"timed out after {timeout:.0f} s"
+    seconds = round(time.perf_counter() - start, 1)
+    if os.path.exists(result):
+        with open(result) as fh:
+            return {"seconds": seconds, "rows": json.load(fh)}
+    return {"seconds": seconds, "rows": [row("part", ended, "completes", False)]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="every part on CPU at tiny shapes")
+    parser.add_argument("--out", default=os.path.join(ROOT, "outputs", "gpu_check"))
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ", ".join(PARTS))
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole check")
+    parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
+    parser.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.out = os.path.abspath(args.out)
+    shape = DRY if args.dry_run else GPU
+    if args.part:
+        rows = run_part(args.part, shape, args.out, args.seconds)
+        with open(os.path.join(args.out, args.part, "result.json"), "w") as fh:
+            json.dump(rows, fh)
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    names = [n for n in args.parts.split(",") if n]
+    unknown = [n for n in names if n not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    results = {"dry_run": args.dry_run, "shape": asdict(shape), "parts": {}}
+    deadline = time.perf_counter() + args.budget
+    for name in names:
+        left = deadline - time.perf_counter()
+        timeout = DRY_TIMEOUT if args.dry_run else (PARTS[name][2] or left)
+        results["parts"][name] = launch(name, args, max(5.0, min(timeout, left)))
+        write_report(args.out, results)
+        for r in results["parts"][name]["rows"]:
+            print(f"{name:12s} {r['what']}: {r['value']}  [{r['target']}] "
+                  f"{ {True: 'ok', False: 'FAIL', None: ''}[r['ok']]}", flush=True)
+    failed = [n for n, res in results["parts"].items() if any(r["ok"] is False for r in res["rows"])]
+    verdict = f"failed: {', '.join(failed)}" if failed else "all ok"
+    print(f"wrote {os.path.join(args.out, 'gpu_check.md')}; {verdict}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
