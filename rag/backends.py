@@ -32,7 +32,7 @@ import torch
 
 from neurorit import dist, runtime
 from neurorit.errors import UserError
-from rag.generate import greedy_generate
+from rag.generate import Decoding, greedy_generate
 
 log = logging.getLogger("rag.backends")
 
@@ -212,23 +212,25 @@ def as_backend(model_or_backend):
     return HFBackend(model_or_backend)
 
 
-def generate_resumably(backend, prompts: list, batches: list, max_new_tokens: int, eos_ids, pad_id: int, store,
-                       resume: bool, desc: str, unit: str, show_progress: bool = True) -> list:
+def generate_resumably(backend, prompts: list, batches: list, decoding: Decoding, store, resume: bool,
+                       bar: Optional[tuple[str, str]] = None) -> list:
     """Generate every batch this rank owns that ``store`` (``rag.resume``) does not hold yet, keeping each as it
-    finishes, with a progress bar on rank 0 and the throughput in the log; returns all outputs, in prompt order,
-    on every rank."""
+    finishes, with a progress bar on rank 0 (``bar`` = (what, unit); None: no bar) and the throughput in the log;
+    returns all outputs, in prompt order, on every rank."""
     import sys
     import time
 
     done = store.open(batches, resume)
     mine = dist.shard_indices(len(batches)) if backend.splits_over_ranks else list(range(len(batches)))
     todo = [b for b in mine if b not in done]
-    bar = None
-    if show_progress and dist.is_main():
+    if bar is not None and dist.is_main():
         from tqdm import tqdm
 
+        what, unit = bar
         bar = tqdm(total=sum(len(batches[b]) for b in mine), initial=sum(len(batches[b]) for b in mine if b in done),
-                   desc=f"{desc} ({backend.name}, rank 0)", unit=unit, file=sys.stderr, dynamic_ncols=True)
+                   desc=f"{what} ({backend.name}, rank 0)", unit=unit, file=sys.stderr, dynamic_ncols=True)
+    else:
+        bar = None
     timing = {"start": time.perf_counter(), "first": None, "prompts": 0}
 
     def on_batch(b: int, outputs: dict) -> None:
@@ -240,7 +242,8 @@ def generate_resumably(backend, prompts: list, batches: list, max_new_tokens: in
             bar.update(len(outputs))
 
     try:
-        backend.generate(prompts, batches, todo, max_new_tokens, eos_ids, pad_id, on_batch)
+        backend.generate(prompts, batches, todo, decoding.max_new_tokens, list(decoding.eos_ids), decoding.pad_id,
+                         on_batch)
     finally:
         if bar is not None:
             bar.close()

@@ -46,7 +46,7 @@ from neurorit.run_layout import EvalFiles, RunLayout, eval_files, read_summary, 
 from neurorit.methods import REPORT_ORDER
 from neurorit import metrics
 from rag.backends import as_backend, generate_resumably, init_process, load_backend
-from rag.generate import eos_ids_of, length_batches, pad_id_of
+from rag.generate import Decoding, eos_ids_of, length_batches, pad_id_of
 from rag.resume import BatchStore, MemoryStore, fingerprint
 from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
 from neurorit.records import Record, load_records
@@ -136,8 +136,8 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
     elif isinstance(store, str):
         store = BatchStore(store, fingerprint(prompts, ev.batch_size, ev.max_new_tokens, eos_ids, pad_id,
                                               backend.name, model_path))
-    tokens = generate_resumably(backend, prompts, batches, ev.max_new_tokens, eos_ids, pad_id, store, ev.resume,
-                                "evaluate", "prompt", show_progress)
+    tokens = generate_resumably(backend, prompts, batches, Decoding(ev.max_new_tokens, tuple(eos_ids), pad_id), store,
+                                ev.resume, ("evaluate", "prompt") if show_progress else None)
 
     predictions = []
     for i, job in enumerate(jobs):

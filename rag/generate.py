@@ -15,9 +15,9 @@ do not change: steps after a row's end-of-sequence never reach the results.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence
-
 import inspect
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -52,6 +52,15 @@ def pad_id_of(tokenizer, eos_ids: Sequence[int]) -> int:
 
 
 @torch.inference_mode()
+@dataclass(frozen=True)
+class Decoding:
+    """Greedy decoding's settings: at most ``max_new_tokens``, stop at any of ``eos_ids``, pad with ``pad_id``."""
+
+    max_new_tokens: int
+    eos_ids: tuple
+    pad_id: int
+
+
 def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Iterable[int],
                     pad_id: int, all_done: Optional[Callable[[bool], bool]] = None) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (token id lists), one batch, left-padded.
@@ -115,17 +124,14 @@ def length_batches(prompts: Sequence[Sequence[int]], batch_size: int) -> list[li
 
 
 def generate_all(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int,
-                 eos_ids: Iterable[int], pad_id: int, keep: Optional[Callable[[int], bool]] = None,
-                 progress=None) -> dict[int, list[int]]:
-    """``{prompt index: new tokens}`` for every prompt in the batches ``keep`` accepts (all by default).
+                 eos_ids: Iterable[int], pad_id: int, progress=None) -> dict[int, list[int]]:
+    """``{prompt index: new tokens}`` for every prompt, in length batches.
 
     ``progress`` (optional) is called with the number of prompts of each finished batch (a tqdm ``update``).
     """
     eos_ids = list(eos_ids)
     out: dict[int, list[int]] = {}
-    for b, idx in enumerate(length_batches(prompts, batch_size)):
-        if keep is not None and not keep(b):
-            continue
+    for idx in length_batches(prompts, batch_size):
         for i, toks in zip(idx, greedy_generate(model, [prompts[i] for i in idx], max_new_tokens, eos_ids, pad_id)):
             out[i] = toks
         if progress is not None:

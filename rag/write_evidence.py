@@ -65,7 +65,7 @@ from neurorit.records import Record, passage_has_answer, read_lines
 from neurorit.settings import docs_for_setting
 from rag.backends import generate_resumably, init_process, load_backend
 from rag.evaluate import check_positions
-from rag.generate import eos_ids_of, length_batches, pad_id_of
+from rag.generate import Decoding, eos_ids_of, length_batches, pad_id_of
 from rag.resume import BatchStore, fingerprint
 
 log = logging.getLogger("rag.write_evidence")
@@ -84,8 +84,11 @@ def check_teacher(path: str) -> str:
     if not path:
         raise UserError("no teacher model: pass --teacher PATH (a Hugging Face checkpoint folder or Hub id) or set "
                         "evidence.teacher")
-    if not os.path.isdir(path) and not os.path.exists(path):
-        path = resolve_model(path).path  # a Hub id, or a one-line error naming it
+    if not os.path.exists(path):
+        try:
+            path = resolve_model(path).path  # a Hub id
+        except UserError as err:
+            raise UserError(f"teacher model not found: {err}") from None
     if not os.path.isdir(path):
         raise UserError(f"teacher model not found: {path} is not a folder (expected a local Hugging Face "
                         f"checkpoint with config.json)")
@@ -225,8 +228,8 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
         batches = length_batches(prompts, ev.batch_size)
         store = BatchStore(partial, fingerprint(prompts, ev.batch_size, ev.max_new_tokens, eos_ids, pad_id,
                                                 backend.name, teacher))
-        tokens = generate_resumably(backend, prompts, batches, ev.max_new_tokens, eos_ids, pad_id, store,
-                                    ev.resume, "evidence", "record", show_progress)
+        tokens = generate_resumably(backend, prompts, batches, Decoding(ev.max_new_tokens, tuple(eos_ids), pad_id),
+                                    store, ev.resume, ("evidence", "record") if show_progress else None)
 
     counts = {"records": len(rows), "kept": len(rows) - len(ask) - len(fixed), "teacher": len(ask),
               "fixed": len(fixed), "no_evidence": len(fixed), "truncated": 0}

@@ -36,7 +36,7 @@ from typing import Optional
 
 from benchmarks.english.facts import (FRESH_RELATIONS, FRESH_SUBJECT, FRESH_VALUE, PROBES, QUESTIONS,
                                       NameMaker, RealFact, real_facts, sentence, taken_names)
-from neurorit.config import ExperimentConfig, parse_args, save_config
+from neurorit.config import DataConfig, ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.metrics import match
@@ -294,12 +294,14 @@ def probe_prompts(fact: RealFact) -> list[str]:
     return [p.format(e=fact.entity) for p in PROBES[fact.relation]]
 
 
-def probe_known(model_path: str, facts: list[RealFact], cache_path: str, chat_mode: str = "auto",
-                batch_size: int = 32, threads: int = 0, template_file: str = "",
-                chat_date: str = DEFAULT_CHAT_DATE) -> dict[str, bool]:
+def probe_known(model_path: str, facts: list[RealFact], cache_path: str, data: Optional[DataConfig] = None,
+                batch_size: int = 32, threads: int = 0) -> dict[str, bool]:
     """Closed-book probe: ``{fact_key: known}``; known = the greedy answer is right under every ``PROBES``
-    phrasing of the relation (not the benchmark's question). Cached per model and phrasing. ``model_path`` may be
-    a Hub id (``model_patches.loading.resolve_model``)."""
+    phrasing of the relation (not the benchmark's question), in the chat format ``data`` sets (``chat_template``,
+    ``chat_template_file``, ``chat_date``). Cached per model and phrasing. ``model_path`` may be a Hub id
+    (``model_patches.loading.resolve_model``)."""
+    data = data or DataConfig()
+    chat_mode, template_file, chat_date = data.chat_template, data.chat_template_file, data.chat_date
     from model_patches.loading import resolve_model
 
     try:
@@ -326,7 +328,7 @@ def probe_known(model_path: str, facts: list[RealFact], cache_path: str, chat_mo
     todo = [f for f in facts if fact_key(f) not in cache["facts"]]
     if todo:
         texts = [t for f in todo for t in probe_prompts(f)]
-        outputs = iter(_run_probe(model_path, texts, chat_mode, batch_size, threads, template_file, chat_date))
+        outputs = iter(_run_probe(model_path, texts, data, batch_size, threads))
         for f in todo:
             outs = [next(outputs) for _ in probe_prompts(f)]
             right = [bool(match(o, [f.value])) for o in outs]
@@ -336,8 +338,7 @@ def probe_known(model_path: str, facts: list[RealFact], cache_path: str, chat_mo
     return {k: bool(v["known"]) for k, v in cache["facts"].items()}
 
 
-def _run_probe(model_path: str, texts: list[str], chat_mode: str, batch_size: int, threads: int,
-               template_file: str = "", chat_date: str = DEFAULT_CHAT_DATE) -> list[str]:
+def _run_probe(model_path: str, texts: list[str], data: DataConfig, batch_size: int, threads: int) -> list[str]:
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -349,7 +350,7 @@ def _run_probe(model_path: str, texts: list[str], chat_mode: str, batch_size: in
         torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    chat = chat_format(chat_mode, tok, template_file, chat_date)
+    chat = chat_format(data.chat_template, tok, data.chat_template_file, data.chat_date)
     if chat is not None:
         prompts = [tok(chat.user_prefix + t + chat.user_suffix, add_special_tokens=False)["input_ids"] for t in texts]
         stop = [chat.stop_id]
@@ -370,9 +371,7 @@ def write_benchmark(cfg: ExperimentConfig, probe: bool = True) -> dict[str, str]
     labels = None
     if probe:
         cache = os.path.join(os.path.dirname(os.path.abspath(paths["train"])), "probe_cache.json")
-        labels = probe_known(cfg.model.path, real_facts(), cache, cfg.data.chat_template,
-                             threads=cfg.runtime.torch_threads, template_file=cfg.data.chat_template_file,
-                             chat_date=cfg.data.chat_date)
+        labels = probe_known(cfg.model.path, real_facts(), cache, cfg.data, threads=cfg.runtime.torch_threads)
     splits = build_benchmark(cfg.data.benchmark_seed, cfg.data.benchmark_questions, labels)
     for split, path in paths.items():
         write_records(splits[split], path)
