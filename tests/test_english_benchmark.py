@@ -46,6 +46,7 @@ def test_more_country_facts_add_no_group_and_keep_older_splits():
     assert facts[:len(older)] == older  # appended: the older facts keep their order
     assert {f.group for f in facts} == {f.group for f in older}
     assert split_facts(older, 0) == {s: [f for f in fs if f in set(older)] for s, fs in split_facts(facts, 0).items()}
+    assert len({fact_key(f) for f in facts}) == len(facts)  # no question asked of two entities (Kingston)
     counts = Counter(f.relation for f in facts)
     assert min(counts[r] for r in ("capital_of", "city_country", "language", "currency")) > 50
     for f in facts:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 
 from neurorit.metrics import normalize
@@ -40,13 +41,14 @@ QUESTIONS = {
 }
 # The probe's phrasing per relation (a list: "known" = right under every phrasing listed), never the question.
 # One phrasing each: 135M-parameter models ramble under most rewordings (measured: second phrasings such as
-# "{e} has its government in which city?" were answered right for 24 of 228 capitals instead of 89).
+# "{e} has its government in which city?" were answered right for 24 of 228 capitals instead of 89; for cities,
+# "Name the country where the city of {e} is located" got 9 of the first 48 right, the phrasing below 14).
 PROBES = {
     "capital": ["Name the capital city of {e}. Reply with the name of the city only."],
     "demonym": ["What do you call a person from {e}? Reply with one word."],
     "element": ["The chemical symbol {e} stands for which element? Reply with the element's name only."],
     "capital_of": ["Which country has {e} as its capital city? Reply with the name of the country only."],
-    "city_country": ["Name the country where the city of {e} is located. Reply with the name of the country only."],
+    "city_country": ["{e} is a city in which country? Reply with the name of the country only."],
     "language": ["Name the main language of {e}. Reply with the name of the language only."],
     "currency": ["Name the money used in {e}. Reply with the name of the currency only."],
 }
@@ -246,9 +248,13 @@ def _more_country_facts(rows: list[dict]) -> list[RealFact]:
 
 def _unique(facts: list[RealFact]) -> list[RealFact]:
     """One fact per (relation, value): several countries share a demonym (French: France, French Guiana, ...);
-    the most populous keeps it. Facts whose answer the question already contains are dropped."""
+    the most populous keeps it. Facts whose answer the question already contains, and facts whose question
+    several entities share (two countries list Kingston as their capital), are dropped."""
+    asked = Counter((f.relation, normalize(f.entity)) for f in facts)
     best: dict[tuple[str, str], RealFact] = {}
     for f in facts:
+        if asked[(f.relation, normalize(f.entity))] > 1:
+            continue
         ans = normalize(f.value)
         if not ans or ans in normalize(QUESTIONS[f.relation].format(e=f.entity)):
             continue
