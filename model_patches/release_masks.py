@@ -76,14 +76,18 @@ def release_layer_masks(neurons: Iterable[int], hidden: int, ffn: int, train_gat
 
 
 def release_model_masks(neurons_by_layer: dict[int, Iterable[int]], num_layers: int, hidden: int, ffn: int,
-                        stage: str, unmasked_last: Optional[int] = None) -> dict[int, dict[str, torch.Tensor]]:
+                        stage: str, unmasked_last: Optional[int] = None,
+                        full_layers: Optional[Iterable[int]] = None) -> dict[int, dict[str, torch.Tensor]]:
     """Every layer's masks for a released stage. ``stage1``: gate and up share the ``_in`` mask, every layer
-    masked. ``stage2``: gates frozen, the last ``unmasked_last`` (default 3) layers' up / down unmasked."""
+    masked. ``stage2``: gates frozen, the last ``unmasked_last`` (default 3, as released) layers' up / down
+    unmasked, or exactly ``full_layers`` when given (e.g. the mined target layers instead of the last three)."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
     last = (RELEASE_UNMASKED_LAST if unmasked_last is None else unmasked_last) if stage == "stage2" else 0
+    full = set(full_layers) if full_layers is not None and stage == "stage2" else set(
+        range(num_layers - last, num_layers))
     return {layer: release_layer_masks(neurons_by_layer.get(layer, ()), hidden, ffn,
-                                       train_gate=stage == "stage1", full=layer >= num_layers - last)
+                                       train_gate=stage == "stage1", full=layer in full)
             for layer in range(num_layers)}
 
 

@@ -105,7 +105,7 @@ def stage1_probe(model, tokenizer, records: Sequence[Record], builder: PromptBui
 
 
 def probe_text(result: dict) -> str:
-    parts = [f"{s}: end token first in {r['end_share']:.1%} of {r['n']} (mean p {r['end_prob']:.4f})"
+    parts = [f"{s}: end token first in {r['end_share']:.1%} of {r['n']} (mean p {r['end_prob']:.2e})"
              for s, r in result.items() if isinstance(r, dict) and "end_share" in r]
     return "stage-1 probe: " + "; ".join(parts)
 

@@ -59,6 +59,9 @@ def test_stage_rules():
     assert _flat(s2[0]["down"]) == release_positions(2, H, F)["down"].tolist()
     assert trained_count(s2) == 2 * H + 3 * 2 * H * F  # two masked neurons (up + down) + 3 full layers
     assert trained_count(release_model_masks(neurons, 5, H, F, "stage2", unmasked_last=0)) == 2 * 2 * H
+    chosen = release_model_masks(neurons, 5, H, F, "stage2", full_layers=[1])
+    assert [bool(chosen[layer]["up"].all()) for layer in range(5)] == [False, True, False, False, False]
+    assert not release_model_masks(neurons, 5, H, F, "stage1", full_layers=[1])[1]["up"].any()  # stage 1: none
 
 
 def test_hooks_train_exactly_the_masked_weights(tiny_model):
