@@ -7,11 +7,17 @@ assistant header, and the target token is the first token of the assistant turn:
 without a leading space (``PromptBuilder.yes_word`` / ``target_prefix``). The query-only version of the same prompt is the ``query`` baseline. A passage that makes
 the prompt longer than the context is cut (and counted); an empty passage, an answer with no token, or a
 question that does not fit even without the passage marks the example as skipped (never stops the run).
+
+``offtopic_mining_pairs`` builds the pairs as the release does (docs/DESIGN.md §2 mining data, issue 19): the
+relevant passage holds the gold answer; the irrelevant one is another question's answer-bearing passage, off
+topic: it never contains this question's gold answer, and, when records name their entity (``meta.entity``), it
+is about another entity and never names this one. Seeded: the same records and seed give the same pairs.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,6 +28,9 @@ from attribution.stats import EMPTY_PASSAGE, NO_ANSWER_TOKEN, OK, TOO_LONG
 from attribution.targets import Target, first_token
 from neurorit.errors import UserError
 from neurorit.prompts import PromptBuilder, encode
+from neurorit.records import Passage, Record, passage_has_answer, relevant_passages
+
+DONOR_TRIES = 64  # random donors tried per question before a deterministic scan of all of them
 
 
 @dataclass
@@ -91,3 +100,65 @@ def examples_digest(pairs) -> str:
     for record, rel, irr in pairs:
         h.update(json.dumps([record.id, record.question, record.answers, rel.text, irr.text]).encode())
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ pairs
+def gold_passage(record: Record) -> Optional[Passage]:
+    """The first passage (best ranked) that holds the gold answer and has text, or None."""
+    for p in relevant_passages(record):
+        if p.text.strip() and passage_has_answer(p, record.answers):
+            return p
+    return None
+
+
+def _mentions(passage: Passage, words: list[str]) -> bool:
+    """Whether the passage's own text (not its ``has_answer`` flag) contains any of ``words`` (normalized)."""
+    return passage_has_answer(Passage(passage.title, passage.text), [w for w in words if w and w.strip()])
+
+
+def entity_of(record: Record) -> str:
+    return str(record.meta.get("entity") or "").strip()
+
+
+def is_offtopic(record: Record, donor: Record, passage: Passage) -> bool:
+    """``passage`` (from ``donor``) can be ``record``'s irrelevant passage: another question, non-empty, without
+    ``record``'s gold answer, and, when the entity is known, about another entity and not naming it."""
+    if donor.id == record.id or not passage.text.strip() or _mentions(passage, record.answers):
+        return False
+    entity = entity_of(record)
+    return not entity or (entity_of(donor) != entity and not _mentions(passage, [entity]))
+
+
+def _donor(i: int, records: list[Record], golds: list[Optional[Passage]], rng: random.Random) -> Optional[Passage]:
+    """An off-topic gold passage of another question: up to ``DONOR_TRIES`` seeded random picks, then a scan
+    from a seeded start, so a valid donor is always found when one exists."""
+    n = len(records)
+    ok = (lambda j: j != i and golds[j] is not None and is_offtopic(records[i], records[j], golds[j]))
+    for _ in range(min(DONOR_TRIES, n)):
+        j = rng.randrange(n)
+        if ok(j):
+            return golds[j]
+    start = rng.randrange(n)
+    for k in range(n):
+        if ok((start + k) % n):
+            return golds[(start + k) % n]
+    return None
+
+
+def offtopic_mining_pairs(records: list[Record], rng_seed: int = 0,
+                          limit: int = -1) -> list[tuple[Record, Passage, Passage]]:
+    """Per question with an answer-bearing passage: (record, that passage, an off-topic passage of another
+    question); at most ``limit`` pairs when ``limit > 0``; questions without a gold passage or any valid donor
+    are left out."""
+    golds = [gold_passage(r) for r in records]
+    rng = random.Random(rng_seed)
+    pairs = []
+    for i, record in enumerate(records):
+        if 0 < limit <= len(pairs):
+            break
+        if golds[i] is None:
+            continue
+        donor = _donor(i, records, golds, rng)
+        if donor is not None:
+            pairs.append((record, golds[i], donor))
+    return pairs

@@ -147,7 +147,9 @@ def run_fingerprint(cfg: ExperimentConfig, fingerprint: dict, pairs, max_length:
 
 
 def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerprint: dict) -> NeuronMap:
-    """Rank 0: reduced statistics, neuron map, picture, TensorBoard image, summary, config."""
+    """Rank 0: reduced statistics, neuron map, picture, TensorBoard image, summary (with the mining diagnostics
+    of ``attribution/diagnostics.py``, also in ``diagnostics.json``), config."""
+    from attribution.diagnostics import diagnostics_text, mining_diagnostics
     from attribution.plot import log_tensorboard, save_png, summary  # matplotlib: rank 0 only
 
     m = cfg.mining
@@ -160,11 +162,13 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
     nmap.save(out)
     save_png(nmap, os.path.join(out, "neuron_map.png"))
     log_tensorboard(nmap, os.path.join(out, "tensorboard"))
-    text = summary(nmap, stats, {k: v for k, v in bad.items() if k != "ok"})
+    diag = mining_diagnostics(stats, nmap, sizes)
+    atomic_write_text(os.path.join(out, "diagnostics.json"), json.dumps(diag, indent=1) + "\n")
+    text = summary(nmap, stats, {k: v for k, v in bad.items() if k != "ok"}) + "\n" + diagnostics_text(diag)
     atomic_write_text(os.path.join(out, "summary.txt"), text + "\n")
     save_config(cfg, out)
     print(text)
-    print(f"wrote {out}/neuron_map.safetensors, neuron_map.json, neuron_map.png, summary.txt")
+    print(f"wrote {out}/neuron_map.safetensors, neuron_map.json, neuron_map.png, summary.txt, diagnostics.json")
     return nmap
 
 

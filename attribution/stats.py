@@ -177,19 +177,20 @@ class NeuronStats:
     def ok(self) -> torch.Tensor:
         return self.status == OK
 
-    def counts(self) -> torch.Tensor:
-        """``[2, L, W]``: in how many examples' top-k each neuron appears, per side (OK examples only)."""
-        return self._scatter(torch.ones_like(self.topk_ids))
+    def counts(self, examples: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``[2, L, W]``: in how many examples' top-k each neuron appears, per side (OK examples only; only those
+        where the ``[N]`` bool mask ``examples`` is true, when given: e.g. one half of the examples)."""
+        return self._scatter(torch.ones_like(self.topk_ids), examples)
 
-    def score_sums(self) -> torch.Tensor:
+    def score_sums(self, examples: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``[2, L, W]``: summed top-k scores, each divided by its example's top score (OK examples only)."""
         top = self.topk_scores[:, :, :1].clamp_min(torch.finfo(torch.float64).tiny)
-        return self._scatter(self.topk_scores / top)
+        return self._scatter(self.topk_scores / top, examples)
 
-    def _scatter(self, values: torch.Tensor) -> torch.Tensor:
+    def _scatter(self, values: torch.Tensor, examples: Optional[torch.Tensor] = None) -> torch.Tensor:
         layers, width = self.shape
         out = torch.zeros(2, layers * width, dtype=values.dtype)
-        ok = self.ok()
+        ok = self.ok() if examples is None else self.ok() & examples
         for side in range(2):
             ids, vals = self.topk_ids[ok, side].flatten(), values[ok, side].flatten()
             keep = ids >= 0

@@ -101,3 +101,28 @@ def test_killed_rank_then_rerun_gives_identical_statistics(single, zero3, tmp_pa
     assert "already in" in rerun.stderr
     assert_same(zero3, out, exact=True)
     assert_same(out_single, out, exact=False)
+
+
+def _diagnostics(out: str) -> dict:
+    return json.load(open(os.path.join(out, "diagnostics.json")))
+
+
+def test_summary_and_file_hold_the_diagnostics(single):
+    _, out = single
+    diag = _diagnostics(out)
+    stats, nmap = _load(out)
+    assert {g: f["got"] for g, f in diag["fill"].items()} == {g: len(nmap.groups[g]) for g in nmap.groups}
+    assert diag["separation"]["examples"] == 6
+    assert sum(diag["stability"]["examples"]) == 6  # the 6 OK examples split into even / odd indices
+    summary = open(os.path.join(out, "summary.txt")).read()
+    assert "fill: relevant_only" in summary and "stability (even / odd halves" in summary
+    assert "separation: mean F relevant" in summary
+    assert summary.count("WARNING") == len(diag["warnings"])
+
+
+@pytest.mark.distributed
+def test_two_rank_zero3_gives_the_same_diagnostics(single, zero3):
+    a, b = _diagnostics(single[1]), _diagnostics(zero3)
+    assert a["fill"] == b["fill"] and a["stability"] == b["stability"] and a["warnings"] == b["warnings"]
+    for key, value in a["separation"].items():
+        assert abs(value - b["separation"][key]) <= 1e-6 * max(1.0, abs(value)), key

