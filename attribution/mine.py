@@ -3,14 +3,16 @@
     python attribution/mine.py --config configs/embedded.yaml [--mining.steps 20 ...]
     deepspeed --num_gpus 2 attribution/mine.py --config configs/embedded.yaml      (also torchrun / srun)
 
+A mining pair (``attribution/examples.py``) is a question with its answer-bearing passage (relevant) and another
+question's passage that neither holds the answer nor names the entity (irrelevant, off-topic, as in the release).
 Examples are dealt round-robin over ranks. With ``mining.zero_stage: 3`` and several ranks the weights are
 sharded with ZeRO-3 and ranks run in lockstep (a rank without an example, or with a skipped one, runs stand-in
 passes: ZeRO-3 hangs if ranks run different passes); ``zero_stage: 0`` is plain data parallel. Each rank writes
 its statistics to ``<out>/stats/`` every ``mining.shard_every`` examples (atomic); rerunning the same command
 after a crash continues where it stopped. ``<out>`` is ``mining.output_dir`` (default ``<runtime.output_dir>/
 mining``) and receives, from rank 0: ``neuron_stats.safetensors`` (reduced statistics), ``neuron_map.safetensors``
-+ ``neuron_map.json``, ``neuron_map.png``, ``summary.txt``, ``config.yaml`` and TensorBoard events in
-``tensorboard/``.
++ ``neuron_map.json``, ``neuron_map.png``, ``summary.txt`` (with the diagnostics: fill, separation, half-split
+stability; also ``diagnostics.json``), ``config.yaml`` and TensorBoard events in ``tensorboard/``.
 
 Fault injection for the resume test: ``NEURORIT_MINE_KILL_AFTER=<rank>:<n>`` makes that rank ``SIGKILL`` itself
 right after a shard holding at least ``n`` examples is written.
@@ -174,16 +176,17 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
 
 @main_guard
 def main(argv=None) -> None:
-    from neurorit.records import load_records, mining_pairs
+    from attribution.examples import offtopic_mining_pairs
+    from neurorit.records import load_records
 
     args, cfg = parse_args("Mine a neuron map with integrated gradients (docs/DESIGN.md §2).", argv)
     runtime.start(cfg.runtime, args.local_rank)
     m = cfg.mining
     files = RunLayout.of(cfg).mining
-    pairs = mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)
+    pairs = offtopic_mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)
     if not pairs:
-        raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a relevant and "
-                        f"an irrelevant passage)")
+        raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a passage holding its "
+                        f"answer, and another question a passage without it)")
     zero3 = m.zero_stage == 3 and dist.world_size() > 1
     model, patcher = load_model(cfg, zero3)
     tokenizer = load_tokenizer(cfg.model.path)

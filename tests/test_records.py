@@ -4,7 +4,7 @@ import json
 import pytest
 
 from neurorit.errors import UserError
-from neurorit.records import (irrelevant_passages, load_records, mining_pairs, noise_passages, relevant_passages,
+from neurorit.records import (irrelevant_passages, load_records, noise_passages, relevant_passages,
                          to_dataset)
 
 DPR = {"id": "q1", "question": "who wrote it?", "answers": ["Ann Lee"],
@@ -45,8 +45,6 @@ def test_roles():
     assert [p.title for p in noise_passages(r, 5)] == ["B", "C"]
     b = parse_record(BERGEN, "y")  # no has_answer, no score: answer string decides
     assert relevant_passages(b)[0].title == "France"
-    pairs = mining_pairs([r, b])
-    assert len(pairs) == 2 and pairs[0][1].title == "A" and pairs[0][2].title == "C"
 
 
 def test_irrelevant_tops_up_from_other_questions():

@@ -34,8 +34,9 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from benchmarks.english.facts import (FRESH_RELATIONS, FRESH_SUBJECT, FRESH_VALUE, PROBES, QUESTIONS,
-                                      NameMaker, RealFact, real_facts, sentence, taken_names)
+from benchmarks.english.facts import (FRESH_RELATIONS, FRESH_SUBJECT, FRESH_VALUE, NEAR_DUPLICATE_KINDS, PROBES,
+                                      QUESTIONS, VALUE_IS_GROUP, NameMaker, RealFact, passage_title, real_facts,
+                                      sentence, taken_names)
 from neurorit.config import DataConfig, ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -43,7 +44,7 @@ from neurorit.metrics import match
 from neurorit.prompts import DEFAULT_CHAT_DATE
 from neurorit.records import Passage, Record, passage_has_answer, write_records
 
-SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
+SPLIT_FRACTIONS = {"train": 0.5, "dev": 0.15, "test": 0.35}  # test: >= 100 known facts of SmolLM2 (seed 0: 136)
 N_SAME_RELATION, N_RANDOM = 2, 4
 GOLD_SIDE = 0.3  # chance of each extra sentence in a passage (another relation, a side fact): 1-3 sentences
 PROBE_MAX_NEW_TOKENS = 16
@@ -99,8 +100,7 @@ class Builder:
         n_side = (int(self.rng.random() < GOLD_SIDE) if side else 0) if n_side is None else min(n_side, len(side))
         sents = [sentence(fact.relation, fact.entity, value or fact.value, self.rng.randrange(3))] + side[:n_side]
         self.rng.shuffle(sents)
-        title = fact.group if fact.relation != "element" else (value or fact.value).capitalize()
-        return Passage(title=title, text=" ".join(sents), kind=kind)
+        return Passage(title=passage_title(fact, value or fact.value), text=" ".join(sents), kind=kind)
 
     def _random_docs(self, avoid: set[str], pool: list[RealFact], n: int) -> list[Passage]:
         out = []
@@ -141,22 +141,21 @@ class Builder:
         for f in rng.sample(same, min(n_same, len(same))):
             docs.append(self._real_doc(f, "same_relation"))
         if fact.relation != "element":  # same country, another relation (an element's side facts name the answer)
-            others = [f for f in pool if f.group == fact.group and f.relation != fact.relation]
+            others = ([] if fact.relation in VALUE_IS_GROUP else  # every other fact of the country names it
+                      [f for f in pool if f.group == fact.group and f.relation != fact.relation
+                       and f.relation not in VALUE_IS_GROUP])
             if others:
                 docs.append(self._real_doc(rng.choice(others), "same_entity", n_side=1))
             elif fact.side:
-                docs.append(Passage(title=fact.group, text=" ".join(fact.side), kind="same_entity"))
-        if fact.relation == "element":
-            docs.append(self._near_duplicate(gold, fact.entity, fact.value, "symbol", "element"))
-        else:
-            docs.append(self._near_duplicate(gold, fact.entity, fact.value, "country",
-                                             "city" if fact.relation == "capital" else "demonym"))
+                docs.append(Passage(title=passage_title(fact, fact.value), text=" ".join(fact.side),
+                                    kind="same_entity"))
+        docs.append(self._near_duplicate(gold, fact.entity, fact.value, *NEAR_DUPLICATE_KINDS[fact.relation]))
         docs += self._random_docs({fact.relation}, [f for f in pool if f.group != fact.group], N_RANDOM)
         cf_value = rng.choice([f.value for f in same]) if same else self.names.make("city")
         cf = self._real_doc(fact, "counterfactual", value=cf_value, n_side=0)
         label = "real" if known is None else ("known" if known else "unknown")
         meta = {"kind": label, "known": known, "relation": fact.relation, "entity": fact.entity,
-                "source": "periodictable" if fact.relation == "element" else "countryinfo",
+                "source": fact.source,
                 "counterfactual_answer": cf_value}
         evidence = sentence(fact.relation, fact.entity, fact.value, 0)
         return self._record(qid, QUESTIONS[fact.relation].format(e=fact.entity), fact.value, docs, cf, evidence, meta)
