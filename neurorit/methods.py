@@ -77,6 +77,12 @@ _ENTRIES = (
     Method("neurorit_hard_deactivation", "the base model with its irrelevant-only neurons switched off (folded "
            "into the weights at export)", {"stage1": StageRule("nothing", options={"fold_irrelevant_only": True})},
            role="neurorit"),
+    Method("neurorit_release_masks", "Neuro-RIT as the released code trains it: its stage 1 and stage 2 gradient "
+           "masks (built with a reshape where a transpose was meant: scattered weights, not the neurons' rows), "
+           "gates frozen in stage 2, up / down of the last three layers in full",
+           {"stage1": StageRule("release_masks", "end_on_noise", {"groups": ("irrelevant_only",), "stage": "stage1"}),
+            "stage2": StageRule("release_masks", "evidence", {"groups": ALL_GROUPS, "stage": "stage2"})},
+           role="neurorit"),
     Method("full", "full fine-tuning of every parameter on each stage's own data (a reference, not reported)",
            {"stage1": StageRule("everything", "end_on_noise"), "stage2": StageRule("everything", "evidence")},
            role="reference"),

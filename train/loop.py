@@ -195,8 +195,12 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         return _finish(run, ctx, trainable, tokenizer, {"step": 0, "loss": None})
 
     micro = max(1, min(st.micro_batch_size, st.batch_size // dist.world_size()))
-    strategy = dist.Strategy.for_training(st.zero_stage, st.batch_size, micro, st.ds_config, cfg.model.dtype,
-                                          st.grad_clip)
+    zero_stage = min(st.zero_stage, run.recipe.max_zero_stage)
+    if zero_stage != st.zero_stage and dist.is_main():
+        print(f"{stage}: recipe {run.recipe.name} runs under ZeRO-{zero_stage} (at most; {stage}.zero_stage "
+              f"{st.zero_stage})", flush=True)
+    ds_config = st.ds_config if zero_stage == st.zero_stage else ""  # the file was chosen for the other stage
+    strategy = dist.Strategy.for_training(zero_stage, st.batch_size, micro, ds_config, cfg.model.dtype, st.grad_clip)
     ctx, trainable = _model_and_trainable(run, strategy.config)
     if not trainable.params:
         raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")

@@ -8,6 +8,8 @@ The training loop (``train/loop.py``) knows no method and no recipe by name.
   randomised, optionally with the whole FFN of the mined target layers (with no groups: the target layers alone);
 - ``everything``: every parameter;
 - ``lora``: peft LoRA adapters, merged before export; its block is ``stage<N>.lora``;
+- ``release_masks``: what the released code trains (its gradient masks, misaligned by a reshape; the variant that
+  reproduces the release, docs/DESIGN.md §7);
 - ``nothing``: nothing trains (the stage re-exports its input), optionally with the irrelevant-only neurons
   folded to zero at export (hard deactivation).
 
@@ -20,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from model_patches import FFNPatcher, patch_model
+from model_patches import FFNPatcher, get_ffn_layout, patch_model, release_masks
 from neurorit import methods
 from neurorit.config import StageConfig
 from neurorit.errors import UserError
@@ -61,6 +63,7 @@ class Recipe:
     patches_ffn = True  # the loop patches the FFNs before ``choose`` (neuron deltas, deactivation)
     fold_irrelevant_only = False  # export with the irrelevant-only neurons folded to zero
     can_freeze_gate = False  # honours stage<N>.train_gate false
+    max_zero_stage = 3  # the loop runs the stage under min(stage<N>.zero_stage, this)
 
     def lr(self, st: StageConfig) -> float:
         return st.lr
@@ -161,6 +164,41 @@ class Lora(Recipe):
     def before_export(self, ctx: StageContext) -> dict:
         lora.merge_lora(ctx.model)
         return {}
+
+
+@recipe("release_masks")
+@dataclass
+class ReleaseMasks(Recipe):
+    """What the released trainers actually train (``model_patches/release_masks.py``, docs/DESIGN.md §7): the FFN
+    weights of every layer under the release's gradient masks, built with a reshape where a transpose was meant,
+    for the neurons of ``groups``; ``stage`` picks the release's stage rule (``stage2``: gates frozen, up / down
+    of the last three layers in full). Whole weights enter the optimizer, with weight decay 0 their masked
+    positions never move. Gated layouts only; at most ZeRO-2 (the masks are full-shape)."""
+
+    groups: tuple = ()
+    stage: str = "stage2"
+    needs_map = True
+    patches_ffn = False
+    max_zero_stage = 2  # full-shape gradient masks: ZeRO-3 would hand the hooks partitioned gradients
+
+    def choose(self, ctx: StageContext) -> Trainable:
+        layout, st = get_ffn_layout(ctx.model), ctx.st
+        if layout.layout != "gated" or st.weight_decay:
+            raise UserError(f"recipe release_masks needs a gated FFN layout (this model: {layout.layout}) and "
+                            f"weight_decay 0 (got {st.weight_decay}: decay would move the masked weights)")
+        neurons: dict[int, list] = {}
+        for group in self.groups:
+            for layer, ids in ctx.nmap.per_layer(group).items():
+                neurons.setdefault(int(layer), []).extend(int(n) for n in ids)
+        layers = layout.layers(ctx.model)
+        masks = release_masks.release_model_masks(neurons, len(layers), layout.hidden_size,
+                                                  layout.intermediate_size, self.stage)
+        weights = {i: layout.weights(layout.ffn_module(layer)) for i, layer in enumerate(layers)}
+        release_masks.attach_grad_masks(weights, masks)
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        count = release_masks.trained_count(masks)
+        return Trainable(params=params, other_count=count,
+                         description=f"{count:,} weights under the release's gradient masks ({self.stage} rule)")
 
 
 @recipe("nothing")
