@@ -15,6 +15,7 @@ import torch
 
 from model_patches.loading import load_causal_lm, load_tokenizer, model_source, resolve_model
 from neurorit.errors import UserError
+from tests.support.hub import hub_snapshot
 
 REPO = "tiny-org/tiny-llama"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -23,15 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _snapshot(cache, tiny_model, word_tokenizer, commit: str, seed: int, ref: str | None = "main") -> str:
-    folder = cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / commit
     tok = word_tokenizer(["alpha", "beta"])
-    tiny_model("llama", seed=seed, tokenizer=tok).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    if ref:
-        refs = cache / f"models--{REPO.replace('/', '--')}" / "refs"
-        refs.mkdir(parents=True, exist_ok=True)
-        (refs / ref).write_text(commit)
-    return str(folder)
+    return hub_snapshot(str(cache), REPO, commit, tiny_model("llama", seed=seed, tokenizer=tok), tok, ref)
 
 
 @pytest.fixture

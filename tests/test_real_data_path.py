@@ -1,15 +1,19 @@
-"""The real-data path: a user's own model and own retrieval dump (DPR / NQ-style JSONL with top-k passages,
-no evidence field, no counterfactuals) through mine -> stage 1 -> stage 2 -> evaluate -> report, each entry
-run exactly as the README shows (single process here; the same commands run under deepspeed / torchrun)."""
+"""The real-data path of README's "From your own cluster": a model named by its Hub id (from a hub cache the test
+lays out, offline) and a retrieval dump as parquet (DPR / NQ-style rows with top-k passages, no evidence field, no
+counterfactuals) through mine -> stage 1 -> stage 2 -> evaluate -> report, each entry run exactly as the README
+shows, with a tracker and checkpoint rotation on (single process here; the same commands run under deepspeed /
+torchrun)."""
 import json
+import os
 import subprocess
 import sys
 
+import datasets
 import pytest
 import yaml
 
 from tests.support.ranks import ROOT, child_env
-from tests.support.workspaces import save_checkpoint
+from tests.support.hub import hub_snapshot
 
 FACTS = [("Who wrote Dune?", "Frank Herbert", "Dune", "Dune is a novel written by Frank Herbert in 1965."),
          ("What is the capital of Peru?", "Lima", "Peru", "Lima is the capital and largest city of Peru."),
@@ -36,29 +40,29 @@ def _records():
 def test_own_model_own_dump_end_to_end(tmp_path, tiny_model, word_tokenizer):
     from neurorit.prompts import PAPER
 
-    data = tmp_path / "nq_top4.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    data = tmp_path / "nq_top4.parquet"
+    datasets.Dataset.from_list(_records()).to_parquet(str(data))
     texts = [json.dumps(r) for r in _records()] + [PAPER.verify_ctx, PAPER.verify_noctx, *PAPER.heads.values(),
                                                   *PAPER.tails.values(), "Document Title YES NO Evidence: Answer:"]
-    model = tmp_path / "my-model"
     tokenizer = word_tokenizer(texts=texts)
-    save_checkpoint(tiny_model("llama", hidden=32, intermediate=64, tokenizer=tokenizer, max_positions=512),
-                    tokenizer, str(model))
+    hub_snapshot(str(tmp_path / "hub"), "my-org/my-model", "a" * 40,
+                 tiny_model("llama", hidden=32, intermediate=64, tokenizer=tokenizer, max_positions=512), tokenizer)
     out = tmp_path / "run"
     cfg = {
-        "model": {"path": str(model)},
+        "model": {"path": "my-org/my-model"},
         "data": {"train_file": str(data), "dev_file": str(data), "test_file": str(data), "prompt_style": "paper",
                  "num_docs": 3, "max_length": 400},
         "mining": {"num_examples": 7, "steps": 4, "n_relevant": 4, "n_irrelevant": 4, "n_shared": 2,
                    "n_target_layers": 1, "zero_stage": 0},
-        "stage1": {"max_steps": 2, "batch_size": 2, "micro_batch_size": 2, "zero_stage": 0, "lr": 1e-3},
+        "stage1": {"max_steps": 2, "batch_size": 2, "micro_batch_size": 2, "zero_stage": 0, "lr": 1e-3,
+                   "save_every": 1, "keep_last": 1},
         "stage2": {"max_steps": 2, "batch_size": 2, "micro_batch_size": 2, "zero_stage": 0, "lr": 1e-3},
         "eval": {"settings": ["gold", "top5", "noise_only", "closed_book"], "max_new_tokens": 4, "bootstrap": 50},
-        "runtime": {"output_dir": str(out)},
+        "runtime": {"output_dir": str(out), "report_to": ["tensorboard"]},
     }
     cfg_path = tmp_path / "my_experiment.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = child_env()
+    env = dict(child_env(), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
 
     def run(*args):
         res = subprocess.run([sys.executable, *args, "--config", str(cfg_path)], cwd=ROOT, env=env,
@@ -69,12 +73,17 @@ def test_own_model_own_dump_end_to_end(tmp_path, tiny_model, word_tokenizer):
     run("attribution/mine.py")
     nmap = json.loads((out / "mining" / "neuron_map.json").read_text())
     assert nmap["fingerprint"]["num_layers"] == 2
-    run("train/stage1.py")
-    run("train/stage2.py")
+    run("train/stage1.py", "--resume", "auto")
+    assert sorted(os.listdir(out / "stage1" / "checkpoints")) == ["latest", "step2"]  # keep_last 1
+    assert "my-org/my-model" in (out / "stage1" / "export" / "README.md").read_text()  # the model card
+    run("train/stage2.py", "--resume", "auto")
     assert (out / "stage2" / "export" / "config.json").exists()
     run("-m", "rag.evaluate", "--model", str(out / "stage2" / "export"), "--name", "neurorit")
+    run("-m", "rag.evaluate", "--name", "base")  # model.path: the Hub id
     run("-m", "rag.report", "--eval-dir", str(out / "eval"), "--out", str(out))
     results = json.loads((out / "results.json").read_text())
+    assert results["methods"]["base"]["trainable_params"] == 0
+    assert results["methods"]["neurorit"]["trainable_params"] > 0  # read from the stages behind the export
     cells = results["methods"]["neurorit"]["settings"]
     assert set(cells) == {"gold", "top5", "noise_only", "closed_book"}
     assert all(0.0 <= c["match"] <= 1.0 for c in cells.values())
