@@ -40,6 +40,9 @@ class DataConfig:
     chat_template: Literal["auto", "never", "always"] = "auto"  # auto = the tokenizer's chat template if it has one
     chat_template_file: str = ""  # a Jinja chat template file used instead of the tokenizer's; empty = the tokenizer's
     chat_date: str = "26 Jul 2024"  # the date_string templates render (Llama-3.1 writes it in the system header)
+    # evaluation = stage 1 learns to stop under the instruction it is evaluated with (eval.instruction), as the
+    # release trained it; own = under its own "if the documents are irrelevant, output nothing"
+    stage1_instruction: Literal["evaluation", "own"] = "evaluation"
     num_docs: int = 5  # K documents in evaluation prompts (the stages use stage1.num_docs / stage2.num_docs)
     max_length: int = 1024  # tokens; documents are truncated, never the question or the target
     benchmark: Literal["embedded", "english", ""] = "embedded"  # generator of the files above in the demo; "" = given

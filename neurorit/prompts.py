@@ -185,11 +185,15 @@ class PromptParts:
 
 
 class PromptBuilder:
-    def __init__(self, style: str = "paper", chat: Optional[ChatFormat] = None):
+    def __init__(self, style: str = "paper", chat: Optional[ChatFormat] = None, stage1_task: str = "stage1"):
+        """``stage1_task``: the instruction stage 1 trains under: ``stage1`` (its own: "if the documents are
+        irrelevant, output nothing") or an inference instruction (``two_step`` / ``answer_only``), so that the
+        suppression is learned under the prompt it is used with (``data.stage1_instruction``)."""
         if style not in STYLES:
             raise ValueError(f"unknown prompt style {style!r}; use one of {', '.join(STYLES)}")
         self.style = STYLES[style]
         self.chat = chat
+        self.stage1_task = stage1_task
 
     @property
     def yes_word(self) -> str:
@@ -248,7 +252,7 @@ class PromptBuilder:
         return tail
 
     def stage1(self, question: str, irrelevant_docs: Sequence[Passage]) -> PromptParts:
-        return self._task("stage1", question, irrelevant_docs, target="")
+        return self._task(self.stage1_task, question, irrelevant_docs, target="")
 
     def stage2(self, question: str, docs: Sequence[Passage], evidence: str) -> PromptParts:
         return self._task("stage2", question, docs, target=evidence or self.no_evidence())
@@ -304,12 +308,14 @@ def chat_format(mode: str, tokenizer, template_file: str = "",
     return ChatFormat.from_tokenizer(tokenizer, template, date_string)
 
 
-def prompt_builder(data_cfg, tokenizer) -> PromptBuilder:
+def prompt_builder(data_cfg, tokenizer, instruction: str = "two_step") -> PromptBuilder:
     """The prompt builder of an experiment: ``data.prompt_style``, chat-wrapped per ``data.chat_template``,
-    ``data.chat_template_file`` and ``data.chat_date`` (every stage builds its prompts here)."""
+    ``data.chat_template_file`` and ``data.chat_date``; stage 1 under ``instruction`` (``eval.instruction``) when
+    ``data.stage1_instruction`` is ``evaluation``, else under its own (every stage builds its prompts here)."""
     chat = chat_format(getattr(data_cfg, "chat_template", "auto"), tokenizer,
                        getattr(data_cfg, "chat_template_file", ""), getattr(data_cfg, "chat_date", DEFAULT_CHAT_DATE))
-    return PromptBuilder(data_cfg.prompt_style, chat)
+    own = getattr(data_cfg, "stage1_instruction", "own") == "own"
+    return PromptBuilder(data_cfg.prompt_style, chat, "stage1" if own else instruction)
 
 
 # ------------------------------------------------------------------------------------------- tokenization

@@ -1,14 +1,15 @@
 """train/ parts without DeepSpeed: the step plan, schedules, stage examples, trainable sets, optimizer errors."""
+import random
 import sys
 
 import pytest
 import torch
 
-from neurorit.config import StageConfig
+from neurorit.config import DataConfig, StageConfig
 from neurorit.dist import Strategy, build_optimizer, lr_factor
 from neurorit.errors import UserError
-from neurorit.prompts import PromptBuilder
-from neurorit.records import Passage, Record
+from neurorit.prompts import PromptBuilder, encode, prompt_builder
+from neurorit.records import Passage, Record, irrelevant_passages
 from tests.support.models import tiny_model
 from tests.support.workspaces import (GROUPS, HIDDEN, INTERMEDIATE, PEOPLE, TARGET_LAYERS, setup_trainable,
                                       training_neuron_map, training_tokenizer)
@@ -70,6 +71,25 @@ def test_stage_examples_have_the_right_targets():
     assert tok.decode([t for t in sft[0].labels if t != -100]).split() == ["paris", "</s>"]
     with pytest.raises(UserError, match="record a: .* > max_length 8; raise data.max_length"):
         build_examples("evidence", records, tok, PromptBuilder("compact"), 3, 8, 0)
+
+
+@pytest.mark.parametrize("instruction", ["two_step", "answer_only"])
+def test_stage1_learns_to_stop_under_the_evaluation_instruction(instruction):
+    """data.stage1_instruction evaluation (the default): a stage-1 example is the evaluation prompt of its
+    irrelevant documents, then the end token; own: stage 1's own instruction."""
+    tok = training_tokenizer()
+    irr = [Passage("", f"{p} works oslo .", has_answer=False) for p in PEOPLE[1:4]]
+    record = Record("a", "born ann ?", ["paris"], irr)
+    data = DataConfig(prompt_style="compact", chat_template="never")
+    builder = prompt_builder(data, tok, instruction)
+    (example,), _ = build_examples("end_on_noise", [record], tok, builder, 3, 96, 0)
+    prompt = [t for t, label in zip(example.input_ids, example.labels) if label == -100]
+    docs = irrelevant_passages(record, 3, pool=[record], rng=random.Random(0))
+    evaluated = getattr(builder, instruction)(record.question, docs)
+    assert prompt == encode(tok, evaluated, 96, add_eos=False).input_ids
+    own = prompt_builder(DataConfig(prompt_style="compact", chat_template="never", stage1_instruction="own"), tok)
+    (example_own,), _ = build_examples("end_on_noise", [record], tok, own, 3, 96, 0)
+    assert example_own.input_ids != example.input_ids
 
 
 def _model():

@@ -157,7 +157,8 @@ def _stage_data(run: StageRun, tokenizer):
     """Training examples (+ truncation report) and, when dev loss is on, the dev examples."""
     cfg, st = run.cfg, run.st
     task = methods.get(st.method).rule(run.stage).task
-    common = (tokenizer, prompt_builder(cfg.data, tokenizer), st.num_docs, cfg.data.max_length, cfg.runtime.seed)
+    builder = prompt_builder(cfg.data, tokenizer, cfg.eval.instruction)
+    common = (tokenizer, builder, st.num_docs, cfg.data.max_length, cfg.runtime.seed)
     examples, truncation = build_examples(task, load_records(cfg.data.train_file, st.num_examples), *common)
     dev = []
     if st.eval_every > 0:
