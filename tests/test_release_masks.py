@@ -2,7 +2,7 @@
 built masks against the closed form, the per-stage rules, and that the hooks train exactly the masked weights."""
 import torch
 
-from model_patches import get_ffn_adapter
+from model_patches import get_ffn_layout
 from model_patches.release_masks import (attach_grad_masks, intended_positions, release_layer_masks,
                                          release_model_masks, release_positions, trained_count)
 
@@ -66,9 +66,9 @@ def test_stage_rules():
 
 def test_hooks_train_exactly_the_masked_weights(tiny_model):
     model = tiny_model("llama", layers=2, hidden=8, intermediate=12)
-    adapter = get_ffn_adapter(model)
+    layout = get_ffn_layout(model)
     model.requires_grad_(False)
-    weights = {i: adapter.weights(adapter.ffn_module(layer)) for i, layer in enumerate(adapter.layers(model))}
+    weights = {i: layout.weights(layout.ffn_module(layer)) for i, layer in enumerate(layout.layers(model))}
     masks = release_model_masks({0: [3], 1: [7]}, 2, 8, 12, "stage2", unmasked_last=1)
     handles = attach_grad_masks(weights, masks)
     model(torch.randint(0, 97, (2, 5))).logits.square().mean().backward()
