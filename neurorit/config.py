@@ -70,8 +70,9 @@ class MiningConfig:
     n_shared: int = 30  # shared neurons kept
     n_target_layers: int = 3  # target layers (densest in irrelevant-only + shared neurons)
     shard_every: int = 16  # examples between atomic per-rank shard writes
-    # 3 = the model partitioned over the ranks (models larger than one device); 0 = a whole copy per rank
-    zero_stage: Literal[0, 3] = 3
+    # auto = a whole copy per rank when the model and one chunk of IG rows fit in a rank's device memory
+    # (neurorit/dist/memory_plan.py), else ZeRO-3; 3 = the model partitioned over the ranks; 0 = a whole copy
+    zero_stage: Literal["auto", 0, 3] = "auto"
     ds_config: str = ""  # ZeRO-3 DeepSpeed config; empty = ds_configs/zero3.json (cpu_zero3.json on CPU)
     output_dir: str = ""  # empty = <runtime.output_dir>/mining
 

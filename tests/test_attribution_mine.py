@@ -76,7 +76,7 @@ def zero3(single, tmp_path_factory, run_ranks):
     """An uninterrupted 2-rank ZeRO-3 run over the 7 examples (odd: one rank runs stand-in passes)."""
     cfg, _ = single
     out = str(tmp_path_factory.mktemp("zero3") / "out")
-    run_ranks("attribution/mine.py", "--config", cfg, "--mining.output_dir", out)  # asserts exit 0
+    run_ranks("attribution/mine.py", "--config", cfg, "--mining.output_dir", out, "--mining.zero_stage", "3")
     return out
 
 
@@ -86,6 +86,17 @@ def test_two_rank_zero3_equals_one_process(single, zero3):
     assert sorted(os.path.basename(p) for p in shards) == ["shard-g0000-r00000.safetensors",
                                                            "shard-g0000-r00001.safetensors"]
     assert_same(single[1], zero3, exact=False)
+
+
+@pytest.mark.distributed
+def test_auto_replicates_a_model_that_fits_with_the_same_map(single, zero3, tmp_path, run_ranks):
+    """mining.zero_stage auto (the default) keeps a whole copy per rank when it fits, and mines the same map as
+    ZeRO-3 and as one process."""
+    cfg, _ = single
+    out = str(tmp_path / "replicated")
+    printed = run_ranks("attribution/mine.py", "--config", cfg, "--mining.output_dir", out)
+    assert "mining.zero_stage auto: a whole copy per rank" in printed.stderr
+    assert NeuronMap.load(out).hash() == NeuronMap.load(zero3).hash() == NeuronMap.load(single[1]).hash()
 
 
 @pytest.mark.distributed

@@ -12,7 +12,8 @@ from tests.support.workspaces import mining_workspace
 def test_offloaded_mining_equals_plain_zero3(tmp_path, run_ranks):
     config = mining_workspace(str(tmp_path / "ws"))
     for name, extra in (("plain", []), ("offload", ["--mining.ds_config", "ds_configs/cpu_zero3_offload.json"])):
-        run_ranks("attribution/mine.py", "--config", config, "--mining.output_dir", str(tmp_path / name), *extra)
+        run_ranks("attribution/mine.py", "--config", config, "--mining.output_dir", str(tmp_path / name),
+                  "--mining.zero_stage", "3", *extra)
     stats = [(tmp_path / n / "neuron_stats.safetensors").read_bytes() for n in ("plain", "offload")]
     assert stats[0] == stats[1]
     maps = [json.loads((tmp_path / n / "neuron_map.json").read_text()) for n in ("plain", "offload")]

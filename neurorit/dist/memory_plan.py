@@ -414,3 +414,21 @@ def advice(r: dict) -> list[str]:
         else:
             out.append(f"{stage}: does not fit even offloaded at micro-batch 1; use more GPUs or shorter sequences")
     return out or ["every phase fits."]
+
+
+def replicated_mining_bytes(s: Shape, dtype_bytes: int, tokens: int, chunk_rows: int) -> int:
+    """What mining needs on one rank holding the whole model: the weights, one chunk of IG rows and the prompt's
+    KV cache, in the run's dtype (``row_bytes`` counts 16-bit values)."""
+    scale = dtype_bytes / WEIGHT_BYTES
+    kv_cache = WEIGHT_BYTES * 2 * s.layers * s.kv_width * tokens
+    return s.total_params() * dtype_bytes + math.ceil(scale * (chunk_rows * row_bytes(s, tokens) + kv_cache))
+
+
+def rank_memory_bytes(device) -> int:
+    """Memory one rank may use on ``device``: a GPU's free memory, or the host's RAM shared by the node's ranks."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")) or 1)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, ranks)
