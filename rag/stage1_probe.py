@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 if __name__ == "__main__" and not __package__:  # run as a script: import from the repo root, not from rag/
@@ -83,20 +84,32 @@ def _shares(probs: torch.Tensor, end: list[int]) -> dict:
             "end_prob": float(probs[:, end_t].sum(-1).double().mean())}
 
 
-def stage1_probe(model, tokenizer, records: Sequence[Record], builder: PromptBuilder, instruction: str = "two_step",
-                 num_docs: int = 5, max_length: int = 1024, batch_size: int = 8,
-                 settings: Sequence[str] = PROBE_SETTINGS, kinds: Optional[Sequence[str]] = None) -> dict:
+@dataclass(frozen=True)
+class ProbeSpec:
+    """What the probe asks: evaluation's ``instruction`` and prompt sizes, the ``settings`` probed, and (``kinds``)
+    only the records whose ``meta.kind`` is listed."""
+
+    instruction: str = "two_step"
+    num_docs: int = 5
+    max_length: int = 1024
+    batch_size: int = 8
+    settings: tuple = PROBE_SETTINGS
+    kinds: Optional[tuple] = None
+
+
+def stage1_probe(model, tokenizer, records: Sequence[Record], builder: PromptBuilder,
+                 spec: ProbeSpec = ProbeSpec()) -> dict:
     """``{setting: {"n", "end_share", "end_prob"}, "by_kind": {kind: {setting: ...}}, "end_ids": [...]}``:
-    per setting, the share of prompts whose most likely first token is the end token and its mean probability;
-    ``kinds`` keeps only records whose ``meta.kind`` is listed."""
+    per setting, the share of prompts whose most likely first token is the end token and its mean probability."""
+    instruction, num_docs, max_length, kinds = spec.instruction, spec.num_docs, spec.max_length, spec.kinds
     end = end_token_ids(tokenizer, builder)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end[0]
     if kinds:
         records = [r for r in records if str(r.meta.get("kind", "")) in set(kinds)]
     result: dict = {"end_ids": end, "instruction": instruction, "by_kind": {}}
-    for setting in settings:
+    for setting in spec.settings:
         kept, prompts = probe_prompts(records, setting, builder, tokenizer, instruction, num_docs, max_length)
-        probs = first_token_probs(model, prompts, batch_size, pad)
+        probs = first_token_probs(model, prompts, spec.batch_size, pad)
         result[setting] = _shares(probs, end)
         for kind in dict.fromkeys(str(r.meta.get("kind", "")) for r in kept if r.meta.get("kind")):
             rows = torch.tensor([str(r.meta.get("kind", "")) == kind for r in kept])
@@ -121,21 +134,21 @@ def _extra_args(parser) -> None:
 @main_guard
 def main(argv=None) -> dict:
     from model_patches import load_causal_lm, load_tokenizer
+    from neurorit import runtime
     from neurorit.config import parse_args
     from neurorit.files import atomic_write_text
     from neurorit.prompts import prompt_builder
     from neurorit.records import load_records
 
     args, cfg = parse_args("Stage-1 probe: end-token share on noise-only and gold-only prompts.", argv, _extra_args)
-    if cfg.runtime.torch_threads > 0:
-        torch.set_num_threads(cfg.runtime.torch_threads)
+    runtime.start(cfg.runtime, args.local_rank)
     path = {"train": cfg.data.train_file, "dev": cfg.data.dev_file, "test": cfg.data.test_file}[args.split]
     tokenizer = load_tokenizer(args.model)
     model = load_causal_lm(args.model, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
     model.eval()
-    result = stage1_probe(model, tokenizer, load_records(path), prompt_builder(cfg.data, tokenizer),
-                          cfg.eval.instruction, cfg.data.num_docs, cfg.data.max_length, cfg.eval.batch_size,
-                          kinds=args.kinds)
+    spec = ProbeSpec(cfg.eval.instruction, cfg.data.num_docs, cfg.data.max_length, cfg.eval.batch_size,
+                     kinds=tuple(args.kinds) if args.kinds else None)
+    result = stage1_probe(model, tokenizer, load_records(path), prompt_builder(cfg.data, tokenizer), spec)
     print(probe_text(result))
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")

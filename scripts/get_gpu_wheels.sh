@@ -38,13 +38,15 @@ pins() {  # name==version as installed in $PY's environment; stops the script wh
                       echo "$p==$v"; done
 }
 
+mapfile -t PURE_PINS < <(pins "${PURE[@]}")
+mapfile -t COMPILED_PINS < <(pins "${COMPILED[@]}")
 echo "== pure-Python and abi3 wheels"
 "$PY" -m pip download -q --no-deps --only-binary=:all: "${PLATFORMS[@]}" --python-version 3.12 \
-    --implementation cp -d "$OUT" $(pins "${PURE[@]}")
+    --implementation cp -d "$OUT" "${PURE_PINS[@]}"
 for v in $PYTHONS; do
     echo "== compiled wheels for CPython $v"
     "$PY" -m pip download -q --no-deps --only-binary=:all: "${PLATFORMS[@]}" --python-version "$v" \
-        --implementation cp -d "$OUT" $(pins "${COMPILED[@]}")
+        --implementation cp -d "$OUT" "${COMPILED_PINS[@]}"
 done
 
 echo "== deepspeed $(version deepspeed): source archive -> pure-Python wheel (ops compiled on first use)"
@@ -82,7 +84,8 @@ PYEOF
 
 TOTAL=$(du -sm "$OUT" | cut -f1)
 echo
-echo "wrote $(ls "$OUT"/*.whl | wc -l) wheels, ${TOTAL} MB, to ${OUT#$ROOT/}/ (git-ignored)"
+WHEELS=("$OUT"/*.whl)
+echo "wrote ${#WHEELS[@]} wheels, ${TOTAL} MB, to ${OUT#"$ROOT"/}/ (git-ignored)"
 cat <<EOT
 
 To run the GPU check on the device machine (the device tool copies the work tree plus up to 8 'carry' paths,

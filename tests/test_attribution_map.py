@@ -9,10 +9,9 @@ import torch
 
 from attribution.examples import ExampleBuilder
 from neurorit.prompts import PromptBuilder
-from attribution.mine import attribute
+from attribution.mine import Miner, attribute
 from model_patches import model_fingerprint
 from neurorit.neuron_map import NeuronMap
-from attribution.ig_common import IGSettings
 from attribution.selection import example_topk, neuron_map_from_stats, select_groups, target_layers
 from attribution.stats import (EMPTY_PASSAGE, FIXED_ONE, NO_ANSWER_TOKEN, NON_FINITE, OK, TOO_LONG, ExampleResult,
                                NeuronStats, RankStats, reduce_stats, scan_shards, shard_path)
@@ -188,5 +187,6 @@ def test_non_finite_attribution_skips_the_example(tokenizer, tiny_model):
     builder = ExampleBuilder(tokenizer, PromptBuilder("compact"), "yes_prob", "query", max_length=48)
     ex = builder.build(0, *_record())
     cfg = ExperimentConfig()
-    res = attribute(model, patcher, ex, builder.pad_inputs(), IGSettings(steps=2), cfg, lockstep=True, top_k=5)
+    cfg.mining.steps, cfg.mining.top_k = 2, 5
+    res = attribute(Miner(cfg, model, patcher, builder, lockstep=True), ex, builder.pad_inputs())
     assert res.status == NON_FINITE and res.attributions is None

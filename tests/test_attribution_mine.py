@@ -123,8 +123,8 @@ def test_summary_and_file_hold_the_diagnostics(single):
     diag = _diagnostics(out)
     stats, nmap = _load(out)
     assert {g: f["got"] for g, f in diag["fill"].items()} == {g: len(nmap.groups[g]) for g in nmap.groups}
-    assert diag["separation"]["examples"] == 6
-    assert sum(diag["stability"]["examples"]) == 6  # the 6 OK examples split into even / odd indices
+    assert diag["separation"]["examples"] == 7
+    assert sum(diag["stability"]["examples"]) == 7  # the 7 OK examples split into even / odd indices
     summary = open(os.path.join(out, "summary.txt")).read()
     assert "fill: relevant_only" in summary and "stability (even / odd halves" in summary
     assert "separation: mean F relevant" in summary

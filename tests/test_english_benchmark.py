@@ -15,7 +15,7 @@ from neurorit.metrics import normalize
 from neurorit.records import Passage, load_records, passage_has_answer
 from neurorit.settings import SETTINGS, docs_for_setting, has_setting
 
-N = 240  # questions over all splits: train 168, dev 36, test 36
+N = 240  # questions over all splits: train 120, dev 36, test 84
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_deterministic(splits):
 
 
 def test_sizes_and_kinds(splits):
-    assert {k: len(v) for k, v in splits.items()} == {"train": 168, "dev": 36, "test": 36}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 120, "dev": 36, "test": 84}
     for recs in splits.values():
         kinds = Counter(r.meta["kind"] for r in recs)
         assert kinds["fresh"] == kinds["real"] == len(recs) // 2  # no probe -> "real"
@@ -185,7 +185,7 @@ def test_cli_without_probe(tmp_path):
                                                "--data.test_file", str(tmp_path / "test.jsonl"),
                                                "--data.benchmark_questions", "40"])
     paths = write_benchmark(cfg, probe=False)
-    assert [len(load_records(paths[s])) for s in ("train", "dev", "test")] == [28, 6, 6]
+    assert [len(load_records(paths[s])) for s in ("train", "dev", "test")] == [20, 6, 14]
 
 
 def test_probe_without_model_is_a_clear_error(tmp_path):

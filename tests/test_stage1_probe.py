@@ -12,7 +12,7 @@ from neurorit.config import ExperimentConfig
 from neurorit.prompts import PromptBuilder, prompt_builder
 from neurorit.records import load_records
 from rag.evaluate import build_jobs
-from rag.stage1_probe import end_token_ids, first_token_probs, main, probe_prompts, stage1_probe
+from rag.stage1_probe import ProbeSpec, end_token_ids, first_token_probs, main, probe_prompts, stage1_probe
 from tests.support.workspaces import eval_model, eval_records, eval_tokenizer, write_yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,11 +49,11 @@ def test_forced_end_token_gives_one_and_other_token_gives_zero(world):
     builder = PromptBuilder("compact")
     end = end_token_ids(tok, builder)
     assert end == [tok.eos_token_id]  # no chat template: eos_token closes the answer
-    hit = stage1_probe(_forced(tok, end[0]), tok, records, builder, "answer_only", 5, 128, batch_size=7)
+    hit = stage1_probe(_forced(tok, end[0]), tok, records, builder, ProbeSpec("answer_only", 5, 128, batch_size=7))
     assert hit["noise_only"]["end_share"] == 1.0 and hit["gold"]["end_share"] == 1.0
     assert hit["noise_only"]["n"] == len(records) and hit["noise_only"]["end_prob"] > 0.99
     other = next(i for i in range(tok.vocab_size) if i not in end and i != tok.pad_token_id)
-    miss = stage1_probe(_forced(tok, other), tok, records, builder, "answer_only", 5, 128, batch_size=7)
+    miss = stage1_probe(_forced(tok, other), tok, records, builder, ProbeSpec("answer_only", 5, 128, batch_size=7))
     assert miss["noise_only"]["end_share"] == 0.0 and miss["gold"]["end_share"] == 0.0
     assert miss["noise_only"]["end_prob"] < 1e-3
     assert set(miss["by_kind"]) == {str(r.meta["kind"]) for r in records}
@@ -63,8 +63,8 @@ def test_forced_end_token_gives_one_and_other_token_gives_zero(world):
 def test_kinds_filter(world):
     tok, records = world
     kind = str(records[0].meta["kind"])
-    res = stage1_probe(eval_model(tok).eval(), tok, records, PromptBuilder("compact"), "two_step", 5, 128,
-                       kinds=[kind])
+    res = stage1_probe(eval_model(tok).eval(), tok, records, PromptBuilder("compact"),
+                       ProbeSpec("two_step", 5, 128, kinds=(kind,)))
     assert res["gold"]["n"] == sum(str(r.meta["kind"]) == kind for r in records) and list(res["by_kind"]) == [kind]
 
 

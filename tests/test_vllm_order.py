@@ -4,6 +4,8 @@ Runs without vLLM: a stand-in ``vllm`` module records, when its engine is built,
 torch.distributed group and whether it asked for a CUDA device. The path is the one an entry takes:
 ``init_process(backend)`` then ``load_backend``. The real engine is tested in its own environment (tests/vllm).
 """
+import json
+import subprocess
 import sys
 from types import ModuleType, SimpleNamespace
 
@@ -16,6 +18,7 @@ from neurorit.config import RuntimeConfig
 from neurorit.errors import UserError
 from rag import backends
 from tests.support.models import tiny_config
+from tests.support.ranks import ROOT, child_env
 
 CFG = SimpleNamespace(model=SimpleNamespace(dtype="bfloat16"), eval=SimpleNamespace(tensor_parallel_size=1),
                       runtime=SimpleNamespace(seed=0))
@@ -38,26 +41,39 @@ def fake_vllm(monkeypatch):
     return seen
 
 
-@pytest.fixture
-def no_cuda_device(monkeypatch):
-    """Calls that would create a CUDA context fail the test."""
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("a CUDA device was selected before vLLM started")
+FRESH_PROCESS = """
+import json, sys, types
+import torch, torch.distributed as tdist
+from tests.test_vllm_order import CFG
+from neurorit.config import RuntimeConfig
+from rag import backends
+seen = {}
+class LLM:
+    def __init__(self, **kwargs):
+        seen.update(model=kwargs["model"], dtype=kwargs["dtype"], group=tdist.is_initialized(),
+                    cuda=torch.cuda.is_initialized())
+module = types.ModuleType("vllm"); module.LLM, module.__version__ = LLM, "stand-in"
+sys.modules["vllm"] = module
+def refuse(*a, **k):
+    raise AssertionError("a CUDA device was selected before vLLM started")
+torch.cuda.set_device = torch.cuda.init = refuse
+backends.init_process("vllm", RuntimeConfig())
+backend = backends.load_backend("vllm", sys.argv[1], CFG, max_model_len=64)
+print(json.dumps(dict(seen, backend=type(backend).__name__)))
+"""
 
-    monkeypatch.setattr(torch.cuda, "set_device", refuse)
-    monkeypatch.setattr(torch.cuda, "init", refuse)
 
-
-def test_vllm_starts_before_any_group_or_cuda_context(fake_vllm, no_cuda_device, monkeypatch, tmp_path):
-    assert not tdist.is_initialized()
-    joined = []
-    monkeypatch.setattr(dist, "init_distributed", lambda *a, **k: joined.append(a))
+def test_vllm_starts_before_any_group_or_cuda_context(tmp_path):
+    """In a fresh process (this one may hold the group of an earlier test), as an entry runs it."""
     tiny_config("llama").save_pretrained(tmp_path)
-    backends.init_process("vllm", RuntimeConfig())
-    backend = backends.load_backend("vllm", str(tmp_path), CFG, max_model_len=64)
-    assert isinstance(backend, backends.VLLMBackend)
-    assert fake_vllm["group"] is False and fake_vllm["cuda"] is False and joined == []
-    assert fake_vllm["kwargs"]["model"] == str(tmp_path) and fake_vllm["kwargs"]["dtype"] == "bfloat16"
+    env = {k: v for k, v in child_env().items() if k not in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "RANK",
+                                                              "LOCAL_RANK")}
+    run = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen == {"model": str(tmp_path), "dtype": "bfloat16", "group": False, "cuda": False,
+                    "backend": "VLLMBackend"}
 
 
 @pytest.mark.parametrize("backend", ["hf", "zero3"])
