@@ -286,7 +286,7 @@ def _zero3_engine(shape: Shape, stage: int, optimizer: str = "adamw_torch", laye
         for layer in model.model.layers[-3:]:
             layer.mlp.requires_grad_(True)
             params += [p for p in layer.mlp.parameters() if id(p) not in seen]
-    opt = strategy.optimizer(params, optimizer, 1e-3, 0.0)
+    opt = dist.build_optimizer(params, optimizer, 1e-3, 0.0, strategy.offloads_optimizer)
     return strategy.prepare_trainable(model, params, opt, lambda _step: 1.0), model, params
 
 
@@ -350,7 +350,7 @@ def _fused_adam(shape: Shape) -> dict:
     dist.init_distributed()
     start = time.perf_counter()
     p = torch.nn.Parameter(torch.zeros(1024, device="cuda"))
-    opt = dist.Strategy.for_training(0, 1, 1, "", "bfloat16").optimizer([p], "adamw", 1e-3, 0.0)
+    opt = dist.build_optimizer([p], "adamw", 1e-3, 0.0)
     p.grad = torch.ones_like(p)
     opt.step()
     return row(f"{type(opt).__name__} built and stepped (s)", round(time.perf_counter() - start, 1), "works", True)
