@@ -103,7 +103,7 @@ def test_auto_replicates_a_model_that_fits_with_the_same_map(single, zero3, tmp_
 def test_killed_rank_then_rerun_gives_identical_statistics(single, zero3, tmp_path, run_ranks):
     cfg, out_single = single
     out = str(tmp_path / "killed")
-    mine = ("attribution/mine.py", "--config", cfg, "--mining.output_dir", out)
+    mine = ("attribution/mine.py", "--config", cfg, "--mining.output_dir", out, "--mining.zero_stage", "3")
     crashed = run_ranks(*mine, env={"NEURORIT_MINE_KILL_AFTER": "1:1"}, check=False)
     assert crashed.returncode != 0
     assert not os.path.exists(os.path.join(out, "neuron_stats.safetensors"))

@@ -20,7 +20,7 @@ N_MINE = 11
 @pytest.fixture(scope="module")
 def mining(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("mine_faults"))
-    cfg = mining_workspace(root, n=N_MINE, steps=8)
+    cfg = mining_workspace(root, n=N_MINE, steps=8, zero_stage=3)  # the lockstep path, where a kill is hardest
     out, ref = os.path.join(root, "out"), os.path.join(root, "ref")
     harness.run("attribution/mine.py", "--config", cfg, "--mining.output_dir", out, log=os.path.join(root, "ref.log"))
     os.rename(out, ref)  # the killed run writes into the same path: the map records its output_dir
