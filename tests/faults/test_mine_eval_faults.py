@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from attribution.examples import offtopic_mining_pairs
+from neurorit.records import load_records
 from tests.faults import harness
 from tests.support.workspaces import eval_checkpoint, eval_config, eval_records, mining_workspace
 
@@ -24,18 +26,19 @@ def mining(tmp_path_factory):
     out, ref = os.path.join(root, "out"), os.path.join(root, "ref")
     harness.run("attribution/mine.py", "--config", cfg, "--mining.output_dir", out, log=os.path.join(root, "ref.log"))
     os.rename(out, ref)  # the killed run writes into the same path: the map records its output_dir
-    return cfg, ref
+    pairs = len(offtopic_mining_pairs(load_records(os.path.join(root, "records.jsonl"))))  # what the bar counts
+    return cfg, ref, pairs
 
 
 def test_mining_kill_one_rank_then_rerun(mining, tmp_path):
-    cfg, ref = mining
+    cfg, ref, pairs = mining
     draw = harness.rng("mine")
-    rank, after, delay = draw.randrange(2), draw.randint(1, N_MINE - 3), draw.uniform(0.0, 0.3)
-    print(f"seed {harness.SEED}: kill rank {rank} {delay:.2f} s after {after} of {N_MINE} examples are mined")
+    rank, after, delay = draw.randrange(2), draw.randint(1, pairs - 3), draw.uniform(0.0, 0.3)
+    print(f"seed {harness.SEED}: kill rank {rank} {delay:.2f} s after {after} of {pairs} examples are mined")
     out = os.path.join(os.path.dirname(ref), "out")
     log = str(tmp_path / "killed.log")
     proc = harness.launch("attribution/mine.py", "--config", cfg, "--mining.output_dir", out, log=log)
-    mined = f"| {after}/{N_MINE} ["  # the progress bar (rank 0; shards are written every example)
+    mined = f"| {after}/{pairs} ["  # the progress bar (rank 0; shards are written every example)
     result = harness.kill_rank_when(proc, log, lambda: mined in open(log, errors="replace").read(), rank, delay,
                                     f"{after} examples")
     assert result.killed and result.returncode != 0, result.output[-3000:]
