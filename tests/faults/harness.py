@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import psutil
 
+from model_patches.model_card import read_model_card
 from tests.support.ranks import ROOT, child_env, launch_command
 
 SEED = int(os.environ.get("NEURORIT_FAULT_SEED", "0"))
@@ -165,10 +166,13 @@ def assert_same_files(a: str, b: str, names=None) -> None:
         fb = {k: v for k, v in fb.items() if k in names}
         assert set(fa) == set(names), (a, sorted(fa))
     assert sorted(fa) == sorted(fb), (sorted(fa), sorted(fb))
-    differ = [k for k in fa if fa[k] != fb[k] and os.path.basename(k) not in BY_CONTENT]
+    differ = [k for k in fa if fa[k] != fb[k] and os.path.basename(k) not in BY_CONTENT + (CARD,)]
     for k in fa:
         if os.path.basename(k) in BY_CONTENT:
             assert_same_safetensors(os.path.join(a, k), os.path.join(b, k))
+        elif os.path.basename(k) == CARD:  # the model card records the command, which names each run's folder
+            card_a, card_b = (read_model_card(os.path.dirname(os.path.join(x, k))) for x in (a, b))
+            assert {**card_a, "command": ""} == {**card_b, "command": ""}, (card_a, card_b)
     assert not differ, f"files differ between {a} and {b}: {differ}"
 
 
@@ -230,6 +234,7 @@ def training_workspace(root: str, n_train: int = 16, **stage: object) -> str:
 # safetensors writes its metadata from a Rust HashMap: with more than one key the order (so the bytes) changes
 # from process to process. Files with several metadata keys (the neuron map) are compared by content.
 BY_CONTENT = ("neuron_map.safetensors",)
+CARD = "README.md"  # an export's model card (model_patches/model_card.py): compared by its facts
 
 
 def assert_same_safetensors(a: str, b: str) -> None:
