@@ -54,9 +54,11 @@ class LLM:
                     cuda=torch.cuda.is_initialized())
 module = types.ModuleType("vllm"); module.LLM, module.__version__ = LLM, "stand-in"
 sys.modules["vllm"] = module
-def refuse(*a, **k):
-    raise AssertionError("a CUDA device was selected before vLLM started")
-torch.cuda.set_device = torch.cuda.init = refuse
+def refusing(name):
+    def refuse(*a, **k):
+        raise AssertionError(f"torch.cuda.{name} was called before vLLM started")
+    return refuse
+torch.cuda.set_device, torch.cuda.init = refusing("set_device"), refusing("init")  # distinct: torch._dynamo maps them
 backends.init_process("vllm", RuntimeConfig())
 backend = backends.load_backend("vllm", sys.argv[1], CFG, max_model_len=64)
 print(json.dumps(dict(seen, backend=type(backend).__name__)))
