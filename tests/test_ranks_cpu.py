@@ -5,6 +5,7 @@ what it sees. Under both launchers: the script ran as ``__main__`` with its own 
 DeepSpeed accelerator was the CPU one, and the two ranks formed one gloo group on CPU.
 """
 import json
+import re
 
 import pytest
 
@@ -27,7 +28,8 @@ if __name__ == "__main__":
 
 
 def reports(stdout: str) -> list[dict]:
-    return sorted((json.loads(line.split("REPORT ", 1)[1]) for line in stdout.splitlines() if "REPORT {" in line),
+    """Every rank's report; two ranks writing at once may put both on one line of the launcher's output."""
+    return sorted((json.loads(found) for found in re.findall(r"REPORT (\{[^{}]*\})", stdout)),
                   key=lambda r: r["rank"])
 
 
