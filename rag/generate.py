@@ -51,7 +51,6 @@ def pad_id_of(tokenizer, eos_ids: Sequence[int]) -> int:
     return int(pad) if pad is not None else int(eos_ids[0])
 
 
-@torch.inference_mode()
 @dataclass(frozen=True)
 class Decoding:
     """Greedy decoding's settings: at most ``max_new_tokens``, stop at any of ``eos_ids``, pad with ``pad_id``."""
@@ -61,6 +60,7 @@ class Decoding:
     pad_id: int
 
 
+@torch.inference_mode()
 def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Iterable[int],
                     pad_id: int, all_done: Optional[Callable[[bool], bool]] = None) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (token id lists), one batch, left-padded.

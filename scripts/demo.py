@@ -27,7 +27,7 @@ from neurorit.config import load_config
 from neurorit.errors import UserError, main_guard
 from neurorit.runtime import PINNED_KERNELS
 from model_patches.loading import resolve_model
-from neurorit.run_layout import RunLayout, StageFiles, eval_files, trained_params
+from neurorit.run_layout import RunLayout, StageFiles, eval_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -95,7 +95,7 @@ class Pipeline:
     def evaluate(self, name: str, model: str, instruction: str, folder: str = "") -> None:
         folder = folder or self.eval_folder(instruction)
         cmd = launch(self.ranks, "rag/evaluate.py",
-                     self.args("--model", model, "--name", name, "--trainable-params", str(trained_params(model)),
+                     self.args("--model", model, "--name", name,  # evaluation counts the stages behind the model
                                "--eval.instruction", instruction, "--eval.output_dir", folder))
         self.step(f"evaluate {name} ({instruction})", eval_files(folder, name).result, cmd)
 

@@ -64,11 +64,12 @@ def init_path(cfg: ExperimentConfig, stage: str, method: methods.Method) -> str:
 
 @dataclass
 class StageRun:
-    """One stage's run: its config, the method's recipe, files, starting weights and neuron map."""
+    """One stage's run: its config, the method's recipe and data task, files, starting weights and neuron map."""
 
     stage: str
     cfg: ExperimentConfig
     recipe: Recipe
+    task: str
     files: StageFiles
     init_from: str
     nmap: Optional[NeuronMap]
@@ -80,10 +81,11 @@ class StageRun:
     @classmethod
     def of(cls, stage: str, cfg: ExperimentConfig) -> "StageRun":
         method = methods.get(getattr(cfg, stage).method)
-        recipe = recipes.build(method.rule(stage))
+        rule = method.rule(stage)
+        recipe = recipes.build(rule)
         layout = RunLayout.of(cfg)
         nmap = NeuronMap.load(layout.mining.root) if recipe.needs_map else None
-        return cls(stage, cfg, recipe, layout.stage(stage), init_path(cfg, stage, method), nmap)
+        return cls(stage, cfg, recipe, rule.task, layout.stage(stage), init_path(cfg, stage, method), nmap)
 
     def identity(self) -> dict:
         """What a resumed checkpoint must match (a Hub id's starting model by its resolved revision)."""
@@ -156,7 +158,7 @@ def _model_and_trainable(run: StageRun, ds_config: Optional[dict]) -> tuple[Stag
 def _stage_data(run: StageRun, tokenizer):
     """Training examples (+ truncation report) and, when dev loss is on, the dev examples."""
     cfg, st = run.cfg, run.st
-    task = methods.get(st.method).rule(run.stage).task
+    task = run.task
     builder = prompt_builder(cfg.data, tokenizer, cfg.eval.instruction)
     common = (tokenizer, builder, st.num_docs, cfg.data.max_length, cfg.runtime.seed)
     examples, truncation = build_examples(task, load_records(cfg.data.train_file, st.num_examples), *common)
