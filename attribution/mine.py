@@ -250,5 +250,11 @@ def write_throughput(out: str, questions: int, seconds: float, world: int) -> No
         {"questions": questions, "seconds": round(seconds, 3), "ranks": world, "questions_per_minute": rate}) + "\n")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python attribution/mine.py`` and the console script ``neurorit-mine``: ``main``, then the rank's clean end."""
     main()
+    dist.end_process()
+
+
+if __name__ == "__main__":
+    cli()

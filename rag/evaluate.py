@@ -276,3 +276,4 @@ def main(argv=None) -> Optional[dict]:
 
 if __name__ == "__main__":
     main()
+    dist.end_process()  # a rank of several: exit handlers, then exit without interpreter finalization

@@ -293,3 +293,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":  # vLLM's engine starts its workers with spawn: create it only here
     main()
+    dist.end_process()  # a rank of several: exit handlers, then exit without interpreter finalization

@@ -4,18 +4,22 @@ and ``neurorit-train-stage2`` run ``train/stage1.py`` / ``train/stage2.py`` with
     deepspeed --num_gpus 8 $(which neurorit-train-stage1) --config configs/x.yaml
     torchrun --nproc_per_node 8 --no-python neurorit-train-stage1 --config configs/x.yaml
 
-A console script exits with what its function returns, so these return 0 (the stage's summary is on disk).
+``train/stage1.py`` and ``train/stage2.py`` call them too. A console script exits with what its function returns, so
+these return 0 (the stage's summary is on disk); a rank of several ends through ``dist.end_process``.
 """
 from __future__ import annotations
 
+from neurorit import dist
 from train.loop import main
 
 
 def stage1() -> int:
     main("stage1")
+    dist.end_process()
     return 0
 
 
 def stage2() -> int:
     main("stage2")
+    dist.end_process()
     return 0

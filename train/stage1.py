@@ -8,7 +8,7 @@ Also runs under ``torchrun`` and ``srun`` (and as a single process). Reads the n
 ``neurorit/methods.py``), e.g. ``neurorit_hard_deactivation``, which trains nothing and exports the base model
 with its irrelevant-only neurons folded to zero.
 """
-from train.loop import main
+from train.cli import stage1
 
 if __name__ == "__main__":
-    main("stage1")
+    stage1()

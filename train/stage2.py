@@ -8,7 +8,7 @@ Also runs under ``torchrun`` and ``srun``. A method with both stages (Neuro-RIT,
 ``robust_sft``: see ``neurorit/methods.py``) from ``model.path``, unless ``stage2.init_from`` says otherwise.
 Writes ``<runtime.output_dir>/stage2/`` (see ``train/loop.py``).
 """
-from train.loop import main
+from train.cli import stage2
 
 if __name__ == "__main__":
-    main("stage2")
+    stage2()

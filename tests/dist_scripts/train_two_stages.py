@@ -1,14 +1,12 @@
-"""Run under ``deepspeed --num_gpus 2``: the stage-1 then the stage-2 entry script, as scripts, in one launch
-(one start-up instead of two). Arguments are passed to both entries, e.g. ``--config X``."""
-import os
-import runpy
+"""Run under ``deepspeed --num_gpus 2``: stage 1 then stage 2, in one launch (one start-up instead of two), through
+what ``train/stage1.py`` and ``train/stage2.py`` run (``train.loop.main``; the scripts end their process with
+``dist.end_process``, so this calls it once, after both). Arguments are passed to both, e.g. ``--config X``."""
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from neurorit import dist
+from train.loop import main
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    for entry in ("stage1.py", "stage2.py"):
-        path = os.path.join(ROOT, "train", entry)
-        sys.argv = [path] + args
-        runpy.run_path(path, run_name="__main__")
+    for stage in ("stage1", "stage2"):
+        main(stage, sys.argv[1:])
+    dist.end_process()
