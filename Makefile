@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.setup-done
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo demo-quick test test-slow test-all test-slurm test-faults test-vllm base-model benchmark bench \
+.PHONY: setup demo demo-quick test test-slow test-all test-pipeline test-slurm test-faults test-vllm base-model benchmark bench \
 	test-transformers-oldest real-model check-reader-smollm experiment-smollm experiment-smollm-why \
 	results-smollm clean
 
@@ -23,6 +23,10 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow tests
+
+# the demo's dev selection end to end (tiny sizes, about 4 minutes)
+test-pipeline: setup
+	$(PY) -m pytest -q -m slow tests/test_selection_pipeline.py
 
 test-all: setup
 	$(PY) -m pytest -q -m "" tests

@@ -128,7 +128,9 @@ class EvalConfig:
     )
     # two_step = evidence then answer; answer_only = the answer alone
     instruction: Literal["two_step", "answer_only"] = "two_step"
-    num_examples: int = -1  # test questions evaluated; -1 = all
+    num_examples: int = -1  # test questions evaluated (after kinds / max_per_kind); -1 = all
+    kinds: list[str] = field(default_factory=list)  # only questions whose meta.kind is listed; empty = all
+    max_per_kind: int = -1  # at most this many questions of each meta.kind, in file order; -1 = no cap
     batch_size: int = 32  # prompts per generation batch
     max_new_tokens: int = 32  # generated tokens per answer
     bootstrap: int = 1000  # bootstrap resamples of the 95% intervals
@@ -158,6 +160,19 @@ class EvidenceConfig:
 
 
 @dataclass
+class SelectionConfig:
+    """Choices made on dev before any test number is seen (scripts/demo.py; rag/selection.py has the rules)."""
+
+    lrs: list[float] = field(default_factory=list)  # stage-2 lr grid for every trained method; empty = as set
+    settings: list[str] = field(default_factory=lambda: ["top5", "noise_only", "gold"])  # mean dev Match picks the lr
+    dev_examples: int = 100  # dev questions each selection evaluation reads
+    stage1_steps: list[int] = field(default_factory=list)  # stage-1 budgets tried (x stage1_lrs); empty = as set
+    stage1_lrs: list[float] = field(default_factory=list)  # stage-1 learning rates tried at each budget
+    stage1_noise_end: float = 0.5  # rule: dev noise-only prompts answered with the end token, at least this share
+    stage1_gold_drop: float = 0.02  # rule: and dev gold-only Match at most this far below the base model's
+
+
+@dataclass
 class RuntimeConfig:
     output_dir: str = "outputs/run"  # every stage's outputs go under this folder (docs/DESIGN.md §4)
     seed: int = 0  # seeds data order, random neurons, LoRA init and the benchmark split
@@ -178,6 +193,7 @@ class ExperimentConfig:
         default_factory=lambda: StageConfig(lr=2e-5, epochs=2.0)
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
@@ -309,6 +325,18 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise UserError(f"config key 'eval.max_new_tokens' must be >= 0, got {ev.max_new_tokens}")
     if ev.tensor_parallel_size < 1:
         raise UserError(f"config key 'eval.tensor_parallel_size' must be >= 1, got {ev.tensor_parallel_size}")
+    sel = cfg.selection
+    for s in sel.settings:
+        if s not in EVAL_SETTINGS:
+            raise UserError(f"config key 'selection.settings': {s!r} is not allowed; use any of {', '.join(EVAL_SETTINGS)}")
+    if any(v <= 0 for v in [*sel.lrs, *sel.stage1_lrs, *sel.stage1_steps]):
+        raise UserError("config keys 'selection.lrs', 'selection.stage1_lrs' and 'selection.stage1_steps' must hold "
+                        "values > 0")
+    if bool(sel.stage1_steps) != bool(sel.stage1_lrs):
+        raise UserError("config keys 'selection.stage1_steps' and 'selection.stage1_lrs' go together: set both (the "
+                        "grid is every budget x every learning rate) or neither")
+    if sel.dev_examples < 1:
+        raise UserError(f"config key 'selection.dev_examples' must be >= 1, got {sel.dev_examples}")
     evc = cfg.evidence
     if evc.max_new_tokens < 1:
         raise UserError(f"config key 'evidence.max_new_tokens' must be >= 1, got {evc.max_new_tokens}")

@@ -176,6 +176,22 @@ def load_records(path: str, limit: int = -1) -> list[Record]:
     return out
 
 
+def select_by_kind(records: list[Record], kinds: list[str], max_per_kind: int = -1) -> list[Record]:
+    """The records whose ``meta.kind`` is in ``kinds`` (all when empty), at most ``max_per_kind`` of each kind
+    (no cap when < 0), in file order."""
+    taken: dict[str, int] = {}
+    out = []
+    for rec in records:
+        kind = str(rec.meta.get("kind", ""))
+        if kinds and kind not in kinds:
+            continue
+        if 0 <= max_per_kind <= taken.get(kind, 0):
+            continue
+        taken[kind] = taken.get(kind, 0) + 1
+        out.append(rec)
+    return out
+
+
 def write_records(records: list[Record], path: str) -> None:
     atomic_write_text(path, "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records))
 

@@ -11,6 +11,7 @@ Under ``runtime.output_dir`` (each overridable by its ``<section>.output_dir`` k
   (written after the export: the done marker);
 - ``eval/``: ``<name>.eval.json`` (written last: the done marker), ``<name>.predictions.jsonl`` and, while a run is
   unfinished, ``<name>.partial/``;
+- ``selection/`` when the demo chooses on dev (``RunLayout.selection``);
 - ``results.json`` / ``results.md`` / ``results.png`` from the report.
 
     python -m neurorit.run_layout export stage2 --config configs/x.yaml [overrides]    # prints <out>/stage2/export
@@ -143,6 +144,12 @@ class RunLayout:
     def variants(self, *parts: str) -> str:
         """The demo's ``--why`` variants folder."""
         return os.path.join(self.root, "variants", *parts)
+
+    def selection(self, *parts: str) -> str:
+        """The demo's dev selection (``selection.*``, ``rag/selection.py``): ``stage1/<point>/`` (stage-1 trials
+        with their ``probe.json``), ``<method>/lr<value>/stage2/`` (learning-rate trials), ``eval/`` (their dev
+        evaluations) and ``selection.json`` (the choices)."""
+        return os.path.join(self.root, "selection", *parts)
 
 
 def eval_files(folder: str, name: str) -> EvalFiles:

@@ -49,7 +49,7 @@ from rag.backends import as_backend, generate_resumably, init_process, load_back
 from rag.generate import Decoding, eos_ids_of, length_batches, pad_id_of
 from rag.resume import BatchStore, MemoryStore, fingerprint
 from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
-from neurorit.records import Record, load_records
+from neurorit.records import Record, load_records, select_by_kind
 from neurorit.settings import SETTINGS, docs_for_setting, has_setting
 
 log = logging.getLogger("rag.evaluate")
@@ -237,7 +237,12 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
         raise UserError(f"--name {args.name!r}: use letters, digits, '_', '-' or '.' only")
     init_process(cfg.eval.backend, cfg.runtime, args.local_rank)
     model_path = args.model or cfg.model.path
-    records = load_records(cfg.data.test_file, cfg.eval.num_examples)
+    ev = cfg.eval
+    records = load_records(cfg.data.test_file, -1 if ev.kinds or ev.max_per_kind >= 0 else ev.num_examples)
+    records = select_by_kind(records, ev.kinds, ev.max_per_kind)
+    if not records:
+        raise UserError(f"{cfg.data.test_file}: no question of eval.kinds {ev.kinds}")
+    records = records[:ev.num_examples] if ev.num_examples > 0 else records
     tokenizer = load_tokenizer(model_path)
     out = RunLayout.of(cfg).evaluation()
     files = eval_files(out, args.name)

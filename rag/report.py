@@ -3,7 +3,8 @@
 Writes three files to the output folder (default ``runtime.output_dir``):
 
 - ``results.json``: ``{"methods": {name: {"trainable_params": int, "settings": {setting: {"match", "em", "f1",
-  "match_ci95": [lo, hi]}}, "by_kind": {"world": {setting: {...}}, "fresh": {...}}}}}`` — nothing else, so
+  "match_ci95": [lo, hi]}}, "by_kind": {"world": {setting: {...}}, "fresh": {...}}}}}``, plus ``"selection"`` (the
+  dev selection's ``selection.json``, ``rag/selection.py``) when ``--selection`` names one — nothing else, so
   scripts can rely on the shape; methods in the canonical order (base, baselines, Neuro-RIT variants, others).
 - ``results.md``: readable tables — Match with its 95% interval per method x setting (plus trainable
   parameters), EM / F1, and the same Match table for world-fact and fresh-fact questions.
@@ -134,7 +135,32 @@ def render_markdown(results: dict, counts: Optional[dict[str, dict]] = None) -> 
         out += ["", f"## {title}", ""] + _table(results, None, metric)
     for kind in _kinds_of(results):
         out += ["", f"## {kind.capitalize()}-fact questions (Match %)", ""] + _table(results, kind, "match")
+    if "selection" in results:
+        out += ["", "## Chosen on dev (rag/selection.py)", ""] + _selection_lines(results["selection"])
     return "\n".join(out) + "\n"
+
+
+def _selection_lines(sel: dict) -> list[str]:
+    """The dev selection's trials and choices, as results.md lists them."""
+    rules, out = sel["rules"], []
+    s1 = sel.get("stage1") or {}
+    if s1:
+        out.append(f"Stage 1 (rule: dev noise-only end-token share >= {rules['stage1_noise_end']:.0%} and gold-only "
+                   f"Match at most {rules['stage1_gold_drop'] * 100:g} points below base; "
+                   f"{'reached' if s1['reached'] else 'NOT reached'}):")
+        out += ["", "| steps | lr | noise-only end share | gold end share | gold Match (base) | passes |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {t['max_steps']} | {t['lr']:g} | {t['noise_end_share']:.1%} | {t['gold_end_share']:.1%} | "
+                f"{t['gold_match'] * 100:.1f} ({t['base_gold_match'] * 100:.1f}) | {'yes' if t['passes'] else 'no'} |"
+                for t in s1["trials"]]
+        out += ["", f"Chosen: {s1['chosen']['max_steps']} steps at lr {s1['chosen']['lr']:g}.", ""]
+    if sel.get("stage2"):
+        out.append(f"Stage-2 learning rate: grid {', '.join(f'{v:g}' for v in rules['lrs'])}; criterion: mean dev "
+                   f"Match over {', '.join(rules['settings'])} ({rules['dev_examples']} dev questions).")
+        out += ["", "| method | key | dev score per lr | chosen |", "|---|---|---|---|"]
+        out += [f"| {name} | {m['key']} | " + ", ".join(f"{lr:g}: {v * 100:.1f}" for lr, v in m["scores"]) +
+                f" | {m['chosen']:g} |" for name, m in sel["stage2"].items()]
+    return out
 
 
 MISSING = "n/a"  # what results.png writes where a method was not evaluated under a setting
@@ -213,10 +239,15 @@ def write_report(results: dict, out_dir: str, counts: Optional[dict[str, int]] =
 
 
 def report(eval_dir: str, out_dir: str, methods: Optional[list[str]] = None,
-           trainable_params: Optional[dict[str, int]] = None) -> dict[str, str]:
+           trainable_params: Optional[dict[str, int]] = None, selection_file: str = "") -> dict[str, str]:
     """Load, combine and write; the library entry the demo pipeline calls."""
     evaluations = load_evaluations(eval_dir, methods)
     results = combine(evaluations, trainable_params)
+    if selection_file:
+        if not os.path.isfile(selection_file):
+            raise UserError(f"--selection {selection_file}: no such file (the demo writes selection/selection.json)")
+        with open(selection_file) as fh:
+            results["selection"] = json.load(fh)
     first = evaluations[ordered(evaluations)[0]]
     counts = {s: st.get("n") for s, st in first.get("settings", {}).items() if st.get("n") is not None}
     return write_report(results, out_dir, counts or None)
@@ -241,6 +272,8 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="", help="comma-separated method names (default: every evaluation)")
     parser.add_argument("--trainable-params", nargs="*", default=[], metavar="NAME=COUNT",
                         help="override the trainable parameter count recorded for a method")
+    parser.add_argument("--selection", default="", metavar="FILE",
+                        help="the dev selection's selection.json, copied into results.json (scripts/demo.py passes it)")
 
 
 @main_guard
@@ -248,7 +281,8 @@ def main(argv=None) -> dict[str, str]:
     args, cfg = parse_args(__doc__, argv, _extra_args)
     eval_dir = args.eval_dir or cfg.eval.output_dir or os.path.join(cfg.runtime.output_dir, "eval")
     methods = [m for m in args.methods.split(",") if m] or None
-    paths = report(eval_dir, args.out or cfg.runtime.output_dir, methods, _parse_params(args.trainable_params))
+    paths = report(eval_dir, args.out or cfg.runtime.output_dir, methods, _parse_params(args.trainable_params),
+                   args.selection)
     for what, path in paths.items():
         print(f"{what}: {path}")
     return paths

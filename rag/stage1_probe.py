@@ -10,7 +10,7 @@ mean probability of the end token. Stage 1 works when the ``noise_only`` share i
 stays near zero.
 
     python -m rag.stage1_probe --config configs/smollm2.yaml --model outputs/smollm2/stage1/export \\
-        [--split dev] [--kinds known] [--out probe.json]
+        [--split dev] [--num-examples N] [--kinds known] [--out probe.json]
 """
 from __future__ import annotations
 
@@ -128,6 +128,7 @@ def _extra_args(parser) -> None:
     parser.add_argument("--model", required=True, help="the checkpoint to probe (a plain Hugging Face folder)")
     parser.add_argument("--split", default="dev", choices=("train", "dev", "test"), help="records (default dev)")
     parser.add_argument("--kinds", nargs="*", default=None, help="keep only these meta.kind values")
+    parser.add_argument("--num-examples", type=int, default=-1, help="the first N records of the split (-1: all)")
     parser.add_argument("--out", default="", help="write the result as JSON here too")
 
 
@@ -148,7 +149,8 @@ def main(argv=None) -> dict:
     model.eval()
     spec = ProbeSpec(cfg.eval.instruction, cfg.data.num_docs, cfg.data.max_length, cfg.eval.batch_size,
                      kinds=tuple(args.kinds) if args.kinds else None)
-    result = stage1_probe(model, tokenizer, load_records(path), prompt_builder(cfg.data, tokenizer), spec)
+    records = load_records(path, args.num_examples)
+    result = stage1_probe(model, tokenizer, records, prompt_builder(cfg.data, tokenizer), spec)
     print(probe_text(result))
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")

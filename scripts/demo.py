@@ -12,10 +12,16 @@ evaluation of every method with the two-step instruction -> results.json, result
 ``runtime.output_dir``; then the same with the answer-only instruction -> ``<output_dir>/answer_only/``; with
 ``--why``, the measurements of ``Pipeline.why`` -> ``analysis.md``. Every
 method starts from the same base model with the same step budget (``stage1.max_steps`` / ``stage2.max_steps``).
+
+With ``selection.*`` set (configs/smollm2.yaml), choices are made on dev first, by the rules of
+``rag/selection.py``: stage 1's budget and learning rate (the stage-1 probe and dev gold-only Match), then each
+trained method's stage-2 learning rate from one grid; the trials live in ``<output_dir>/selection/``, the choices in
+``selection/selection.json``, which the report copies into results.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -25,9 +31,12 @@ import time
 from neurorit import methods
 from neurorit.config import load_config
 from neurorit.errors import UserError, main_guard
+from neurorit.files import atomic_write_text
 from neurorit.runtime import PINNED_KERNELS
 from model_patches.loading import resolve_model
 from neurorit.run_layout import RunLayout, StageFiles, eval_files
+from rag import selection
+from train.recipes import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -54,6 +63,9 @@ class Pipeline:
         self.cfg = load_config(config, overrides)
         self.layout = RunLayout.of(self.cfg)
         self.timings: list[tuple[str, float, str]] = []
+        self.chosen: dict[tuple[str, str], str] = {}  # (method, stage) -> the export the dev selection chose
+        self.stage1_extra: tuple = ()  # the chosen stage-1 point's overrides, for every stage 1
+        self.record: dict = {"stage1": {}, "stage2": {}}  # -> selection/selection.json
 
     def args(self, *extra: str) -> list[str]:
         return ["--config", self.config, *self.overrides, *extra]
@@ -73,31 +85,108 @@ class Pipeline:
                             f"steps are kept")
         self.timings.append((name, time.time() - t0, done_marker))
 
-    def train(self, name: str, stage: str, init_from: str, variant: str = "", extra: tuple = ()) -> str:
-        """Run ``stage`` of method ``name`` into its folder of the layout: ``<output_dir>/<name>/<stage>``, or
-        for a ``variant`` (with its ``extra`` overrides) ``<output_dir>/variants/<variant>/<stage>``; returns its
-        export folder."""
-        files = StageFiles(self.layout.variants(variant, stage)) if variant else self.layout.stage(stage, name)
+    def train(self, name: str, stage: str, init_from: str, files: StageFiles | None = None,
+              extra: tuple = ()) -> str:
+        """Run ``stage`` of method ``name`` (with ``extra`` overrides) into ``files``, by default its folder of
+        the layout, ``<output_dir>/<name>/<stage>``; returns its export folder. Every stage 1 gets the dev
+        selection's point."""
+        files = files or self.layout.stage(stage, name)
+        extra = (*self.stage1_extra, *extra) if stage == "stage1" else extra
         overrides = [f"--{stage}.method", name, *extra, f"--{stage}.output_dir", files.root,
                      f"--{stage}.init_from", init_from]
-        self.step(f"train {variant or name} {stage}", files.summary,
+        label = os.path.relpath(files.root, self.layout.root)
+        self.step(f"train {name} {stage} ({label})", files.summary,
                   launch(self.ranks, f"train/{stage}.py", self.args(*overrides)))
         return files.export
 
     def run_method(self, method: methods.Method) -> str:
         """Train the method's stages in order (stage 2 from its own stage 1 when it has both, else from the base
-        model); returns the model to evaluate."""
+        model), each at the dev selection's choice when there is one; returns the model to evaluate."""
         model = self.cfg.model.path
+        name = method.run_of or method.name
         for stage in method.stages:
-            model = self.train(method.run_of or method.name, stage, model)
+            if (name, stage) in self.chosen:
+                model = self.chosen[(name, stage)]
+            elif stage == "stage2" and self.cfg.selection.lrs and build(method.rule(stage)).trains:
+                model = self.select_lr(method, model)
+            else:
+                model = self.train(name, stage, model)
         return model
 
-    def evaluate(self, name: str, model: str, instruction: str, folder: str = "") -> None:
+    def evaluate(self, name: str, model: str, instruction: str, folder: str = "", extra: tuple = ()) -> dict:
+        """Evaluate ``model`` as ``name`` into ``folder`` (default: the instruction's evaluation folder); returns
+        its summary (``<name>.eval.json``)."""
         folder = folder or self.eval_folder(instruction)
         cmd = launch(self.ranks, "rag/evaluate.py",
                      self.args("--model", model, "--name", name,  # evaluation counts the stages behind the model
-                               "--eval.instruction", instruction, "--eval.output_dir", folder))
-        self.step(f"evaluate {name} ({instruction})", eval_files(folder, name).result, cmd)
+                               "--eval.instruction", instruction, "--eval.output_dir", folder, *extra))
+        result = eval_files(folder, name).result
+        self.step(f"evaluate {name} ({instruction})", result, cmd)
+        with open(result) as fh:
+            return json.load(fh)
+
+    # ------------------------------------------------------------------------------------- dev selection
+    def dev_evaluate(self, name: str, model: str, settings: list[str]) -> dict:
+        """Evaluate on the first ``selection.dev_examples`` dev questions, headline instruction, into
+        ``selection/eval``."""
+        extra = ("--data.test_file", self.cfg.data.dev_file, "--eval.num_examples", str(self.cfg.selection.dev_examples),
+                 "--eval.settings", ",".join(settings))
+        return self.evaluate(name, model, self.instructions[0], self.layout.selection("eval"), extra)
+
+    def select_stage1(self) -> None:
+        """Stage 1's budget and learning rate by the rule of ``rag/selection.py``, tried on Neuro-RIT's stage 1;
+        the chosen point's overrides then go to every stage 1."""
+        sel = self.cfg.selection
+        grid = selection.stage1_grid(sel)
+        if not grid:
+            return
+        base_gold = selection.match_of(self.dev_evaluate("base", self.cfg.model.path, ["gold"]), "gold")
+        trials, exports = [], []
+        for steps, lr in grid:
+            extra = ("--stage1.max_steps", str(steps), "--stage1.lr", repr(lr))
+            tag = selection.point_tag(steps, lr)
+            export = self.train("neurorit", "stage1", self.cfg.model.path,
+                                StageFiles(self.layout.selection("stage1", tag)), extra)
+            probe_out = self.layout.selection("stage1", tag, "probe.json")
+            self.step(f"stage-1 probe ({tag})", probe_out,
+                      [PY, "-m", "rag.stage1_probe", *self.args(
+                          "--model", export, "--split", "dev", "--num-examples", str(sel.dev_examples),
+                          "--eval.instruction", self.instructions[0], "--out", probe_out)])
+            with open(probe_out) as fh:
+                probe = json.load(fh)
+            gold = selection.match_of(self.dev_evaluate(f"neurorit_stage1_{tag}", export, ["gold"]), "gold")
+            trials.append(selection.stage1_trial(steps, lr, probe, gold, base_gold, sel))
+            exports.append((export, extra))
+            if trials[-1]["passes"]:
+                break
+        choice = selection.pick_stage1(trials, sel)
+        export, self.stage1_extra = exports[choice["index"]]
+        self.chosen[("neurorit", "stage1")] = export
+        self.record["stage1"] = {"trials": trials, **choice, "chosen": trials[choice["index"]]}
+        print(f"== stage-1 selection: {trials[choice['index']]} (rule {'reached' if choice['reached'] else 'NOT reached'})",
+              flush=True)
+
+    def select_lr(self, method: methods.Method, init_from: str) -> str:
+        """Train the method's stage 2 at every learning rate of ``selection.lrs``; returns the export the dev
+        criterion picks."""
+        sel = self.cfg.selection
+        key = build(method.rule("stage2")).lr_key
+        scores, exports = [], {}
+        for lr in sel.lrs:
+            tag = f"lr{lr:g}"
+            exports[lr] = self.train(method.name, "stage2", init_from,
+                                     StageFiles(self.layout.selection(method.name, tag, "stage2")),
+                                     (f"--stage2.{key}", repr(lr)))
+            summary = self.dev_evaluate(f"{method.name}_{tag}", exports[lr], list(sel.settings))
+            scores.append((lr, selection.dev_score(summary, sel.settings)))
+        chosen = selection.pick_lr(scores)
+        self.record["stage2"][method.name] = {"key": f"stage2.{key}", "scores": [list(s) for s in scores],
+                                              "chosen": chosen}
+        print(f"== {method.name}: stage-2 {key} {chosen:g} (dev scores {scores})", flush=True)
+        return exports[chosen]
+
+    def selection_file(self) -> str:
+        return self.layout.selection(selection.SELECTION_FILE)
 
     def eval_folder(self, instruction: str) -> str:
         return self.layout.evaluation("eval" if instruction == self.instructions[0] else f"eval_{instruction}")
@@ -122,13 +211,19 @@ class Pipeline:
         self.step("mine", mining.summary, launch(self.ranks, "attribution/mine.py", self.args()))
         print(open(mining.summary).read(), flush=True)
 
+        self.select_stage1()
         runs = [(m.name, self.run_method(m)) for m in methods.METHODS.values()
                 if m.reported and (self.baselines or m.role != "baseline")]
+        report_extra = []
+        if self.record["stage1"] or self.record["stage2"]:
+            atomic_write_text(self.selection_file(), json.dumps(
+                selection.selection_record(cfg.selection, self.record["stage1"], self.record["stage2"]), indent=1) + "\n")
+            report_extra = ["--selection", self.selection_file()]
         for instruction in self.instructions:
             for name, model in runs:
                 self.evaluate(name, model, instruction)
             self.step(f"report ({instruction})", "", [PY, "-m", "rag.report", "--eval-dir", self.eval_folder(instruction),
-                                                      "--out", self.results_folder(instruction)])
+                                                      "--out", self.results_folder(instruction), *report_extra])
         self.print_summary()
 
     def why(self) -> None:
@@ -142,7 +237,7 @@ class Pipeline:
         mined = self.layout.mining_variant(other)
         self.step(f"mine ({other})", mined.summary, launch(
             self.ranks, "attribution/mine.py", self.args("--mining.target", other, "--mining.output_dir", mined.root)))
-        stage1 = self.layout.stage("stage1", "neurorit").export
+        stage1 = self.chosen.get(("neurorit", "stage1")) or self.layout.stage("stage1", "neurorit").export
         long_steps = str(5 * self.cfg.stage1.max_steps)
         variants = {  # name -> (stage, init_from, extra overrides)
             "neurorit_gate_frozen": ("stage2", stage1, ("--stage2.train_gate", "false")),
@@ -150,7 +245,7 @@ class Pipeline:
         }
         evals = self.layout.variants("eval")
         for variant, (stage, init_from, extra) in variants.items():
-            export = self.train("neurorit", stage, init_from, variant, extra)
+            export = self.train("neurorit", stage, init_from, StageFiles(self.layout.variants(variant, stage)), extra)
             self.evaluate(variant, export, self.instructions[0], evals)
         self.step("analysis", "", [PY, "scripts/analyze_run.py", "--run", self.layout.root, "--eval-dir",
                                    self.eval_folder(self.instructions[0]), "--eval-dir", evals,

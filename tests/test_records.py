@@ -1,11 +1,12 @@
-"""Record loading in each accepted spelling, passage roles, and bad input naming file and line."""
+"""Record loading in each accepted spelling, passage roles, selection by ``meta.kind``, and bad input naming file
+and line."""
 import json
 
 import pytest
 
 from neurorit.errors import UserError
-from neurorit.records import (irrelevant_passages, load_records, noise_passages, relevant_passages,
-                         to_dataset)
+from neurorit.records import (irrelevant_passages, load_records, noise_passages, relevant_passages, select_by_kind,
+                              to_dataset)
 
 DPR = {"id": "q1", "question": "who wrote it?", "answers": ["Ann Lee"],
        "ctxs": [{"title": "A", "text": "Ann Lee wrote it.", "score": 3.0, "has_answer": True},
@@ -73,3 +74,12 @@ def test_bad_lines_name_file_and_line(tmp_path, row, needle):
 def test_missing_file():
     with pytest.raises(UserError, match="records file not found: /no/such.jsonl"):
         load_records("/no/such.jsonl")
+
+
+def test_select_by_kind_keeps_listed_kinds_capped_in_file_order(tmp_path):
+    kinds = ["known", "fresh", "unknown", "fresh", "known", "fresh", "known"]
+    rows = [dict(DPR, id=f"q{i}", meta={"kind": k}) for i, k in enumerate(kinds)]
+    records = load_records(_write(tmp_path, rows))
+    assert [r.id for r in select_by_kind(records, ["known", "fresh"], 2)] == ["q0", "q1", "q3", "q4"]
+    assert [r.id for r in select_by_kind(records, ["known"])] == ["q0", "q4", "q6"]
+    assert select_by_kind(records, [], -1) == records

@@ -64,9 +64,13 @@ class Recipe:
     fold_irrelevant_only = False  # export with the irrelevant-only neurons folded to zero
     can_freeze_gate = False  # honours stage<N>.train_gate false
     max_zero_stage = 3  # the loop runs the stage under min(stage<N>.zero_stage, this)
+    lr_key = "lr"  # the key of stage<N> holding the learning rate (the demo's dev grid sets it)
 
     def lr(self, st: StageConfig) -> float:
-        return st.lr
+        value = st
+        for part in self.lr_key.split("."):
+            value = getattr(value, part)
+        return value
 
     def setup(self, ctx: StageContext) -> Trainable:
         """Freeze every parameter, then let the recipe choose; the returned ``params`` are exactly what the
@@ -143,13 +147,11 @@ class Lora(Recipe):
 
     match_params_of: str = ""
     patches_ffn = False  # LoRA wraps the FFN linears instead
+    lr_key = "lora.lr"
 
     @property
     def needs_map(self) -> bool:
         return bool(self.match_params_of)
-
-    def lr(self, st: StageConfig) -> float:
-        return st.lora.lr
 
     def choose(self, ctx: StageContext) -> Trainable:
         rank = ctx.st.lora.rank

@@ -1,0 +1,95 @@
+"""The dev selection's rules (rag/selection.py): the stage-1 grid's order and rule, the choice when no point passes,
+the learning-rate criterion and its tie; the report's copy of the record (results.json and results.md); and the
+config's checks of ``selection.*``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from neurorit.config import SelectionConfig, load_config
+from neurorit.errors import UserError
+from rag import report, selection
+
+SEL = SelectionConfig(lrs=[1e-4, 1e-5], stage1_steps=[60, 20], stage1_lrs=[1e-2, 1e-3], stage1_noise_end=0.5,
+                      stage1_gold_drop=0.02)
+
+
+def _probe(noise: float, gold: float = 0.0) -> dict:
+    return {"noise_only": {"end_share": noise}, "gold": {"end_share": gold}}
+
+
+def _summary(**match) -> dict:
+    return {"settings": {s: {"match": v} for s, v in match.items()}}
+
+
+def test_stage1_grid_is_tried_cheapest_first():
+    assert selection.stage1_grid(SEL) == [(20, 1e-3), (20, 1e-2), (60, 1e-3), (60, 1e-2)]
+    assert selection.stage1_grid(SelectionConfig()) == []
+
+
+@pytest.mark.parametrize("noise, gold, passes", [
+    (0.5, 0.78, True),     # exactly the share, exactly 2 points below base (0.80)
+    (0.49, 0.80, False),   # too few noise-only prompts end at once
+    (0.9, 0.77, False),    # gold-only Match fell 3 points
+])
+def test_stage1_rule(noise, gold, passes):
+    trial = selection.stage1_trial(20, 1e-3, _probe(noise), gold, 0.80, SEL)
+    assert trial["passes"] is passes
+    assert trial["noise_end_share"] == noise and trial["gold_match"] == gold and trial["base_gold_match"] == 0.80
+
+
+def test_pick_stage1_first_passing_else_best_within_gold_bound():
+    t = [selection.stage1_trial(s, lr, _probe(n), g, 0.8, SEL) for s, lr, n, g in
+         [(20, 1e-3, 0.1, 0.8), (20, 1e-2, 0.6, 0.8), (60, 1e-3, 0.7, 0.8)]]
+    assert selection.pick_stage1(t, SEL) == {"index": 1, "reached": True}
+    # none passes: the largest noise-only share among points within the gold bound (the 0.9 one fell too far)
+    t = [selection.stage1_trial(s, lr, _probe(n), g, 0.8, SEL) for s, lr, n, g in
+         [(20, 1e-3, 0.1, 0.8), (20, 1e-2, 0.3, 0.79), (60, 1e-3, 0.9, 0.5)]]
+    assert selection.pick_stage1(t, SEL) == {"index": 1, "reached": False}
+    # nothing within the gold bound: the first (cheapest) point
+    t = [selection.stage1_trial(20, 1e-3, _probe(0.9), 0.1, 0.8, SEL)]
+    assert selection.pick_stage1(t, SEL) == {"index": 0, "reached": False}
+
+
+def test_learning_rate_criterion_and_tie():
+    assert selection.dev_score(_summary(top5=0.5, noise_only=0.2, gold=0.8), ["top5", "noise_only", "gold"]) == \
+        pytest.approx(0.5)
+    assert selection.pick_lr([(1e-5, 0.4), (1e-4, 0.6), (1e-3, 0.5)]) == 1e-4
+    assert selection.pick_lr([(1e-5, 0.6), (1e-4, 0.6)]) == 1e-5  # a tie: the earlier value of the grid
+    with pytest.raises(KeyError):
+        selection.dev_score(_summary(top5=0.5), ["top5", "gold"])  # a setting not evaluated is an error, not 0
+
+
+def test_report_copies_the_record(tmp_path):
+    trials = [selection.stage1_trial(20, 1e-3, _probe(0.1), 0.8, 0.8, SEL),
+              selection.stage1_trial(20, 1e-2, _probe(0.6), 0.79, 0.8, SEL)]
+    record = selection.selection_record(SEL, {"trials": trials, **selection.pick_stage1(trials, SEL),
+                                              "chosen": trials[1]},
+                                        {"lora": {"key": "stage2.lora.lr", "scores": [[1e-4, 0.5], [1e-5, 0.4]],
+                                                  "chosen": 1e-4}})
+    sel_file = tmp_path / "selection.json"
+    sel_file.write_text(json.dumps(record))
+    evals = tmp_path / "eval"
+    evals.mkdir()
+    stats = {"match": 0.5, "em": 0.5, "f1": 0.5, "match_ci95": [0.4, 0.6], "n": 10}
+    (evals / "base.eval.json").write_text(json.dumps({"name": "base", "settings": {"top5": stats}, "by_kind": {}}))
+    paths = report.report(str(evals), str(tmp_path), selection_file=str(sel_file))
+    results = json.loads(open(paths["json"]).read())
+    assert results["selection"] == record and list(results["methods"]) == ["base"]
+    md = open(paths["md"]).read()
+    assert "reached" in md and "| 20 | 0.01 | 60.0% |" in md and "Chosen: 20 steps at lr 0.01." in md
+    assert "| lora | stage2.lora.lr | 0.0001: 50.0, 1e-05: 40.0 | 0.0001 |" in md
+    with pytest.raises(UserError, match="no such file"):
+        report.report(str(evals), str(tmp_path), selection_file=str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--selection.stage1_steps", "20"], "go together"),
+    (["--selection.lrs", "0,1e-4"], "values > 0"),
+    (["--selection.settings", "top5,nonsense"], "not allowed"),
+    (["--selection.dev_examples", "0"], ">= 1"),
+])
+def test_config_checks(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, overrides)

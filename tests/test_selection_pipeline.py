@@ -1,0 +1,51 @@
+"""The demo's dev selection end to end (``scripts/demo.py --quick`` on the embedded model, 1 rank, tiny sizes, about
+4 minutes: ``make test-pipeline``): the stage-1 grid is tried in order on Neuro-RIT's stage 1 with its probe and
+dev gold-only evaluation; every stage 1 then trains at the chosen point; each trained method's stage 2 runs at every
+learning rate of the grid and is scored on dev; the test evaluation reads the chosen exports; results.json carries
+the record. Tests run no script by import: the demo is a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.ranks import ROOT, child_env
+
+pytestmark = pytest.mark.slow
+LRS = [1e-5, 1e-3]
+
+
+def test_demo_chooses_on_dev_and_reports_it(tmp_path):
+    data, out = tmp_path / "benchmark", tmp_path / "demo"
+    cmd = [sys.executable, "scripts/demo.py", "--config", "configs/embedded.yaml", "--quick", "--ranks", "1",
+           "--data.benchmark_questions", "400", "--data.train_file", f"{data}/train.jsonl",
+           "--data.dev_file", f"{data}/dev.jsonl", "--data.test_file", f"{data}/test.jsonl",
+           "--mining.num_examples", "6", "--mining.steps", "4", "--stage1.max_steps", "2", "--stage2.max_steps", "2",
+           "--eval.num_examples", "12", "--eval.batch_size", "8", "--runtime.output_dir", str(out),
+           "--selection.lrs", ",".join(map(str, LRS)), "--selection.stage1_steps", "3,4",
+           "--selection.stage1_lrs", "1e-3", "--selection.stage1_noise_end", "0.0", "--selection.dev_examples", "8"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(None), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((out / "selection" / "selection.json").read_text())
+    # stage 1: the first point passes (a share >= 0 always does, the gold bound holds at 3 steps): the grid stops there
+    s1 = record["stage1"]
+    assert [(t["max_steps"], t["lr"]) for t in s1["trials"]] == [(3, 1e-3)] and s1["reached"] and s1["index"] == 0
+    probe = json.loads((out / "selection" / "stage1" / "steps3_lr0.001" / "probe.json").read_text())
+    assert s1["trials"][0]["noise_end_share"] == probe["noise_only"]["end_share"]
+    # every stage 1 trained at the chosen point (3 steps; stage1.max_steps says 2)
+    summary = json.loads((out / "neurorit_release_masks" / "stage1" / "train_summary.json").read_text())
+    assert summary["step"] == 3, summary
+    # stage 2: each trained method at every lr, scored on dev; the test evaluation reads the chosen export
+    assert set(record["stage2"]) == {"neurorit", "neurorit_release_masks"}
+    for name, m in record["stage2"].items():
+        assert [s[0] for s in m["scores"]] == LRS and m["chosen"] in LRS and m["key"] == "stage2.lr"
+        for lr, score in m["scores"]:
+            dev = json.loads((out / "selection" / "eval" / f"{name}_lr{lr:g}.eval.json").read_text())
+            assert dev["test_file"].endswith("dev.jsonl") and dev["num_questions"] == 8
+            assert score == pytest.approx(sum(dev["settings"][s]["match"] for s in record["rules"]["settings"]) / 3)
+        evaluated = json.loads((out / "eval" / f"{name}.eval.json").read_text())["model"]
+        assert evaluated == str(out / "selection" / name / f"lr{m['chosen']:g}" / "stage2" / "export")
+    assert json.loads((out / "results.json").read_text())["selection"] == record
