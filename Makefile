@@ -71,21 +71,24 @@ check-reader-smollm: real-model
 	$(PY) -m benchmarks.english.benchmark --config configs/smollm2.yaml
 	$(PY) scripts/check_reader.py --config configs/smollm2.yaml --json outputs/smollm2/reader.json
 
-# every method on the real model (slow: 42 minutes measured on 2 CPU cores; resumes where it stopped)
+# every method on the real model under the faithful protocol: dev selection of stage 1's point and every method's
+# stage-2 lr, then the test evaluation (slow, see the README for the measured minutes; resumes where it stopped)
 experiment-smollm: real-model
 	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only
 
 # after experiment-smollm (one command does both): mining with the other IG target, Neuro-RIT's stage 2 with
 # frozen gates, its stage 1 with 5x the steps, and scripts/analyze_run.py -> outputs/smollm2/analysis.md
-# (21 more minutes measured)
 experiment-smollm-why: real-model
 	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --why
 
-# copy what the experiment measured (no weights) into results/smollm2 for committing
-results-smollm: experiment-smollm-why
+# the analysis (paired differences) of experiment-smollm and a copy of what it measured (no weights) in
+# results/smollm2 for committing
+results-smollm: experiment-smollm
+	$(PY) scripts/analyze_run.py --run outputs/smollm2
 	mkdir -p results/smollm2
 	cp outputs/smollm2/results.json outputs/smollm2/results.md outputs/smollm2/results.png \
-	  outputs/smollm2/analysis.json outputs/smollm2/analysis.md results/smollm2/
+	  outputs/smollm2/analysis.json outputs/smollm2/analysis.md outputs/smollm2/timings.json results/smollm2/
 	cp outputs/smollm2/mining/summary.txt results/smollm2/mining_summary.txt
+	cp outputs/smollm2/mining/diagnostics.json results/smollm2/mining_diagnostics.json
+	cp outputs/smollm2/mining/throughput.json results/smollm2/mining_throughput.json
 	cp outputs/smollm2/mining/neuron_map.png results/smollm2/neuron_map.png
-	cp outputs/smollm2/mining_answer_logprob/summary.txt results/smollm2/mining_summary_answer_logprob.txt

@@ -65,13 +65,25 @@ def settings_of(preds: dict[tuple[str, str], dict]) -> list[str]:
     return in_setting_order(s for s, _ in preds)
 
 
-def paired_difference(a: dict, b: dict, setting: str, n_resamples: int = 1000) -> dict:
-    """Mean of ``match_a - match_b`` over the questions both answered in ``setting``, with its bootstrap interval."""
-    keys = sorted(k for k in a if k[0] == setting and k in b)
+def paired_difference(a: dict, b: dict, setting: str, kind: str = "", n_resamples: int = 1000) -> dict:
+    """Mean of ``match_a - match_b`` over the questions both answered in ``setting`` (of ``meta.kind`` ``kind``
+    when given), with its bootstrap interval."""
+    keys = sorted(k for k in a if k[0] == setting and k in b and (not kind or a[k].get("kind") == kind))
     diffs = [a[k]["match"] - b[k]["match"] for k in keys]
     lo, hi = bootstrap_ci(diffs, n_resamples)
     verdict = "above" if lo > 0 else "below" if hi < 0 else "inside"
     return {"diff": mean(diffs), "ci95": [lo, hi], "n": len(keys), "verdict": verdict}
+
+
+def kinds_of(rows: dict) -> list[str]:
+    """The question kinds (``meta.kind``) of one method's predictions, in file order."""
+    return list(dict.fromkeys(r["kind"] for r in rows.values() if r.get("kind")))
+
+
+def paired_table(preds: dict, method: str, kind: str = "") -> dict[str, dict[str, dict]]:
+    """``{other method: {setting: paired_difference}}`` of ``method`` against every other one."""
+    return {other: {s: paired_difference(preds[method], preds[other], s, kind) for s in settings_of(preds[method])}
+            for other in ordered(preds) if other != method}
 
 
 def answer_shapes(preds: dict[str, dict], reference: str = "base") -> dict[str, dict[str, dict]]:
@@ -135,8 +147,8 @@ def analyze(run: str, eval_dirs: tuple[str, ...] = (), method: str = "neurorit",
         "neurons": {"sizes": {g: len(nmap.groups[g]) for g in GROUPS}, "per_layer": nmap.layer_counts(),
                     "target_layers": nmap.target_layers, "settings": nmap.settings},
         "method": method,
-        "paired": {other: {s: paired_difference(preds[method], preds[other], s) for s in settings_of(preds[method])}
-                   for other in ordered(preds) if other != method},
+        "paired": paired_table(preds, method),
+        "paired_by_kind": {k: paired_table(preds, method, k) for k in kinds_of(preds[method])},
         "answers": answer_shapes(preds),
         "training": training_losses(run),
     }
@@ -154,15 +166,10 @@ def render_markdown(res: dict) -> str:
     lines += [f"| {g} | " + " | ".join(str(c) for c in n["per_layer"][g]) + " |" for g in GROUPS]
     m = res["method"]
     settings = in_setting_order(s for d in res["paired"].values() for s in d)
-    lines += ["", f"## {m} minus each method, paired over the same questions (match, points, 95% interval)", "",
-              "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
-    for other, per in res["paired"].items():
-        cells = []
-        for s in settings:
-            d = per.get(s)
-            lo, hi = (100 * x for x in d["ci95"]) if d else (0, 0)
-            cells.append("-" if d is None else f"{100 * d['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}] {d['verdict']}")
-        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    lines += ["", f"## {m} minus each method, paired over the same questions (match, points, 95% interval)", ""]
+    lines += _paired_lines(res["paired"], settings)
+    for kind, table in res.get("paired_by_kind", {}).items():
+        lines += ["", f"### {kind}-fact questions", ""] + _paired_lines(table, settings)
     lines += ["", "## Answers: match / share empty / share different from base (%)", "",
               "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for name in ordered(res["answers"]):
@@ -187,6 +194,21 @@ def render_markdown(res: dict) -> str:
         lines += [f"| {g} | {v['size_a']} | {v['size_b']} | {v['both']} | {v['jaccard']:.2f} |"
                   for g, v in o["groups"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _paired_lines(table: dict, settings: list[str]) -> list[str]:
+    lines = ["| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for other, per in table.items():
+        cells = []
+        for s in settings:
+            d = per.get(s)
+            if d is None or not d["n"]:
+                cells.append("-")
+                continue
+            lo, hi = (100 * x for x in d["ci95"])
+            cells.append(f"{100 * d['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}] {d['verdict']} (n={d['n']})")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return lines
 
 
 @main_guard

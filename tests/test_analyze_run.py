@@ -20,12 +20,14 @@ def neuron_map(irrelevant_rows, targets=(1,)) -> NeuronMap:
                       "shared": rows([(1, 5)])}, list(targets), FINGERPRINT)
 
 
-def predictions(path, matches: dict[str, list[float]], answers: dict[str, list[str]] | None = None):
+def predictions(path, matches: dict[str, list[float]], answers: dict[str, list[str]] | None = None,
+                kinds: list[str] | None = None):
     rows = []
     for setting, values in matches.items():
         for i, m in enumerate(values):
             answer = answers[setting][i] if answers else ("right" if m else "wrong")
-            rows.append({"id": f"q{i}", "setting": setting, "answer": answer, "output": answer, "match": m})
+            rows.append({"id": f"q{i}", "setting": setting, "answer": answer, "output": answer, "match": m,
+                         "kind": kinds[i] if kinds else ""})
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_jsonl(path, rows)
 
@@ -81,6 +83,24 @@ def test_analysis_of_a_run(tmp_path):
     md = open(os.path.join(run, "analysis.md")).read()
     assert "| irrelevant_only | 0 | 2 | 1 |" in md and "+100.0" in md and "50.0 / 50 / " in md
     assert "| neurorit/stage1 | 123 | 10.000 | 9.000 |" in md
+
+
+def test_paired_differences_per_question_kind(tmp_path):
+    run = str(tmp_path / "run")
+    neuron_map([(1, 2)]).save(os.path.join(run, "mining"))
+    kinds = ["known", "fresh"] * 20
+    # on known facts neurorit is right where base is wrong; on fresh facts both are wrong
+    predictions(os.path.join(run, "eval", "neurorit.predictions.jsonl"),
+                {"noise_only": [1.0 if k == "known" else 0.0 for k in kinds]}, kinds=kinds)
+    predictions(os.path.join(run, "eval", "base.predictions.jsonl"), {"noise_only": [0.0] * 40}, kinds=kinds)
+    res = analyze_run.main(["--run", run])
+    by_kind = res["paired_by_kind"]
+    assert list(by_kind) == ["known", "fresh"]
+    assert by_kind["known"]["base"]["noise_only"] == {"diff": 1.0, "ci95": [1.0, 1.0], "n": 20, "verdict": "above"}
+    assert by_kind["fresh"]["base"]["noise_only"]["diff"] == 0.0 and by_kind["fresh"]["base"]["noise_only"]["n"] == 20
+    assert res["paired"]["base"]["noise_only"]["diff"] == 0.5
+    md = open(os.path.join(run, "analysis.md")).read()
+    assert "### known-fact questions" in md and "+100.0 [+100.0, +100.0] above (n=20)" in md
 
 
 def test_evaluations_from_several_folders(tmp_path):
