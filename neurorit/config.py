@@ -154,7 +154,6 @@ class EvidenceConfig:
     num_docs: int = 0  # documents shown (stage 2's top-K); 0 = stage2.num_docs
     # records whose shown documents hold no gold answer: "teacher" = the teacher decides too; "fixed" = the
     # no-evidence sentence without asking the teacher
-    # records whose shown documents hold no gold answer: teacher = ask the teacher too; fixed = the no-evidence sentence
     no_answer_docs: Literal["teacher", "fixed"] = "teacher"
     resume: bool = True  # continue from the batches a killed run finished (<out>.partial/); false = start over
 
