@@ -7,8 +7,8 @@
   first point that passes: on dev, the stage-1 probe (``rag/stage1_probe.py``) finds the end token first on at least
   ``stage1_noise_end`` of the noise-only prompts, and gold-only Match is at most ``stage1_gold_drop`` below the base
   model's. Every method with a stage 1 then trains at that point. When no point passes: the point with the largest
-  noise-only share among those within the gold bound (else the first point), and the record says the rule was not
-  reached.
+  noise-only share among those within the gold bound, else the point that costs gold least (stage 1 that ends
+  every answer is no noise filter), and the record says the rule was not reached.
 - **Stage 2's learning rate**, the same way for every trained method: each value of ``selection.lrs``; the one with
   the highest mean dev Match over ``selection.settings`` wins (a tie: the earlier value of the grid).
 """
@@ -47,13 +47,15 @@ def stage1_trial(steps: int, lr: float, probe: dict, gold_match: float, base_gol
 
 def pick_stage1(trials: Sequence[dict], sel: SelectionConfig) -> dict:
     """The chosen point of the trials tried (in grid order): the first that passes; else the largest noise-only
-    share among the points within the gold bound; else the first. ``{"index", "reached"}``."""
+    share among the points within the gold bound; else the highest gold-only Match (ties: the earlier point).
+    ``{"index", "reached"}``."""
     for i, t in enumerate(trials):
         if t["passes"]:
             return {"index": i, "reached": True}
     within = [i for i, t in enumerate(trials) if t["gold_match"] >= t["base_gold_match"] - sel.stage1_gold_drop]
-    best = max(within, key=lambda i: (trials[i]["noise_end_share"], -i)) if within else 0
-    return {"index": best, "reached": False}
+    if within:
+        return {"index": max(within, key=lambda i: (trials[i]["noise_end_share"], -i)), "reached": False}
+    return {"index": max(range(len(trials)), key=lambda i: (trials[i]["gold_match"], -i)), "reached": False}
 
 
 def dev_score(summary: dict, settings: Sequence[str]) -> float:

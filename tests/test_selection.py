@@ -47,9 +47,10 @@ def test_pick_stage1_first_passing_else_best_within_gold_bound():
     t = [selection.stage1_trial(s, lr, _probe(n), g, 0.8, SEL) for s, lr, n, g in
          [(20, 1e-3, 0.1, 0.8), (20, 1e-2, 0.3, 0.79), (60, 1e-3, 0.9, 0.5)]]
     assert selection.pick_stage1(t, SEL) == {"index": 1, "reached": False}
-    # nothing within the gold bound: the first (cheapest) point
-    t = [selection.stage1_trial(20, 1e-3, _probe(0.9), 0.1, 0.8, SEL)]
-    assert selection.pick_stage1(t, SEL) == {"index": 0, "reached": False}
+    # nothing within the gold bound: the point that costs gold least (not the cheapest)
+    t = [selection.stage1_trial(s, lr, _probe(0.9), g, 0.8, SEL) for s, lr, g in
+         [(20, 1e-3, 0.1), (20, 1e-2, 0.3), (60, 1e-3, 0.2)]]
+    assert selection.pick_stage1(t, SEL) == {"index": 1, "reached": False}
 
 
 def test_learning_rate_criterion_and_tie():
