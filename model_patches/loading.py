@@ -109,7 +109,8 @@ def load_causal_lm(path: str, dtype="float32", attn_implementation: str = "auto"
                    device=None):
     """``AutoModelForCausalLM`` from a local checkpoint folder or a Hub id (``resolve_model``). Under a ZeRO-3
     ``ds_config`` the weights load partitioned (``HfDeepSpeedConfig`` kept alive) and stay where DeepSpeed puts
-    them; otherwise they move to ``device`` (default: this rank's device)."""
+    them; otherwise they go to ``device`` (default: this rank's device), on an accelerator straight from the
+    files (``load_placement``)."""
     from transformers import AutoModelForCausalLM
 
     folder = resolve_model(path).path
@@ -121,10 +122,19 @@ def load_causal_lm(path: str, dtype="float32", attn_implementation: str = "auto"
     impl, _ = choose_attn_implementation(attn_implementation, device, torch_dtype)
     zero3 = ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3
     with dist.zero3_loading(ds_config):
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation=impl)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation=impl,
+                                                     **load_placement(device, zero3))
     if not zero3:
         model.to(device)
     return model
+
+
+def load_placement(device: torch.device, zero3: bool) -> dict:
+    """``from_pretrained`` arguments that place the weights. On an accelerator (no ZeRO-3) every tensor loads from
+    the files straight onto ``device`` (``device_map``), so a rank never holds the whole model in host memory
+    (eight ranks of a 70B model in bf16 would need 1.1 TB of it at once). On CPU, or under ZeRO-3 (DeepSpeed
+    places the partitions), nothing: the model loads on the host as it always did."""
+    return {} if zero3 or device.type == "cpu" else {"device_map": {"": device}}
 
 
 def _warn_if_rounding(folder: str, torch_dtype: torch.dtype) -> None:

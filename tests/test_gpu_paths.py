@@ -1,7 +1,7 @@
 """Paths our users take on GPU clusters, exercised here on CPU: the device of a rank under SLURM's GPU binding, an
 optimizer that cannot be built (fallback in one line, or a one-line refusal under offload), 8-bit Adam under real
-2-rank ZeRO-3 with a checkpoint and resume, and the GPU ZeRO-3 config (small parameters kept whole on every rank,
-overlapped communication) training for real."""
+2-rank ZeRO-3 with a checkpoint and resume, the GPU ZeRO-3 config (small parameters kept whole on every rank,
+overlapped communication) training for real, and weights loading straight onto an accelerator."""
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -83,3 +83,13 @@ def test_the_gpu_zero3_config_trains_small_persistent_parameters(tmp_path, run_r
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
     assert changed and all(".mlp." in k for k in changed)
     assert all(torch.isfinite(v).all() for v in tuned.values())
+
+
+def test_weights_load_straight_onto_an_accelerator():
+    """On a GPU each rank loads the files onto its device (no whole-model copy in host memory); on CPU and under
+    ZeRO-3 nothing changes (model_patches.loading.load_placement)."""
+    from model_patches.loading import load_placement
+
+    assert load_placement(torch.device("cuda", 3), zero3=False) == {"device_map": {"": torch.device("cuda", 3)}}
+    assert load_placement(torch.device("cuda", 0), zero3=True) == {}
+    assert load_placement(torch.device("cpu"), zero3=False) == {}
