@@ -327,7 +327,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     sel = cfg.selection
     for s in sel.settings:
         if s not in EVAL_SETTINGS:
-            raise UserError(f"config key 'selection.settings': {s!r} is not allowed; use any of {', '.join(EVAL_SETTINGS)}")
+            raise UserError(f"config key 'selection.settings': {s!r} is not allowed; use any of "
+                            f"{', '.join(EVAL_SETTINGS)}")
     if any(v <= 0 for v in [*sel.lrs, *sel.stage1_lrs, *sel.stage1_steps]):
         raise UserError("config keys 'selection.lrs', 'selection.stage1_lrs' and 'selection.stage1_steps' must hold "
                         "values > 0")

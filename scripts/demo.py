@@ -137,8 +137,8 @@ class Pipeline:
     def dev_evaluate(self, name: str, model: str, settings: list[str]) -> dict:
         """Evaluate on the first ``selection.dev_examples`` dev questions, headline instruction, into
         ``selection/eval``."""
-        extra = ("--data.test_file", self.cfg.data.dev_file, "--eval.num_examples", str(self.cfg.selection.dev_examples),
-                 "--eval.settings", ",".join(settings))
+        extra = ("--data.test_file", self.cfg.data.dev_file, "--eval.settings", ",".join(settings),
+                 "--eval.num_examples", str(self.cfg.selection.dev_examples))
         return self.evaluate(name, model, self.instructions[0], self.layout.selection("eval"), extra)
 
     def select_stage1(self) -> None:
@@ -171,8 +171,8 @@ class Pipeline:
         export, self.stage1_extra = exports[choice["index"]]
         self.chosen[("neurorit", "stage1")] = export
         self.record["stage1"] = {"trials": trials, **choice, "chosen": trials[choice["index"]]}
-        print(f"== stage-1 selection: {trials[choice['index']]} (rule {'reached' if choice['reached'] else 'NOT reached'})",
-              flush=True)
+        verdict = "reached" if choice["reached"] else "NOT reached"
+        print(f"== stage-1 selection: {trials[choice['index']]} (rule {verdict})", flush=True)
 
     def select_lr(self, method: methods.Method, init_from: str) -> str:
         """Train the method's stage 2 at every learning rate of ``selection.lrs``; returns the export the dev
@@ -224,8 +224,8 @@ class Pipeline:
                 if m.reported and (self.baselines or m.role != "baseline")]
         report_extra = []
         if self.record["stage1"] or self.record["stage2"]:
-            atomic_write_text(self.selection_file(), json.dumps(
-                selection.selection_record(cfg.selection, self.record["stage1"], self.record["stage2"]), indent=1) + "\n")
+            record = selection.selection_record(cfg.selection, self.record["stage1"], self.record["stage2"])
+            atomic_write_text(self.selection_file(), json.dumps(record, indent=1) + "\n")
             report_extra = ["--selection", self.selection_file()]
         for instruction in self.instructions:
             for name, model in runs:
