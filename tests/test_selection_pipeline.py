@@ -6,7 +6,6 @@ the record. Tests run no script by import: the demo is a subprocess."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
