@@ -177,6 +177,7 @@ class RuntimeConfig:
     seed: int = 0  # seeds data order, random neurons, LoRA init and the benchmark split
     torch_threads: int = 0  # 0 = leave torch's default
     deterministic: bool = True  # deterministic kernels on CUDA (slower; see neurorit.dist.make_deterministic)
+    strict_determinism: bool = False  # with deterministic: an op without a deterministic CUDA kernel raises, not warns
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers: tensorboard, wandb, mlflow; none
     tracker_project: str = "neuro-rit"  # the wandb project / MLflow experiment the runs go to
     run_name: str = ""  # the tracker run's name; empty = the stage name

@@ -26,7 +26,7 @@ def start(runtime: RuntimeConfig, local_rank: Optional[int] = None,
     """Start this process's part of a run; idempotent for the distributed init. Returns the rank's ``DistInfo``,
     or None with ``join_group`` False (an engine that starts its own workers, vLLM, must find no process group
     and no CUDA context)."""
-    dist.make_deterministic(runtime.deterministic)
+    dist.make_deterministic(runtime.deterministic, strict=runtime.strict_determinism)
     info = dist.init_distributed(local_rank) if join_group else None
     if runtime.torch_threads > 0:
         torch.set_num_threads(runtime.torch_threads)

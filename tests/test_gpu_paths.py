@@ -1,7 +1,10 @@
 """Paths our users take on GPU clusters, exercised here on CPU: the device of a rank under SLURM's GPU binding, an
 optimizer that cannot be built (fallback in one line, or a one-line refusal under offload), 8-bit Adam under real
 2-rank ZeRO-3 with a checkpoint and resume, the GPU ZeRO-3 config (small parameters kept whole on every rank,
-overlapped communication) training for real, and weights loading straight onto an accelerator."""
+overlapped communication) training for real, weights loading straight onto an accelerator, and deterministic kernels
+that warn or (strict) raise."""
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -93,3 +96,23 @@ def test_weights_load_straight_onto_an_accelerator():
     assert load_placement(torch.device("cuda", 3), zero3=False) == {"device_map": {"": torch.device("cuda", 3)}}
     assert load_placement(torch.device("cuda", 0), zero3=True) == {}
     assert load_placement(torch.device("cpu"), zero3=False) == {}
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_deterministic_kernels_on_cuda_warn_or_raise(monkeypatch, strict):
+    """``runtime.deterministic`` on a CUDA machine selects deterministic kernels; an op without one warns, or with
+    ``runtime.strict_determinism`` raises (only CUDA's presence is faked: the settings are torch's own)."""
+    from neurorit import runtime
+    from neurorit.config import RuntimeConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for var in ("CUBLAS_WORKSPACE_CONFIG", "FLASH_ATTENTION_DETERMINISTIC"):
+        monkeypatch.delenv(var, raising=False)
+    try:
+        runtime.start(RuntimeConfig(strict_determinism=strict), join_group=False)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled() is not strict
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and os.environ["FLASH_ATTENTION_DETERMINISTIC"] == "1"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = False

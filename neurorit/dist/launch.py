@@ -106,18 +106,20 @@ def cuda_index(local_rank: int, visible: int) -> int:
                        f"(--gpus-per-task=1) or all of a node's GPUs to every task")
 
 
-def make_deterministic(on: bool = True) -> None:
+def make_deterministic(on: bool = True, strict: bool = False) -> None:
     """``runtime.deterministic`` (default on): bit-reproducible training on GPUs too. Call before any CUDA work.
 
     On CPU nothing is needed: with a fixed seed and kernel path (the demo pins the x86 kernels
     to AVX2, see the README) every reduction here is in a fixed order. On CUDA, atomics in the embedding backward,
-    attention backward kernels and cuBLAS split-K vary run to run; this selects deterministic kernels (warning
-    where one has none), which costs speed there (roughly 5-20%, mostly attention backward; not measured here).
+    attention backward kernels and cuBLAS split-K vary run to run; this selects deterministic kernels, which costs
+    speed there (roughly 5-20%, mostly attention backward; not measured here). An op that has no deterministic
+    kernel warns and runs anyway; with ``strict`` (``runtime.strict_determinism``) it raises, naming the op, so a
+    run that finishes is reproducible.
     """
     if on and torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         os.environ.setdefault("FLASH_ATTENTION_DETERMINISTIC", "1")  # read by transformers' FlashAttention-2 path
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=not strict)
         torch.backends.cudnn.benchmark = False
 
 
