@@ -156,10 +156,12 @@ class Pipeline:
             export = self.train("neurorit", "stage1", self.cfg.model.path,
                                 StageFiles(self.layout.selection("stage1", tag)), extra)
             probe_out = self.layout.selection("stage1", tag, "probe.json")
+            threads = self.ranks * self.cfg.runtime.torch_threads  # one process: the ranks' threads (0: torch's)
             self.step(f"stage-1 probe ({tag})", probe_out,
                       [PY, "-m", "rag.stage1_probe", *self.args(
                           "--model", export, "--split", "dev", "--num-examples", str(sel.dev_examples),
-                          "--eval.instruction", self.instructions[0], "--out", probe_out)])
+                          "--eval.instruction", self.instructions[0], "--runtime.torch_threads", str(threads),
+                          "--out", probe_out)])
             with open(probe_out) as fh:
                 probe = json.load(fh)
             gold = selection.match_of(self.dev_evaluate(f"neurorit_stage1_{tag}", export, ["gold"]), "gold")
