@@ -11,7 +11,8 @@ Under ``runtime.output_dir`` (each overridable by its ``<section>.output_dir`` k
   (written after the export: the done marker);
 - ``eval/``: ``<name>.eval.json`` (written last: the done marker), ``<name>.predictions.jsonl`` and, while a run is
   unfinished, ``<name>.partial/``;
-- ``selection/`` when the demo chooses on dev (``RunLayout.selection``);
+- ``selection/`` when the demo chooses on dev (``RunLayout.selection``); ``timings.json``, the demo's minutes per
+  step;
 - ``results.json`` / ``results.md`` / ``results.png`` from the report.
 
     python -m neurorit.run_layout export stage2 --config configs/x.yaml [overrides]    # prints <out>/stage2/export
@@ -144,6 +145,11 @@ class RunLayout:
     def variants(self, *parts: str) -> str:
         """The demo's ``--why`` variants folder."""
         return os.path.join(self.root, "variants", *parts)
+
+    @property
+    def timings(self) -> str:
+        """The demo's minutes per step over every run into this folder (``timings.json``)."""
+        return os.path.join(self.root, "timings.json")
 
     def selection(self, *parts: str) -> str:
         """The demo's dev selection (``selection.*``, ``rag/selection.py``): ``stage1/<point>/`` (stage-1 trials

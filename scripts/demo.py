@@ -64,10 +64,9 @@ class Pipeline:
         self.layout = RunLayout.of(self.cfg)
         self.timings: list[tuple[str, float, str]] = []
         # every step's minutes over all runs into this output folder (a resumed run keeps the earlier ones)
-        self.timings_file = os.path.join(self.layout.root, "timings.json")
         self.measured: dict[str, float] = {}
-        if os.path.isfile(self.timings_file):
-            with open(self.timings_file) as fh:
+        if os.path.isfile(self.layout.timings):
+            with open(self.layout.timings) as fh:
                 self.measured = json.load(fh)
         self.chosen: dict[tuple[str, str], str] = {}  # (method, stage) -> the export the dev selection chose
         self.stage1_extra: tuple = ()  # the chosen stage-1 point's overrides, for every stage 1
@@ -89,9 +88,10 @@ class Pipeline:
         if res.returncode != 0:
             raise UserError(f"step '{name}' failed (exit {res.returncode}); fix the cause and re-run: finished "
                             f"steps are kept")
-        self.timings.append((name, time.time() - t0, done_marker))
-        self.measured[name] = round((time.time() - t0) / 60, 2)
-        atomic_write_text(self.timings_file, json.dumps(self.measured, indent=1) + "\n")
+        seconds = time.time() - t0
+        self.timings.append((name, seconds, done_marker))
+        self.measured[name] = round(seconds / 60, 2)
+        atomic_write_text(self.layout.timings, json.dumps(self.measured, indent=1) + "\n")
 
     def train(self, name: str, stage: str, init_from: str, files: StageFiles | None = None,
               extra: tuple = ()) -> str:
@@ -267,7 +267,7 @@ class Pipeline:
             print(f"  {name:<48} {secs / 60:6.1f} min" + ("  (skipped: already done)" if note == "already done" else ""))
         print(f"  {'total':<48} {sum(t for _, t, _ in self.timings) / 60:6.1f} min")
         print(f"  {'total over every run into this folder':<48} {sum(self.measured.values()):6.1f} min "
-              f"({self.timings_file})")
+              f"({self.layout.timings})")
         results = self.layout.results()
         print(f"\nresults: {results['md']}, {results['json']}, {results['png']}")
         for other in self.instructions[1:]:

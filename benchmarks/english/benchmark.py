@@ -44,7 +44,8 @@ from neurorit.metrics import match
 from neurorit.prompts import DEFAULT_CHAT_DATE
 from neurorit.records import Passage, Record, passage_has_answer, write_records
 
-SPLIT_FRACTIONS = {"train": 0.5, "dev": 0.15, "test": 0.35}  # test: >= 100 known facts of SmolLM2 (seed 0, 2218 questions: 129)
+# test: >= 100 facts SmolLM2 knows (seed 0, 2218 questions: 129)
+SPLIT_FRACTIONS = {"train": 0.5, "dev": 0.15, "test": 0.35}
 N_SAME_RELATION, N_RANDOM = 2, 4
 GOLD_SIDE = 0.3  # chance of each extra sentence in a passage (another relation, a side fact): 1-3 sentences
 PROBE_MAX_NEW_TOKENS = 16
