@@ -14,7 +14,7 @@ from tests.support.models import tiny_model
 from tests.support.workspaces import (GROUPS, HIDDEN, INTERMEDIATE, PEOPLE, TARGET_LAYERS, setup_trainable,
                                       training_neuron_map, training_tokenizer)
 from train.data import Batching, StepPlan, build_examples, eval_batches, evidence_for
-from train.loop import enable_gradient_checkpointing
+from train.loop import enable_gradient_checkpointing, target_logits, target_loss
 
 
 def test_step_plan_splits_each_epoch_across_ranks_and_groups_lengths():
@@ -178,3 +178,30 @@ def test_gradient_checkpointing_reaches_deltas_behind_frozen_layers():
         grads.append([p.grad.clone() for p in t.params])
     assert all(g.abs().sum() > 0 for g in grads[1])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "phi3", "qwen2_moe"])
+def test_target_loss_equals_the_full_logits_loss_from_the_target_columns_only(family):
+    model = tiny_model(family, seed=3)
+    ids = torch.randint(3, 97, (3, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # right padding
+    labels = torch.full_like(ids, -100)
+    labels[0, 11] = ids[0, 11]  # stage 1: one target token, at different places
+    labels[1, 6:9] = ids[1, 6:9]
+    labels[2, 10:] = ids[2, 10:]
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    logits, kept = target_logits(model, batch)
+    assert logits.shape == (3, 5, 97) and kept.shape == (3, 5)  # the 5 columns with a target (5, 6, 7, 9, 10), not all 11
+    assert int((kept != -100).sum()) == 6
+    fast = target_loss(model, batch)
+    fast.backward()
+    fast_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    reference = model(**batch).loss  # the full [batch, sequence, vocabulary] logits
+    reference.backward()
+    torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
+    ref_grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(fast_grads) == len(ref_grads)
+    for a, b in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
