@@ -49,6 +49,16 @@ from neurorit.prompts import prompt_builder
 
 
 FIT_SHARE = 0.8  # of a rank's memory a whole-model copy may take before mining.zero_stage auto partitions
+CPU_CHUNK_ROWS = 64  # mining.chunk_rows auto on CPU (and the rows auto placement assumes)
+
+
+def _mining_shape(cfg: ExperimentConfig) -> tuple[memory_plan.Shape, int]:
+    """The model's shape (from its config alone) and the bytes of one value in the run's dtype."""
+    from model_patches.loading import resolve_model
+
+    name, config = memory_plan.resolve_config(resolve_model(cfg.model.path).path)
+    dtype_bytes = torch.empty((), dtype=getattr(torch, cfg.model.dtype)).element_size()
+    return memory_plan.shape_from_config(name, config), dtype_bytes
 
 
 def partitions_model(cfg: ExperimentConfig) -> bool:
@@ -59,18 +69,40 @@ def partitions_model(cfg: ExperimentConfig) -> bool:
     m = cfg.mining
     if dist.world_size() == 1 or m.zero_stage != "auto":
         return dist.world_size() > 1 and m.zero_stage == 3
-    from model_patches.loading import resolve_model
-
-    name, config = memory_plan.resolve_config(resolve_model(cfg.model.path).path)
-    need = memory_plan.replicated_mining_bytes(memory_plan.shape_from_config(name, config),
-                                               torch.empty((), dtype=getattr(torch, cfg.model.dtype)).element_size(),
-                                               cfg.data.max_length, m.chunk_rows)
+    shape, dtype_bytes = _mining_shape(cfg)
+    rows = CPU_CHUNK_ROWS if m.chunk_rows == "auto" else m.chunk_rows
+    need = memory_plan.replicated_mining_bytes(shape, dtype_bytes, cfg.data.max_length, rows)
     have = memory_plan.rank_memory_bytes(dist.info().device)
     if dist.is_main():
         choice = "ZeRO-3 over the ranks" if need > FIT_SHARE * have else "a whole copy per rank"
         print(f"mining.zero_stage auto: {choice} (a copy needs {need / 2**30:.2f} GiB of {have / 2**30:.1f} GiB "
               f"per rank)", file=sys.stderr, flush=True)
     return need > FIT_SHARE * have
+
+
+def resolve_chunk_rows(cfg: ExperimentConfig, zero3: bool) -> int:
+    """``mining.chunk_rows``, with ``auto`` resolved: ``CPU_CHUNK_ROWS`` on CPU; on an accelerator, where every
+    sweep is a round of kernel launches (and under ZeRO-3 a gather of every layer), as many rows as fit in
+    ``FIT_SHARE`` of the rank's memory beside the model (all of it, or under ZeRO-3 its share plus one gathered
+    layer) and the prompt's KV cache, capped at every (layer, step) row of an example: one sweep per side. The
+    smallest rank's value, so that every rank mines with the same chunks (results move with them by rounding)."""
+    m = cfg.mining
+    if m.chunk_rows != "auto":
+        return m.chunk_rows
+    device = dist.info().device
+    if device.type == "cpu":
+        return CPU_CHUNK_ROWS
+    shape, dtype_bytes = _mining_shape(cfg)
+    tokens = cfg.data.max_length
+    fixed = memory_plan.replicated_mining_bytes(shape, dtype_bytes, tokens, 0)
+    if zero3:
+        fixed -= shape.total_params() * dtype_bytes * (1 - 1 / dist.world_size())
+        fixed += shape.layer_params() * dtype_bytes
+    per_row = memory_plan.replicated_mining_bytes(shape, dtype_bytes, tokens, 1) - \
+        memory_plan.replicated_mining_bytes(shape, dtype_bytes, tokens, 0)
+    fits = int((FIT_SHARE * memory_plan.rank_memory_bytes(device) - fixed) // max(1, per_row))
+    rows = min(max(1, fits), shape.layers * m.steps)
+    return min(dist.all_gather_objects(rows))
 
 
 def load_model(cfg: ExperimentConfig, zero3: bool):
@@ -215,6 +247,11 @@ def main(argv=None) -> None:
         raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a passage holding its "
                         f"answer, and another question a passage without it)")
     zero3 = partitions_model(cfg)
+    rows = resolve_chunk_rows(cfg, zero3)
+    if m.chunk_rows == "auto" and dist.is_main():
+        print(f"mining.chunk_rows auto: {rows} rows per sweep", file=sys.stderr, flush=True)
+    cfg = dataclasses.replace(cfg, mining=dataclasses.replace(m, chunk_rows=rows))
+    m = cfg.mining
     model, patcher = load_model(cfg, zero3)
     tokenizer = load_tokenizer(cfg.model.path)
     max_length = min(cfg.data.max_length, getattr(model.config, "max_position_embeddings", cfg.data.max_length))

@@ -62,7 +62,9 @@ class MiningConfig:
     baseline: Literal["query", "zero"] = "query"  # query = the same prompt without the passage; zero = zero activations
     # yes_prob = P(YES) at the last position; answer_logprob = log P(gold answer's first token)
     target: Literal["yes_prob", "answer_logprob"] = "yes_prob"
-    chunk_rows: int = 64  # (layer, step) rows per single-token sweep; bounds memory
+    # (layer, step) rows per single-token sweep: bounds memory, and on a GPU fewer, larger sweeps are faster;
+    # auto = 64 on CPU, on an accelerator every row of an example that fits (attribution/mine.py)
+    chunk_rows: Literal["auto"] | int = "auto"
     threshold_ratio: float = 0.1  # keep scores >= ratio x the example's max
     top_k: int = 20  # per example
     n_relevant: int = 100  # relevant-only neurons kept
@@ -208,6 +210,10 @@ def _describe(tp) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         return "a list"
+    if tp is int:
+        return "an integer"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
     return getattr(tp, "__name__", str(tp))
 
 
@@ -216,9 +222,20 @@ def _coerce(key: str, value: Any, tp) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if len(args) < len(typing.get_args(tp)) and (
+                value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
             return None
-        return _coerce(key, value, args[0])
+        for option in args[:-1]:  # e.g. Literal["auto"] | int: the first that takes the value
+            try:
+                return _coerce(key, value, option)
+            except UserError:
+                pass
+        try:
+            return _coerce(key, value, args[-1])
+        except UserError:
+            if len(args) == 1:
+                raise
+            raise UserError(f"config key '{key}': {value!r} is not allowed; use {_describe(tp)}") from None
     if origin is Literal:
         allowed = typing.get_args(tp)
         for a in allowed:
@@ -350,7 +367,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise UserError(f"config key 'mining.steps' must be >= 1, got {m.steps}")
     if not 0 <= m.threshold_ratio <= 1:
         raise UserError(f"config key 'mining.threshold_ratio' must be in [0, 1], got {m.threshold_ratio}")
-    if m.chunk_rows < 1:
+    if m.chunk_rows != "auto" and m.chunk_rows < 1:
         raise UserError(f"config key 'mining.chunk_rows' must be >= 1, got {m.chunk_rows}")
     if cfg.data.num_docs < 0:
         raise UserError(f"config key 'data.num_docs' must be >= 0, got {cfg.data.num_docs}")

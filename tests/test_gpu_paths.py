@@ -1,18 +1,21 @@
 """Paths our users take on GPU clusters, exercised here on CPU: the device of a rank under SLURM's GPU binding, an
 optimizer that cannot be built (fallback in one line, or a one-line refusal under offload), 8-bit Adam under real
 2-rank ZeRO-3 with a checkpoint and resume, the GPU ZeRO-3 config (small parameters kept whole on every rank,
-overlapped communication) training for real, weights loading straight onto an accelerator, and deterministic kernels
-that warn or (strict) raise."""
+overlapped communication) training for real, weights loading straight onto an accelerator, deterministic kernels
+that warn or (strict) raise, and mining's ``chunk_rows: auto`` (64 on CPU, as many rows as fit on an accelerator)."""
 import os
+from types import SimpleNamespace
 
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 
-from neurorit.dist import build_optimizer
+from neurorit.config import load_config
+from neurorit.dist import build_optimizer, memory_plan
 from neurorit.dist.launch import cuda_index
 from neurorit.errors import UserError
-from tests.support.workspaces import training_workspace
+from tests.support.workspaces import mining_workspace, training_workspace
 
 
 def test_each_rank_finds_its_gpu_whatever_the_binding():
@@ -116,3 +119,29 @@ def test_deterministic_kernels_on_cuda_warn_or_raise(monkeypatch, strict):
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = False
+
+
+def test_mining_chunk_rows_auto_is_64_on_cpu_and_fills_an_accelerator(tmp_path, monkeypatch):
+    from attribution import mine
+
+    cfg_path = mining_workspace(str(tmp_path), chunk_rows="auto")
+    out = str(tmp_path / "mined")
+    mine.main(["--config", cfg_path, "--mining.output_dir", out])
+    with open(os.path.join(out, "config.yaml")) as fh:
+        assert yaml.safe_load(fh)["mining"]["chunk_rows"] == 64  # resolved before the run's fingerprint and config
+    cfg = load_config(cfg_path)
+    shape, dtype_bytes = mine._mining_shape(cfg)
+    all_rows = shape.layers * cfg.mining.steps  # 8: one sweep per side of an example
+
+    def rows_with(memory: float, zero3: bool = False) -> int:
+        monkeypatch.setattr(memory_plan, "rank_memory_bytes", lambda device: int(memory))
+        return mine.resolve_chunk_rows(cfg, zero3)
+
+    monkeypatch.setattr(mine.dist, "info", lambda: SimpleNamespace(device=torch.device("cuda", 0)))
+    fixed = memory_plan.replicated_mining_bytes(shape, dtype_bytes, cfg.data.max_length, 0)
+    per_row = memory_plan.replicated_mining_bytes(shape, dtype_bytes, cfg.data.max_length, 1) - fixed
+    assert rows_with(1e12) == all_rows
+    assert rows_with((fixed + 5.5 * per_row) / mine.FIT_SHARE) == 5
+    assert rows_with(fixed / mine.FIT_SHARE) == 1  # never 0: a run that does not fit fails on memory, not here
+    explicit = load_config(cfg_path, ["--mining.chunk_rows", "7"])
+    assert mine.resolve_chunk_rows(explicit, False) == 7

@@ -192,7 +192,7 @@ def test_target_loss_equals_the_full_logits_loss_from_the_target_columns_only(fa
     labels[2, 10:] = ids[2, 10:]
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     logits, kept = target_logits(model, batch)
-    assert logits.shape == (3, 5, 97) and kept.shape == (3, 5)  # the 5 columns with a target (5, 6, 7, 9, 10), not all 11
+    assert logits.shape == (3, 5, 97) and kept.shape == (3, 5)  # columns 5, 6, 7, 9, 10 only
     assert int((kept != -100).sum()) == 6
     fast = target_loss(model, batch)
     fast.backward()
