@@ -23,6 +23,7 @@ TINY = {"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_h
 
 def tiny_options(**kw):
     base = dict(nodes=1, gpus_per_node=2, gpu_gib=1.0, reserve_gib=0.5, offload=False, mining_seq_len=4, seq_len=6,
+                stage2_target_tokens=256,
                 micro_batch=3, chunk_rows=5, steps=20, n_relevant=2, n_irrelevant=3, n_shared=1, target_layers=1,
                 gradient_checkpointing=False, prefetch_bucket=10, reduce_bucket=20, overlap_comm=True)
     base.update(kw)
@@ -61,14 +62,18 @@ def test_tiny_plan_by_hand():
     assert s1["zero_buffers"] == 2 * (10 + 20) * 2 == 120
     assert (s1["deltas"], s1["optimizer"]) == (6 * 72 // 2, 12 * 72 // 2) == (216, 432)
     assert (s2["deltas"], s2["optimizer"]) == (6 * 528 // 2, 12 * 528 // 2) == (1584, 3168)
-    # per token per layer 10 x 8 + 4 x 16 + 2 x 4 = 152; 2 bytes x 6 tokens x 2 layers; logits 10 B x 6 x 32
-    assert s1["per_sequence"] == 2 * 6 * 2 * 152 + 10 * 6 * 32 == 5568
-    assert s1["activations"] == 3 * 5568
-    assert s1["total"] == 1704 + 1024 + 120 + 216 + 432 + 3 * 5568 == 20200
+    # per token per layer 10 x 8 + 4 x 16 + 2 x 4 = 152; 2 bytes x 6 tokens x 2 layers; logits 10 B x 32 at the
+    # positions with a loss: stage 1's one end token, stage 2's target (256 by default: all 6 tokens here)
+    assert s1["per_sequence"] == 2 * 6 * 2 * 152 + 10 * 1 * 32 == 3968
+    assert s2["per_sequence"] == 2 * 6 * 2 * 152 + 10 * 6 * 32 == 5568
+    assert s1["activations"] == 3 * 3968
+    assert s1["total"] == 1704 + 1024 + 120 + 216 + 432 + 3 * 3968 == 15400
     assert s2["total"] == 1704 + 1024 + 120 + 1584 + 3168 + 3 * 5568 == 24304
-    assert s1["max_micro_batch_no_ckpt"] == (usable - (1704 + 1024 + 120 + 216 + 432)) // 5568
+    assert s1["max_micro_batch_no_ckpt"] == (usable - (1704 + 1024 + 120 + 216 + 432)) // 3968
     # checkpointing: layer inputs 2 x 6 x (2 x 8) + one layer recomputed 2 x 6 x 152 + logits
-    assert s1["max_micro_batch_ckpt"] == (usable - 3496) // (2 * 6 * (2 * 8 + 152) + 1920)
+    assert s1["max_micro_batch_ckpt"] == (usable - 3496) // (2 * 6 * (2 * 8 + 152) + 320)
+    short = plan_mod.plan(plan_mod.shape_from_config("tiny", TINY), tiny_options(stage2_target_tokens=2))
+    assert short["stage2"]["per_sequence"] == 2 * 6 * 2 * 152 + 10 * 2 * 32
     assert s1["cpu_per_node"] == 0
 
 
