@@ -256,7 +256,8 @@ def _plan(shape: Shape, out: str) -> dict:
     folder = os.path.join(out, "plan_model")
     shape.llama_config().save_pretrained(folder)
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "plan.py"), "--model", folder, "--nodes", "1",
-           "--gpus-per-node", "1", "--gpu-gib", "139", "--seq-len", str(shape.seq), "--micro-batch", "1", "--json"]
+           "--gpus-per-node", "1", "--gpu-gib", "139", "--seq-len", str(shape.seq), "--micro-batch", "1",
+           "--stage2-target-tokens", str(_answer_tokens(shape, 2)), "--json"]
     if shape.device == "cpu":
         cmd += ["--ds-config", os.path.join(ROOT, "ds_configs", "cpu_zero3.json")]
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout)
@@ -290,12 +291,16 @@ def _zero3_engine(shape: Shape, stage: int, optimizer: str = "adamw_torch", laye
     return strategy.prepare_trainable(model, params, opt, lambda _step: 1.0), model, params
 
 
+def _answer_tokens(shape: Shape, stage: int) -> int:
+    return 1 if stage == 1 else min(142, shape.seq // 2)  # stage 1: EOS only; stage 2: a summary
+
+
 def _batch(shape: Shape, stage: int):
     import torch
 
     ids = torch.randint(3, min(shape.vocab, 32000), (1, shape.seq), device=shape.device)
     labels = torch.full_like(ids, -100)
-    answer = 1 if stage == 1 else min(142, shape.seq // 2)  # stage 1: EOS only; stage 2: a summary
+    answer = _answer_tokens(shape, stage)
     labels[:, -answer:] = ids[:, -answer:]
     return {"input_ids": ids, "labels": labels}
 
@@ -303,12 +308,14 @@ def _batch(shape: Shape, stage: int):
 def _stage_step(shape: Shape, out: str, stage: int) -> list[dict]:
     import torch
 
+    from train.loop import target_loss
+
     plan = _plan(shape, out)[f"stage{stage}"]
     engine, _, _ = _zero3_engine(shape, stage)
     batch = _batch(shape, stage)
     losses = []
     for _ in range(2):
-        loss = engine(**batch).loss
+        loss = target_loss(engine, batch)  # as train/loop.py: logits only where the loss is
         engine.backward_step(loss)
         losses.append(float(loss))
     rows = [row(f"stage {stage}: 2 ZeRO-3 bf16 steps, losses", [round(x, 4) for x in losses], "finite",
