@@ -58,7 +58,7 @@ def probe_prompts(records: Sequence[Record], setting: str, builder: PromptBuilde
 def first_token_probs(model, prompts: Sequence[Sequence[int]], batch_size: int = 8,
                       pad_id: int = 0) -> torch.Tensor:
     """``[len(prompts), vocab]`` next-token probabilities after each prompt (right-padded batches: a row's last
-    real position sees exactly its own prompt)."""
+    real position sees exactly its own prompt; logits only at the batch's last positions, ``logits_to_keep``)."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -69,9 +69,12 @@ def first_token_probs(model, prompts: Sequence[Sequence[int]], batch_size: int =
         for i, p in enumerate(chunk):
             ids[i, :len(p)] = torch.tensor(p, dtype=torch.long)
             mask[i, :len(p)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        last = torch.tensor([len(p) - 1 for p in chunk], device=logits.device)
-        out.append(torch.softmax(logits[torch.arange(len(chunk), device=logits.device), last].float(), -1).cpu())
+        last = torch.tensor([len(p) - 1 for p in chunk])
+        columns = last.unique()  # sorted
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       logits_to_keep=columns.to(device)).logits
+        pick = torch.searchsorted(columns, last).to(logits.device)
+        out.append(torch.softmax(logits[torch.arange(len(chunk), device=logits.device), pick].float(), -1).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 

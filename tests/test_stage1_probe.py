@@ -71,10 +71,14 @@ def test_kinds_filter(world):
 def test_batching_does_not_change_the_answer():
     tok = load_tokenizer(BASE)
     model = load_causal_lm(BASE, dtype="float32", attn_implementation="eager").eval()
-    prompts = [tok("the capital of")["input_ids"], tok("a b c d e f g h")["input_ids"], tok("x")["input_ids"]]
+    prompts = [tok("the capital of")["input_ids"], tok("a b c d e f g h")["input_ids"], tok("x")["input_ids"],
+               tok("the capital in")["input_ids"]]  # two prompts end at the same column
     one = torch.cat([first_token_probs(model, [p], batch_size=1) for p in prompts])
-    batched = first_token_probs(model, prompts, batch_size=3, pad_id=0)
-    assert torch.allclose(one, batched, atol=1e-5) and one.shape[0] == 3
+    batched = first_token_probs(model, prompts, batch_size=4, pad_id=0)
+    assert torch.allclose(one, batched, atol=1e-5) and one.shape[0] == 4
+    with torch.no_grad():  # the reference: every position's logits, the last one's softmax
+        full = torch.stack([torch.softmax(model(input_ids=torch.tensor([p])).logits[0, -1], -1) for p in prompts])
+    assert torch.allclose(full, batched, atol=1e-5)
 
 
 def test_cli_on_the_embedded_base_model(tmp_path):
