@@ -124,12 +124,15 @@ class Pipeline:
     def evaluate(self, name: str, model: str, instruction: str, folder: str = "", extra: tuple = ()) -> dict:
         """Evaluate ``model`` as ``name`` into ``folder`` (default: the instruction's evaluation folder); returns
         its summary (``<name>.eval.json``)."""
+        label = f"evaluate {name} ({instruction})"
+        if folder:  # another folder (the dev selection's): its own entry in timings.json
+            label = f"evaluate {name} ({instruction}, {os.path.relpath(folder, self.layout.root)})"
         folder = folder or self.eval_folder(instruction)
         cmd = launch(self.ranks, "rag/evaluate.py",
                      self.args("--model", model, "--name", name,  # evaluation counts the stages behind the model
                                "--eval.instruction", instruction, "--eval.output_dir", folder, *extra))
         result = eval_files(folder, name).result
-        self.step(f"evaluate {name} ({instruction})", result, cmd)
+        self.step(label, result, cmd)
         with open(result) as fh:
             return json.load(fh)
 
