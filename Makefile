@@ -92,3 +92,7 @@ results-smollm: experiment-smollm
 	cp outputs/smollm2/mining/diagnostics.json results/smollm2/mining_diagnostics.json
 	cp outputs/smollm2/mining/throughput.json results/smollm2/mining_throughput.json
 	cp outputs/smollm2/mining/neuron_map.png results/smollm2/neuron_map.png
+	if [ -f outputs/smollm2/bench_attribution_128.json ]; then cp outputs/smollm2/bench_attribution_128.json results/smollm2/; fi
+	mkdir -p results/smollm2/dev_evals results/smollm2/stage1_probes
+	cp outputs/smollm2/selection/eval/*.eval.json results/smollm2/dev_evals/
+	for d in outputs/smollm2/selection/stage1/*/; do cp $$d/probe.json results/smollm2/stage1_probes/$$(basename $$d).json; done
