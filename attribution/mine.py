@@ -135,6 +135,9 @@ class Miner:
     @property
     def settings(self) -> IGSettings:
         m = self.cfg.mining
+        if m.chunk_rows == "auto":
+            raise ValueError("mining.chunk_rows auto is resolved before a Miner is built (resolve_chunk_rows; main "
+                             "does it)")
         return IGSettings(steps=m.steps, ig_rule=m.ig_rule, chunk_rows=m.chunk_rows)
 
 

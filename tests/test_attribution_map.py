@@ -187,6 +187,6 @@ def test_non_finite_attribution_skips_the_example(tokenizer, tiny_model):
     builder = ExampleBuilder(tokenizer, PromptBuilder("compact"), "yes_prob", "query", max_length=48)
     ex = builder.build(0, *_record())
     cfg = ExperimentConfig()
-    cfg.mining.steps, cfg.mining.top_k = 2, 5
+    cfg.mining.steps, cfg.mining.top_k, cfg.mining.chunk_rows = 2, 5, 64  # auto is resolved by mine.main
     res = attribute(Miner(cfg, model, patcher, builder, lockstep=True), ex, builder.pad_inputs())
     assert res.status == NON_FINITE and res.attributions is None
