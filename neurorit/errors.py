@@ -18,7 +18,8 @@ def main_guard(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            sys.stderr.write(f"error: {err}\n")  # one write: ranks sharing a log never split each other's line
+            sys.stderr.flush()
             sys.exit(2)
 
     return wrapper

@@ -4,8 +4,8 @@ under any launcher or as a plain process:
     torchrun --nproc_per_node 2 tests/faults/dist_stage.py stage1 --config X [--resume auto ...]
 
 - ``NEURORIT_FAULT_NAN=<step>:<what>[:<rank>]``: at optimizer step ``<step>`` (1-based, as the error names it) the
-  training forward returns a ``nan`` loss (``what`` = ``loss``), an ``inf`` loss (``inf``), or a finite loss whose
-  gradient is ``nan`` (``grad``: only the grad norm is non-finite); on every rank, or only on ``<rank>``.
+  training loss is ``nan`` (``what`` = ``loss``), ``inf`` (``inf``), or finite with a ``nan`` gradient
+  (``grad``: only the grad norm is non-finite); on every rank, or only on ``<rank>``.
 - ``NEURORIT_FAULT_EXPORT_KILL=<shard>:<fraction>``: rank 0 writes the first ``fraction`` of the bytes of
   export shard number ``<shard>`` (0-based) and then SIGKILLs itself: a kill -9 in the middle of an export write.
 
@@ -47,29 +47,32 @@ def poison(loss: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def install_nan(spec: str) -> None:
-    """Wrap the training step (to know the step) and the engine forward (to poison that step's loss)."""
+    """Wrap the training step (to know the step) and its loss (``loop.target_loss``) to poison that step's loss;
+    the dev loss, computed between steps, is left alone."""
     from neurorit import dist
-    from neurorit.dist import TrainEngine
     from train import loop
 
     parts = spec.split(":")
     at, what = int(parts[0]), parts[1]
     only = int(parts[2]) if len(parts) > 2 else None
     current = {"step": -1}
-    step_fn, call = loop._train_step, TrainEngine.__call__
+    step_fn, loss_fn = loop._train_step, loop.target_loss
 
     def train_step(engine, plan, step, examples, pad_id):
         current["step"] = step + 1
-        return step_fn(engine, plan, step, examples, pad_id)
+        try:
+            return step_fn(engine, plan, step, examples, pad_id)
+        finally:
+            current["step"] = -1
 
-    def forward(self, **batch):
-        out = call(self, **batch)
-        if "labels" in batch and current["step"] == at and (only is None or dist.rank() == only):
-            out["loss"] = poison(out["loss"], what)
-        return out
+    def target_loss(engine, batch, reduction="mean"):
+        loss = loss_fn(engine, batch, reduction)
+        if current["step"] == at and (only is None or dist.rank() == only):
+            loss = poison(loss, what)
+        return loss
 
     loop._train_step = train_step
-    TrainEngine.__call__ = forward
+    loop.target_loss = target_loss
 
 
 def install_export_kill(spec: str) -> None:

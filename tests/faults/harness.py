@@ -134,6 +134,12 @@ def _wait(proc: subprocess.Popen, log: str, killed: bool, when: str, deadline: f
     return Killed(proc.returncode, killed, when, open(log).read())
 
 
+def error_lines(output: str, prefix: str = "error: ") -> list[str]:
+    """Each ``error: ...`` line of a launch's output, also where two ranks' lines ended up on one line of the log
+    (a process whose stderr is not ours may write the message and its newline apart)."""
+    return [prefix + part.split("\n")[0] for part in output.split(prefix)[1:]]
+
+
 def run(script: str, *args: str, env: Optional[dict] = None, log: str, timeout: float = 900) -> str:
     """An uninterrupted 2-rank launch that must exit 0; its output."""
     proc = launch(script, *args, env=env, log=log)

@@ -54,7 +54,7 @@ def test_demo_kill_one_rank_then_rerun(tmp_path):
 
     result = harness.kill_rank_when(proc, log, ready, rank, delay, target, timeout=1800)
     assert result.killed and result.returncode == 2, result.output[-4000:]
-    errors = [line for line in result.output.splitlines() if line.startswith("error: step ")]
+    errors = harness.error_lines(result.output, "error: step ")
     assert len(errors) == 1, result.output[-4000:]
     # nothing half-written that the next run's done-markers or stages would accept
     for folder in re.findall(r"--\w+\.output_dir (\S+)", "\n".join(launched)):

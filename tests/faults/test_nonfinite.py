@@ -50,14 +50,13 @@ def straight_one_rank(config, tmp_path_factory):
 @pytest.mark.parametrize("what", ["loss", "inf", "grad"])
 def test_one_rank_nonfinite_stops_naming_the_step(what, config, straight_one_rank, tmp_path, monkeypatch,
                                                   single_rank_env):
-    from neurorit.dist import TrainEngine
     from train import loop
 
     out = str(tmp_path / "stage1")
     cfg = load_config(config, ["--stage1.output_dir", out])
     with monkeypatch.context() as patch:
         patch.setattr(loop, "_train_step", loop._train_step)
-        patch.setattr(TrainEngine, "__call__", TrainEngine.__call__)
+        patch.setattr(loop, "target_loss", loop.target_loss)
         dist_stage.install_nan(f"{BAD}:{what}")
         with pytest.raises(UserError) as err:
             loop.run_stage("stage1", cfg)
@@ -84,7 +83,7 @@ def test_two_ranks_nonfinite_stops_naming_the_step(what, only, config, tmp_path)
     proc = harness.launch("tests/faults/dist_stage.py", "stage1", *args, log=log, env={"NEURORIT_FAULT_NAN": spec})
     result = harness.kill_rank_when(proc, log, lambda: False, 0, 0.0, "no kill")
     assert result.returncode != 0
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    errors = harness.error_lines(result.output)
     assert len(errors) == 2 and errors[0] == errors[1], result.output[-3000:]
     assert errors[0].startswith(f"error: step {BAD}: non-finite "), errors[0]
     assert_stopped_at_bad_step(out)

@@ -208,8 +208,7 @@ def test_full_disk_stops_with_one_line_and_keeps_what_was_written(workspace, ref
         proc = harness.launch("tests/faults/dist_stage.py", "stage1", *args, log=log)
         result = harness.kill_rank_when(proc, log, lambda: False, 0, 0.0, "no kill")
         assert result.returncode != 0, result.output[-3000:]
-        # two ranks may print at once (their lines can share a line of the log): split at each "error: "
-        errors = ["error: " + e.split("\n")[0] for e in result.output.split("error: ")[1:]]
+        errors = harness.error_lines(result.output)
         assert errors, result.output[-3000:]
         assert all("disk full" in e and disk in e for e in errors), errors
         harness.assert_same_files(reference["stage1"], os.path.join(out, "export"))
