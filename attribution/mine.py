@@ -94,12 +94,12 @@ def resolve_chunk_rows(cfg: ExperimentConfig, zero3: bool) -> int:
         return CPU_CHUNK_ROWS
     shape, dtype_bytes = _mining_shape(cfg)
     tokens = cfg.data.max_length
-    fixed = memory_plan.replicated_mining_bytes(shape, dtype_bytes, tokens, 0)
+    no_rows = memory_plan.replicated_mining_bytes(shape, dtype_bytes, tokens, 0)
+    per_row = memory_plan.replicated_mining_bytes(shape, dtype_bytes, tokens, 1) - no_rows
+    fixed = no_rows
     if zero3:
         fixed -= shape.total_params() * dtype_bytes * (1 - 1 / dist.world_size())
         fixed += shape.layer_params() * dtype_bytes
-    per_row = memory_plan.replicated_mining_bytes(shape, dtype_bytes, tokens, 1) - \
-        memory_plan.replicated_mining_bytes(shape, dtype_bytes, tokens, 0)
     fits = int((FIT_SHARE * memory_plan.rank_memory_bytes(device) - fixed) // max(1, per_row))
     rows = min(max(1, fits), shape.layers * m.steps)
     return min(dist.all_gather_objects(rows))

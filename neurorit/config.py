@@ -225,17 +225,14 @@ def _coerce(key: str, value: Any, tp) -> Any:
         if len(args) < len(typing.get_args(tp)) and (
                 value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
             return None
-        for option in args[:-1]:  # e.g. Literal["auto"] | int: the first that takes the value
+        if len(args) == 1:  # Optional[X]: X's own error
+            return _coerce(key, value, args[0])
+        for option in args:  # e.g. Literal["auto"] | int: the first that takes the value
             try:
                 return _coerce(key, value, option)
             except UserError:
                 pass
-        try:
-            return _coerce(key, value, args[-1])
-        except UserError:
-            if len(args) == 1:
-                raise
-            raise UserError(f"config key '{key}': {value!r} is not allowed; use {_describe(tp)}") from None
+        raise UserError(f"config key '{key}': {value!r} is not allowed; use {_describe(tp)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         for a in allowed:
