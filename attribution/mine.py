@@ -37,8 +37,8 @@ from attribution.ig_common import IGSettings
 from attribution.selection import example_topk, neuron_map_from_stats
 from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, reduce_stats, scan_shards,
                                shard_path)
-from neurorit import dist, runtime
-from neurorit.dist import memory_plan
+from neurorit import parallel, runtime
+from neurorit import memory
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -52,13 +52,13 @@ FIT_SHARE = 0.8  # of a rank's memory a whole-model copy may take before mining.
 CPU_CHUNK_ROWS = 64  # mining.chunk_rows auto on CPU (and the rows auto placement assumes)
 
 
-def _mining_shape(cfg: ExperimentConfig) -> tuple[memory_plan.Shape, int]:
+def _mining_shape(cfg: ExperimentConfig) -> tuple[memory.Shape, int]:
     """The model's shape (from its config alone) and the bytes of one value in the run's dtype."""
     from model_patches.loading import resolve_model
 
-    name, config = memory_plan.resolve_config(resolve_model(cfg.model.path).path)
+    name, config = memory.resolve_config(resolve_model(cfg.model.path).path)
     dtype_bytes = torch.empty((), dtype=getattr(torch, cfg.model.dtype)).element_size()
-    return memory_plan.shape_from_config(name, config), dtype_bytes
+    return memory.shape_from_config(name, config), dtype_bytes
 
 
 def partitions_model(cfg: ExperimentConfig) -> bool:
@@ -67,13 +67,13 @@ def partitions_model(cfg: ExperimentConfig) -> bool:
     rank's memory. A model that fits never needs ZeRO-3's re-gathering of every layer for every pass of rows (5.5x
     slower on SmolLM2 on 2 CPU ranks, issue 19)."""
     m = cfg.mining
-    if dist.world_size() == 1 or m.zero_stage != "auto":
-        return dist.world_size() > 1 and m.zero_stage == 3
+    if parallel.world_size() == 1 or m.zero_stage != "auto":
+        return parallel.world_size() > 1 and m.zero_stage == 3
     shape, dtype_bytes = _mining_shape(cfg)
     rows = CPU_CHUNK_ROWS if m.chunk_rows == "auto" else m.chunk_rows
-    need = memory_plan.replicated_mining_bytes(shape, dtype_bytes, cfg.data.max_length, rows)
-    have = memory_plan.rank_memory_bytes(dist.info().device)
-    if dist.is_main():
+    need = memory.replicated_mining_bytes(shape, dtype_bytes, cfg.data.max_length, rows)
+    have = memory.rank_memory_bytes(parallel.info().device)
+    if parallel.is_main():
         choice = "ZeRO-3 over the ranks" if need > FIT_SHARE * have else "a whole copy per rank"
         print(f"mining.zero_stage auto: {choice} (a copy needs {need / 2**30:.2f} GiB of {have / 2**30:.1f} GiB "
               f"per rank)", file=sys.stderr, flush=True)
@@ -89,20 +89,20 @@ def resolve_chunk_rows(cfg: ExperimentConfig, zero3: bool) -> int:
     m = cfg.mining
     if m.chunk_rows != "auto":
         return m.chunk_rows
-    device = dist.info().device
+    device = parallel.info().device
     if device.type == "cpu":
         return CPU_CHUNK_ROWS
     shape, dtype_bytes = _mining_shape(cfg)
     tokens = cfg.data.max_length
-    no_rows = memory_plan.replicated_mining_bytes(shape, dtype_bytes, tokens, 0)
-    per_row = memory_plan.replicated_mining_bytes(shape, dtype_bytes, tokens, 1) - no_rows
+    no_rows = memory.replicated_mining_bytes(shape, dtype_bytes, tokens, 0)
+    per_row = memory.replicated_mining_bytes(shape, dtype_bytes, tokens, 1) - no_rows
     fixed = no_rows
     if zero3:
-        fixed -= shape.total_params() * dtype_bytes * (1 - 1 / dist.world_size())
+        fixed -= shape.total_params() * dtype_bytes * (1 - 1 / parallel.world_size())
         fixed += shape.layer_params() * dtype_bytes
-    fits = int((FIT_SHARE * memory_plan.rank_memory_bytes(device) - fixed) // max(1, per_row))
+    fits = int((FIT_SHARE * memory.rank_memory_bytes(device) - fixed) // max(1, per_row))
     rows = min(max(1, fits), shape.layers * m.steps)
-    return min(dist.all_gather_objects(rows))
+    return min(parallel.all_gather_objects(rows))
 
 
 def load_model(cfg: ExperimentConfig, zero3: bool):
@@ -110,7 +110,7 @@ def load_model(cfg: ExperimentConfig, zero3: bool):
     from model_patches.loading import load_causal_lm
     from model_patches.patcher import patch_model
 
-    strategy = dist.Strategy.for_inference(3, cfg.model.dtype, cfg.mining.ds_config) if zero3 else None
+    strategy = parallel.Strategy.for_inference(3, cfg.model.dtype, cfg.mining.ds_config) if zero3 else None
     model = load_causal_lm(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation,
                            strategy.config if strategy else None)
     model.requires_grad_(False)
@@ -168,7 +168,7 @@ def _kill_point() -> int:
     if not spec:
         return 0
     rank, n = (int(x) for x in spec.split(":"))
-    return n if rank == dist.rank() else 0
+    return n if rank == parallel.rank() else 0
 
 
 def mine_examples(miner: Miner, pairs, todo: list[int], shard: str, run_id: str) -> RankStats:
@@ -176,14 +176,14 @@ def mine_examples(miner: Miner, pairs, todo: list[int], shard: str, run_id: str)
     from tqdm import tqdm
 
     m, lockstep = miner.cfg.mining, miner.lockstep
-    rank, world = dist.rank(), dist.world_size()
+    rank, world = parallel.rank(), parallel.world_size()
     mine = todo[rank::world]
     rounds = math.ceil(len(todo) / world) if lockstep else len(mine)
     fingerprint = model_fingerprint(miner.model)
     part = RankStats(fingerprint["num_layers"], fingerprint["intermediate_size"], m.top_k)
     pads = miner.builder.pad_inputs()
     kill_after = _kill_point()
-    bar = tqdm(total=len(todo), unit="ex", desc="mining", disable=not dist.is_main(), dynamic_ncols=True)
+    bar = tqdm(total=len(todo), unit="ex", desc="mining", disable=not parallel.is_main(), dynamic_ncols=True)
     for r in range(rounds):
         ex = miner.builder.build(mine[r], *pairs[mine[r]]) if r < len(mine) else MiningExample(-1, "", -1)
         result = attribute(miner, ex, pads)
@@ -251,7 +251,7 @@ def main(argv=None) -> None:
                         f"answer, and another question a passage without it)")
     zero3 = partitions_model(cfg)
     rows = resolve_chunk_rows(cfg, zero3)
-    if m.chunk_rows == "auto" and dist.is_main():
+    if m.chunk_rows == "auto" and parallel.is_main():
         print(f"mining.chunk_rows auto: {rows} rows per sweep", file=sys.stderr, flush=True)
     cfg = dataclasses.replace(cfg, mining=dataclasses.replace(m, chunk_rows=rows))
     m = cfg.mining
@@ -264,19 +264,19 @@ def main(argv=None) -> None:
     run_id = run_fingerprint(cfg, fingerprint, pairs, max_length)
     state = scan_shards(files.stats, run_id, layers, width, m.top_k)
     todo = [i for i in range(len(pairs)) if i not in state.done]
-    if dist.is_main() and state.done:
+    if parallel.is_main() and state.done:
         print(f"resuming: {len(state.done)} examples already in {files.stats}, {len(todo)} to go", file=sys.stderr)
-    shard = shard_path(files.stats, state.generation, dist.rank())
+    shard = shard_path(files.stats, state.generation, parallel.rank())
     start = time.perf_counter()
     mine = mine_examples(Miner(cfg, model, patcher, builder, zero3), pairs, todo, shard, run_id)
     seconds = time.perf_counter() - start
-    rank, world = dist.rank(), dist.world_size()
+    rank, world = parallel.rank(), parallel.world_size()
     earlier = [RankStats.load(p, layers, width, m.top_k) for j, p in enumerate(state.paths) if j % world == rank]
     stats = reduce_stats([mine] + earlier, [p[0].id for p in pairs], layers, width, m.top_k)
-    if dist.is_main():
+    if parallel.is_main():
         write_outputs(cfg, files.root, stats, fingerprint)
         write_throughput(files.root, len(todo), seconds, world)
-    dist.barrier()
+    parallel.barrier()
 
 
 def write_throughput(out: str, questions: int, seconds: float, world: int) -> None:
@@ -293,7 +293,7 @@ def write_throughput(out: str, questions: int, seconds: float, world: int) -> No
 def cli() -> None:
     """``python attribution/mine.py`` and the console script ``neurorit-mine``: ``main``, then the rank's clean end."""
     main()
-    dist.end_process()
+    parallel.end_process()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from neurorit import dist
+from neurorit import parallel
 from neurorit.errors import UserError
 
 SIDES = ("relevant", "irrelevant")
@@ -135,7 +135,7 @@ class ResumeState:
 def scan_shards(stats_dir: str, run_fingerprint: str, layers: int, width: int, top_k: int) -> ResumeState:
     """Rank 0 reads the shards of earlier runs (refusing those of another run); every rank gets the answer."""
     state = None
-    if dist.is_main():
+    if parallel.is_main():
         os.makedirs(stats_dir, exist_ok=True)
         for tmp in glob.glob(os.path.join(stats_dir, "*.tmp*")):
             os.remove(tmp)  # a write that a crash interrupted; its previous version is still in place
@@ -150,7 +150,7 @@ def scan_shards(stats_dir: str, run_fingerprint: str, layers: int, width: int, t
             done |= set(held)
             generation = max(generation, int(os.path.basename(path).split("-")[1][1:]) + 1)
         state = ResumeState(done, paths, generation)
-    return dist.broadcast_object(state)
+    return parallel.broadcast_object(state)
 
 
 def shard_path(stats_dir: str, generation: int, rank: int) -> str:
@@ -251,7 +251,7 @@ def reduce_stats(parts: list[RankStats], example_ids: list[str], layers: int, wi
         f_input[idx] = t["f_input"]
         norm_sum += t["norm_sum"]
     for tensor in (held, status1, truncated, ids1, scores, f_input, norm_sum):
-        dist.all_reduce_sum(tensor)
+        parallel.all_reduce_sum(tensor)
     if n and int(held.max()) > 1:
         raise RuntimeError("an example was counted twice across ranks/shards")
     return NeuronStats(example_ids, status1 - 1, truncated, ids1 - 1, scores, f_input, norm_sum)

@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 
 from model_patches.layouts.base import DELTA_INDEX, DELTA_NAMES
 from model_patches.patcher import FFNPatcher, get_patcher, installed_patcher, unwrap
-from neurorit import dist
+from neurorit import parallel
 from neurorit.errors import UserError
 from neurorit.files import atomic_dir, disk_full_error, is_disk_full
 
@@ -66,7 +66,7 @@ def merge_into_weights(model: torch.nn.Module, fold_deactivation: bool = False) 
         if deltas is None and layer not in dead:
             continue
         small = list(deltas[1:]) if deltas else []
-        with dist.gathered([param] + small, modifier_rank=0):
+        with parallel.gathered([param] + small, modifier_rank=0):
             with torch.no_grad():
                 param.copy_(patcher.layout.fold(role, param.float(), deltas, dead.get(layer)))
     patcher.remove_neuron_deltas()
@@ -185,7 +185,7 @@ def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactiv
     error: Optional[str] = None
     with contextlib.ExitStack() as stack:
         writer = None
-        if dist.is_main():
+        if parallel.is_main():
             try:
                 tmp_dir = stack.enter_context(atomic_dir(out_dir, kept=_kept(out_dir)))
                 writer = _ShardWriter(tmp_dir, limit)
@@ -197,7 +197,7 @@ def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactiv
             layer, role = roles.get(id(param), (None, None))
             deltas = _layer_deltas(patcher, layer) if layer is not None else None
             small = list(deltas[1:]) if deltas else []
-            with dist.gathered([param] + small):
+            with parallel.gathered([param] + small):
                 if writer is not None and error is None:
                     value = param.detach()
                     if role is not None and (deltas is not None or layer in dead):
@@ -208,10 +208,10 @@ def export_hf(model: torch.nn.Module, out_dir: str, tokenizer=None, fold_deactiv
             if error is None and precision.kept:
                 log.warning("export %s: %s (%d weights; config.json dtype float32)", out_dir,
                             precision.note()["reason"], len(precision.kept))
-        error = dist.broadcast_object(error)
+        error = parallel.broadcast_object(error)
         if error is not None:  # every rank stops with the same line; rank 0's temp folder is removed, not renamed
             raise UserError(error)
-    dist.barrier()  # rank 0 renamed the finished folder into place
+    parallel.barrier()  # rank 0 renamed the finished folder into place
 
 
 def _kept(out_dir: str) -> str:

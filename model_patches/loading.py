@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from model_patches.attention import choose_attn_implementation
-from neurorit import dist
+from neurorit import parallel
 from neurorit.errors import UserError
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -118,10 +118,10 @@ def load_causal_lm(path: str, dtype="float32", attn_implementation: str = "auto"
         raise UserError(f"not a Hugging Face checkpoint (no config.json): {folder}")
     torch_dtype = _dtype(dtype)
     _warn_if_rounding(folder, torch_dtype)
-    device = torch.device(device) if device is not None else dist.info().device
+    device = torch.device(device) if device is not None else parallel.info().device
     impl, _ = choose_attn_implementation(attn_implementation, device, torch_dtype)
     zero3 = ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3
-    with dist.zero3_loading(ds_config):
+    with parallel.zero3_loading(ds_config):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation=impl,
                                                      **load_placement(device, zero3))
     if not zero3:
@@ -141,7 +141,7 @@ def _warn_if_rounding(folder: str, torch_dtype: torch.dtype) -> None:
     """An export that kept weights in fp32 because bf16 / fp16 would round its learned change away
     (``model_patches/export.py``: ``neurorit_export`` in config.json) loses that change again when loaded in a
     16-bit dtype: say so, once, on rank 0."""
-    if torch_dtype == torch.float32 or not dist.is_main():
+    if torch_dtype == torch.float32 or not parallel.is_main():
         return
     with open(os.path.join(folder, "config.json")) as fh:
         note = json.load(fh).get("neurorit_export")

@@ -73,7 +73,7 @@ class MiningConfig:
     n_target_layers: int = 3  # target layers (densest in irrelevant-only + shared neurons)
     shard_every: int = 16  # examples between atomic per-rank shard writes
     # auto = a whole copy per rank when the model and one chunk of IG rows fit in a rank's device memory
-    # (neurorit/dist/memory_plan.py), else ZeRO-3; 3 = the model partitioned over the ranks; 0 = a whole copy
+    # (neurorit/memory.py), else ZeRO-3; 3 = the model partitioned over the ranks; 0 = a whole copy
     zero_stage: Literal["auto", 0, 3] = "auto"
     ds_config: str = ""  # ZeRO-3 DeepSpeed config; empty = ds_configs/zero3.json (cpu_zero3.json on CPU)
     output_dir: str = ""  # empty = <runtime.output_dir>/mining
@@ -178,7 +178,7 @@ class RuntimeConfig:
     output_dir: str = "outputs/run"  # every stage's outputs go under this folder (docs/DESIGN.md §4)
     seed: int = 0  # seeds data order, random neurons, LoRA init and the benchmark split
     torch_threads: int = 0  # 0 = leave torch's default
-    deterministic: bool = True  # deterministic kernels on CUDA (slower; see neurorit.dist.make_deterministic)
+    deterministic: bool = True  # deterministic kernels on CUDA (slower; see neurorit.parallel.make_deterministic)
     strict_determinism: bool = False  # with deterministic: an op without a deterministic CUDA kernel raises, not warns
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers: tensorboard, wandb, mlflow; none
     tracker_project: str = "neuro-rit"  # the wandb project / MLflow experiment the runs go to

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from neurorit import dist
+from neurorit import parallel
 from neurorit.config import RuntimeConfig
 
 # Bit-reproducible across x86 hosts: torch, MKL and oneDNN pick their kernels by the CPU's instruction set, and
@@ -22,12 +22,12 @@ PINNED_KERNELS = ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MA
 
 
 def start(runtime: RuntimeConfig, local_rank: Optional[int] = None,
-          join_group: bool = True) -> Optional[dist.DistInfo]:
+          join_group: bool = True) -> Optional[parallel.DistInfo]:
     """Start this process's part of a run; idempotent for the distributed init. Returns the rank's ``DistInfo``,
     or None with ``join_group`` False (an engine that starts its own workers, vLLM, must find no process group
     and no CUDA context)."""
-    dist.make_deterministic(runtime.deterministic, strict=runtime.strict_determinism)
-    info = dist.init_distributed(local_rank) if join_group else None
+    parallel.make_deterministic(runtime.deterministic, strict=runtime.strict_determinism)
+    info = parallel.init_distributed(local_rank) if join_group else None
     if runtime.torch_threads > 0:
         torch.set_num_threads(runtime.torch_threads)
     random.seed(runtime.seed)

@@ -2,7 +2,7 @@
 
 - ``hf``: the model loaded whole on every rank; batched greedy decoding (``rag.generate``); rank r decodes
   batches r, r+W, ... on its own.
-- ``zero3``: the model partitioned over the ranks with DeepSpeed ZeRO-3 (``dist.Strategy.for_inference``,
+- ``zero3``: the model partitioned over the ranks with DeepSpeed ZeRO-3 (``parallel.Strategy.for_inference``,
   ``eval.ds_config``), so a model larger than one device's memory can be evaluated. Ranks decode their own batches
   in lockstep: every rank runs the same number of rounds (a rank out of batches decodes a one-token stand-in) and
   the same number of forward steps per round (a finished batch keeps stepping until every rank's is finished),
@@ -14,7 +14,7 @@
   Nothing before it may create a process group or a CUDA context: vLLM builds its own group (tensor parallelism)
   and a group already initialised here would be taken as its world, and a CUDA context of this process holds
   device memory that vLLM's memory profiling then counts as used. So an entry calls ``init_process(backend, ...)``
-  instead of ``dist.init_distributed``: it joins the group for ``hf`` / ``zero3`` and, for ``vllm``, only refuses
+  instead of ``parallel.init_distributed``: it joins the group for ``hf`` / ``zero3`` and, for ``vllm``, only refuses
   a multi-rank launch (read from the launcher's environment) and touches neither.
 
 Every backend sees the same length-sorted batches (``rag.generate.length_batches``) and reports each finished
@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from neurorit import dist, runtime
+from neurorit import parallel, runtime
 from neurorit.errors import UserError
 from rag.generate import Decoding, greedy_generate
 
@@ -97,7 +97,7 @@ class HFBackend:
 def _every_rank_done(local_done: bool) -> bool:
     """Collective: True when every rank's batch is finished (a SUM of 'not done' flags)."""
     flag = torch.tensor([0 if local_done else 1], dtype=torch.long)
-    return int(dist.all_reduce_sum(flag).item()) == 0
+    return int(parallel.all_reduce_sum(flag).item()) == 0
 
 
 class Zero3Backend(HFBackend):
@@ -109,7 +109,7 @@ class Zero3Backend(HFBackend):
     def load(cls, path: str, cfg) -> "Zero3Backend":
         from model_patches import load_causal_lm
 
-        strategy = dist.Strategy.for_inference(3, cfg.model.dtype, cfg.eval.ds_config)
+        strategy = parallel.Strategy.for_inference(3, cfg.model.dtype, cfg.eval.ds_config)
         model = load_causal_lm(path, cfg.model.dtype, cfg.model.attn_implementation, strategy.config)
         model.requires_grad_(False)
         model.eval()
@@ -119,7 +119,7 @@ class Zero3Backend(HFBackend):
         """Collective. Rounds = the most batches any rank has left; a rank without a batch in a round decodes a
         one-token stand-in (results dropped) so that its forward passes match the others'."""
         self.model.eval()
-        rounds = max(dist.all_gather_objects(len(todo)))
+        rounds = max(parallel.all_gather_objects(len(todo)))
         stand_in = [[int(pad_id)]]
         for r in range(rounds):
             if r < len(todo):
@@ -221,9 +221,9 @@ def generate_resumably(backend, prompts: list, batches: list, decoding: Decoding
     import time
 
     done = store.open(batches, resume)
-    mine = dist.shard_indices(len(batches)) if backend.splits_over_ranks else list(range(len(batches)))
+    mine = parallel.shard_indices(len(batches)) if backend.splits_over_ranks else list(range(len(batches)))
     todo = [b for b in mine if b not in done]
-    if bar is not None and dist.is_main():
+    if bar is not None and parallel.is_main():
         from tqdm import tqdm
 
         what, unit = bar
@@ -250,7 +250,7 @@ def generate_resumably(backend, prompts: list, batches: list, decoding: Decoding
     seconds = time.perf_counter() - timing["start"]
     if timing["prompts"]:
         log.info("generation (%s, rank %d): %d prompts in %.2f s, %.1f prompts/s, first answer after %.3f s",
-                 backend.name, dist.rank(), timing["prompts"], seconds, timing["prompts"] / max(seconds, 1e-9),
+                 backend.name, parallel.rank(), timing["prompts"], seconds, timing["prompts"] / max(seconds, 1e-9),
                  timing["first"])
     outputs = store.collect(batches)
     if len(outputs) != len(prompts):

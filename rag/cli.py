@@ -2,18 +2,18 @@
 (``rag/evaluate.py``), ``neurorit-report`` (``rag/report.py``) and ``neurorit-write-evidence``
 (``rag/write_evidence.py``), with the same flags. A console script exits with what its function returns, and the
 entries' ``main`` return their results (a dict), which ``sys.exit`` would print and turn into status 1; these
-return 0 instead (the results are on disk); a rank of several ends through ``dist.end_process``.
+return 0 instead (the results are on disk); a rank of several ends through ``parallel.end_process``.
 """
 from __future__ import annotations
 
-from neurorit import dist
+from neurorit import parallel
 
 
 def evaluate() -> int:
     from rag.evaluate import main
 
     main()
-    dist.end_process()
+    parallel.end_process()
     return 0
 
 
@@ -28,5 +28,5 @@ def write_evidence() -> int:
     from rag.write_evidence import main
 
     main()
-    dist.end_process()
+    parallel.end_process()
     return 0

@@ -9,7 +9,7 @@ and per question kind (``meta.kind``: ``world`` / ``fresh`` in the embedded benc
 deactivation included) is folded into its export by ``train/``, so nothing is patched here.
 
 Distributed: prompts are cut into length-sorted batches that do not depend on the number of ranks; rank r
-generates batches r, r+W, ... (``dist.shard_indices``); the outputs are gathered, so every rank holds the same
+generates batches r, r+W, ... (``parallel.shard_indices``); the outputs are gathered, so every rank holds the same
 result and it equals a one-rank run exactly. Rank 0 writes the files, TensorBoard scalars and a progress bar.
 
     python -m rag.evaluate --config configs/embedded.yaml --model outputs/demo/stage2/export --name neurorit
@@ -38,7 +38,7 @@ if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag
 
 from model_patches import load_tokenizer
 from model_patches.model_card import trainable_params_of
-from neurorit import dist
+from neurorit import parallel
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -121,7 +121,7 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
     builder = prompt_builder(cfg.data, tokenizer)
     jobs, prompts, trunc = build_jobs(records, settings, builder, tokenizer, ev.instruction, cfg.data.num_docs,
                                       cfg.data.max_length)
-    if dist.is_main():
+    if parallel.is_main():
         if trunc.truncated:
             log.warning(trunc.report("evaluation prompts"))
         for s in settings:
@@ -246,21 +246,21 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
     tokenizer = load_tokenizer(model_path)
     out = RunLayout.of(cfg).evaluation()
     files = eval_files(out, args.name)
-    if dist.is_main() and os.path.exists(files.result):
+    if parallel.is_main() and os.path.exists(files.result):
         os.remove(files.result)  # a stale done marker would outlive a run killed from here on
     started = time.perf_counter()
     backend = load_backend(cfg.eval.backend, model_path, cfg,
                            max_model_len=cfg.data.max_length + cfg.eval.max_new_tokens)
-    if dist.is_main():
+    if parallel.is_main():
         log.info("%s backend ready in %.2f s", backend.name, time.perf_counter() - started)
     summary, predictions = evaluate_model(backend, tokenizer, records, cfg, show_progress=not args.no_progress,
                                           store=files.partial, model_path=model_path)
     trainable = args.trainable_params if args.trainable_params is not None else trainable_count(model_path)
     result = {"name": args.name, "model": model_path, "trainable_params": int(trainable),
               "instruction": cfg.eval.instruction, "prompt_style": cfg.data.prompt_style,
-              "test_file": cfg.data.test_file, "num_questions": len(records), "world_size": dist.world_size(),
+              "test_file": cfg.data.test_file, "num_questions": len(records), "world_size": parallel.world_size(),
               **summary}
-    if dist.is_main():
+    if parallel.is_main():
         save_config(cfg, out, f"{args.name}.config.yaml")
         write_tensorboard(os.path.join(cfg.runtime.output_dir, "tensorboard",
                                        f"eval_{args.name}_{cfg.eval.instruction}"), summary)
@@ -268,7 +268,7 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
         shutil.rmtree(files.partial, ignore_errors=True)
         print_table(args.name, summary)
         print(f"wrote {path}")
-    dist.barrier()
+    parallel.barrier()
     return result
 
 
@@ -281,4 +281,4 @@ def main(argv=None) -> Optional[dict]:
 
 if __name__ == "__main__":
     main()
-    dist.end_process()  # a rank of several: exit handlers, then exit without interpreter finalization
+    parallel.end_process()  # a rank of several: exit handlers, then exit without interpreter finalization

@@ -20,7 +20,7 @@ import re
 import shutil
 from typing import Optional, Sequence
 
-from neurorit import dist
+from neurorit import parallel
 from neurorit.files import atomic_write_text
 
 log = logging.getLogger("rag.resume")
@@ -66,7 +66,7 @@ class MemoryStore:
     def collect(self, batches: list[list[int]]) -> dict[int, list[int]]:
         """Collective: every rank's outputs, on every rank."""
         out: dict[int, list[int]] = {}
-        for part in dist.all_gather_objects(self.local):
+        for part in parallel.all_gather_objects(self.local):
             out.update(part)
         return out
 
@@ -99,7 +99,7 @@ class BatchStore:
         """Collective. The indices of the batches already finished (rank 0 checks the folder, every rank gets the
         same set); a folder of another fingerprint, or ``resume=False``, starts over."""
         done: set[int] = set()
-        if dist.is_main():
+        if parallel.is_main():
             meta_path = os.path.join(self.directory, "meta.json")
             meta = None
             try:
@@ -130,7 +130,7 @@ class BatchStore:
             if done:
                 log.info("resuming: %d of %d batches already finished in %s", len(done), len(batches),
                          self.directory)
-        return set(dist.broadcast_object(sorted(done)))
+        return set(parallel.broadcast_object(sorted(done)))
 
     def put(self, b: int, outputs: dict) -> None:
         rows = [[int(i), [int(t) for t in outputs[i]]] for i in sorted(outputs)]
@@ -138,17 +138,17 @@ class BatchStore:
 
     def collect(self, batches: list[list[int]]) -> dict[int, list[int]]:
         """Collective: every batch's outputs, read by rank 0 after all ranks finished, on every rank."""
-        dist.barrier()
+        parallel.barrier()
         out: Optional[dict[int, list[int]]] = None
-        if dist.is_main():
+        if parallel.is_main():
             out = {}
             for b in range(len(batches)):
                 part = self._read(b, batches)
                 if part is None:
                     raise RuntimeError(f"batch {b} is missing from {self.directory} after generation")
                 out.update(part)
-        return dist.broadcast_object(out)
+        return parallel.broadcast_object(out)
 
     def remove(self) -> None:
-        if dist.is_main():
+        if parallel.is_main():
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -55,7 +55,7 @@ if __name__ == "__main__" and not __package__:  # run as a script (deepspeed rag
 
 from model_patches import load_tokenizer
 from model_patches.loading import resolve_model
-from neurorit import dist
+from neurorit import parallel
 from neurorit.config import ExperimentConfig, parse_args
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -208,7 +208,7 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
             raise UserError(f"record {rec.id}: {err}; raise data.max_length") from None
         trunc.add(enc, rec.id)
         prompts.append(enc.input_ids)
-    if dist.is_main():
+    if parallel.is_main():
         log.info("%s: %d records; %d already have evidence (kept), %d for the teacher %s, %d get the fixed "
                  "no-evidence sentence", in_path, len(rows), len(rows) - len(ask) - len(fixed), len(ask), teacher,
                  len(fixed))
@@ -220,7 +220,7 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
     if prompts:
         started = time.perf_counter()
         backend = load_backend(cfg.eval.backend, teacher, cfg, max_model_len=cfg.data.max_length + ev.max_new_tokens)
-        if dist.is_main():
+        if parallel.is_main():
             log.info("teacher on the %s backend, ready in %.2f s", backend.name, time.perf_counter() - started)
         check_positions(backend, prompts, ev.max_new_tokens)
         eos_ids = eos_ids_of(backend, tokenizer, builder.stop_ids)
@@ -246,13 +246,13 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
                            {**settings, "teacher": None, "fingerprint": None, "backend": None,
                             "rule": "no gold answer in the shown documents: the fixed no-evidence sentence",
                             "no_evidence": True})
-    if dist.is_main():
+    if parallel.is_main():
         atomic_write_text(out_path, "".join(line + "\n" for line in lines))
         shutil.rmtree(partial, ignore_errors=True)
         print(f"wrote {out_path}: {counts['records']} records, {counts['kept']} kept as they were, "
               f"{counts['teacher']} written by the teacher ({counts['truncated']} cut at "
               f"evidence.max_new_tokens={ev.max_new_tokens}), {counts['no_evidence']} with the no-evidence sentence")
-    dist.barrier()
+    parallel.barrier()
     return {"out": out_path, **counts, "settings": settings}
 
 
@@ -293,4 +293,4 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":  # vLLM's engine starts its workers with spawn: create it only here
     main()
-    dist.end_process()  # a rank of several: exit handlers, then exit without interpreter finalization
+    parallel.end_process()  # a rank of several: exit handlers, then exit without interpreter finalization

@@ -129,7 +129,7 @@ def _extra(parser: argparse.ArgumentParser) -> None:
 def main(argv=None) -> dict:
 
     from model_patches import load_tokenizer
-    from neurorit import dist, runtime
+    from neurorit import parallel, runtime
     from rag.evaluate import load_model
 
     args, cfg = parse_args(__doc__.split("\n\n")[0], argv, _extra)
@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
     numbers = {**numbers, "model": model_path, "records": path, "instruction": cfg.eval.instruction,
                "prompt_style": cfg.data.prompt_style, "chat_template": cfg.data.chat_template,
                "seconds": round(time.time() - start, 1)}
-    if dist.is_main():
+    if parallel.is_main():
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         atomic_write_text(args.json, json.dumps(numbers, indent=2) + "\n")
         if args.predictions:

@@ -269,11 +269,11 @@ def _zero3_engine(shape: Shape, stage: int, optimizer: str = "adamw_torch", laye
     import torch
 
     from model_patches import patch_model
-    from neurorit import dist
+    from neurorit import parallel
 
-    dist.init_distributed()
-    strategy = dist.Strategy.for_training(3, 1, 1, "", "bfloat16")
-    with dist.zero3_loading(strategy.config):
+    parallel.init_distributed()
+    strategy = parallel.Strategy.for_training(3, 1, 1, "", "bfloat16")
+    with parallel.zero3_loading(strategy.config):
         model = _random_llama(shape, torch.bfloat16, layers=layers)
     model.requires_grad_(False)
     n_layers = model.config.num_hidden_layers
@@ -287,7 +287,7 @@ def _zero3_engine(shape: Shape, stage: int, optimizer: str = "adamw_torch", laye
         for layer in model.model.layers[-3:]:
             layer.mlp.requires_grad_(True)
             params += [p for p in layer.mlp.parameters() if id(p) not in seen]
-    opt = dist.build_optimizer(params, optimizer, 1e-3, 0.0, strategy.offloads_optimizer)
+    opt = parallel.build_optimizer(params, optimizer, 1e-3, 0.0, strategy.offloads_optimizer)
     return strategy.prepare_trainable(model, params, opt, lambda _step: 1.0), model, params
 
 
@@ -350,14 +350,14 @@ def _check(rows: list, what: str, fn) -> None:
 def _fused_adam(shape: Shape) -> dict:
     import torch
 
-    from neurorit import dist
+    from neurorit import parallel
 
     if shape.device != "cuda":
         return row("DeepSpeed FusedAdam (JIT build)", "CUDA only: not built on CPU")
-    dist.init_distributed()
+    parallel.init_distributed()
     start = time.perf_counter()
     p = torch.nn.Parameter(torch.zeros(1024, device="cuda"))
-    opt = dist.build_optimizer([p], "adamw", 1e-3, 0.0)
+    opt = parallel.build_optimizer([p], "adamw", 1e-3, 0.0)
     p.grad = torch.ones_like(p)
     opt.step()
     return row(f"{type(opt).__name__} built and stepped (s)", round(time.perf_counter() - start, 1), "works", True)

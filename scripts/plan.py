@@ -5,7 +5,7 @@
     python scripts/plan.py --model Llama-3-70B --nodes 1 --gpus-per-node 8 --offload
     python scripts/plan.py --model path/to/checkpoint_or_config.json --nodes 2 --gpus-per-node 4 --json
 
-The model and what it counts: ``neurorit/dist/memory_plan.py``.
+The model and what it counts: ``neurorit/memory.py``.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from neurorit.dist.memory_plan import (REPO, Options, PlanError, buckets_from_ds_config,  # noqa: E402
-                                       bundled_models, plan, report, resolve_config, shape_from_config)
+from neurorit.memory import (REPO, Options, PlanError, buckets_from_ds_config,  # noqa: E402
+                             bundled_models, plan, report, resolve_config, shape_from_config)
 
 
 def build_options(args: argparse.Namespace) -> Options:
@@ -83,10 +83,8 @@ def main(argv=None) -> int:
     else:
         print(report(result))
     if args.deepspeed_table:
-        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs_all_cold
-        estimate_zero3_model_states_mem_needs_all_cold(
-            total_params=result["params"], largest_layer_params=result["largest_layer_params"],
-            num_gpus_per_node=args.gpus_per_node, num_nodes=args.nodes)
+        from neurorit.parallel import estimator
+        estimator.print_zero3_table(result["params"], result["largest_layer_params"], args.gpus_per_node, args.nodes)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""A launched rank's clean end (``neurorit.dist.end_process``, the last call of every entry point's ``__main__``):
+"""A launched rank's clean end (``neurorit.parallel.end_process``, the last call of every entry point's ``__main__``):
 exit status 0, the exit handlers run while the process group is alive, unflushed output is kept, and nothing after
 it runs."""
 from tests.support.ranks import run_ranks

@@ -1,5 +1,5 @@
 """A 2-rank run leaves no DeepSpeed shared-memory all-reduce buffer in /dev/shm (they are RAM, and DeepSpeed
-never unlinks them: neurorit.dist.workarounds.unlink_shm_buffer)."""
+never unlinks them: neurorit.parallel.workarounds.unlink_shm_buffer)."""
 import os
 
 import pytest

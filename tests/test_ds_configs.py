@@ -46,9 +46,9 @@ def test_zero0_leaves_accumulation_to_the_model_dtype():
 def test_a_bf16_engine_on_the_gpu_config_accumulates_in_fp32(name, single_rank_env):
     import deepspeed
 
-    from neurorit import dist
+    from neurorit import parallel
 
-    dist.init_distributed()
+    parallel.init_distributed()
     cfg = gpu_config(name)
     model = tiny_model("llama").to(torch.bfloat16)  # ZeRO-3 partitions it in ``initialize``
     params = list(model.parameters())

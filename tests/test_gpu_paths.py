@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from neurorit.config import load_config
-from neurorit.dist import build_optimizer, memory_plan
-from neurorit.dist.launch import cuda_index
+from neurorit import memory
+from neurorit.parallel import build_optimizer
+from neurorit.parallel.launch import cuda_index
 from neurorit.errors import UserError
 from tests.support.workspaces import mining_workspace, training_workspace
 
@@ -133,13 +134,13 @@ def test_mining_chunk_rows_auto_is_64_on_cpu_and_fills_an_accelerator(tmp_path, 
     shape, dtype_bytes = mine._mining_shape(cfg)
     all_rows = shape.layers * cfg.mining.steps  # 8: one sweep per side of an example
 
-    def rows_with(memory: float, zero3: bool = False) -> int:
-        monkeypatch.setattr(memory_plan, "rank_memory_bytes", lambda device: int(memory))
+    def rows_with(free: float, zero3: bool = False) -> int:
+        monkeypatch.setattr(memory, "rank_memory_bytes", lambda device: int(free))
         return mine.resolve_chunk_rows(cfg, zero3)
 
-    monkeypatch.setattr(mine.dist, "info", lambda: SimpleNamespace(device=torch.device("cuda", 0)))
-    fixed = memory_plan.replicated_mining_bytes(shape, dtype_bytes, cfg.data.max_length, 0)
-    per_row = memory_plan.replicated_mining_bytes(shape, dtype_bytes, cfg.data.max_length, 1) - fixed
+    monkeypatch.setattr(mine.parallel, "info", lambda: SimpleNamespace(device=torch.device("cuda", 0)))
+    fixed = memory.replicated_mining_bytes(shape, dtype_bytes, cfg.data.max_length, 0)
+    per_row = memory.replicated_mining_bytes(shape, dtype_bytes, cfg.data.max_length, 1) - fixed
     assert rows_with(1e12) == all_rows
     assert rows_with((fixed + 5.5 * per_row) / mine.FIT_SHARE) == 5
     assert rows_with(fixed / mine.FIT_SHARE) == 1  # never 0: a run that does not fit fails on memory, not here

@@ -2,7 +2,7 @@
 functions): ``neurorit`` (shared contracts, the DeepSpeed strategy) < ``model_patches`` (Hugging Face surgery)
 < the stages ``attribution``, ``train``, ``rag``, which import only those two and never each other;
 ``benchmarks`` (data generators; the English one probes a model through evaluation's generation) sit above the
-stages and no stage imports them. Only the ``neurorit/dist/`` package imports DeepSpeed or torch.distributed. No
+stages and no stage imports them. Only the ``neurorit/parallel/`` package imports DeepSpeed or torch.distributed. No
 library function but the row-attention kernel takes more than 7 parameters."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ ALLOWED = {
     "rag": {"neurorit", "model_patches", "rag"},
     "benchmarks": {"neurorit", "model_patches", "rag", "benchmarks"},
 }
-STRATEGY = os.path.join("neurorit", "dist") + os.sep
+STRATEGY = os.path.join("neurorit", "parallel") + os.sep
 MAX_PARAMETERS = 7
 WIDE_KERNELS = {("attribution/ig_fast.py", "rows_attention")}  # one fused kernel: its inputs are its signature
 
@@ -66,9 +66,16 @@ def test_each_package_imports_only_the_layers_below_it(package):
     assert not bad, "\n".join(bad)
 
 
-def test_only_the_strategy_module_touches_deepspeed_or_torch_distributed():
+def script_files():
+    for folder, _, names in os.walk(os.path.join(ROOT, "scripts")):
+        for name in sorted(names):
+            if name.endswith(".py"):
+                yield "scripts", os.path.relpath(os.path.join(folder, name), ROOT)
+
+
+def test_only_the_parallel_package_touches_deepspeed_or_torch_distributed():
     bad = []
-    for _, rel in library_files():
+    for _, rel in [*library_files(), *script_files()]:
         if rel.startswith(STRATEGY):
             continue
         for line, module in imports_of(os.path.join(ROOT, rel)):

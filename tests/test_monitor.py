@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from neurorit import dist
+from neurorit import parallel
 from neurorit.config import load_config
 from neurorit.errors import UserError
 from train import monitor as monitor_mod
@@ -144,7 +144,7 @@ def test_several_trackers_from_a_comma_string(tmp_path, mlflow_store):
 
 
 def test_only_rank_0_logs(tmp_path, monkeypatch, mlflow_store):
-    monkeypatch.setattr(dist, "is_main", lambda: False)
+    monkeypatch.setattr(parallel, "is_main", lambda: False)
     mon = _run(tmp_path, "tensorboard,mlflow")
     assert os.listdir(tmp_path) == []  # no event file, no MLflow store
     assert mon.stream.getvalue() == ""

@@ -1,4 +1,4 @@
-"""The memory planner (neurorit/dist/memory_plan.py, CLI scripts/plan.py) against hand-computed values, transformers' own parameter counts and
+"""The memory planner (neurorit/memory.py, CLI scripts/plan.py) against hand-computed values, transformers' own parameter counts and
 DeepSpeed's ZeRO-3 estimator."""
 import json
 import math
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from neurorit import methods
-from neurorit.dist import memory_plan as plan_mod
+from neurorit import memory as plan_mod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,7 +168,7 @@ def test_the_planner_counts_what_training_trains(tiny_model):
 @pytest.mark.parametrize("name", ["zero0", "zero2", "zero3", "zero3_offload"])
 def test_gpu_ds_configs_are_concrete_and_parse(name):
     """The GPU configs the planner reads: concrete values (no "auto", no batch sizes), bf16, and DeepSpeed accepts
-    them once the batch sizes are filled in (as neurorit.dist.ds_config_for does)."""
+    them once the batch sizes are filled in (as neurorit.parallel.ds_config_for does)."""
     path = os.path.join(ROOT, "ds_configs", f"{name}.json")
     text = open(path).read()
     cfg = json.loads(text)

@@ -15,10 +15,10 @@ REPORT = '''
 import json, os, sys
 import torch
 import torch.distributed as tdist
-from neurorit import dist
+from neurorit import parallel
 
 if __name__ == "__main__":
-    info = dist.init_distributed()
+    info = parallel.init_distributed()
     from deepspeed.accelerator import get_accelerator
     print("REPORT " + json.dumps({"argv": sys.argv[1:], "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
                                   "accelerator": get_accelerator().device_name(), "cuda": torch.cuda.is_available(),

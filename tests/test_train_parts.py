@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neurorit.config import DataConfig, StageConfig
-from neurorit.dist import Strategy, build_optimizer, lr_factor
+from neurorit.parallel import Strategy, build_optimizer, lr_factor
 from neurorit.errors import UserError
 from neurorit.prompts import PromptBuilder, encode, prompt_builder
 from neurorit.records import Passage, Record, irrelevant_passages

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from neurorit import dist
+from neurorit import parallel
 from neurorit.config import RuntimeConfig
 from neurorit.errors import UserError
 from rag import backends
@@ -81,7 +81,7 @@ def test_vllm_starts_before_any_group_or_cuda_context(tmp_path):
 @pytest.mark.parametrize("backend", ["hf", "zero3"])
 def test_the_other_backends_join_the_group(backend, monkeypatch):
     joined = []
-    monkeypatch.setattr(dist, "init_distributed", lambda local_rank=None: joined.append(local_rank))
+    monkeypatch.setattr(parallel, "init_distributed", lambda local_rank=None: joined.append(local_rank))
     backends.init_process(backend, RuntimeConfig(), 3)
     assert joined == [3]
 

@@ -5,7 +5,7 @@ identity a resume must match (stage, method, neuron-map hash, ``init_from``, ``r
 
 Another world size. ZeRO shards are per world size, but the data order is not (``train.data.StepPlan`` splits each
 global batch over whatever ranks there are). A checkpoint taken on N ranks resumes on M through DeepSpeed's
-universal checkpoint: rank 0 converts the tag folder once into ``<tag>/universal/`` (``dist.to_universal``, written
+universal checkpoint: rank 0 converts the tag folder once into ``<tag>/universal/`` (``parallel.to_universal``, written
 beside and renamed into place), every rank then loads that with ``TrainEngine.load(..., universal=True)``; rank r
 takes the RNG state of old rank ``r mod N``. Measured (tiny Llama, ZeRO-3, CPU; tests/test_resume_other_world.py):
 1 rank -> 2 -> 1 gives the losses and export of the uninterrupted run (equal to 1e-5 relative, the test's bound).
@@ -41,8 +41,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from neurorit import dist
-from neurorit.dist import TrainEngine
+from neurorit import parallel
+from neurorit.parallel import TrainEngine
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text, disk_full_error, is_disk_full
 
@@ -125,11 +125,11 @@ def save(engine: TrainEngine, ckpt_dir: str, progress: dict, identity: dict, kee
     previous = _newest_complete(ckpt_dir)
     kept = (f"the previous checkpoint {previous} is kept and --resume auto takes it" if previous
             else "no earlier checkpoint existed")
-    rngs = dist.all_gather_objects(_rng_state())
-    state = {"step": step, "consumed_samples": progress["consumed_samples"], "world_size": dist.world_size(),
+    rngs = parallel.all_gather_objects(_rng_state())
+    state = {"step": step, "consumed_samples": progress["consumed_samples"], "world_size": parallel.world_size(),
              "last_loss": progress.get("last_loss"), **identity}
     error = None
-    if dist.is_main():
+    if parallel.is_main():
         try:
             os.makedirs(tag_dir, exist_ok=True)
             if os.path.exists(os.path.join(tag_dir, MANIFEST)):  # re-saving a tag: incomplete until the end
@@ -141,7 +141,7 @@ def save(engine: TrainEngine, ckpt_dir: str, progress: dict, identity: dict, kee
             if not is_disk_full(err):
                 raise
             error = str(disk_full_error(tag_dir, err, kept))
-    error = dist.broadcast_object(error)
+    error = parallel.broadcast_object(error)
     if error is not None:
         raise UserError(error)
     try:
@@ -150,23 +150,23 @@ def save(engine: TrainEngine, ckpt_dir: str, progress: dict, identity: dict, kee
         if is_disk_full(err, tag_dir):  # the launcher stops the other ranks when this one exits
             raise disk_full_error(tag_dir, err, kept) from err
         raise
-    dist.barrier()
+    parallel.barrier()
     files = {}
-    for seen in dist.all_gather_objects(_listing(tag_dir)):
+    for seen in parallel.all_gather_objects(_listing(tag_dir)):
         files.update(seen)
-    if dist.is_main():
+    if parallel.is_main():
         manifest = {"tag": tag, "step": step, "files": dict(sorted(files.items()))}
         try:
             atomic_write_text(os.path.join(tag_dir, MANIFEST), json.dumps(manifest, indent=1))
             atomic_write_text(os.path.join(ckpt_dir, LATEST), tag)
         except UserError as err:
             error = f"{err} ({kept})"
-    error = dist.broadcast_object(error)
+    error = parallel.broadcast_object(error)
     if error is not None:
         raise UserError(error)
-    if dist.is_main():
+    if parallel.is_main():
         rotate(ckpt_dir, keep_last, protect=(tag_dir, resumed_from or ""))
-    dist.barrier()
+    parallel.barrier()
 
 
 def _step_of(name: str) -> int:
@@ -188,7 +188,7 @@ def _newest_complete(ckpt_dir: str, below: Optional[int] = None) -> Optional[str
 
 
 def _note(text: str) -> None:
-    if dist.is_main():
+    if parallel.is_main():
         print(text, file=sys.stderr, flush=True)
 
 
@@ -281,8 +281,8 @@ def load(engine: TrainEngine, tag_dir: str, identity: dict) -> dict:
         if saved.get(key) != value:
             raise UserError(f"checkpoint {tag_dir} was taken with {key} = {saved.get(key)!r}, this run has "
                             f"{value!r}; use the matching neuron map / method, another output_dir, or --resume never")
-    taken_on = saved.get("world_size", dist.world_size())
-    resharded = taken_on != dist.world_size()
+    taken_on = saved.get("world_size", parallel.world_size())
+    resharded = taken_on != parallel.world_size()
     try:  # frozen weights: from init_from
         if resharded:
             client = engine.load(universal(tag_dir), UNIVERSAL_TAG, universal=True)
@@ -297,9 +297,9 @@ def load(engine: TrainEngine, tag_dir: str, identity: dict) -> dict:
     if client is None:
         raise UserError(f"DeepSpeed could not load checkpoint {tag_dir}")
     rngs = client["rng"]
-    _set_rng_state(rngs[dist.rank() % len(rngs)])  # another world size: old rank r mod N
-    if resharded and dist.is_main():
-        _note(f"checkpoint {tag_dir} was taken on {taken_on} ranks; resumed on {dist.world_size()} through its "
+    _set_rng_state(rngs[parallel.rank() % len(rngs)])  # another world size: old rank r mod N
+    if resharded and parallel.is_main():
+        _note(f"checkpoint {tag_dir} was taken on {taken_on} ranks; resumed on {parallel.world_size()} through its "
               f"universal form {os.path.join(tag_dir, UNIVERSAL_TAG)}")
     return client
 
@@ -313,19 +313,19 @@ def universal(tag_dir: str) -> str:
     returns ``tag_dir``, the load folder whose tag ``universal`` it is."""
     target = os.path.join(tag_dir, UNIVERSAL_TAG)
     error = None
-    if dist.is_main() and not os.path.isdir(target):
+    if parallel.is_main() and not os.path.isdir(target):
         partial = os.path.join(tag_dir, f".{UNIVERSAL_TAG}.partial.{os.getpid()}")
         try:
             shutil.rmtree(partial, ignore_errors=True)
-            dist.to_universal(tag_dir, partial)
+            parallel.to_universal(tag_dir, partial)
             os.replace(partial, target)
         except Exception as err:  # DeepSpeed's converter raises many kinds; a full disk among them
             shutil.rmtree(partial, ignore_errors=True)
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
             error = (f"checkpoint {tag_dir}: converting it for another world size failed ({type(err).__name__}: "
                      f"{first}); resume on the ranks it was taken on, or --resume never")
-    error = dist.broadcast_object(error)
+    error = parallel.broadcast_object(error)
     if error is not None:
         raise UserError(error)
-    dist.barrier()
+    parallel.barrier()
     return tag_dir

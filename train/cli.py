@@ -5,21 +5,21 @@ and ``neurorit-train-stage2`` run ``train/stage1.py`` / ``train/stage2.py`` with
     torchrun --nproc_per_node 8 --no-python neurorit-train-stage1 --config configs/x.yaml
 
 ``train/stage1.py`` and ``train/stage2.py`` call them too. A console script exits with what its function returns, so
-these return 0 (the stage's summary is on disk); a rank of several ends through ``dist.end_process``.
+these return 0 (the stage's summary is on disk); a rank of several ends through ``parallel.end_process``.
 """
 from __future__ import annotations
 
-from neurorit import dist
+from neurorit import parallel
 from train.loop import main
 
 
 def stage1() -> int:
     main("stage1")
-    dist.end_process()
+    parallel.end_process()
     return 0
 
 
 def stage2() -> int:
     main("stage2")
-    dist.end_process()
+    parallel.end_process()
     return 0

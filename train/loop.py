@@ -5,7 +5,7 @@ Order (docs/DESIGN.md §5): runtime start (``neurorit.runtime``) -> the method's
 ZeRO-3, HfDeepSpeedConfig alive) -> patch + the recipe's trainable set (deltas added before the strategy prepares
 the model) -> data -> optimizer and schedule -> ``Strategy.prepare_trainable`` -> resume -> steps (TensorBoard,
 checkpoints, dev loss; a non-finite loss or grad norm stops the run before it is saved) -> the recipe's
-before-export step -> export. DeepSpeed itself is behind ``neurorit.dist``; this file never touches an engine,
+before-export step -> export. DeepSpeed itself is behind ``neurorit.parallel``; this file never touches an engine,
 and it names no method and no recipe.
 
 Files (``neurorit/run_layout.py``), under the stage's output folder ``stage<N>.output_dir`` (default
@@ -30,9 +30,9 @@ import torch
 from model_patches import export_hf, load_causal_lm, load_tokenizer, model_fingerprint
 from model_patches.loading import model_source
 from model_patches.model_card import write_model_card
-from neurorit import dist, methods, runtime
+from neurorit import methods, parallel, runtime
 from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_config, to_dict
-from neurorit.dist import TrainEngine
+from neurorit.parallel import TrainEngine
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.run_layout import RunLayout, StageFiles, trained_params
@@ -132,13 +132,13 @@ def dev_loss(engine, examples: list, micro: int, pad_id: int) -> float:
     total = torch.zeros(2, dtype=torch.float64)
     engine.eval()
     with torch.no_grad():
-        for idx, weight in eval_batches(len(examples), micro, dist.world_size(), dist.rank()):
+        for idx, weight in eval_batches(len(examples), micro, parallel.world_size(), parallel.rank()):
             batch = _on_device(collate([examples[i] for i in idx], pad_id), engine.device)
             loss = target_loss(engine, batch, reduction="sum")
             tokens = (batch["labels"][:, 1:] != -100).sum()
             total += weight * torch.tensor([float(loss), float(tokens)], dtype=torch.float64)
     engine.train()
-    dist.all_reduce_sum(total)
+    parallel.all_reduce_sum(total)
     return float(total[0] / total[1].clamp(min=1))
 
 
@@ -153,10 +153,10 @@ def _train_step(engine: TrainEngine, plan: StepPlan, step: int, examples: list, 
         norm = engine.backward_step(loss) or norm
         loss_sum += loss.item()
         tokens += int(batch["attention_mask"].sum())
-    stats = dist.all_reduce_sum(torch.tensor([loss_sum / len(micro), tokens], dtype=torch.float64))
+    stats = parallel.all_reduce_sum(torch.tensor([loss_sum / len(micro), tokens], dtype=torch.float64))
     reported = engine.grad_norm()
     norm = reported if reported is not None else norm
-    return {"loss": float(stats[0]) / dist.world_size(), "tokens": float(stats[1]), "grad_norm": norm,
+    return {"loss": float(stats[0]) / parallel.world_size(), "tokens": float(stats[1]), "grad_norm": norm,
             "seconds": time.perf_counter() - start}
 
 
@@ -207,7 +207,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     runtime.start(cfg.runtime, local_rank)
     run = StageRun.of(stage, cfg)
     st = run.st
-    if dist.is_main():
+    if parallel.is_main():
         save_config(cfg, run.files.root)
     tokenizer = load_tokenizer(run.init_from)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -215,24 +215,24 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         ctx, trainable = _model_and_trainable(run, None)
         return _finish(run, ctx, trainable, tokenizer, {"step": 0, "loss": None})
 
-    micro = max(1, min(st.micro_batch_size, st.batch_size // dist.world_size()))
+    micro = max(1, min(st.micro_batch_size, st.batch_size // parallel.world_size()))
     zero_stage = min(st.zero_stage, run.recipe.max_zero_stage)
-    if zero_stage != st.zero_stage and dist.is_main():
+    if zero_stage != st.zero_stage and parallel.is_main():
         print(f"{stage}: recipe {run.recipe.name} runs under ZeRO-{zero_stage} (at most; {stage}.zero_stage "
               f"{st.zero_stage})", flush=True)
     ds_config = st.ds_config if zero_stage == st.zero_stage else ""  # the file was chosen for the other stage
-    strategy = dist.Strategy.for_training(zero_stage, st.batch_size, micro, ds_config, cfg.model.dtype, st.grad_clip)
+    strategy = parallel.Strategy.for_training(zero_stage, st.batch_size, micro, ds_config, cfg.model.dtype, st.grad_clip)
     ctx, trainable = _model_and_trainable(run, strategy.config)
     if not trainable.params:
         raise UserError(f"{stage}.method {st.method!r} leaves nothing to train with this neuron map")
 
     examples, dev, truncation = _stage_data(run, tokenizer)
-    plan = StepPlan([len(e.input_ids) for e in examples], Batching(st.batch_size, micro, dist.world_size(),
-                                                                   dist.rank()), st.epochs, st.max_steps,
+    plan = StepPlan([len(e.input_ids) for e in examples], Batching(st.batch_size, micro, parallel.world_size(),
+                                                                   parallel.rank()), st.epochs, st.max_steps,
                     cfg.runtime.seed)
-    optimizer = dist.build_optimizer(trainable.params, st.optimizer, run.recipe.lr(st), st.weight_decay,
+    optimizer = parallel.build_optimizer(trainable.params, st.optimizer, run.recipe.lr(st), st.weight_decay,
                                      strategy.offloads_optimizer)
-    factor = dist.lr_factor(st.schedule, int(st.warmup_ratio * plan.total_steps), plan.total_steps)
+    factor = parallel.lr_factor(st.schedule, int(st.warmup_ratio * plan.total_steps), plan.total_steps)
     engine = strategy.prepare_trainable(ctx.model, trainable.params, optimizer, factor)
 
     ckpt_dir = run.files.checkpoints
@@ -295,7 +295,7 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
                **trainable.details,
                "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # AVX2 vs AVX512 round differently
                "export_dir": export_dir, "neuron_map_hash": run.nmap.hash() if run.nmap else None, **extra}
-    if dist.is_main():
+    if parallel.is_main():
         base = model_source(run.cfg.model.path)
         write_model_card(export_dir, base_model=run.cfg.model.path, method=run.st.method, stage=run.stage,
                          trainable_params=trainable.count + trained_params(run.init_from),

@@ -17,7 +17,7 @@ import zlib
 import torch
 
 from model_patches import get_ffn_layout
-from neurorit import dist
+from neurorit import parallel
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj", "qkv_proj")
 
@@ -77,7 +77,7 @@ def merge_lora(model: torch.nn.Module) -> int:
             continue
         base = module.get_base_layer()
         a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
-        with dist.gathered([base.weight, a, b], modifier_rank=0):
+        with parallel.gathered([base.weight, a, b], modifier_rank=0):
             with torch.no_grad():
                 delta = (b.float() @ a.float()) * module.scaling["default"]
                 base.weight.add_(delta.to(base.weight.dtype))

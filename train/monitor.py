@@ -16,7 +16,7 @@ from datetime import timedelta
 from dataclasses import dataclass
 from typing import Optional, Sequence, TextIO, Union
 
-from neurorit import dist
+from neurorit import parallel
 from neurorit.trackers import check_trackers, open_trackers
 
 SHORT = {"train/loss": "loss", "train/lr": "lr", "train/grad_norm": "grad_norm", "train/tokens_per_s": "tokens/s",
@@ -59,7 +59,7 @@ class Monitor:
         self.stream = stream if stream is not None else sys.stdout
         self.plain = (not getattr(self.stream, "isatty", lambda: False)()) if plain is None else plain
         self.began = time.perf_counter()
-        if not dist.is_main():
+        if not parallel.is_main():
             return
         self.trackers = open_trackers(tracking.report_to, log_dir, start_step, tracking.project,
                                       tracking.run_name or desc, tracking.config)
@@ -69,7 +69,7 @@ class Monitor:
             self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
 
     def scalars(self, step: int, values: dict[str, Optional[float]]) -> None:
-        if not dist.is_main():
+        if not parallel.is_main():
             return
         present = {tag: float(v) for tag, v in values.items() if v is not None}
         for tracker in self.trackers:
@@ -94,7 +94,7 @@ class Monitor:
             self.bar.set_postfix(loss=f"{loss:.4f}")
 
     def print(self, message: str) -> None:
-        if not dist.is_main():
+        if not parallel.is_main():
             return
         if self.bar is not None:
             self.bar.write(message)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model_patches import FFNPatcher, get_ffn_layout
-from neurorit.dist.memory_plan import neuron_params
+from neurorit.memory import neuron_params
 from neurorit.errors import UserError
 
 

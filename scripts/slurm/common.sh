@@ -7,7 +7,7 @@
 # Launch convention: one srun task per node; on each node that task starts `torchrun` (default) or the `deepspeed`
 # launcher (--no_ssh, with a hostfile from `scontrol show hostnames`), which starts one process per GPU. Every
 # entry point takes its rank from the environment (or --local_rank) and works the same under torchrun, deepspeed
-# and plain srun (LAUNCHER=srun: one srun task per rank; neurorit.dist maps SLURM_PROCID/SLURM_NTASKS).
+# and plain srun (LAUNCHER=srun: one srun task per rank; neurorit.parallel maps SLURM_PROCID/SLURM_NTASKS).
 #
 # What a user sets (environment, or edit the defaults here; nothing needs editing for the defaults to work):
 #   CONFIG            experiment YAML (default configs/embedded.yaml; a --config in the script arguments wins)
@@ -34,7 +34,7 @@ export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 # A rank that fails makes the others abort instead of hanging in a collective until the timeout, so the job ends
 # and --requeue (or the user) can restart it.
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
-# Collective timeout in minutes (read by neurorit.dist): long rank-0-only sections (reducing mining statistics,
+# Collective timeout in minutes (read by neurorit.parallel): long rank-0-only sections (reducing mining statistics,
 # merging and exporting a 70B checkpoint) must not trip it. 120 by default.
 export NEURORIT_DIST_TIMEOUT_MIN="${NEURORIT_DIST_TIMEOUT_MIN:-120}"
 # Site-specific, left to the site's defaults unless set before sbatch:
@@ -150,7 +150,7 @@ nr_resume_args() {
 nr_launch() {
     local rc
     if [[ "$LAUNCHER" == srun ]]; then
-        # One srun task per rank; neurorit.dist maps SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID.
+        # One srun task per rank; neurorit.parallel maps SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID.
         nr_log "srun: $NNODES x $NPROC_PER_NODE tasks: $*"
         srun --nodes="$NNODES" --ntasks-per-node="$NPROC_PER_NODE" --ntasks="$((NNODES * NPROC_PER_NODE))" \
             --cpus-per-task="$(( NR_CPUS_PER_NODE / NPROC_PER_NODE > 0 ? NR_CPUS_PER_NODE / NPROC_PER_NODE : 1 ))" \

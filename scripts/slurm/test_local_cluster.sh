@@ -5,7 +5,7 @@
 #  2. starts a private one-node cluster on 127.0.0.1: its own munged, slurmctld and slurmd, with their own key,
 #     sockets, ports, spool and logs under a temporary directory (nothing system-wide is touched or stopped);
 #  3. smoke test: a 2-rank job through scripts/slurm/common.sh with each launcher: torchrun and the deepspeed
-#     launcher (one task starting 2 processes) and LAUNCHER=srun (2 tasks, ranks mapped by neurorit.dist), each
+#     launcher (one task starting 2 processes) and LAUNCHER=srun (2 tasks, ranks mapped by neurorit.parallel), each
 #     rank doing a gloo all-reduce;
 #  4. submits scripts/slurm/pipeline.sbatch (mine -> stage1 -> stage2 -> eval, --dependency=afterok, plus the
 #     base model's evaluation) for the tiny CPU config with 2 ranks, waits, checks every job COMPLETED, every
@@ -208,7 +208,7 @@ cat >"$SMOKE/probe.py" <<'EOF'
 import os
 import torch
 import torch.distributed as dist
-from neurorit.dist import init_distributed
+from neurorit.parallel import init_distributed
 info = init_distributed()
 t = torch.ones(1) * (info.rank + 1)
 dist.all_reduce(t)

@@ -5,12 +5,12 @@ import os
 
 import torch
 
-from neurorit import dist
-from neurorit.dist import workarounds
+from neurorit import parallel
+from neurorit.parallel import workarounds
 
-dist.init_distributed()
-total = dist.all_reduce_sum(torch.tensor([float(dist.rank() + 1)]))
-dist.barrier()
+parallel.init_distributed()
+total = parallel.all_reduce_sum(torch.tensor([float(parallel.rank() + 1)]))
+parallel.barrier()
 left = glob.glob(os.path.join(workarounds.SHM_DIR, f"deepspeed_allreduce_buffer_*_{os.environ['MASTER_PORT']}_*"))
-if dist.is_main():
+if parallel.is_main():
     print(f"sum {total.item():.0f} left {len(left)}", flush=True)

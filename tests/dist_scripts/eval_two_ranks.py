@@ -11,19 +11,19 @@ import torch
 
 torch.set_num_threads(1)
 
-from neurorit import dist  # noqa: E402
+from neurorit import parallel  # noqa: E402
 from rag import evaluate  # noqa: E402
 
 
 def main() -> None:
     result = evaluate.main(sys.argv[1:])
-    every = dist.all_gather_objects(json.dumps(result, sort_keys=True))
+    every = parallel.all_gather_objects(json.dumps(result, sort_keys=True))
     assert all(r == every[0] for r in every), "ranks disagree on the gathered result"
-    assert dist.world_size() == 2, f"expected 2 ranks, got {dist.world_size()}"
-    if dist.is_main():
-        print(f"EVAL_TWO_RANKS_OK world_size={dist.world_size()}")
-    dist.barrier()
-    dist.shutdown()
+    assert parallel.world_size() == 2, f"expected 2 ranks, got {parallel.world_size()}"
+    if parallel.is_main():
+        print(f"EVAL_TWO_RANKS_OK world_size={parallel.world_size()}")
+    parallel.barrier()
+    parallel.shutdown()
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ import deepspeed
 import torch
 
 from model_patches import export_hf, load_causal_lm, merge_into_weights, patch_model
-from neurorit import dist
+from neurorit import parallel
 from tests.support.models import tiny_inputs  # the repository root is on PYTHONPATH (tests.support.ranks)
 
 NEURONS = {0: [1, 200, 300], 1: [0, 64, 511]}  # valid for dense (d_ff 512 = 4 x 128 MoE too)
 
 
 def run(family: str, model_dir: str, out: str) -> None:
-    cfg = dist.ds_config_for(3, batch_size=2, micro_batch_size=1)
+    cfg = parallel.ds_config_for(3, batch_size=2, micro_batch_size=1)
     model = load_causal_lm(model_dir, attn_implementation="eager", ds_config=cfg)
     model.requires_grad_(False)
     patcher = patch_model(model)
@@ -27,7 +27,7 @@ def run(family: str, model_dir: str, out: str) -> None:
     patcher.set_deactivated({1: torch.tensor([5, width - 2])})
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
-    x = tiny_inputs(batch=1, seq=8, seed=dist.rank())
+    x = tiny_inputs(batch=1, seq=8, seed=parallel.rank())
     for _ in range(3):
         logits = engine(x).logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
@@ -41,9 +41,9 @@ def run(family: str, model_dir: str, out: str) -> None:
     merge_into_weights(engine, fold_deactivation=True)  # in place, partitioned weights
     with torch.no_grad():
         merged = engine(probe).logits
-    if dist.is_main():
+    if parallel.is_main():
         torch.save({"tokens": probe, "logits": want, "merged": merged}, os.path.join(out, f"{family}.logits.pt"))
-    dist.barrier()
+    parallel.barrier()
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--local_rank", type=int, default=-1)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    dist.init_distributed(args.local_rank)
+    parallel.init_distributed(args.local_rank)
     for item in args.model:
         family, model_dir = item.split("=", 1)
         run(family, model_dir, args.out)

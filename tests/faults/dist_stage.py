@@ -49,7 +49,7 @@ def poison(loss: torch.Tensor, what: str) -> torch.Tensor:
 def install_nan(spec: str) -> None:
     """Wrap the training step (to know the step) and its loss (``loop.target_loss``) to poison that step's loss;
     the dev loss, computed between steps, is left alone."""
-    from neurorit import dist
+    from neurorit import parallel
     from train import loop
 
     parts = spec.split(":")
@@ -67,7 +67,7 @@ def install_nan(spec: str) -> None:
 
     def target_loss(engine, batch, reduction="mean"):
         loss = loss_fn(engine, batch, reduction)
-        if current["step"] == at and (only is None or dist.rank() == only):
+        if current["step"] == at and (only is None or parallel.rank() == only):
             loss = poison(loss, what)
         return loss
 

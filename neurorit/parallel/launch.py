@@ -2,7 +2,7 @@
 process-group init, the device of this rank, deterministic kernels, and clean shutdown.
 
 Under ``srun`` (one task per rank) the torch variables are filled from SLURM's when no launcher set them. Backend:
-NCCL on CUDA, gloo on CPU. DeepSpeed's start-up workarounds live in ``neurorit/dist/workarounds.py``.
+NCCL on CUDA, gloo on CPU. DeepSpeed's start-up workarounds live in ``neurorit/parallel/workarounds.py``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.distributed as tdist
 
-from neurorit.dist.workarounds import clear_stale_build_lock, unlink_shm_buffer
+from neurorit.parallel.workarounds import clear_stale_build_lock, unlink_shm_buffer
 
 # Long rank-0-only sections (mining, export) must not trip the collective timeout.
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("NEURORIT_DIST_TIMEOUT_MIN", "120")))

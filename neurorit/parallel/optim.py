@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from neurorit.dist.launch import info
+from neurorit.parallel.launch import info
 from neurorit.errors import UserError
 
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as tdist
 
-from neurorit.dist.launch import info
+from neurorit.parallel.launch import info
 
 def rank() -> int:
     return tdist.get_rank() if tdist.is_initialized() else 0

@@ -1,6 +1,6 @@
 """The strategy (in the style of OpenRLHF's ``DeepspeedStrategy``): a run's DeepSpeed config and what it does to
 models. ``prepare_frozen`` installs the ZeRO-3 gather hooks (mining, ZeRO-3 inference); ``prepare_trainable``
-wraps a model, its optimizer (``neurorit/dist/optim.py``) and schedule into a ``TrainEngine``, the only handle
+wraps a model, its optimizer (``neurorit/parallel/optim.py``) and schedule into a ``TrainEngine``, the only handle
 ``train/`` holds on DeepSpeed's engine. Also: ``gathered`` (read weights only inside it) and ``zero3_loading``
 (keep ``HfDeepSpeedConfig`` alive while loading under ZeRO-3)."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Iterable, Optional
 
 import torch
 
-from neurorit.dist.collectives import world_size
-from neurorit.dist.ds_config import ds_config_for
+from neurorit.parallel.collectives import world_size
+from neurorit.parallel.ds_config import ds_config_for
 
 
 @contextlib.contextmanager

@@ -7,17 +7,19 @@
 - ``ds_config``: ``ds_configs/`` JSONs with batch sizes filled from the world size;
 - ``strategy``: the ``Strategy`` (prepare frozen / trainable models) and its ``TrainEngine``, ``gathered``,
   ``zero3_loading``, ``to_universal`` (a checkpoint any world size can load);
-- ``optim``: the optimizer factory and the learning-rate schedule.
+- ``optim``: the optimizer factory and the learning-rate schedule;
+- ``estimator``: DeepSpeed's ZeRO-3 memory estimators, the cross-check of the memory model (``neurorit/memory.py``,
+  which needs no DeepSpeed).
 
-Library code imports this package (``from neurorit import dist``) and uses the names below; no other module
+Library code imports this package (``from neurorit import parallel``) and uses the names below; no other module
 imports ``deepspeed`` or ``torch.distributed``.
 """
-from neurorit.dist.collectives import (all_gather_objects, all_reduce_sum, barrier, broadcast_object, is_main, rank,
+from neurorit.parallel.collectives import (all_gather_objects, all_reduce_sum, barrier, broadcast_object, is_main, rank,
                                        shard_indices, world_size)
-from neurorit.dist.ds_config import DS_CONFIG_DIR, ds_config_for
-from neurorit.dist.launch import DistInfo, end_process, info, init_distributed, make_deterministic, shutdown
-from neurorit.dist.optim import build_optimizer, lr_factor
-from neurorit.dist.strategy import Strategy, TrainEngine, gathered, to_universal, zero3_loading
+from neurorit.parallel.ds_config import DS_CONFIG_DIR, ds_config_for
+from neurorit.parallel.launch import DistInfo, end_process, info, init_distributed, make_deterministic, shutdown
+from neurorit.parallel.optim import build_optimizer, lr_factor
+from neurorit.parallel.strategy import Strategy, TrainEngine, gathered, to_universal, zero3_loading
 
 __all__ = ["DS_CONFIG_DIR", "DistInfo", "Strategy", "TrainEngine", "all_gather_objects", "all_reduce_sum", "barrier",
            "broadcast_object", "build_optimizer", "ds_config_for", "end_process", "gathered", "info", "init_distributed",

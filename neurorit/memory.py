@@ -43,15 +43,13 @@ Cross-check: for the model states, "weights shard + gathered layer" is exactly D
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
 import re
 from dataclasses import asdict, dataclass
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_DIR = os.path.join(REPO, "neurorit", "model_configs")
 GIB = 1024 ** 3
 MIB = 1024 ** 2
@@ -307,18 +305,11 @@ def crosscheck(s: Shape, o: Options) -> dict:
         "all_offloaded": DS_GATHER_BYTES * ll,
     }
     out = {"ours": ours, "deepspeed": None}
+    from neurorit.parallel import estimator
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs as est
+        out["deepspeed"] = estimator.zero3_model_states(p, ll, o.gpus_per_node, o.nodes)
     except Exception as err:  # noqa: BLE001 - the planner works without DeepSpeed
         out["error"] = f"deepspeed not importable: {err}"
-        return out
-    kw = dict(num_gpus_per_node=o.gpus_per_node, num_nodes=o.nodes)
-    out["deepspeed"] = {
-        "frozen_weights": est(p, ll, cpu_offload=True, cpu_offload_params=False, **kw)[1],
-        "full_finetune": est(p, ll, cpu_offload=False, cpu_offload_params=False, **kw)[1],
-        "all_offloaded": est(p, ll, cpu_offload=True, cpu_offload_params=True, **kw)[1],
-    }
     return out
 
 

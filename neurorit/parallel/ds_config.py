@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from neurorit.dist.collectives import world_size
+from neurorit.parallel.collectives import world_size
 from neurorit.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
