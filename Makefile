@@ -84,15 +84,5 @@ experiment-smollm-why: real-model
 # the analysis (paired differences) of experiment-smollm and a copy of what it measured (no weights) in
 # results/smollm2 for committing
 results-smollm: experiment-smollm
-	$(PY) scripts/analyze_run.py --run outputs/smollm2
-	mkdir -p results/smollm2
-	cp outputs/smollm2/results.json outputs/smollm2/results.md outputs/smollm2/results.png \
-	  outputs/smollm2/analysis.json outputs/smollm2/analysis.md outputs/smollm2/timings.json results/smollm2/
-	cp outputs/smollm2/mining/summary.txt results/smollm2/mining_summary.txt
-	cp outputs/smollm2/mining/diagnostics.json results/smollm2/mining_diagnostics.json
-	cp outputs/smollm2/mining/throughput.json results/smollm2/mining_throughput.json
-	cp outputs/smollm2/mining/neuron_map.png results/smollm2/neuron_map.png
-	if [ -f outputs/smollm2/bench_attribution_128.json ]; then cp outputs/smollm2/bench_attribution_128.json results/smollm2/; fi
-	mkdir -p results/smollm2/dev_evals results/smollm2/stage1_probes
-	cp outputs/smollm2/selection/eval/*.eval.json results/smollm2/dev_evals/
-	for d in outputs/smollm2/selection/stage1/*/; do cp $$d/probe.json results/smollm2/stage1_probes/$$(basename $$d).json; done
+	$(PY) scripts/analyze_run.py --run $$($(PY) -m neurorit.run_layout root --config configs/smollm2.yaml)
+	$(PY) -m neurorit.run_layout collect results/smollm2 --config configs/smollm2.yaml

@@ -37,14 +37,13 @@ from attribution.ig_common import IGSettings
 from attribution.selection import example_topk, neuron_map_from_stats
 from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, reduce_stats, scan_shards,
                                shard_path)
-from neurorit import parallel, runtime
-from neurorit import memory
+from neurorit import memory, parallel, runtime
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
-from neurorit.run_layout import RunLayout
+from neurorit.run_layout import MiningFiles, RunLayout
 from model_patches import load_tokenizer, model_fingerprint
-from neurorit.neuron_map import NeuronMap
+from neurorit.neuron_map import MAP_JSON, MAP_TENSORS, NeuronMap
 from neurorit.prompts import prompt_builder
 
 
@@ -217,22 +216,24 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
     from attribution.plot import log_tensorboard, save_png, summary  # matplotlib: rank 0 only
 
     m = cfg.mining
-    stats.save(os.path.join(out, "neuron_stats.safetensors"))
+    files = MiningFiles(out)
+    stats.save(files.statistics)
     bad = stats.status_counts()
     settings = {"mining": dataclasses.asdict(m), "model_path": cfg.model.path, "prompt_style": cfg.data.prompt_style,
                 "examples": len(stats.example_ids), "example_status": bad}
     sizes = {"relevant_only": m.n_relevant, "irrelevant_only": m.n_irrelevant, "shared": m.n_shared}
     nmap = neuron_map_from_stats(stats, sizes, m.n_target_layers, fingerprint, settings)
     nmap.save(out)
-    save_png(nmap, os.path.join(out, "neuron_map.png"))
-    log_tensorboard(nmap, os.path.join(out, "tensorboard"))
+    save_png(nmap, files.picture)
+    log_tensorboard(nmap, files.tensorboard)
     diag = mining_diagnostics(stats, nmap, sizes)
-    atomic_write_text(os.path.join(out, "diagnostics.json"), json.dumps(diag, indent=1) + "\n")
+    atomic_write_text(files.diagnostics, json.dumps(diag, indent=1) + "\n")
     text = summary(nmap, stats, {k: v for k, v in bad.items() if k != "ok"}) + "\n" + diagnostics_text(diag)
-    atomic_write_text(os.path.join(out, "summary.txt"), text + "\n")
-    save_config(cfg, out)
+    atomic_write_text(files.summary, text + "\n")
+    save_config(cfg, files.config)
     print(text)
-    print(f"wrote {out}/neuron_map.safetensors, neuron_map.json, neuron_map.png, summary.txt, diagnostics.json")
+    print(f"wrote {out}: {MAP_TENSORS}, {MAP_JSON}, " + ", ".join(
+        os.path.basename(p) for p in (files.picture, files.summary, files.diagnostics)))
     return nmap
 
 
@@ -286,7 +287,7 @@ def write_throughput(out: str, questions: int, seconds: float, world: int) -> No
     line = (f"throughput: {questions} questions in {seconds / 60:.1f} min on {world} rank(s) = "
             f"{rate:.2f} questions/min (two prompts each)")
     print(line)
-    atomic_write_text(os.path.join(out, "throughput.json"), json.dumps(
+    atomic_write_text(MiningFiles(out).throughput, json.dumps(
         {"questions": questions, "seconds": round(seconds, 3), "ranks": world, "questions_per_minute": rate}) + "\n")
 
 

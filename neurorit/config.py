@@ -17,6 +17,8 @@ from typing import Any, Literal, Optional
 import yaml
 
 from neurorit import methods
+from neurorit.settings import SETTINGS
+from neurorit.config_help import config_reference
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text
 from neurorit.trackers import check_trackers
@@ -200,9 +202,6 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
-EVAL_SETTINGS = ("gold", "top5", "noise_only", "counterfactual", "closed_book")
-
-
 # --------------------------------------------------------------------------------------------- coercion
 def _describe(tp) -> str:
     origin = typing.get_origin(tp)
@@ -330,8 +329,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                             f"{', '.join(methods.stage_methods(name))}")
     check_trackers(cfg.runtime.report_to)
     for s in cfg.eval.settings:
-        if s not in EVAL_SETTINGS:
-            raise UserError(f"config key 'eval.settings': {s!r} is not allowed; use any of {', '.join(EVAL_SETTINGS)}")
+        if s not in SETTINGS:
+            raise UserError(f"config key 'eval.settings': {s!r} is not allowed; use any of {', '.join(SETTINGS)}")
     ev = cfg.eval
     if ev.batch_size <= 0:
         raise UserError(f"config key 'eval.batch_size' must be > 0, got {ev.batch_size}")
@@ -341,9 +340,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise UserError(f"config key 'eval.tensor_parallel_size' must be >= 1, got {ev.tensor_parallel_size}")
     sel = cfg.selection
     for s in sel.settings:
-        if s not in EVAL_SETTINGS:
+        if s not in SETTINGS:
             raise UserError(f"config key 'selection.settings': {s!r} is not allowed; use any of "
-                            f"{', '.join(EVAL_SETTINGS)}")
+                            f"{', '.join(SETTINGS)}")
     if any(v <= 0 for v in [*sel.lrs, *sel.stage1_lrs, *sel.stage1_steps]):
         raise UserError("config keys 'selection.lrs', 'selection.stage1_lrs' and 'selection.stage1_steps' must hold "
                         "values > 0")
@@ -416,9 +415,9 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: ExperimentConfig, directory: str, name: str = "config.yaml") -> str:
-    """Write the resolved config next to an output (atomically)."""
-    return atomic_write_text(os.path.join(directory, name), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def save_config(cfg: ExperimentConfig, path: str) -> str:
+    """Write the resolved config to ``path`` beside an output (atomically; the run layout names the file)."""
+    return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -435,9 +434,7 @@ def parse_args(description: str, argv: Optional[list[str]] = None,
 
     Returns (args, cfg). Unknown dotted flags are config overrides; anything else is an error.
     """
-    from neurorit.config_help import config_reference
-
-    parser = argparse.ArgumentParser(description=description, epilog=config_reference(),
+    parser = argparse.ArgumentParser(description=description, epilog=config_reference(ExperimentConfig()),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     if extra is not None:

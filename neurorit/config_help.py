@@ -7,8 +7,6 @@ import inspect
 import re
 import typing
 
-from neurorit import config as config_module
-
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(?P<comment>.*))?$")
 _COMMENT = re.compile(r"^\s+#\s?(?P<text>.*)$")
 
@@ -55,10 +53,11 @@ def config_rows(obj, prefix: str = ""):
             yield f"{prefix}{f.name}", _type_name(hints[f.name]), value, comments.get(f.name, "")
 
 
-def config_reference() -> str:
-    """Every key as ``--section.key  TYPE  (default V)  comment``, in the config's order."""
+def config_reference(config) -> str:
+    """Every key of the config dataclass instance ``config`` (its defaults) as ``--section.key  TYPE  (default V)
+    comment``, in the config's order."""
     lines = ["config keys (override any with --section.key VALUE; --print-config shows the resolved config):"]
-    for key, type_name, default, comment in config_rows(config_module.ExperimentConfig()):
+    for key, type_name, default, comment in config_rows(config):
         shown = repr(default) if isinstance(default, str) else default
         lines.append(f"  --{key}  {type_name}  (default {shown})" + (f"  {comment}" if comment else ""))
     return "\n".join(lines)

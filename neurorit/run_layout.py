@@ -5,18 +5,23 @@ scripts ask this module for paths instead of joining them.
 Under ``runtime.output_dir`` (each overridable by its ``<section>.output_dir`` key):
 
 - ``mining/``: ``neuron_map.safetensors`` / ``.json``, ``summary.txt`` (written last: the done marker),
-  ``neuron_map.png``, per-rank ``stats/`` shards;
+  ``neuron_map.png``, ``neuron_stats.safetensors``, ``diagnostics.json``, ``throughput.json``, ``config.yaml``,
+  ``tensorboard/``, per-rank ``stats/`` shards;
 - ``<stage>/`` for a standalone stage, ``<method>/<stage>/`` in the demo (one folder per method): ``config.yaml``,
-  ``tb/``, ``checkpoints/step<N>/``, ``export/`` (a plain Hugging Face checkpoint) and ``train_summary.json``
-  (written after the export: the done marker);
-- ``eval/``: ``<name>.eval.json`` (written last: the done marker), ``<name>.predictions.jsonl`` and, while a run is
-  unfinished, ``<name>.partial/``;
+  ``tensorboard/``, ``checkpoints/step<N>/``, ``export/`` (a plain Hugging Face checkpoint) and
+  ``train_summary.json`` (written after the export: the done marker);
+- ``eval/``: ``<name>.eval.json`` (written last: the done marker), ``<name>.predictions.jsonl``,
+  ``<name>.config.yaml``, ``tensorboard/<name>_<instruction>/`` and, while a run is unfinished, ``<name>.partial/``;
 - ``selection/`` when the demo chooses on dev (``RunLayout.selection``); ``timings.json``, the demo's minutes per
   step;
-- ``results.json`` / ``results.md`` / ``results.png`` from the report.
+- ``results.json`` / ``results.md`` / ``results.png`` from the report; ``analysis.json`` / ``analysis.md`` from the
+  run analysis.
+
+Every TensorBoard folder is called ``tensorboard/`` (``TENSORBOARD``).
 
     python -m neurorit.run_layout export stage2 --config configs/x.yaml [overrides]    # prints <out>/stage2/export
     python -m neurorit.run_layout trained-params <export dir>  # the trainable count over the stages behind it
+    python -m neurorit.run_layout collect results/x --config configs/x.yaml  # a run's committed files, no weights
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ from typing import Optional
 SUMMARY = "train_summary.json"
 EVAL_SUFFIX = ".eval.json"
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
+CONFIG = "config.yaml"
+TENSORBOARD = "tensorboard"
+BASE_MODEL_HISTORY = "training_history.json"  # scripts/train_base_model.py's done marker in the model folder
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,28 @@ class MiningFiles:
         """Per-rank statistics shards (resume)."""
         return os.path.join(self.root, "stats")
 
+    @property
+    def config(self) -> str:
+        return os.path.join(self.root, CONFIG)
+
+    @property
+    def statistics(self) -> str:
+        """The reduced statistics of every rank (safetensors)."""
+        return os.path.join(self.root, "neuron_stats.safetensors")
+
+    @property
+    def diagnostics(self) -> str:
+        return os.path.join(self.root, "diagnostics.json")
+
+    @property
+    def throughput(self) -> str:
+        """Questions per minute of the run (apart from the summary, which is byte-stable across runs)."""
+        return os.path.join(self.root, "throughput.json")
+
+    @property
+    def tensorboard(self) -> str:
+        return os.path.join(self.root, TENSORBOARD)
+
 
 @dataclass(frozen=True)
 class StageFiles:
@@ -72,8 +102,17 @@ class StageFiles:
         return os.path.join(self.root, "checkpoints")
 
     @property
+    def config(self) -> str:
+        return os.path.join(self.root, CONFIG)
+
+    @property
     def tensorboard(self) -> str:
-        return os.path.join(self.root, "tb")
+        return os.path.join(self.root, TENSORBOARD)
+
+    @property
+    def probe(self) -> str:
+        """The stage-1 probe of this stage's export (``rag/stage1_probe.py``; the demo's stage-1 trials)."""
+        return os.path.join(self.root, "probe.json")
 
 
 @dataclass(frozen=True)
@@ -95,6 +134,20 @@ class EvalFiles:
     @property
     def partial(self) -> str:
         return os.path.join(self.folder, f"{self.name}.partial")
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.folder, f"{self.name}.{CONFIG}")
+
+    def tensorboard(self, instruction: str) -> str:
+        """The evaluation's TensorBoard run, one per instruction."""
+        return os.path.join(self.folder, TENSORBOARD, f"{self.name}_{instruction}")
+
+
+def evaluated_names(folder: str) -> dict:
+    """``{name: <name>.eval.json}`` of every finished evaluation in ``folder``, by name."""
+    files = sorted(n for n in os.listdir(folder) if n.endswith(EVAL_SUFFIX)) if os.path.isdir(folder) else []
+    return {n[: -len(EVAL_SUFFIX)]: os.path.join(folder, n) for n in files}
 
 
 @dataclass(frozen=True)
@@ -137,10 +190,20 @@ class RunLayout:
             return os.path.join(self.root, folder)
         return self.eval_folder or os.path.join(self.root, "eval")
 
+    def instruction_evaluation(self, instruction: str, headline: bool) -> str:
+        """The demo's evaluation folder for an inference instruction: ``<root>/eval`` for the headline one,
+        ``<root>/eval_<instruction>`` for the others."""
+        return self.evaluation("eval" if headline else f"eval_{instruction}")
+
+    def instruction_root(self, instruction: str, headline: bool) -> str:
+        """Where the demo's report of an instruction goes: the root for the headline one, ``<root>/<instruction>``
+        for the others."""
+        return self.root if headline else os.path.join(self.root, instruction)
+
     def results(self, folder: str = "") -> dict:
         """The report's files in ``<root>/<folder>``."""
-        base = os.path.join(self.root, folder)
-        return {ext: os.path.join(base, f"results.{ext}") for ext in ("json", "md", "png")}
+        return results_files(os.path.join(self.root, folder))
+
 
     def variants(self, *parts: str) -> str:
         """The demo's ``--why`` variants folder."""
@@ -157,9 +220,54 @@ class RunLayout:
         evaluations) and ``selection.json`` (the choices)."""
         return os.path.join(self.root, "selection", *parts)
 
+    @property
+    def selection_record(self) -> str:
+        """``selection/selection.json``: the dev selection's rules, trials and choices (the report copies it)."""
+        return self.selection("selection.json")
+
+
+def committed_files(layout: RunLayout) -> dict:
+    """What a committed result folder (``results/<run>/``) holds of a finished run, no weights:
+    ``{path in the result folder: path in the run}``, only the files that exist."""
+    mining, run = layout.mining, layout.root
+    files = {os.path.basename(p): p for p in (*results_files(run).values(), *analysis_files(run).values(),
+                                               layout.timings)}
+    files.update({"mining_summary.txt": mining.summary, "mining_diagnostics.json": mining.diagnostics,
+                  "mining_throughput.json": mining.throughput, "neuron_map.png": mining.picture})
+    files.update({n: os.path.join(run, n) for n in (os.listdir(run) if os.path.isdir(run) else [])
+                  if n.startswith("bench_") and n.endswith(".json")})
+    files.update({os.path.join("dev_evals", n + EVAL_SUFFIX): p
+                  for n, p in evaluated_names(layout.selection("eval")).items()})
+    trials = layout.selection("stage1")
+    for tag in sorted(os.listdir(trials)) if os.path.isdir(trials) else []:
+        files[os.path.join("stage1_probes", tag + ".json")] = StageFiles(os.path.join(trials, tag)).probe
+    return {dest: src for dest, src in files.items() if os.path.isfile(src)}
+
+
+def collect(layout: RunLayout, into: str) -> list[str]:
+    """Copy ``committed_files(layout)`` into the folder ``into``; returns the copied names."""
+    import shutil
+
+    copied = []
+    for dest, src in sorted(committed_files(layout).items()):
+        os.makedirs(os.path.dirname(os.path.join(into, dest)), exist_ok=True)
+        shutil.copyfile(src, os.path.join(into, dest))
+        copied.append(dest)
+    return copied
+
 
 def eval_files(folder: str, name: str) -> EvalFiles:
     return EvalFiles(folder, name)
+
+
+def results_files(folder: str) -> dict:
+    """The report's ``results.json`` / ``.md`` / ``.png`` in ``folder``."""
+    return {ext: os.path.join(folder, f"results.{ext}") for ext in ("json", "md", "png")}
+
+
+def analysis_files(folder: str) -> dict:
+    """The run analysis's ``analysis.json`` / ``.md`` in ``folder`` (``rag/analysis.py``)."""
+    return {ext: os.path.join(folder, f"analysis.{ext}") for ext in ("json", "md")}
 
 
 def read_summary(export_dir: str) -> Optional[dict]:
@@ -190,19 +298,23 @@ def main(argv=None) -> None:
         for flag in ("--model", "--name", "--trainable-params", "--resume", "--stop_after"):
             parser.add_argument(flag)
         parser.add_argument("--no-progress", action="store_true")
-        parser.add_argument("what", choices=("export", "summary", "mining", "eval", "trained-params"))
+        parser.add_argument("what", choices=("root", "export", "summary", "mining", "eval", "trained-params", "collect"))
         parser.add_argument("arg", nargs="?", default="",
-                            help="export / summary: the stage (stage1, stage2); trained-params: an export folder")
+                            help="export / summary: the stage (stage1, stage2); trained-params: an export folder; "
+                                 "collect: the result folder to copy the run's committed files into")
 
     args, cfg = parse_args("Print a path of the run layout (for shell scripts).", argv, extra=extra)
     layout = RunLayout.of(cfg)
     if args.what == "trained-params":
         print(trained_params(args.arg))
+    elif args.what == "collect":
+        copied = collect(layout, args.arg)
+        print(f"copied {len(copied)} files of {layout.root} into {args.arg}")
     elif args.what in ("export", "summary"):
         files = layout.stage(args.arg or "stage2")
         print(files.export if args.what == "export" else files.summary)
     else:
-        print(layout.mining.root if args.what == "mining" else layout.evaluation())
+        print({"root": layout.root, "mining": layout.mining.root}.get(args.what) or layout.evaluation())
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from collections import defaultdict
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.metrics import bootstrap_ci, mean
-from neurorit.run_layout import PREDICTIONS_SUFFIX, SUMMARY, RunLayout, StageFiles
+from neurorit.run_layout import PREDICTIONS_SUFFIX, SUMMARY, RunLayout, StageFiles, analysis_files
 from neurorit.neuron_map import GROUPS, NeuronMap
 from neurorit.settings import SETTINGS
 from rag.report import ordered
@@ -224,9 +224,10 @@ def main(argv=None) -> dict:
     res = analyze(args.run, args.eval_dir, args.method, args.compare_map)
     out = args.out or args.run
     os.makedirs(out, exist_ok=True)
-    atomic_write_text(os.path.join(out, "analysis.json"), json.dumps(res, indent=1))
+    files = analysis_files(out)
+    atomic_write_text(files["json"], json.dumps(res, indent=1))
     md = render_markdown(res)
-    atomic_write_text(os.path.join(out, "analysis.md"), md)
+    atomic_write_text(files["md"], md)
     print(md)
     return res
 

@@ -17,7 +17,8 @@ result and it equals a one-rank run exactly. Rank 0 writes the files, TensorBoar
 
 Writes ``<eval.output_dir>/<name>.eval.json`` (metrics, model, settings, trainable parameters),
 ``<name>.predictions.jsonl`` (one line per question x setting: prompt length, raw output, extracted answer,
-scores) and ``<name>.config.yaml``; TensorBoard scalars go to ``<runtime.output_dir>/tensorboard/eval_<name>_<instruction>``.
+scores) and ``<name>.config.yaml``; TensorBoard scalars go to ``<eval.output_dir>/tensorboard/<name>_<instruction>``
+(every path from ``neurorit/run_layout.py``).
 ``rag/report.py`` combines the ``*.eval.json`` files of all methods into results.json / results.md / a chart.
 """
 from __future__ import annotations
@@ -261,9 +262,8 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
               "test_file": cfg.data.test_file, "num_questions": len(records), "world_size": parallel.world_size(),
               **summary}
     if parallel.is_main():
-        save_config(cfg, out, f"{args.name}.config.yaml")
-        write_tensorboard(os.path.join(cfg.runtime.output_dir, "tensorboard",
-                                       f"eval_{args.name}_{cfg.eval.instruction}"), summary)
+        save_config(cfg, files.config)
+        write_tensorboard(files.tensorboard(cfg.eval.instruction), summary)
         path = write_outputs(files, result, predictions)
         shutil.rmtree(files.partial, ignore_errors=True)
         print_table(args.name, summary)

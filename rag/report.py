@@ -17,7 +17,6 @@ Writes three files to the output folder (default ``runtime.output_dir``):
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 from typing import Optional
@@ -26,9 +25,10 @@ from neurorit.config import parse_args
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.methods import REPORT_ORDER
+from neurorit.run_layout import EVAL_SUFFIX, RunLayout, eval_files, evaluated_names, results_files
 from neurorit.settings import SETTINGS
+from neurorit.settings import legend as settings_legend
 
-SUFFIX = ".eval.json"
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -37,14 +37,14 @@ def load_evaluations(eval_dir: str, methods: Optional[list[str]] = None) -> dict
     if not os.path.isdir(eval_dir):
         raise UserError(f"evaluation folder not found: {eval_dir} (run python -m rag.evaluate first)")
     if methods:
-        paths = {m: os.path.join(eval_dir, m + SUFFIX) for m in methods}
+        paths = {m: eval_files(eval_dir, m).result for m in methods}
         missing = [p for p in paths.values() if not os.path.isfile(p)]
         if missing:
             raise UserError(f"no evaluation for: {', '.join(missing)}")
     else:
-        paths = {os.path.basename(p)[: -len(SUFFIX)]: p for p in sorted(glob.glob(os.path.join(eval_dir, "*" + SUFFIX)))}
+        paths = evaluated_names(eval_dir)
         if not paths:
-            raise UserError(f"no *{SUFFIX} files in {eval_dir} (run python -m rag.evaluate first)")
+            raise UserError(f"no *{EVAL_SUFFIX} files in {eval_dir} (run python -m rag.evaluate first)")
     out = {}
     for name, path in paths.items():
         with open(path, encoding="utf-8") as fh:
@@ -125,9 +125,7 @@ def render_markdown(results: dict, counts: Optional[dict[str, dict]] = None) -> 
     """results.md text. ``counts``: optional ``{setting: questions}`` shown under the first table."""
     out = ["# Results", "",
            "Match (%, normalized gold answer contained in the extracted answer) with its 95% bootstrap interval; "
-           "settings: `gold` = gold passage only, `top5` = natural top-5, `noise_only` = top-5 with every "
-           "answer-bearing passage removed, `counterfactual` = gold + a contradicting passage, `closed_book` = "
-           "no documents.", "", "## All questions", ""]
+           + settings_legend(), "", "## All questions", ""]
     out += _table(results, None, "match", params=True)
     if counts:
         out += ["", "Questions per setting: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + "."]
@@ -230,8 +228,7 @@ def plot(results: dict, path: str) -> str:
 def write_report(results: dict, out_dir: str, counts: Optional[dict[str, int]] = None) -> dict[str, str]:
     """Write results.json, results.md and results.png into ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"json": os.path.join(out_dir, "results.json"), "md": os.path.join(out_dir, "results.md"),
-             "png": os.path.join(out_dir, "results.png")}
+    paths = results_files(out_dir)
     atomic_write_text(paths["json"], json.dumps(results, indent=2) + "\n")
     atomic_write_text(paths["md"], render_markdown(results, counts))
     plot(results, paths["png"])
@@ -279,7 +276,7 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
 @main_guard
 def main(argv=None) -> dict[str, str]:
     args, cfg = parse_args(__doc__, argv, _extra_args)
-    eval_dir = args.eval_dir or cfg.eval.output_dir or os.path.join(cfg.runtime.output_dir, "eval")
+    eval_dir = args.eval_dir or RunLayout.of(cfg).evaluation()
     methods = [m for m in args.methods.split(",") if m] or None
     paths = report(eval_dir, args.out or cfg.runtime.output_dir, methods, _parse_params(args.trainable_params),
                    args.selection)

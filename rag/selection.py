@@ -18,8 +18,6 @@ from typing import Sequence
 
 from neurorit.config import SelectionConfig
 
-SELECTION_FILE = "selection.json"
-
 
 def stage1_grid(sel: SelectionConfig) -> list[tuple[int, float]]:
     """The stage-1 points in the order they are tried: fewest steps first, then the smaller learning rate."""

@@ -34,7 +34,7 @@ from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.runtime import PINNED_KERNELS
 from model_patches.loading import resolve_model
-from neurorit.run_layout import RunLayout, StageFiles, eval_files
+from neurorit.run_layout import BASE_MODEL_HISTORY, RunLayout, StageFiles, eval_files
 from rag import selection
 from train.recipes import build
 
@@ -158,7 +158,7 @@ class Pipeline:
             tag = selection.point_tag(steps, lr)
             export = self.train("neurorit", "stage1", self.cfg.model.path,
                                 StageFiles(self.layout.selection("stage1", tag)), extra)
-            probe_out = self.layout.selection("stage1", tag, "probe.json")
+            probe_out = StageFiles(self.layout.selection("stage1", tag)).probe
             threads = self.ranks * self.cfg.runtime.torch_threads  # one process: the ranks' threads (0: torch's)
             self.step(f"stage-1 probe ({tag})", probe_out,
                       [PY, "-m", "rag.stage1_probe", *self.args(
@@ -198,15 +198,11 @@ class Pipeline:
         print(f"== {method.name}: stage-2 {key} {chosen:g} (dev scores {scores})", flush=True)
         return exports[chosen]
 
-    def selection_file(self) -> str:
-        return self.layout.selection(selection.SELECTION_FILE)
-
     def eval_folder(self, instruction: str) -> str:
-        return self.layout.evaluation("eval" if instruction == self.instructions[0] else f"eval_{instruction}")
+        return self.layout.instruction_evaluation(instruction, instruction == self.instructions[0])
 
     def results_folder(self, instruction: str) -> str:
-        return self.layout.root if instruction == self.instructions[0] else \
-            os.path.join(self.layout.root, instruction)
+        return self.layout.instruction_root(instruction, instruction == self.instructions[0])
 
     def run(self) -> None:
         cfg = self.cfg
@@ -214,7 +210,7 @@ class Pipeline:
             self.step("benchmark", cfg.data.test_file, [PY, "-m", f"benchmarks.{cfg.data.benchmark}.benchmark",
                                                         *self.args()])
         if cfg.data.benchmark == "embedded":
-            self.step("base model", os.path.join(cfg.model.path, "training_history.json"),
+            self.step("base model", os.path.join(cfg.model.path, BASE_MODEL_HISTORY),
                       [PY, "scripts/train_base_model.py", "--config", self.config, "--out", cfg.model.path])
         elif os.path.isdir(cfg.model.path) and not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
             raise UserError(f"model.path {cfg.model.path} holds no model (for configs/smollm2.yaml: make real-model)")
@@ -230,8 +226,8 @@ class Pipeline:
         report_extra = []
         if self.record["stage1"] or self.record["stage2"]:
             record = selection.selection_record(cfg.selection, self.record["stage1"], self.record["stage2"])
-            atomic_write_text(self.selection_file(), json.dumps(record, indent=1) + "\n")
-            report_extra = ["--selection", self.selection_file()]
+            atomic_write_text(self.layout.selection_record, json.dumps(record, indent=1) + "\n")
+            report_extra = ["--selection", self.layout.selection_record]
         for instruction in self.instructions:
             for name, model in runs:
                 self.evaluate(name, model, instruction)

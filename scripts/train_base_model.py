@@ -3,7 +3,7 @@
     python scripts/train_base_model.py --config configs/embedded.yaml [--minutes 45] [--out assets/base-model]
 
 Seeded and resumable (re-running continues from ``<work>/ckpt.pt``), a tqdm bar, TensorBoard under
-``<work>/tb``. Loss: next-token on the whole text, answer span (and EOS) weighted ``--answer-weight`` x.
+``<work>/tensorboard``. Loss: next-token on the whole text, answer span (and EOS) weighted ``--answer-weight`` x.
 At the end it writes a Hugging Face checkpoint (safetensors + tokenizer) and a model card with the command,
 the config and the measured dev accuracies.
 """
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from neurorit.config import load_config
 from neurorit.errors import main_guard
+from neurorit.run_layout import BASE_MODEL_HISTORY, TENSORBOARD
 from benchmarks.embedded.pretrain_mix import PretrainMix
 from benchmarks.embedded.tokenizer import build_tokenizer
 from benchmarks.embedded.world import World
@@ -140,7 +141,7 @@ def main(argv=None):
         mix.rng.setstate(state["mix_rng"])
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min done)")
-    writer = SummaryWriter(os.path.join(args.work, "tb"))
+    writer = SummaryWriter(os.path.join(args.work, TENSORBOARD))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M params, vocab {len(tok)}, {MODEL_SHAPE}")
     budget = args.minutes * 60
@@ -186,7 +187,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     tok.save_pretrained(args.out)
-    with open(os.path.join(args.out, "training_history.json"), "w") as fh:
+    with open(os.path.join(args.out, BASE_MODEL_HISTORY), "w") as fh:
         json.dump({"args": vars(args), "history": history}, fh, indent=1)
     write_card(args, mcfg, n_params, step, elapsed, acc)
     print(f"saved {args.out} after {step} steps ({elapsed / 60:.1f} min): {acc}")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from neurorit.neuron_map import NeuronMap
+from neurorit.run_layout import StageFiles
 from rag import analysis as analyze_run
 from tests.support.workspaces import write_jsonl
 
@@ -36,9 +37,10 @@ def write_summary_and_losses(folder, losses):
     from torch.utils.tensorboard import SummaryWriter
 
     os.makedirs(folder)
-    with open(os.path.join(folder, "train_summary.json"), "w") as fh:
+    files = StageFiles(folder)
+    with open(files.summary, "w") as fh:
         json.dump({"trainable_params": 123}, fh)
-    writer = SummaryWriter(os.path.join(folder, "tb"))
+    writer = SummaryWriter(files.tensorboard)
     for step, loss in enumerate(losses, 1):
         writer.add_scalar("train/loss", loss, step)
     writer.close()

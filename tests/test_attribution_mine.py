@@ -11,7 +11,9 @@ import torch
 from attribution.mine import main as mine_main
 from neurorit.neuron_map import NeuronMap
 from attribution.stats import EMPTY_PASSAGE, FIXED_ONE, OK, NeuronStats, shard_paths
-from tests.support.workspaces import mining_workspace
+from neurorit.neuron_map import MAP_JSON, MAP_TENSORS
+from neurorit.run_layout import MiningFiles
+from tests.support.workspaces import layout_paths, mining_workspace, unnamed_files
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,8 @@ def test_single_process_outputs_and_idempotent_rerun(single, capsys):
     rate = json.load(open(os.path.join(out, "throughput.json")))
     assert rate["questions"] == 7 and rate["seconds"] > 0 and rate["questions_per_minute"] > 0
     assert os.listdir(os.path.join(out, "tensorboard"))
+    # every file mining leaves for later stages is named by the run layout (the map's two by neuron_map.py)
+    assert unnamed_files(out, layout_paths(MiningFiles(out)) | {MAP_TENSORS, MAP_JSON}) == []
     stats, nmap = _load(out)
     assert stats.status.tolist().count(OK) == 7 and stats.status.tolist().count(EMPTY_PASSAGE) == 0
     assert stats.status_counts()["passages truncated"] >= 1

@@ -59,7 +59,7 @@ def test_missing_config_file():
 
 def test_save_roundtrip(tmp_path):
     _, cfg = parse_args("t", ["--runtime.seed", "5"])
-    path = save_config(cfg, str(tmp_path))
+    path = save_config(cfg, str(tmp_path / "config.yaml"))
     assert load_config(path).runtime.seed == 5
 
 

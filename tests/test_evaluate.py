@@ -6,10 +6,12 @@ import os
 import pytest
 import torch
 
+from neurorit.run_layout import eval_files
 from rag import evaluate, report
 from rag.evaluate import extract_answer
 from rag.generate import greedy_generate, length_batches
-from tests.support.workspaces import eval_checkpoint, eval_config, eval_model, eval_records, eval_tokenizer
+from tests.support.workspaces import (eval_checkpoint, eval_config, eval_model, eval_records, eval_tokenizer,
+                                      unnamed_files)
 
 SETTINGS = ["gold", "top5", "noise_only", "counterfactual", "closed_book"]
 STAT_KEYS = {"match", "em", "f1", "match_ci95"}
@@ -102,8 +104,11 @@ def test_entry_writes_results_per_setting_and_kind(fixture_dir, base_result):
     assert {p["setting"] for p in preds} == set(SETTINGS)
     assert any(p["output"] for p in preds) and any(not p["output"] for p in preds)  # ragged EOS stops
     assert (out / "base.config.yaml").is_file()
-    tb = fixture_dir["dir"] / "run" / "tensorboard" / "eval_base_two_step"
+    files = eval_files(str(out), "base")
+    tb = files.tensorboard("two_step")
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tb))
+    named = {files.result, files.predictions, files.config, os.path.dirname(tb)}
+    assert unnamed_files(str(out), named) == []  # every file of the evaluation is the run layout's
 
 
 def test_answer_only_prompts(fixture_dir):

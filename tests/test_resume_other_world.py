@@ -7,6 +7,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file
 
+from neurorit.run_layout import StageFiles
 from tests.support.workspaces import scalars, training_workspace
 
 SCRIPT = "train/stage1.py"
@@ -14,7 +15,7 @@ TOLERANCE = 1e-5  # relative, on each step's loss (measured: equal to the last d
 
 
 def _losses(out) -> list:
-    return scalars(str(out / "stage1" / "tb"))["train/loss"]
+    return scalars(StageFiles(str(out / "stage1")).tensorboard)["train/loss"]
 
 
 def _export(out) -> dict:

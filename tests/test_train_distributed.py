@@ -2,11 +2,13 @@
 one launch, see ``dist_scripts/train_two_stages.py``); the exports load in plain transformers; TensorBoard events
 come from rank 0 only and hold the listed scalars; stage 2 prints its trainable count, equal to the formula."""
 import glob
+import os
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from neurorit.run_layout import StageFiles
 from tests.support.workspaces import GROUPS, TARGET_LAYERS, scalars, training_workspace
 
 TAGS = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/trainable_params", "dev/loss"}
@@ -25,9 +27,9 @@ def test_two_rank_zero3_stage1_then_stage2(tmp_path, run_ranks):
     previous = base
     for stage in ("stage1", "stage2"):
         folder = tmp_path / "out" / stage
-        events = glob.glob(str(folder / "tb" / "*tfevents*"))
+        events = glob.glob(os.path.join(StageFiles(str(folder)).tensorboard, "*tfevents*"))
         assert len(events) == 1, events  # one writer: rank 0
-        logged = scalars(str(folder / "tb"))
+        logged = scalars(StageFiles(str(folder)).tensorboard)
         assert TAGS <= set(logged)
         assert [s for s, _ in logged["train/loss"]] == [1, 2, 3]
         model = AutoModelForCausalLM.from_pretrained(str(folder / "export")).eval()

@@ -11,7 +11,8 @@ from neurorit.config import load_config
 from neurorit.errors import UserError
 from model_patches import model_fingerprint
 from neurorit.neuron_map import NeuronMap
-from tests.support.workspaces import GROUPS, TARGET_LAYERS, scalars, training_workspace
+from neurorit.run_layout import StageFiles
+from tests.support.workspaces import GROUPS, TARGET_LAYERS, layout_paths, scalars, training_workspace, unnamed_files
 from train.loop import run_stage
 
 FFN = ("gate_proj", "up_proj", "down_proj")
@@ -116,7 +117,7 @@ def test_resume_equals_uninterrupted_and_refuses_another_map(workspace, tmp_path
     assert again["step"] == 4 and again["final_loss"] == resumed["final_loss"] is not None
     a, b = weights(done["export_dir"]), weights(resumed["export_dir"])
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
-    logged_a, logged_b = scalars(str(tmp_path / "straight" / "tb")), scalars(str(tmp_path / "split" / "tb"))
+    logged_a, logged_b = (scalars(StageFiles(str(tmp_path / run)).tensorboard) for run in ("straight", "split"))
     for tag in ("train/loss", "train/lr"):
         assert [s for s, _ in logged_b[tag]] == [s for s, _ in logged_a[tag]] == [1, 2, 3, 4]
         assert [v for _, v in logged_b[tag]] == pytest.approx([v for _, v in logged_a[tag]], abs=1e-6)
@@ -138,7 +139,9 @@ def test_zero0_8bit_adamw_with_accumulation(workspace):
                                   "--stage1.micro_batch_size", "1", "--stage1.schedule", "cosine",
                                   "--stage1.max_steps", "2"])
     out = run_stage("stage1", cfg)
-    logged = scalars(os.path.join(os.path.dirname(out["export_dir"]), "tb"))
+    files = StageFiles(os.path.dirname(out["export_dir"]))
+    logged = scalars(files.tensorboard)
     assert all(v > 0 for _, v in logged["train/grad_norm"])
+    assert unnamed_files(files.root, layout_paths(files)) == []  # every file of the stage is the layout's
     assert not torch.equal(weights(out["export_dir"])["model.layers.0.mlp.down_proj.weight"],
                            weights(cfg.model.path)["model.layers.0.mlp.down_proj.weight"])

@@ -9,7 +9,7 @@ before-export step -> export. DeepSpeed itself is behind ``neurorit.parallel``; 
 and it names no method and no recipe.
 
 Files (``neurorit/run_layout.py``), under the stage's output folder ``stage<N>.output_dir`` (default
-``<runtime.output_dir>/stage<N>``): ``config.yaml`` (resolved config), ``tb/`` (TensorBoard, rank 0),
+``<runtime.output_dir>/stage<N>``): ``config.yaml`` (resolved config), ``tensorboard/`` (TensorBoard, rank 0),
 ``checkpoints/step<N>/`` (DeepSpeed, for resume), ``export/`` (plain Hugging Face checkpoint with the tokenizer,
 deltas merged, deactivations folded for ``neurorit_hard_deactivation``) and ``train_summary.json``.
 Stage 1 starts from ``model.path``; stage 2 from stage 1's export (override with ``stage<N>.init_from``). The
@@ -208,7 +208,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     run = StageRun.of(stage, cfg)
     st = run.st
     if parallel.is_main():
-        save_config(cfg, run.files.root)
+        save_config(cfg, run.files.config)
     tokenizer = load_tokenizer(run.init_from)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if not run.recipe.trains:

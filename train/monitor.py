@@ -4,7 +4,7 @@ a terminal (a SLURM ``.out`` file, a pipe), one plain line per logged step:
 ``stage1 step 20/500 | loss 0.4821 | lr 1.00e-05 | grad_norm 0.731 | tokens/s 1893 | elapsed 0:01:04 | eta 0:25:36``.
 
 Scalars (tags): ``train/loss``, ``train/lr``, ``train/grad_norm``, ``train/tokens_per_s``,
-``train/trainable_params`` (at step 0) and ``dev/loss``. One run directory per stage (``<stage output>/tb``); a run
+``train/trainable_params`` (at step 0) and ``dev/loss``. One run directory per stage (``<stage output>/tensorboard``, ``neurorit/run_layout.py``); a run
 resumed after step N purges the TensorBoard events an interrupted run logged after N (and continues its wandb /
 MLflow run), so no curve holds a step twice. The resolved config, when given, is logged once to every tracker.
 """

@@ -20,6 +20,7 @@ from neurorit.config import ExperimentConfig, parse_args
 from neurorit.errors import main_guard
 from benchmarks.embedded.bm25 import BM25
 from neurorit.records import Passage, Record, write_records
+from neurorit.run_layout import CONFIG
 from benchmarks.embedded.world import RELATION_VALUES, RELATIONS, Fact, World
 
 SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
@@ -151,7 +152,7 @@ def main(argv=None) -> None:
         print(f"{split}: {path} ({sum(1 for _ in open(path))} questions)")
     from neurorit.config import save_config
 
-    save_config(cfg, os.path.dirname(paths["train"]) or ".")
+    save_config(cfg, os.path.join(os.path.dirname(paths["train"]) or ".", CONFIG))
 
 
 if __name__ == "__main__":

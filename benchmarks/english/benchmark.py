@@ -43,6 +43,7 @@ from neurorit.files import atomic_write_text
 from neurorit.metrics import match
 from neurorit.prompts import DEFAULT_CHAT_DATE
 from neurorit.records import Passage, Record, passage_has_answer, write_records
+from neurorit.run_layout import CONFIG
 
 # test: >= 100 facts SmolLM2 knows (seed 0, 2218 questions: 129)
 SPLIT_FRACTIONS = {"train": 0.5, "dev": 0.15, "test": 0.35}
@@ -395,7 +396,7 @@ def main(argv=None) -> None:
             kinds = Counter(json.loads(line)["meta"]["kind"] for line in fh if line.strip())
         print(f"{split}: {path} ({sum(kinds.values())} questions: "
               + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + ")")
-    save_config(cfg, os.path.dirname(paths["train"]) or ".")
+    save_config(cfg, os.path.join(os.path.dirname(paths["train"]) or ".", CONFIG))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,18 @@ def save_checkpoint(model, tokenizer, directory: str) -> str:
     return directory
 
 
+def unnamed_files(folder: str, named: set) -> list[str]:
+    """The entries of ``folder`` that no path in ``named`` (the run layout's, neurorit/run_layout.py) names:
+    a stage that writes an inter-stage file the layout does not know."""
+    names = {os.path.basename(os.path.normpath(p)) for p in named}
+    return sorted(n for n in os.listdir(folder) if n not in names)
+
+
+def layout_paths(files) -> set:
+    """Every path a run-layout files object (MiningFiles, StageFiles) names through its properties."""
+    return {getattr(files, p) for p in dir(type(files)) if isinstance(getattr(type(files), p), property)}
+
+
 def scalars(tb_dir: str) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
