@@ -6,8 +6,6 @@ TensorBoard run, ``summary`` is the one-screen text report.
 """
 from __future__ import annotations
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -15,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from neurorit.neuron_map import NeuronMap  # noqa: E402
 from neurorit.neuron_map import GROUPS  # noqa: E402
+from neurorit.files import atomic_save_figure  # noqa: E402
 from attribution.stats import SIDES, NeuronStats  # noqa: E402
 
 COLORS = {"relevant_only": "tab:green", "irrelevant_only": "tab:red", "shared": "tab:purple"}
@@ -48,12 +47,7 @@ def figure(nmap: NeuronMap):
 
 
 def save_png(nmap: NeuronMap, path: str) -> str:
-    fig = figure(nmap)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic_save_figure(figure(nmap), path)
 
 
 def log_tensorboard(nmap: NeuronMap, logdir: str, step: int = 0) -> None:

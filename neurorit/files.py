@@ -117,6 +117,18 @@ def atomic_write_text(path: str, text: str) -> str:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_save_figure(fig, path: str, dpi: int = 110) -> str:
+    """Write a matplotlib figure as PNG (atomically), then close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def partial_dir(path: str) -> str:
     """The temp folder ``atomic_dir(path)`` writes into (hidden, beside ``path``, unique to this process)."""
     path = os.path.normpath(path)

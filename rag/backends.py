@@ -85,12 +85,12 @@ class HFBackend:
         return cls(load_causal_lm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation))
 
     def generate(self, prompts: Sequence[Sequence[int]], batches: list[list[int]], todo: list[int],
-                 max_new_tokens: int, eos_ids: list[int], pad_id: int, on_batch: OnBatch) -> None:
+                 decoding: Decoding, on_batch: OnBatch) -> None:
         """Decode the batches ``todo`` (indices into ``batches``) and report each to ``on_batch``."""
         self.model.eval()
         for b in todo:
             idx = batches[b]
-            toks = greedy_generate(self.model, [prompts[i] for i in idx], max_new_tokens, eos_ids, pad_id)
+            toks = greedy_generate(self.model, [prompts[i] for i in idx], *decoding.greedy())
             on_batch(b, dict(zip(idx, toks)))
 
 
@@ -115,21 +115,20 @@ class Zero3Backend(HFBackend):
         model.eval()
         return cls(strategy.prepare_frozen(model))
 
-    def generate(self, prompts, batches, todo, max_new_tokens, eos_ids, pad_id, on_batch) -> None:
+    def generate(self, prompts, batches, todo, decoding: Decoding, on_batch) -> None:
         """Collective. Rounds = the most batches any rank has left; a rank without a batch in a round decodes a
         one-token stand-in (results dropped) so that its forward passes match the others'."""
         self.model.eval()
         rounds = max(parallel.all_gather_objects(len(todo)))
-        stand_in = [[int(pad_id)]]
+        stand_in = [[int(decoding.pad_id)]]
         for r in range(rounds):
             if r < len(todo):
                 idx = batches[todo[r]]
-                toks = greedy_generate(self.model, [prompts[i] for i in idx], max_new_tokens, eos_ids, pad_id,
+                toks = greedy_generate(self.model, [prompts[i] for i in idx], *decoding.greedy(),
                                        all_done=_every_rank_done)
                 on_batch(todo[r], dict(zip(idx, toks)))
             else:
-                greedy_generate(self.model, stand_in, max_new_tokens, eos_ids, pad_id,
-                                all_done=lambda _done: _every_rank_done(True))
+                greedy_generate(self.model, stand_in, *decoding.greedy(), all_done=lambda _done: _every_rank_done(True))
 
 
 class VLLMBackend:
@@ -169,18 +168,18 @@ class VLLMBackend:
                  cfg.eval.tensor_parallel_size)
         return cls(vllm.LLM(**{k: v for k, v in kwargs.items() if v is not None}), config, gen_config)
 
-    def generate(self, prompts, batches, todo, max_new_tokens, eos_ids, pad_id, on_batch) -> None:
-        """Greedy (temperature 0) continuations, stopped at ``eos_ids`` and cut before the first of them, as
-        ``rag.generate.greedy_generate`` cuts them."""
+    def generate(self, prompts, batches, todo, decoding: Decoding, on_batch) -> None:
+        """Greedy (temperature 0) continuations, stopped at ``decoding.eos_ids`` and cut before the first of them,
+        as ``rag.generate.greedy_generate`` cuts them."""
         from vllm import SamplingParams
 
-        if max_new_tokens <= 0:
+        if decoding.max_new_tokens <= 0:
             for b in todo:
                 on_batch(b, {i: [] for i in batches[b]})
             return
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=list(eos_ids),
-                                detokenize=False, skip_special_tokens=False)
-        eos = set(int(e) for e in eos_ids)
+        params = SamplingParams(temperature=0.0, max_tokens=decoding.max_new_tokens,
+                                stop_token_ids=list(decoding.eos_ids), detokenize=False, skip_special_tokens=False)
+        eos = set(int(e) for e in decoding.eos_ids)
         for start in range(0, len(todo), self.group):
             group = todo[start:start + self.group]
             idx = [i for b in group for i in batches[b]]
@@ -242,8 +241,7 @@ def generate_resumably(backend, prompts: list, batches: list, decoding: Decoding
             bar.update(len(outputs))
 
     try:
-        backend.generate(prompts, batches, todo, decoding.max_new_tokens, list(decoding.eos_ids), decoding.pad_id,
-                         on_batch)
+        backend.generate(prompts, batches, todo, decoding, on_batch)
     finally:
         if bar is not None:
             bar.close()

@@ -134,11 +134,11 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
     batches = length_batches(prompts, ev.batch_size)
     if store is None:
         store = MemoryStore()
-    elif isinstance(store, str):
-        store = BatchStore(store, fingerprint(prompts, ev.batch_size, ev.max_new_tokens, eos_ids, pad_id,
-                                              backend.name, model_path))
-    tokens = generate_resumably(backend, prompts, batches, Decoding(ev.max_new_tokens, tuple(eos_ids), pad_id), store,
-                                ev.resume, ("evaluate", "prompt") if show_progress else None)
+    decoding = Decoding(ev.max_new_tokens, tuple(eos_ids), pad_id)
+    if isinstance(store, str):
+        store = BatchStore(store, fingerprint(prompts, ev.batch_size, decoding, backend.name, model_path))
+    tokens = generate_resumably(backend, prompts, batches, decoding, store, ev.resume,
+                                ("evaluate", "prompt") if show_progress else None)
 
     predictions = []
     for i, job in enumerate(jobs):

@@ -59,6 +59,10 @@ class Decoding:
     eos_ids: tuple
     pad_id: int
 
+    def greedy(self) -> tuple:
+        """``(max_new_tokens, eos_ids, pad_id)``, the decoding arguments of ``greedy_generate``."""
+        return self.max_new_tokens, list(self.eos_ids), self.pad_id
+
 
 @torch.inference_mode()
 def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Iterable[int],

@@ -23,7 +23,7 @@ from typing import Optional
 
 from neurorit.config import parse_args
 from neurorit.errors import UserError, main_guard
-from neurorit.files import atomic_write_text
+from neurorit.files import atomic_save_figure, atomic_write_text
 from neurorit.methods import REPORT_ORDER
 from neurorit.run_layout import EVAL_SUFFIX, RunLayout, eval_files, evaluated_names, results_files
 from neurorit.settings import SETTINGS
@@ -215,14 +215,7 @@ def figure(results: dict):
 
 def plot(results: dict, path: str) -> str:
     """Write ``figure(results)`` to ``path`` (atomically)."""
-    import matplotlib.pyplot as plt
-
-    fig = figure(results)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic_save_figure(figure(results), path)
 
 
 def write_report(results: dict, out_dir: str, counts: Optional[dict[str, int]] = None) -> dict[str, str]:

@@ -40,13 +40,15 @@ def checkpoint_identity(path: str) -> list:
     return out
 
 
-def fingerprint(prompts: Sequence[Sequence[int]], batch_size: int, max_new_tokens: int, eos_ids: Sequence[int],
-                pad_id: int, backend: str, model_path: str) -> str:
+def fingerprint(prompts: Sequence[Sequence[int]], batch_size: int, decoding, backend: str, model_path: str) -> str:
+    """What decides a generation's outputs (``decoding``: ``rag.generate.Decoding``); batches of another are
+    refused."""
     digest = hashlib.sha256()
     for p in prompts:
         digest.update((",".join(map(str, p)) + ";").encode())
     body = {"prompts": digest.hexdigest(), "n": len(prompts), "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens, "eos_ids": list(eos_ids), "pad_id": pad_id, "backend": backend,
+            "max_new_tokens": decoding.max_new_tokens, "eos_ids": list(decoding.eos_ids), "pad_id": decoding.pad_id,
+            "backend": backend,
             "model": os.path.abspath(model_path), "files": checkpoint_identity(model_path)}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 

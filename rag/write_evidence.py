@@ -226,10 +226,10 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
         eos_ids = eos_ids_of(backend, tokenizer, builder.stop_ids)
         pad_id = pad_id_of(tokenizer, eos_ids)
         batches = length_batches(prompts, ev.batch_size)
-        store = BatchStore(partial, fingerprint(prompts, ev.batch_size, ev.max_new_tokens, eos_ids, pad_id,
-                                                backend.name, teacher))
-        tokens = generate_resumably(backend, prompts, batches, Decoding(ev.max_new_tokens, tuple(eos_ids), pad_id),
-                                    store, ev.resume, ("evidence", "record") if show_progress else None)
+        decoding = Decoding(ev.max_new_tokens, tuple(eos_ids), pad_id)
+        store = BatchStore(partial, fingerprint(prompts, ev.batch_size, decoding, backend.name, teacher))
+        tokens = generate_resumably(backend, prompts, batches, decoding, store, ev.resume,
+                                    ("evidence", "record") if show_progress else None)
 
     counts = {"records": len(rows), "kept": len(rows) - len(ask) - len(fixed), "teacher": len(ask),
               "fixed": len(fixed), "no_evidence": len(fixed), "truncated": 0}

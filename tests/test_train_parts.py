@@ -13,7 +13,7 @@ from neurorit.records import Passage, Record, irrelevant_passages
 from tests.support.models import tiny_model
 from tests.support.workspaces import (GROUPS, HIDDEN, INTERMEDIATE, PEOPLE, TARGET_LAYERS, setup_trainable,
                                       training_neuron_map, training_tokenizer)
-from train.data import Batching, StepPlan, build_examples, eval_batches, evidence_for
+from train.data import Batching, ExampleFormat, StepPlan, build_examples, eval_batches, evidence_for
 from train.loop import enable_gradient_checkpointing, target_logits, target_loss
 
 
@@ -59,18 +59,18 @@ def test_stage_examples_have_the_right_targets():
     rel = Passage("", "ann born paris . bob lives rome .", has_answer=True)
     irr = [Passage("", f"{p} works oslo .", has_answer=False) for p in PEOPLE[1:6]]
     records = [Record("a", "born ann ?", ["paris"], [rel] + irr), Record("b", "born ann ?", ["paris"], irr[:2])]
-    s1, _ = build_examples("end_on_noise", records, tok, PromptBuilder("compact"), 3, 96, 0)
+    s1, _ = build_examples("end_on_noise", records, ExampleFormat(tok, PromptBuilder("compact"), 3, 96, 0))
     assert [t for t in s1[0].labels if t != -100] == [tok.eos_token_id]
     assert "paris" not in tok.decode(s1[0].input_ids)
-    s2, _ = build_examples("evidence", records, tok, PromptBuilder("compact"), 3, 96, 0)
+    s2, _ = build_examples("evidence", records, ExampleFormat(tok, PromptBuilder("compact"), 3, 96, 0))
     target = tok.decode([t for t in s2[0].labels if t != -100])
     assert target.split() == ["ann", "born", "paris", ".", "</s>"]
     builder = PromptBuilder("compact")
     assert evidence_for(records[1], irr[:2], builder) == builder.no_evidence()
-    sft, _ = build_examples("answer", records, tok, PromptBuilder("compact"), 3, 96, 0)
+    sft, _ = build_examples("answer", records, ExampleFormat(tok, PromptBuilder("compact"), 3, 96, 0))
     assert tok.decode([t for t in sft[0].labels if t != -100]).split() == ["paris", "</s>"]
     with pytest.raises(UserError, match="record a: .* > max_length 8; raise data.max_length"):
-        build_examples("evidence", records, tok, PromptBuilder("compact"), 3, 8, 0)
+        build_examples("evidence", records, ExampleFormat(tok, PromptBuilder("compact"), 3, 8, 0))
 
 
 @pytest.mark.parametrize("instruction", ["two_step", "answer_only"])
@@ -82,13 +82,13 @@ def test_stage1_learns_to_stop_under_the_evaluation_instruction(instruction):
     record = Record("a", "born ann ?", ["paris"], irr)
     data = DataConfig(prompt_style="compact", chat_template="never")
     builder = prompt_builder(data, tok, instruction)
-    (example,), _ = build_examples("end_on_noise", [record], tok, builder, 3, 96, 0)
+    (example,), _ = build_examples("end_on_noise", [record], ExampleFormat(tok, builder, 3, 96, 0))
     prompt = [t for t, label in zip(example.input_ids, example.labels) if label == -100]
     docs = irrelevant_passages(record, 3, pool=[record], rng=random.Random(0))
     evaluated = getattr(builder, instruction)(record.question, docs)
     assert prompt == encode(tok, evaluated, 96, add_eos=False).input_ids
     own = prompt_builder(DataConfig(prompt_style="compact", chat_template="never", stage1_instruction="own"), tok)
-    (example_own,), _ = build_examples("end_on_noise", [record], tok, own, 3, 96, 0)
+    (example_own,), _ = build_examples("end_on_noise", [record], ExampleFormat(tok, own, 3, 96, 0))
     assert example_own.input_ids != example.input_ids
 
 

@@ -24,7 +24,7 @@ from neurorit.records import Passage, load_records, passage_has_answer, write_re
 from rag import write_evidence as we
 from rag.generate import eos_ids_of, generate_all, pad_id_of
 from tests.support.ranks import ROOT, run_ranks
-from train.data import build_examples, evidence_for
+from train.data import ExampleFormat, build_examples, evidence_for
 from train.loop import run_stage
 
 TEACHER = os.path.join(ROOT, "assets", "base-model")
@@ -120,8 +120,8 @@ def test_teacher_evidence_goes_through_stage2(data, tmp_path, single_rank_env):
                                "--stage2.micro_batch_size", "2", "--stage2.num_docs", str(NUM_DOCS),
                                "--stage2.warmup_ratio", "0"])
     tok = load_tokenizer(TEACHER)
-    examples, _ = build_examples("evidence", written, tok, prompt_builder(cfg.data, tok), NUM_DOCS,
-                                 cfg.data.max_length, cfg.runtime.seed)
+    examples, _ = build_examples("evidence", written, ExampleFormat(tok, prompt_builder(cfg.data, tok), NUM_DOCS,
+                                                                    cfg.data.max_length, cfg.runtime.seed))
     for rec, ex in zip(written, examples):
         target = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != -100]
         assert target[-1] == tok.eos_token_id
@@ -152,13 +152,13 @@ def test_interrupted_run_resumes_to_the_same_file(data, tmp_path, monkeypatch):
             backend = real_load(*args, **kwargs)
             real = backend.generate
 
-            def generate(prompts, batches, todo, max_new_tokens, eos_ids, pad_id, on_batch):
+            def generate(prompts, batches, todo, decoding, on_batch):
                 def report(b, outputs):
                     on_batch(b, outputs)
                     generated.append(b)
                     if len(generated) == stop_after:
                         raise KeyboardInterrupt("simulated kill")
-                real(prompts, batches, todo, max_new_tokens, eos_ids, pad_id, report)
+                real(prompts, batches, todo, decoding, report)
             backend.generate = generate
             return backend
         return load

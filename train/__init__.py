@@ -1,6 +1,8 @@
 """train: Neuro-RIT stage 1 and stage 2 (and the baselines) on one shared DeepSpeed training loop.
 
-Entries ``train/stage1.py`` and ``train/stage2.py``; the loop in ``loop.py``; stage data and the step plan in
-``data.py``; which parameters train in ``trainable.py``; optimizers and schedules in ``optim.py``; checkpoints
-and resume in ``checkpoint.py``; TensorBoard and the progress bar in ``monitor.py``.
+Entries ``train/stage1.py`` and ``train/stage2.py`` (console scripts through ``cli.py``); the loop in
+``loop.py``; what each kind of trainable set trains in ``recipes.py``; which neurons and layers train and their
+counts in ``trainable.py``; the LoRA baseline in ``lora.py``; stage data and the step plan in ``data.py``;
+checkpoints and resume in ``checkpoint.py``; trackers and the progress lines in ``monitor.py``. The optimizer and
+its schedule come from ``neurorit.parallel``.
 """

@@ -46,11 +46,23 @@ def evidence_for(record: Record, docs, builder: PromptBuilder) -> str:
     return " ".join(found) if found else builder.no_evidence()
 
 
-def build_examples(task: str, records: list[Record], tokenizer, builder: PromptBuilder, num_docs: int, max_length: int,
-                   seed: int) -> tuple[list[Encoded], TruncationCounter]:
+@dataclass(frozen=True)
+class ExampleFormat:
+    """How records become a stage's examples: the tokenizer, the prompt builder, passages per prompt, the
+    token budget and the seed of the passage draws."""
+
+    tokenizer: object
+    builder: PromptBuilder
+    num_docs: int
+    max_length: int
+    seed: int
+
+
+def build_examples(task: str, records: list[Record], fmt: ExampleFormat) -> tuple[list[Encoded], TruncationCounter]:
     """Tokenized examples of one data task, one per record, in record order."""
     if task not in TASKS:
         raise ValueError(f"unknown data task {task!r}; use one of {', '.join(TASKS)}")
+    builder, num_docs, seed = fmt.builder, fmt.num_docs, fmt.seed
     rng = random.Random(seed)
     counter = TruncationCounter()
     out = []
@@ -65,7 +77,7 @@ def build_examples(task: str, records: list[Record], tokenizer, builder: PromptB
             parts = builder.answer_only(record.question, docs_for_setting(record, setting, num_docs),
                                         record.answers[0])
         try:
-            enc = encode(tokenizer, parts, max_length)
+            enc = encode(fmt.tokenizer, parts, fmt.max_length)
         except ValueError as err:  # the instruction, question and target alone exceed max_length
             raise UserError(f"record {record.id}: {err}; raise data.max_length or shorten its target") from None
         counter.add(enc, record.id)

@@ -40,7 +40,7 @@ from neurorit.neuron_map import NeuronMap
 from neurorit.prompts import prompt_builder
 from neurorit.records import load_records
 from train import checkpoint, recipes
-from train.data import Batching, StepPlan, build_examples, collate, eval_batches
+from train.data import Batching, ExampleFormat, StepPlan, build_examples, collate, eval_batches
 from train.monitor import Monitor, Tracking
 from train.recipes import Recipe, StageContext
 from train.trainable import Trainable
@@ -178,11 +178,11 @@ def _stage_data(run: StageRun, tokenizer):
     cfg, st = run.cfg, run.st
     task = run.task
     builder = prompt_builder(cfg.data, tokenizer, cfg.eval.instruction)
-    common = (tokenizer, builder, st.num_docs, cfg.data.max_length, cfg.runtime.seed)
-    examples, truncation = build_examples(task, load_records(cfg.data.train_file, st.num_examples), *common)
+    fmt = ExampleFormat(tokenizer, builder, st.num_docs, cfg.data.max_length, cfg.runtime.seed)
+    examples, truncation = build_examples(task, load_records(cfg.data.train_file, st.num_examples), fmt)
     dev = []
     if st.eval_every > 0:
-        dev, _ = build_examples(task, load_records(cfg.data.dev_file, st.eval_examples), *common)
+        dev, _ = build_examples(task, load_records(cfg.data.dev_file, st.eval_examples), fmt)
     return examples, dev, truncation
 
 
@@ -289,7 +289,7 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
     export_dir = run.files.export
     ctx.model.config.use_cache = True  # off only while training; the plain export keeps the usual default
     extra = run.recipe.before_export(ctx)
-    export_hf(ctx.model, export_dir, tokenizer=tokenizer, fold_deactivation=run.recipe.fold_irrelevant_only)
+    export_hf(ctx.model, export_dir, tokenizer=tokenizer, fold_deactivation=True)  # what before_export switched off
     summary = {"stage": run.stage, "method": run.st.method, "step": last["step"], "finished": True,
                "final_loss": last["loss"], "trainable_params": trainable.count, "init_from": run.init_from,
                **trainable.details,

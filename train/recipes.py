@@ -60,8 +60,7 @@ class Recipe:
     name = ""
     needs_map = False
     trains = True  # False: the stage loads the model whole, builds no engine and only exports
-    patches_ffn = True  # the loop patches the FFNs before ``choose`` (neuron deltas, deactivation)
-    fold_irrelevant_only = False  # export with the irrelevant-only neurons folded to zero
+    patches_ffn = False  # True: the loop patches the FFNs before ``choose`` (neuron deltas, deactivation)
     can_freeze_gate = False  # honours stage<N>.train_gate false
     max_zero_stage = 3  # the loop runs the stage under min(stage<N>.zero_stage, this)
     lr_key = "lr"  # the key of stage<N> holding the learning rate (the demo's dev grid sets it)
@@ -107,6 +106,7 @@ class Neurons(Recipe):
     random: bool = False
     target_layers: bool = False
     needs_map = True
+    patches_ffn = True
     can_freeze_gate = True
 
     def choose(self, ctx: StageContext) -> Trainable:
@@ -146,7 +146,6 @@ class Lora(Recipe):
     the rank whose count is nearest the count of ``match_params_of`` (all its stages) on this model and map."""
 
     match_params_of: str = ""
-    patches_ffn = False  # LoRA wraps the FFN linears instead
     lr_key = "lora.lr"
 
     @property
@@ -180,7 +179,6 @@ class ReleaseMasks(Recipe):
     groups: tuple = ()
     stage: str = "stage2"
     needs_map = True
-    patches_ffn = False
     max_zero_stage = 2  # full-shape gradient masks: ZeRO-3 would hand the hooks partitioned gradients
 
     def choose(self, ctx: StageContext) -> Trainable:
@@ -214,6 +212,10 @@ class Nothing(Recipe):
 
     @property
     def needs_map(self) -> bool:
+        return self.fold_irrelevant_only
+
+    @property
+    def patches_ffn(self) -> bool:  # the deactivation lives in the patched FFNs until export folds it
         return self.fold_irrelevant_only
 
     def choose(self, ctx: StageContext) -> Trainable:

@@ -37,6 +37,7 @@ from typing import Optional
 from benchmarks.english.facts import (FRESH_RELATIONS, FRESH_SUBJECT, FRESH_VALUE, NEAR_DUPLICATE_KINDS, PROBES,
                                       QUESTIONS, VALUE_IS_GROUP, NameMaker, RealFact, passage_title, real_facts,
                                       sentence, taken_names)
+from neurorit import runtime
 from neurorit.config import DataConfig, ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -296,7 +297,7 @@ def probe_prompts(fact: RealFact) -> list[str]:
 
 
 def probe_known(model_path: str, facts: list[RealFact], cache_path: str, data: Optional[DataConfig] = None,
-                batch_size: int = 32, threads: int = 0) -> dict[str, bool]:
+                batch_size: int = 32) -> dict[str, bool]:
     """Closed-book probe: ``{fact_key: known}``; known = the greedy answer is right under every ``PROBES``
     phrasing of the relation (not the benchmark's question), in the chat format ``data`` sets (``chat_template``,
     ``chat_template_file``, ``chat_date``). Cached per model and phrasing. ``model_path`` may be a Hub id
@@ -329,7 +330,7 @@ def probe_known(model_path: str, facts: list[RealFact], cache_path: str, data: O
     todo = [f for f in facts if fact_key(f) not in cache["facts"]]
     if todo:
         texts = [t for f in todo for t in probe_prompts(f)]
-        outputs = iter(_run_probe(model_path, texts, data, batch_size, threads))
+        outputs = iter(_run_probe(model_path, texts, data, batch_size))
         for f in todo:
             outs = [next(outputs) for _ in probe_prompts(f)]
             right = [bool(match(o, [f.value])) for o in outs]
@@ -339,7 +340,7 @@ def probe_known(model_path: str, facts: list[RealFact], cache_path: str, data: O
     return {k: bool(v["known"]) for k, v in cache["facts"].items()}
 
 
-def _run_probe(model_path: str, texts: list[str], data: DataConfig, batch_size: int, threads: int) -> list[str]:
+def _run_probe(model_path: str, texts: list[str], data: DataConfig, batch_size: int) -> list[str]:
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -347,8 +348,6 @@ def _run_probe(model_path: str, texts: list[str], data: DataConfig, batch_size: 
     from neurorit.prompts import chat_format
     from rag.generate import eos_ids_of, generate_all, pad_id_of
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     chat = chat_format(data.chat_template, tok, data.chat_template_file, data.chat_date)
@@ -372,7 +371,8 @@ def write_benchmark(cfg: ExperimentConfig, probe: bool = True) -> dict[str, str]
     labels = None
     if probe:
         cache = os.path.join(os.path.dirname(os.path.abspath(paths["train"])), "probe_cache.json")
-        labels = probe_known(cfg.model.path, real_facts(), cache, cfg.data, threads=cfg.runtime.torch_threads)
+        runtime.start(cfg.runtime, join_group=False)  # threads, seeds and kernels as every entry point sets them
+        labels = probe_known(cfg.model.path, real_facts(), cache, cfg.data)
     splits = build_benchmark(cfg.data.benchmark_seed, cfg.data.benchmark_questions, labels)
     for split, path in paths.items():
         write_records(splits[split], path)
