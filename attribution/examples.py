@@ -4,7 +4,7 @@ Target ``yes_prob`` uses the verification prompt (passage, question, proposed go
 first token of the style's YES word; target ``answer_logprob`` uses the answer-only prompt and the first token
 of the gold answer. With a chat template (``PromptBuilder.chat``) both prompts are user turns that end with the
 assistant header, and the target token is the first token of the assistant turn: the YES word and the answer
-without a leading space (``PromptBuilder.yes_word`` / ``target_prefix``). The query-only version of the same prompt is the ``query`` baseline. A passage that makes
+without a leading space (``PromptBuilder.yes_word`` / ``output_prefix``). The query-only version of the same prompt is the ``query`` baseline. A passage that makes
 the prompt longer than the context is cut (and counted); an empty passage, an answer with no token, or a
 question that does not fit even without the passage marks the example as skipped (never stops the run).
 
@@ -58,13 +58,13 @@ class ExampleBuilder:
         return self.prompts.answer_only(question, [passage] if passage is not None else [])
 
     def _ids(self, parts) -> tuple[torch.Tensor, bool]:
-        enc = encode(self.tokenizer, parts, self.max_length, add_eos=False, with_target=False)
+        enc = encode(self.tokenizer, parts, self.max_length, add_eos=False, with_output=False)
         return torch.tensor(enc.input_ids, dtype=torch.long), enc.truncated
 
     def build(self, index: int, record, relevant, irrelevant) -> MiningExample:
         ex = MiningExample(index, record.id, OK)
         answer = record.answers[0] if record.answers else ""
-        answer_id = first_token(self.tokenizer, self.prompts.target_prefix + answer.strip()) if answer.strip() else None
+        answer_id = first_token(self.tokenizer, self.prompts.output_prefix + answer.strip()) if answer.strip() else None
         if answer_id is None:
             ex.status = NO_ANSWER_TOKEN
             return ex

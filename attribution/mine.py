@@ -219,10 +219,10 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
     files = MiningFiles(out)
     stats.save(files.statistics)
     bad = stats.status_counts()
-    settings = {"mining": dataclasses.asdict(m), "model_path": cfg.model.path, "prompt_style": cfg.data.prompt_style,
+    provenance = {"mining": dataclasses.asdict(m), "model_path": cfg.model.path, "prompt_style": cfg.data.prompt_style,
                 "examples": len(stats.example_ids), "example_status": bad}
     sizes = {"relevant_only": m.n_relevant, "irrelevant_only": m.n_irrelevant, "shared": m.n_shared}
-    nmap = neuron_map_from_stats(stats, sizes, m.n_target_layers, fingerprint, settings)
+    nmap = neuron_map_from_stats(stats, sizes, m.n_target_layers, fingerprint, provenance)
     nmap.save(out)
     save_png(nmap, files.picture)
     log_tensorboard(nmap, files.tensorboard)

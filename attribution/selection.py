@@ -57,7 +57,7 @@ def target_layers(groups: dict[str, torch.Tensor], width: int, layers: int, n: i
 
 
 def neuron_map_from_stats(stats, sizes: dict[str, int], n_target_layers: int, fingerprint: dict,
-                          settings: dict) -> NeuronMap:
+                          provenance: dict) -> NeuronMap:
     """The neuron map of reduced ``attribution.stats.NeuronStats``: docs/DESIGN.md §2 selection."""
     layers, width = stats.shape
     counts = stats.counts()
@@ -65,4 +65,4 @@ def neuron_map_from_stats(stats, sizes: dict[str, int], n_target_layers: int, fi
     flat_counts = counts.flatten(1)
     groups = {g: torch.stack([ids // width, ids % width, flat_counts[0, ids], flat_counts[1, ids]], dim=1)
               for g, ids in chosen.items()}
-    return NeuronMap(groups, target_layers(chosen, width, layers, n_target_layers), fingerprint, settings)
+    return NeuronMap(groups, target_layers(chosen, width, layers, n_target_layers), fingerprint, provenance)

@@ -4,7 +4,7 @@
 ``answer_logprob``: log-probability of the first token of the gold answer.
 The token is the one the model writes first after the prompt: after a plain prompt the word with its leading
 space (" YES"), at the start of a chat assistant turn the word alone ("YES"); ``attribution/examples.py`` picks it
-from the prompt builder (``PromptBuilder.yes_word`` / ``target_prefix``).
+from the prompt builder (``PromptBuilder.yes_word`` / ``output_prefix``).
 """
 from __future__ import annotations
 

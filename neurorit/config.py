@@ -46,7 +46,7 @@ class DataConfig:
     # release trained it; own = under its own "if the documents are irrelevant, output nothing"
     stage1_instruction: Literal["evaluation", "own"] = "evaluation"
     num_docs: int = 5  # K documents in evaluation prompts (the stages use stage1.num_docs / stage2.num_docs)
-    max_length: int = 1024  # tokens; documents are truncated, never the question or the target
+    max_length: int = 1024  # tokens; documents are truncated, never the question or the output
     benchmark: Literal["embedded", "english", ""] = "embedded"  # generator of the files above in the demo; "" = given
     benchmark_seed: int = 0  # seed of the benchmark generator
     benchmark_questions: int = 6000  # questions the benchmark generates (all splits)

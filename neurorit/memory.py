@@ -31,7 +31,7 @@ What is counted (bytes per GPU; N = nodes x GPUs per node ranks; bf16 weights, 2
                      Activations per micro-batch sequence of S tokens: without checkpointing every layer keeps
                      S x (10 x hidden + 4 x FFN width + 2 x kv width) bf16 values; with gradient checkpointing
                      S x hidden per layer plus one layer recomputed; logits only at the positions with a loss
-                     (train/loop.target_logits): stage 1's one end token, stage 2's target (--stage2-target-tokens,
+                     (train/loop.label_logits): stage 1's one end token, stage 2's labels (--stage2-label-tokens,
                      the evidence and answer), x vocab x 10 bytes (bf16 + fp32 upcast + its gradient).
                      FlashAttention-2 / sdpa: no S^2 term.
 * usable             GPU memory minus a reserve (CUDA context, NCCL, allocator fragmentation; --reserve-gib).
@@ -184,7 +184,7 @@ class Options:
     offload: bool = False
     mining_seq_len: int = 512
     seq_len: int = 1024
-    stage2_target_tokens: int = 256  # tokens with a loss in a stage-2 sequence (stage 1: the end token alone)
+    stage2_label_tokens: int = 256  # tokens with a loss in a stage-2 sequence (stage 1: the end token alone)
     micro_batch: int = 1
     chunk_rows: int = 64
     steps: int = 20
@@ -217,10 +217,10 @@ def row_bytes(s: Shape, tokens: int) -> int:
     return WEIGHT_BYTES * s.layers * per_layer + LOGIT_ROW_BYTES * s.vocab
 
 
-def activation_bytes(s: Shape, tokens: int, checkpointing: bool, targets: int) -> int:
-    """Training activations of one sequence of ``tokens`` tokens, ``targets`` of them with a loss (logits)."""
+def activation_bytes(s: Shape, tokens: int, checkpointing: bool, labels: int) -> int:
+    """Training activations of one sequence of ``tokens`` tokens, ``labels`` of them with a loss (logits)."""
     per_token_layer = 10 * s.hidden + 4 * s.ffn + 2 * s.kv_width
-    logits = LOGIT_TRAIN_BYTES * min(tokens, targets) * s.vocab
+    logits = LOGIT_TRAIN_BYTES * min(tokens, labels) * s.vocab
     if checkpointing:
         return WEIGHT_BYTES * tokens * (s.layers * s.hidden + per_token_layer) + logits
     return WEIGHT_BYTES * tokens * s.layers * per_token_layer + logits
@@ -274,15 +274,15 @@ def plan(s: Shape, o: Options) -> dict:
     for stage, t in trainable_params(s, o).items():
         deltas = 0 if o.offload else math.ceil(TRAIN_STATE_BYTES * t / n)
         optim = 0 if o.offload else math.ceil(OPTIM_BYTES * t / n)
-        targets = 1 if stage == "stage1" else o.stage2_target_tokens
-        act_seq = activation_bytes(s, o.seq_len, o.gradient_checkpointing, targets)
+        labels = 1 if stage == "stage1" else o.stage2_label_tokens
+        act_seq = activation_bytes(s, o.seq_len, o.gradient_checkpointing, labels)
         fixed = weights + gathered + train_buffers + deltas + optim
         st = dict(common, zero_buffers=train_buffers, trainable_params=t, deltas=deltas, optimizer=optim,
                   activations=o.micro_batch * act_seq, per_sequence=act_seq)
         st["total"] = fixed + st["activations"]
         st["max_micro_batch"] = max(0, (usable - fixed) // act_seq)
-        st["max_micro_batch_no_ckpt"] = max(0, (usable - fixed) // activation_bytes(s, o.seq_len, False, targets))
-        st["max_micro_batch_ckpt"] = max(0, (usable - fixed) // activation_bytes(s, o.seq_len, True, targets))
+        st["max_micro_batch_no_ckpt"] = max(0, (usable - fixed) // activation_bytes(s, o.seq_len, False, labels))
+        st["max_micro_batch_ckpt"] = max(0, (usable - fixed) // activation_bytes(s, o.seq_len, True, labels))
         st["cpu_per_node"] = math.ceil(CPU_BUFFER_FACTOR * (WEIGHT_BYTES * p + (TRAIN_STATE_BYTES + OPTIM_BYTES) * t)
                                        / o.nodes) if o.offload else 0
         stages[stage] = st

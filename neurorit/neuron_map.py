@@ -3,7 +3,7 @@
 A shared contract: it lives below every stage (mining writes it, training reads it) and imports no stage.
 
 Three groups (``relevant_only``, ``irrelevant_only``, ``shared``) as (layer, neuron) lists with counts (in how
-many examples' top-k the neuron appeared, per side), the target layers, the mining settings, and a fingerprint
+many examples' top-k the neuron appeared, per side), the target layers, its provenance (the mining config and inputs), and a fingerprint
 of the model (architecture, layers, FFN width). Saved as ``neuron_map.safetensors`` (tensors; everything else in
 its metadata) plus ``neuron_map.json`` (the same content, readable). A model of another shape is refused by
 ``check_model`` with a message that names both shapes.
@@ -33,7 +33,7 @@ class NeuronMap:
     groups: dict[str, torch.Tensor]  # group -> [n, 4] long: layer, neuron, relevant count, irrelevant count
     target_layers: list[int]
     fingerprint: dict
-    settings: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)  # how it was mined: the mining config, model, examples
 
     def __post_init__(self):
         missing = [g for g in GROUPS if g not in self.groups]
@@ -63,7 +63,7 @@ class NeuronMap:
             "target_layers": self.target_layers,
             "sizes": {g: len(self.groups[g]) for g in GROUPS},
             "groups": {g: [dict(zip(cols, row)) for row in self.groups[g].tolist()] for g in GROUPS},
-            "settings": self.settings,
+            "provenance": self.provenance,
             "hash": self.hash(),
         }
 
@@ -92,7 +92,7 @@ class NeuronMap:
         tensors = {g: self.groups[g].contiguous() for g in GROUPS}
         tensors["target_layers"] = torch.tensor(self.target_layers, dtype=torch.long)
         # one metadata key: safetensors writes several in a per-process order, and the file must be byte-stable
-        meta = {"neuron_map": json.dumps({"fingerprint": self.fingerprint, "settings": self.settings,
+        meta = {"neuron_map": json.dumps({"fingerprint": self.fingerprint, "provenance": self.provenance,
                                           "hash": self.hash()}, sort_keys=True)}
         save_file(tensors, path + ".tmp", metadata=meta)
         os.replace(path + ".tmp", path)
@@ -114,7 +114,8 @@ class NeuronMap:
                 meta = json.loads((fh.metadata() or {})["neuron_map"])
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
             nmap = cls(groups={g: tensors[g] for g in GROUPS}, target_layers=tensors["target_layers"].tolist(),
-                       fingerprint=meta["fingerprint"], settings=meta.get("settings", {}))
+                       fingerprint=meta["fingerprint"],
+                       provenance=meta.get("provenance", meta.get("settings", {})))  # "settings": older maps
         except Exception as err:  # safetensors raises its own error type for a file of another kind
             raise UserError(f"{path} is not a neuron map ({err})") from None
         if meta.get("hash") and meta["hash"] != nmap.hash():

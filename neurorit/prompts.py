@@ -8,13 +8,13 @@ inference (two-step: evidence then answer; or answer-only), and robust SFT (docu
 Two styles share the same slots: ``paper`` (English instructions in the spirit of the released prompts, for
 real instruction-tuned models) and ``compact`` (one task word and short markers, all in the embedded model's
 word-level vocabulary). ``encode`` tokenizes piece by piece and truncates documents only, never the
-instruction, the question or the target.
+instruction, the question or the output.
 
 Chat templates (``data.chat_template``: ``auto`` = the tokenizer's template when it has one, ``never``,
 ``always``): with a template, the prompt (instruction + documents + question + cue) is the *user* turn and the
-target the *assistant* turn, rendered by the tokenizer's own template (``ChatFormat``); labels cover the
-assistant turn only: the target and the end-of-turn token that closes it (``<|im_end|>`` for SmolLM2 / ChatML,
-``<|eot_id|>`` for Llama-3), which is also the stage-1 target for an empty output and a stop token for
+output the *assistant* turn, rendered by the tokenizer's own template (``ChatFormat``); labels cover the
+assistant turn only: the output and the end-of-turn token that closes it (``<|im_end|>`` for SmolLM2 / ChatML,
+``<|eot_id|>`` for Llama-3), which is also stage 1's only label (its output is empty) and a stop token for
 generation (``PromptBuilder.stop_ids``). Without a template (the embedded model) nothing changes.
 ``data.chat_template_file`` replaces the tokenizer's template with a Jinja file. Templates render with a fixed
 ``date_string`` (``data.chat_date``): Llama-3.1-style templates otherwise write today's date into the system
@@ -108,7 +108,7 @@ class ChatFormat:
     """A tokenizer's chat template cut around one user turn and one assistant turn.
 
     The prompt is ``user_prefix + <user text> + user_suffix`` (``user_suffix`` ends with the generation prompt
-    and whatever the template writes before an assistant message, e.g. ``<|im_start|>assistant\n``); the target
+    and whatever the template writes before an assistant message, e.g. ``<|im_start|>assistant\n``); the output
     is ``<assistant text>`` followed by ``stop_id``, the token that closes the assistant turn.
     """
 
@@ -163,14 +163,14 @@ class ChatFormat:
 
 @dataclass
 class PromptParts:
-    """A prompt as pieces: ``head`` + documents + ``tail``; ``target`` is what the model must write (may be "").
+    """A prompt as pieces: ``head`` + documents + ``tail``; ``output`` is what the model must write (may be "").
 
-    With ``chat`` set, ``head`` + documents + ``tail`` form the user turn and ``target`` the assistant turn."""
+    With ``chat`` set, ``head`` + documents + ``tail`` form the user turn and ``output`` the assistant turn."""
 
     head: str
     docs: list[str]
     tail: str
-    target: str = ""
+    output: str = ""
     sep: str = " "
     chat: Optional[ChatFormat] = None
 
@@ -202,8 +202,8 @@ class PromptBuilder:
         return self.style.yes_word.lstrip() if self.chat else self.style.yes_word
 
     @property
-    def target_prefix(self) -> str:
-        """What precedes a target's first word: a space after a plain prompt, nothing at the start of a turn."""
+    def output_prefix(self) -> str:
+        """What precedes an output's first word: a space after a plain prompt, nothing at the start of a turn."""
         return "" if self.chat else " "
 
     @property
@@ -225,13 +225,13 @@ class PromptBuilder:
     def render_doc(self, i: int, p: Passage) -> str:
         return self.style.doc.format(i=i, title=p.title, text=p.text)
 
-    def _task(self, task: str, question: str, docs: Sequence[Passage], target: str = "") -> PromptParts:
+    def _task(self, task: str, question: str, docs: Sequence[Passage], output: str = "") -> PromptParts:
         s = self.style
         rendered = [self.render_doc(i + 1, p) for i, p in enumerate(docs)]
         tail = s.question.format(question=question)
         if not self.chat:  # a chat model's answer cue is the assistant turn itself (a cue in the user turn is
             tail += s.sep + s.tails[task]  # echoed by small models: "Evidence: Evidence: ...")
-        return self._wrap(PromptParts(head=s.heads[task], docs=rendered, tail=tail, target=target, sep=s.sep))
+        return self._wrap(PromptParts(head=s.heads[task], docs=rendered, tail=tail, output=output, sep=s.sep))
 
     # ---------------------------------------------------------------- the prompt kinds
     def mining(self, question: str, answer: str, passage: Optional[Passage]) -> PromptParts:
@@ -252,10 +252,10 @@ class PromptBuilder:
         return tail
 
     def stage1(self, question: str, irrelevant_docs: Sequence[Passage]) -> PromptParts:
-        return self._task(self.stage1_task, question, irrelevant_docs, target="")
+        return self._task(self.stage1_task, question, irrelevant_docs, output="")
 
     def stage2(self, question: str, docs: Sequence[Passage], evidence: str) -> PromptParts:
-        return self._task("stage2", question, docs, target=evidence or self.no_evidence())
+        return self._task("stage2", question, docs, output=evidence or self.no_evidence())
 
     def teacher(self, question: str, docs: Sequence[Passage]) -> PromptParts:
         """A teacher model's prompt for writing a record's stage-2 evidence (``rag/write_evidence.py``): the
@@ -265,11 +265,11 @@ class PromptBuilder:
     def two_step(self, question: str, docs: Sequence[Passage]) -> PromptParts:
         return self._task("two_step", question, docs)
 
-    def two_step_target(self, evidence: str, answer: str) -> str:
+    def two_step_output(self, evidence: str, answer: str) -> str:
         return f"{evidence or self.no_evidence()}{self.style.sep}{self.style.answer_marker} {answer}"
 
     def answer_only(self, question: str, docs: Sequence[Passage], answer: str = "") -> PromptParts:
-        return self._task("answer_only", question, docs, target=answer)
+        return self._task("answer_only", question, docs, output=answer)
 
 
 def read_chat_template(path: str) -> str:
@@ -349,12 +349,12 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def encode(tokenizer, parts: PromptParts, max_length: int, add_eos: bool = True,
-           with_target: bool = True) -> Encoded:
+           with_output: bool = True) -> Encoded:
     """Tokenize ``parts``; documents are cut (from the last one backwards) so that instruction, question and
-    target always fit. Labels cover the target (and EOS) only.
+    output always fit. Labels cover the output (and EOS) only.
 
     With ``parts.chat``: the template's text before and after the user turn wraps the prompt (no separate BOS:
-    the template writes its own), the target starts the assistant turn without a leading space, and
+    the template writes its own), the output starts the assistant turn without a leading space, and
     ``add_eos`` appends the end-of-turn token instead of ``eos_token``."""
     chat = parts.chat
     if chat is None:
@@ -364,16 +364,16 @@ def encode(tokenizer, parts: PromptParts, max_length: int, add_eos: bool = True,
         bos, after = _ids(tokenizer, chat.user_prefix), _ids(tokenizer, chat.user_suffix)
     head = _ids(tokenizer, parts.head)
     tail = _ids(tokenizer, (parts.sep if (parts.head or parts.docs) else "") + parts.tail) + after
-    target: list[int] = []
-    if with_target:
+    output: list[int] = []
+    if with_output:
         lead = "" if chat is not None else " "
-        target = _ids(tokenizer, (lead + parts.target) if parts.target else "")
+        output = _ids(tokenizer, (lead + parts.output) if parts.output else "")
         if add_eos:
-            target = target + [chat.stop_id if chat is not None else tokenizer.eos_token_id]
+            output = output + [chat.stop_id if chat is not None else tokenizer.eos_token_id]
     docs = [_ids(tokenizer, (parts.sep if (i > 0 or parts.head) else "") + d) for i, d in enumerate(parts.docs)]
-    fixed = len(bos) + len(head) + len(tail) + len(target)
+    fixed = len(bos) + len(head) + len(tail) + len(output)
     if fixed > max_length:
-        raise ValueError(f"instruction + question + target need {fixed} tokens > max_length {max_length}")
+        raise ValueError(f"instruction + question + output need {fixed} tokens > max_length {max_length}")
     budget = max_length - fixed
     truncated = False
     kept: list[int] = []
@@ -385,5 +385,5 @@ def encode(tokenizer, parts: PromptParts, max_length: int, add_eos: bool = True,
             truncated = True
             break
     prompt = bos + head + kept + tail
-    return Encoded(input_ids=prompt + target, labels=[-100] * len(prompt) + target, truncated=truncated,
+    return Encoded(input_ids=prompt + output, labels=[-100] * len(prompt) + output, truncated=truncated,
                    prompt_len=len(prompt))

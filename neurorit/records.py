@@ -39,7 +39,7 @@ class Passage:
     text: str
     score: Optional[float] = None
     has_answer: Optional[bool] = None
-    kind: str = ""  # embedded benchmark only: gold, same_relation, same_entity, near_duplicate, random, ...
+    role: str = ""  # the benchmarks' passage role: gold, same_relation, same_entity, near_duplicate, random, ...
 
 
 @dataclass
@@ -116,7 +116,8 @@ def _parse_passage(raw: Any, where: str) -> Passage:
     score = raw.get("score")
     _, has = _first(raw, ("has_answer", "hasanswer"))
     return Passage(title=str(title), text=text, score=None if score is None else float(score),
-                   has_answer=None if has is None else bool(has), kind=str(raw.get("kind", "")))
+                   has_answer=None if has is None else bool(has),
+                   role=str(raw.get("role", raw.get("kind", ""))))  # "kind": files written before the rename
 
 
 def parse_record(raw: Any, where: str) -> Record:

@@ -113,7 +113,7 @@ def map_overlap(a: NeuronMap, b: NeuronMap) -> dict:
         groups[g] = {"size_a": len(sa), "size_b": len(sb), "both": len(sa & sb),
                      "jaccard": len(sa & sb) / len(union) if union else 1.0}
     return {"groups": groups, "target_layers_a": a.target_layers, "target_layers_b": b.target_layers,
-            "settings_b": {k: v for k, v in b.settings.get("mining", {}).items()
+            "mining_b": {k: v for k, v in b.provenance.get("mining", {}).items()
                            if k in ("target", "num_examples", "steps")}}
 
 
@@ -145,7 +145,7 @@ def analyze(run: str, eval_dirs: tuple[str, ...] = (), method: str = "neurorit",
         raise UserError(f"no predictions of method {method!r} in the evaluation folder (have: {', '.join(preds)})")
     result = {
         "neurons": {"sizes": {g: len(nmap.groups[g]) for g in GROUPS}, "per_layer": nmap.layer_counts(),
-                    "target_layers": nmap.target_layers, "settings": nmap.settings},
+                    "target_layers": nmap.target_layers, "provenance": nmap.provenance},
         "method": method,
         "paired": paired_table(preds, method),
         "paired_by_kind": {k: paired_table(preds, method, k) for k in kinds_of(preds[method])},
@@ -188,7 +188,7 @@ def render_markdown(res: dict) -> str:
             lines.append(f"| {name} | {t['trainable_params']:,} | {first} | {last} |")
     if "map_overlap" in res:
         o = res["map_overlap"]
-        lines += ["", f"## Overlap with another map ({o['settings_b']})", "",
+        lines += ["", f"## Overlap with another map ({o['mining_b']})", "",
                   f"Target layers: {o['target_layers_a']} vs {o['target_layers_b']}.", "",
                   "| group | this map | other map | in both | Jaccard |", "|---|---|---|---|---|"]
         lines += [f"| {g} | {v['size_a']} | {v['size_b']} | {v['both']} | {v['jaccard']:.2f} |"

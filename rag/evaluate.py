@@ -94,7 +94,7 @@ def build_jobs(records: list[Record], settings: list[str], builder: PromptBuilde
                 continue
             parts = make(rec.question, docs_for_setting(rec, setting, num_docs))
             try:
-                enc = encode(tokenizer, parts, max_length, with_target=False)
+                enc = encode(tokenizer, parts, max_length, with_output=False)
             except ValueError as err:
                 raise UserError(f"record {rec.id} ({setting}): {err}; raise data.max_length") from None
             trunc.add(enc, rec.id)

@@ -49,7 +49,7 @@ def probe_prompts(records: Sequence[Record], setting: str, builder: PromptBuilde
     for rec in records:
         if has_setting(rec, setting):
             parts = make(rec.question, docs_for_setting(rec, setting, num_docs))
-            prompts.append(encode(tokenizer, parts, max_length, with_target=False).input_ids)
+            prompts.append(encode(tokenizer, parts, max_length, with_output=False).input_ids)
             kept.append(rec)
     return kept, prompts
 

@@ -203,7 +203,7 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
         rec = rows[i][2]
         try:
             enc = encode(tokenizer, builder.teacher(rec.question, shown_docs(rec, num_docs)), cfg.data.max_length,
-                         with_target=False)
+                         with_output=False)
         except ValueError as err:
             raise UserError(f"record {rec.id}: {err}; raise data.max_length") from None
         trunc.add(enc, rec.id)

@@ -257,7 +257,7 @@ def _plan(shape: Shape, out: str) -> dict:
     shape.llama_config().save_pretrained(folder)
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "plan.py"), "--model", folder, "--nodes", "1",
            "--gpus-per-node", "1", "--gpu-gib", "139", "--seq-len", str(shape.seq), "--micro-batch", "1",
-           "--stage2-target-tokens", str(_answer_tokens(shape, 2)), "--json"]
+           "--stage2-label-tokens", str(_answer_tokens(shape, 2)), "--json"]
     if shape.device == "cpu":
         cmd += ["--ds-config", os.path.join(ROOT, "ds_configs", "cpu_zero3.json")]
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout)
@@ -308,14 +308,14 @@ def _batch(shape: Shape, stage: int):
 def _stage_step(shape: Shape, out: str, stage: int) -> list[dict]:
     import torch
 
-    from train.loop import target_loss
+    from train.loop import label_loss
 
     plan = _plan(shape, out)[f"stage{stage}"]
     engine, _, _ = _zero3_engine(shape, stage)
     batch = _batch(shape, stage)
     losses = []
     for _ in range(2):
-        loss = target_loss(engine, batch)  # as train/loop.py: logits only where the loss is
+        loss = label_loss(engine, batch)  # as train/loop.py: logits only where the loss is
         engine.backward_step(loss)
         losses.append(float(loss))
     rows = [row(f"stage {stage}: 2 ZeRO-3 bf16 steps, losses", [round(x, 4) for x in losses], "finite",

@@ -27,12 +27,12 @@ def build_options(args: argparse.Namespace) -> Options:
     o = Options(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_gib=args.gpu_gib, reserve_gib=args.reserve_gib,
         offload=args.offload, mining_seq_len=args.mining_seq_len, seq_len=args.seq_len,
-        stage2_target_tokens=args.stage2_target_tokens, micro_batch=args.micro_batch, chunk_rows=args.chunk_rows,
+        stage2_label_tokens=args.stage2_label_tokens, micro_batch=args.micro_batch, chunk_rows=args.chunk_rows,
         steps=args.steps, n_relevant=args.n_relevant,
         n_irrelevant=args.n_irrelevant, n_shared=args.n_shared, target_layers=args.target_layers,
         gradient_checkpointing=args.gradient_checkpointing, **buckets,
     )
-    for key in ("nodes", "gpus_per_node", "mining_seq_len", "seq_len", "stage2_target_tokens", "micro_batch",
+    for key in ("nodes", "gpus_per_node", "mining_seq_len", "seq_len", "stage2_label_tokens", "micro_batch",
                 "chunk_rows", "steps"):
         if getattr(o, key) < 1:
             raise PlanError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(o, key)}")
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ds-config", default="", help="read bucket sizes from this JSON (default ds_configs/zero3*.json)")
     ap.add_argument("--mining-seq-len", type=int, default=512, help="mining prompt tokens (one passage; default 512)")
     ap.add_argument("--seq-len", type=int, default=1024, help="stage sequence length (data.max_length; 1024)")
-    ap.add_argument("--stage2-target-tokens", type=int, default=256,
+    ap.add_argument("--stage2-label-tokens", type=int, default=256,
                     help="tokens with a loss in a stage-2 sequence (its evidence and answer; default 256); logits "
                          "exist only there (stage 1: its one end token)")
     ap.add_argument("--micro-batch", type=int, default=1, help="stage micro-batch per GPU (default 1)")

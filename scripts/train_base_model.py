@@ -54,9 +54,9 @@ def collate(tok, examples, device="cpu"):
     rows, weights = [], []
     for ex in examples:
         prompt = [tok.bos_token_id] + tok(ex.prompt, add_special_tokens=False)["input_ids"]
-        target = tok(ex.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        rows.append(prompt + target)
-        weights.append([1.0] * len(prompt) + [-1.0] * len(target))  # -1 marks the answer span
+        output = tok(ex.output, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append(prompt + output)
+        weights.append([1.0] * len(prompt) + [-1.0] * len(output))  # -1 marks the answer span
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
     w = torch.zeros((len(rows), width))

@@ -32,7 +32,7 @@ def test_same_bytes_on_disk(tmp_path):
 def test_contents_and_ranking():
     splits = build_benchmark(0, 400)
     for r in splits["dev"]:
-        kinds = [p.kind for p in r.ctxs]
+        kinds = [p.role for p in r.ctxs]
         assert kinds.count("gold") == 1 and {"same_relation", "same_entity", "near_duplicate", "random"} <= set(kinds)
         scores = [p.score for p in r.ctxs]
         assert scores == sorted(scores, reverse=True)

@@ -74,7 +74,7 @@ CASES = {  # tokenizer, end-of-turn token
 }
 
 
-def _targets(enc) -> list[int]:
+def _label_ids(enc) -> list[int]:
     return [t for t in enc.labels if t != -100]
 
 
@@ -99,23 +99,23 @@ def test_prompt_is_the_user_turn_target_the_assistant_turn(case):
     for kind, parts in _kinds(b).items():
         enc = encode(tok, parts, 4096)
         # the ids are exactly the template's rendering of (user = prompt, assistant = target), cut after the stop
-        messages = [{"role": "user", "content": parts.text()}, {"role": "assistant", "content": parts.target or "X"}]
+        messages = [{"role": "user", "content": parts.text()}, {"role": "assistant", "content": parts.output or "X"}]
         full = tok.apply_chat_template(messages, tokenize=False)
-        if not parts.target:
+        if not parts.output:
             full = full.replace("X" + stop, stop, 1)
         ref = tok(full, add_special_tokens=False)["input_ids"]
         assert enc.input_ids == ref[:len(enc.input_ids)], kind
         assert enc.input_ids[-1] == stop_id and enc.input_ids.count(stop_id) == (3 if case == "smollm2" else 2)  # system, user, assistant
         # the loss covers exactly the assistant turn: target text + end-of-turn token
-        n = len(_targets(enc))
+        n = len(_label_ids(enc))
         assert enc.labels[:-n] == [-100] * (len(enc.labels) - n) and enc.prompt_len == len(enc.labels) - n
-        assert _targets(enc) == tok(parts.target, add_special_tokens=False)["input_ids"] + [stop_id], kind
-        assert tok.decode(_targets(enc)) == parts.target + stop
+        assert _label_ids(enc) == tok(parts.output, add_special_tokens=False)["input_ids"] + [stop_id], kind
+        assert tok.decode(_label_ids(enc)) == parts.output + stop
         # the prompt alone ends with the generation prompt (what generation starts from)
-        prompt = encode(tok, parts, 4096, with_target=False)
+        prompt = encode(tok, parts, 4096, with_output=False)
         gen = tok.apply_chat_template([{"role": "user", "content": parts.text()}], tokenize=False,
                                       add_generation_prompt=True)
-        assert prompt.input_ids == tok(gen, add_special_tokens=False)["input_ids"] and _targets(prompt) == []
+        assert prompt.input_ids == tok(gen, add_special_tokens=False)["input_ids"] and _label_ids(prompt) == []
         assert tok.decode(prompt.input_ids) == parts.rendered()
 
 
@@ -124,9 +124,9 @@ def test_stage1_target_is_the_end_of_turn_token(case):
     make, stop = CASES[case]
     tok = make()
     enc = encode(tok, prompt_builder(data_cfg(), tok).stage1(Q, DOCS), 4096)
-    assert _targets(enc) == [tok.convert_tokens_to_ids(stop)]
+    assert _label_ids(enc) == [tok.convert_tokens_to_ids(stop)]
     if case == "llama3":  # not eos_token: the template closes the assistant turn with <|eot_id|>
-        assert tok.eos_token_id not in _targets(enc)
+        assert tok.eos_token_id not in _label_ids(enc)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -152,7 +152,7 @@ def test_truncation_cuts_documents_only(case):
     full = encode(tok, parts, 100_000)
     enc = encode(tok, parts, 600)
     assert enc.truncated and len(enc.input_ids) == 600 and len(full.input_ids) > 600
-    assert _targets(enc) == _targets(full)
+    assert _label_ids(enc) == _label_ids(full)
     text = tok.decode(enc.input_ids)
     assert text.startswith(b.chat.user_prefix + parts.head) and (parts.tail + b.chat.user_suffix) in text
     with pytest.raises(ValueError):  # prompt wrapping + question + target alone do not fit
@@ -167,7 +167,7 @@ def test_mining_target_is_the_first_token_of_the_assistant_turn(case):
     make, _ = CASES[case]
     tok = make()
     b = prompt_builder(data_cfg(), tok)
-    assert b.yes_word == "YES" and b.target_prefix == ""
+    assert b.yes_word == "YES" and b.output_prefix == ""
     rec = SimpleNamespace(id="q1", question=Q, answers=["Plimford"])
     yes = ExampleBuilder(tok, b, "yes_prob", "query", 4096)
     assert yes.yes_id == tok("YES", add_special_tokens=False)["input_ids"][0]
@@ -197,7 +197,7 @@ def test_no_template_auto_equals_never_and_plain_builder():
         b = prompt_builder(data_cfg(mode, "compact"), tok)
         assert b.chat is None and b.stop_ids == [] and b.yes_word == plain.yes_word == "yes"
         for (kind, p1), p2 in zip(_kinds(b).items(), _kinds(plain).values()):
-            for kw in ({}, {"with_target": False}, {"add_eos": False}):
+            for kw in ({}, {"with_output": False}, {"add_eos": False}):
                 assert encode(tok, p1, 256, **kw) == encode(tok, p2, 256, **kw), (mode, kind)
 
 
@@ -206,7 +206,7 @@ def test_never_ignores_a_template():
     b = prompt_builder(data_cfg("never"), tok)
     assert b.chat is None and b.yes_word == " YES"
     enc = encode(tok, b.stage1(Q, DOCS), 4096)
-    assert _targets(enc) == [tok.eos_token_id] and enc.input_ids[0] == tok.bos_token_id
+    assert _label_ids(enc) == [tok.eos_token_id] and enc.input_ids[0] == tok.bos_token_id
 
 
 def test_always_without_template_is_refused():
@@ -269,7 +269,7 @@ def _freeze_clock(monkeypatch, year: int, month: int, day: int) -> None:
 
 
 def _mining_ids(b: PromptBuilder, tok) -> list[int]:
-    return encode(tok, b.mining(Q, "Plimford", DOCS[0]), 4096, with_target=False).input_ids
+    return encode(tok, b.mining(Q, "Plimford", DOCS[0]), 4096, with_output=False).input_ids
 
 
 def test_llama31_prompt_does_not_change_with_the_date(monkeypatch):
@@ -347,8 +347,8 @@ def test_baseline_is_the_prompt_minus_the_passage(case):
            "llama31": lambda: llama3_tokenizer(LLAMA31_TEMPLATE)}[case]()
     b = prompt_builder(data_cfg("never" if case == "plain" else "auto"), tok)
     assert (b.chat is None) == (case == "plain")
-    full = encode(tok, b.mining(Q, "Plimford", DOCS[0]), 4096, with_target=False).input_ids
-    base = encode(tok, b.mining(Q, "Plimford", None), 4096, with_target=False).input_ids
+    full = encode(tok, b.mining(Q, "Plimford", DOCS[0]), 4096, with_output=False).input_ids
+    base = encode(tok, b.mining(Q, "Plimford", None), 4096, with_output=False).input_ids
     passage = tok(b.style.sep + DOCS[0].text, add_special_tokens=False)["input_ids"]
     assert len(full) == len(base) + len(passage)
     assert _without_span(full, passage) == [base]  # the only difference: the passage (and its separator)

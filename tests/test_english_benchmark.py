@@ -92,7 +92,7 @@ def test_schema_round_trip_and_settings(tmp_path, splits):
         assert r.id and r.question.endswith("?") and len(r.answers) == 1 and r.evidence
         assert all(p.score is not None for p in r.ctxs)
         assert [p.score for p in r.ctxs] == sorted((p.score for p in r.ctxs), reverse=True)
-        assert len(r.ctxs) >= 7 and sum(p.kind == "gold" for p in r.ctxs) == 1
+        assert len(r.ctxs) >= 7 and sum(p.role == "gold" for p in r.ctxs) == 1
         assert {"kind", "known", "relation", "entity", "counterfactual_answer"} <= set(r.meta)
         assert normalize(r.answers[0]) in normalize(" ".join(p.text for p in docs_for_setting(r, "gold")))
         assert len(docs_for_setting(r, "noise_only", 5)) == 5 and has_setting(r, "counterfactual")
@@ -105,19 +105,19 @@ def test_has_answer_is_right(splits):
         for r in recs:
             for p in r.ctxs + r.counterfactual_ctxs:
                 by_text = passage_has_answer(Passage(p.title, p.text), r.answers)
-                assert p.has_answer == by_text == (p.kind == "gold"), (r.id, p)
+                assert p.has_answer == by_text == (p.role == "gold"), (r.id, p)
             cf = r.counterfactual_ctxs[0]
             assert normalize(r.meta["counterfactual_answer"]) in normalize(cf.text) and r.meta["entity"] in cf.text
             assert normalize(r.meta["counterfactual_answer"]) != normalize(r.answers[0])
 
 
 def test_distractors_have_the_gold_shapes(splits):
-    kinds = Counter(p.kind for recs in splits.values() for r in recs for p in r.ctxs)
+    kinds = Counter(p.role for recs in splits.values() for r in recs for p in r.ctxs)
     for k in ("gold", "same_relation", "same_entity", "near_duplicate", "random"):
         assert kinds[k] > 0, k
     for r in splits["train"]:
-        gold = next(p for p in r.ctxs if p.kind == "gold")
-        near = [p for p in r.ctxs if p.kind == "near_duplicate"]
+        gold = next(p for p in r.ctxs if p.role == "gold")
+        near = [p for p in r.ctxs if p.role == "near_duplicate"]
         sentences = re.compile(r"[.!?](?:\s|$)")
         assert near and len(sentences.findall(near[0].text)) == len(sentences.findall(gold.text.replace(r.answers[0], "X")))
         assert not re.search(r"(?<!\w)" + re.escape(r.meta["entity"]) + r"(?!\w)", near[0].text)

@@ -121,7 +121,7 @@ def test_lora_rank_matches_neurorit_count_within_ten_percent(shape, tiny_model):
     nmap = NeuronMap(groups, targets, model_fingerprint(model))
     neurorit = sum(recipes.build(r).planned_count(model, nmap, 0) for r in methods.get("neurorit").stages.values())
     rank = lora.rank_to_match(model, neurorit)
-    count = rank * sum(i + o for i, o in lora.target_linears(model).values())
+    count = rank * sum(i + o for i, o in lora.lora_linears(model).values())
     assert abs(count - neurorit) <= 0.1 * neurorit, (rank, count, neurorit)
 
 
@@ -140,7 +140,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(tiny_model):
     tokens = torch.tensor([[2, 5, 9, 14, 20, 7, 3]])
     with torch.no_grad():
         adapted = model(tokens).logits
-    assert lora.merge_lora(model) == len(lora.target_linears(model))
+    assert lora.merge_lora(model) == len(lora.lora_linears(model))
     assert not any("lora" in n for n, _ in model.named_parameters())
     assert get_ffn_layout(model).ffn_modules(model)[0].gate_proj.__class__ is torch.nn.Linear
     with torch.no_grad():

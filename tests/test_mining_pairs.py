@@ -26,7 +26,7 @@ def test_english_pairs_are_offtopic_and_hold_the_answer():
         assert not _text_has(irr, [entity_of(record)])
         donor = donors[id(irr)]
         assert donor.id != record.id and entity_of(donor) != entity_of(record)
-        assert irr.kind == "gold"  # another question's answer-bearing passage
+        assert irr.role == "gold"  # another question's answer-bearing passage
 
 
 def test_pairs_are_seeded():

@@ -23,7 +23,7 @@ TINY = {"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_h
 
 def tiny_options(**kw):
     base = dict(nodes=1, gpus_per_node=2, gpu_gib=1.0, reserve_gib=0.5, offload=False, mining_seq_len=4, seq_len=6,
-                stage2_target_tokens=256,
+                stage2_label_tokens=256,
                 micro_batch=3, chunk_rows=5, steps=20, n_relevant=2, n_irrelevant=3, n_shared=1, target_layers=1,
                 gradient_checkpointing=False, prefetch_bucket=10, reduce_bucket=20, overlap_comm=True)
     base.update(kw)
@@ -72,7 +72,7 @@ def test_tiny_plan_by_hand():
     assert s1["max_micro_batch_no_ckpt"] == (usable - (1704 + 1024 + 120 + 216 + 432)) // 3968
     # checkpointing: layer inputs 2 x 6 x (2 x 8) + one layer recomputed 2 x 6 x 152 + logits
     assert s1["max_micro_batch_ckpt"] == (usable - 3496) // (2 * 6 * (2 * 8 + 152) + 320)
-    short = plan_mod.plan(plan_mod.shape_from_config("tiny", TINY), tiny_options(stage2_target_tokens=2))
+    short = plan_mod.plan(plan_mod.shape_from_config("tiny", TINY), tiny_options(stage2_label_tokens=2))
     assert short["stage2"]["per_sequence"] == 2 * 6 * 2 * 152 + 10 * 2 * 32
     assert s1["cpu_per_node"] == 0
 

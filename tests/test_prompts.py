@@ -17,8 +17,8 @@ def test_kinds_compact():
     assert b.mining(q, "red", DOCS[0]).text() == f"verify doc : {DOCS[0].text} question : {q} proposed : red reply :"
     assert b.mining(q, "red", None).text() == f"verify doc : question : {q} proposed : red reply :"
     s1 = b.stage1(q, DOCS[:2])
-    assert s1.text().startswith("filter doc :") and s1.target == ""
-    assert b.stage2(q, DOCS, "").target == "none ."
+    assert s1.text().startswith("filter doc :") and s1.output == ""
+    assert b.stage2(q, DOCS, "").output == "none ."
     assert b.two_step(q, DOCS).text().endswith(f"question : {q} evidence :")
     for parts in (s1, b.stage2(q, DOCS, f"{NAMES[0]} color red ."), b.answer_only(q, DOCS, "red")):
         assert TOK.unk_token_id not in encode(TOK, parts, 512).input_ids
@@ -63,8 +63,8 @@ def test_compact_baseline_differs_by_the_passage_tokens_only():
     tokenizer, removing the passage's tokens from the attributed prompt gives the baseline exactly."""
     b = PromptBuilder("compact")
     q = f"{NAMES[0]} color ?"
-    full = encode(TOK, b.mining(q, "red", DOCS[0]), 512, with_target=False, add_eos=False).input_ids
-    base = encode(TOK, b.mining(q, "red", None), 512, with_target=False, add_eos=False).input_ids
+    full = encode(TOK, b.mining(q, "red", DOCS[0]), 512, with_output=False, add_eos=False).input_ids
+    base = encode(TOK, b.mining(q, "red", None), 512, with_output=False, add_eos=False).input_ids
     passage = TOK(" " + DOCS[0].text, add_special_tokens=False)["input_ids"]
     cut = len(TOK("verify doc :", add_special_tokens=False)["input_ids"]) + 1  # + BOS
     assert full[:cut] + full[cut + len(passage):] == base and full[cut:cut + len(passage)] == passage

@@ -14,7 +14,7 @@ from tests.support.models import tiny_model
 from tests.support.workspaces import (GROUPS, HIDDEN, INTERMEDIATE, PEOPLE, TARGET_LAYERS, setup_trainable,
                                       training_neuron_map, training_tokenizer)
 from train.data import Batching, ExampleFormat, StepPlan, build_examples, eval_batches, evidence_for
-from train.loop import enable_gradient_checkpointing, target_logits, target_loss
+from train.loop import enable_gradient_checkpointing, label_logits, label_loss
 
 
 def test_step_plan_splits_each_epoch_across_ranks_and_groups_lengths():
@@ -181,7 +181,7 @@ def test_gradient_checkpointing_reaches_deltas_behind_frozen_layers():
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "phi3", "qwen2_moe"])
-def test_target_loss_equals_the_full_logits_loss_from_the_target_columns_only(family):
+def test_label_loss_equals_the_full_logits_loss_from_the_target_columns_only(family):
     model = tiny_model(family, seed=3)
     ids = torch.randint(3, 97, (3, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
@@ -191,10 +191,10 @@ def test_target_loss_equals_the_full_logits_loss_from_the_target_columns_only(fa
     labels[1, 6:9] = ids[1, 6:9]
     labels[2, 10:] = ids[2, 10:]
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    logits, kept = target_logits(model, batch)
+    logits, kept = label_logits(model, batch)
     assert logits.shape == (3, 5, 97) and kept.shape == (3, 5)  # columns 5, 6, 7, 9, 10 only
     assert int((kept != -100).sum()) == 6
-    fast = target_loss(model, batch)
+    fast = label_loss(model, batch)
     fast.backward()
     fast_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()

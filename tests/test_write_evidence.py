@@ -67,7 +67,7 @@ def _teacher_texts(records) -> dict:
     model = load_causal_lm(TEACHER, dtype="float32", attn_implementation="auto")
     builder = PromptBuilder("compact")
     ask = [r for r in records if not r.evidence]
-    prompts = [encode(tok, builder.teacher(r.question, we.shown_docs(r, NUM_DOCS)), 256, with_target=False).input_ids
+    prompts = [encode(tok, builder.teacher(r.question, we.shown_docs(r, NUM_DOCS)), 256, with_output=False).input_ids
                for r in ask]
     eos = eos_ids_of(model, tok, builder.stop_ids)
     out = generate_all(model, prompts, MAX_NEW, BATCH, eos, pad_id_of(tok, eos))

@@ -34,7 +34,7 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def evidence_for(record: Record, docs, builder: PromptBuilder) -> str:
-    """The stage-2 target: the record's evidence, else the answer-bearing sentences of ``docs``, else the fixed
+    """The stage-2 output: the record's evidence, else the answer-bearing sentences of ``docs``, else the fixed
     no-evidence sentence."""
     if record.evidence.strip():
         return record.evidence.strip()
@@ -78,8 +78,8 @@ def build_examples(task: str, records: list[Record], fmt: ExampleFormat) -> tupl
                                         record.answers[0])
         try:
             enc = encode(fmt.tokenizer, parts, fmt.max_length)
-        except ValueError as err:  # the instruction, question and target alone exceed max_length
-            raise UserError(f"record {record.id}: {err}; raise data.max_length or shorten its target") from None
+        except ValueError as err:  # the instruction, question and output alone exceed max_length
+            raise UserError(f"record {record.id}: {err}; raise data.max_length or shorten its output") from None
         counter.add(enc, record.id)
         out.append(enc)
     return out, counter

@@ -107,9 +107,9 @@ def _on_device(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def target_logits(engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def label_logits(engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of the positions that have a loss, and only those: the columns of the batch where some
-    example has a target token (``logits_to_keep`` as indices). Stage 1's target is one token per example, so the
+    example has a label (``logits_to_keep`` as indices). Stage 1's label is one token per example (the end token), so the
     fp32 ``[batch, sequence, vocabulary]`` logits of a full forward (4.2 GB at 4 x 2048 tokens and a 128k
     vocabulary) are never built. The loss over what is returned equals the full-logits loss
     (``engine(**batch).loss``); ``tests/test_train_parts.py`` compares them."""
@@ -120,9 +120,9 @@ def target_logits(engine, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, labels[:, columns]
 
 
-def target_loss(engine, batch: dict, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy (in fp32) over the batch's target tokens, from ``target_logits``."""
-    logits, labels = target_logits(engine, batch)
+def label_loss(engine, batch: dict, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy (in fp32) over the batch's labels, from ``label_logits``."""
+    logits, labels = label_logits(engine, batch)
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
                                              reduction=reduction)
 
@@ -134,7 +134,7 @@ def dev_loss(engine, examples: list, micro: int, pad_id: int) -> float:
     with torch.no_grad():
         for idx, weight in eval_batches(len(examples), micro, parallel.world_size(), parallel.rank()):
             batch = _on_device(collate([examples[i] for i in idx], pad_id), engine.device)
-            loss = target_loss(engine, batch, reduction="sum")
+            loss = label_loss(engine, batch, reduction="sum")
             tokens = (batch["labels"][:, 1:] != -100).sum()
             total += weight * torch.tensor([float(loss), float(tokens)], dtype=torch.float64)
     engine.train()
@@ -149,7 +149,7 @@ def _train_step(engine: TrainEngine, plan: StepPlan, step: int, examples: list, 
     micro = plan.micro_batches(step)
     for idx in micro:
         batch = _on_device(collate([examples[i] for i in idx], pad_id), engine.device)
-        loss = target_loss(engine, batch)
+        loss = label_loss(engine, batch)
         norm = engine.backward_step(loss) or norm
         loss_sum += loss.item()
         tokens += int(batch["attention_mask"].sum())

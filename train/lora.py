@@ -19,14 +19,14 @@ import torch
 from model_patches import get_ffn_layout
 from neurorit import parallel
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj", "qkv_proj")
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "gate_up_proj", "qkv_proj")
 
 
 def _shape(param: torch.nn.Parameter) -> tuple[int, ...]:
     return tuple(getattr(param, "ds_shape", param.shape))
 
 
-def target_linears(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+def lora_linears(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     """``{module name: (in_features, out_features)}`` of the linears LoRA adapts (inside decoder layers only)."""
     layers = {id(m) for m in get_ffn_layout(model).layers(model)}
     out = {}
@@ -34,23 +34,23 @@ def target_linears(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
         if id(layer) not in layers:
             continue
         for name, module in layer.named_modules():
-            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS:
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_MODULES:
                 rows, cols = _shape(module.weight)
                 out[f"{lname}.{name}"] = (cols, rows)
     return out
 
 
-def rank_to_match(model: torch.nn.Module, target_params: int) -> int:
-    """The LoRA rank whose trainable count (``r x sum(in + out)``) is nearest ``target_params`` (at least 1)."""
-    per_rank = sum(i + o for i, o in target_linears(model).values())
-    return max(1, round(target_params / per_rank))
+def rank_to_match(model: torch.nn.Module, params: int) -> int:
+    """The LoRA rank whose trainable count (``r x sum(in + out)``) is nearest ``params`` (at least 1)."""
+    per_rank = sum(i + o for i, o in lora_linears(model).values())
+    return max(1, round(params / per_rank))
 
 
 def add_lora(model: torch.nn.Module, rank: int, alpha: float, seed: int) -> list[torch.nn.Parameter]:
     """Inject rank-``rank`` adapters; returns them (the only trainable parameters)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    names = sorted(target_linears(model))
+    names = sorted(lora_linears(model))
     config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, bias="none",
                         target_modules=names)
     inject_adapter_in_model(config, model)

@@ -156,8 +156,8 @@ class Lora(Recipe):
         rank = ctx.st.lora.rank
         if not rank:
             rules = methods.get(self.match_params_of).stages.values()
-            target = sum(build(r).planned_count(ctx.model, ctx.nmap, ctx.seed) for r in rules)
-            rank = lora.rank_to_match(ctx.model, target)
+            count = sum(build(r).planned_count(ctx.model, ctx.nmap, ctx.seed) for r in rules)
+            rank = lora.rank_to_match(ctx.model, count)
         params = lora.add_lora(ctx.model, rank, ctx.st.lora.alpha, ctx.seed)
         return Trainable(params=params, other_count=sum(numel(p) for p in params), details={"lora_rank": rank},
                          description=f"LoRA adapters of rank {rank}")

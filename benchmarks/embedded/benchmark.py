@@ -27,8 +27,8 @@ SPLIT_FRACTIONS = {"train": 0.7, "dev": 0.15, "test": 0.15}
 N_SAME_RELATION, N_RANDOM = 2, 4
 
 
-def _doc(facts: list[Fact], kind: str, has_answer: bool) -> Passage:
-    return Passage(title=facts[0].entity, text=" ".join(f.sentence() for f in facts), has_answer=has_answer, kind=kind)
+def _doc(facts: list[Fact], role: str, has_answer: bool) -> Passage:
+    return Passage(title=facts[0].entity, text=" ".join(f.sentence() for f in facts), has_answer=has_answer, role=role)
 
 
 class QuestionMaker:

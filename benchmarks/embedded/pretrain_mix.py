@@ -21,13 +21,13 @@ from benchmarks.embedded.world import RELATIONS, World
 
 TASK_WEIGHTS = {"qa": 0.35, "two_step": 0.35, "verify": 0.22, "summarize": 0.08}
 WORLD_SCENARIOS = {"closed": 0.35, "consistent": 0.25, "updating": 0.2, "irrelevant": 0.2}
-IRRELEVANT_KINDS = ("random", "same_entity")
+IRRELEVANT_ROLES = ("random", "same_entity")
 
 
 @dataclass
 class Example:
     prompt: str
-    target: str  # the part that carries the answer (weighted in the loss); EOS follows it
+    output: str  # the part that carries the answer (weighted in the loss); EOS follows it
 
 
 class PretrainMix:
@@ -70,7 +70,7 @@ class PretrainMix:
                 answer = cf.text.split()[2]
                 evidence = cf.text
             else:
-                pool = [p for p in rec.ctxs if p.kind in IRRELEVANT_KINDS]
+                pool = [p for p in rec.ctxs if p.role in IRRELEVANT_ROLES]
                 docs, evidence = rng.sample(pool, min(n_docs, len(pool))), ""
         rng.shuffle(docs)
         return rec.question, answer, docs, evidence, rec
@@ -83,7 +83,7 @@ class PretrainMix:
             parts = b.answer_only(question, docs)
             return Example(parts.text(), answer)
         if task == "two_step":
-            return Example(b.two_step(question, docs).text(), b.two_step_target(evidence, answer))
+            return Example(b.two_step(question, docs).text(), b.two_step_output(evidence, answer))
         if task == "summarize":
             return Example(b.stage2(question, docs, evidence).text(), evidence or b.no_evidence())
         return self._verify(rec)

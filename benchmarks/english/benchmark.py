@@ -90,20 +90,20 @@ class Builder:
         side = tpl.format(e=name, v=v).replace(f" a {v}", f" an {v}" if v[0] in "aeiou" else f" a {v}")
         return Entity(kind, name, values, side)
 
-    def _fresh_doc(self, ent: Entity, relations: list[str], kind: str, side: bool) -> Passage:
+    def _fresh_doc(self, ent: Entity, relations: list[str], role: str, side: bool) -> Passage:
         sents = [sentence(r, ent.name, ent.values[r], self.rng.randrange(3)) for r in relations]
         if side:
             sents.append(ent.side)
         self.rng.shuffle(sents)
-        return Passage(title=ent.name, text=" ".join(sents), kind=kind)
+        return Passage(title=ent.name, text=" ".join(sents), role=role)
 
-    def _real_doc(self, fact: RealFact, kind: str, value: Optional[str] = None, n_side: Optional[int] = None) -> Passage:
+    def _real_doc(self, fact: RealFact, role: str, value: Optional[str] = None, n_side: Optional[int] = None) -> Passage:
         side = list(fact.side)
         self.rng.shuffle(side)
         n_side = (int(self.rng.random() < GOLD_SIDE) if side else 0) if n_side is None else min(n_side, len(side))
         sents = [sentence(fact.relation, fact.entity, value or fact.value, self.rng.randrange(3))] + side[:n_side]
         self.rng.shuffle(sents)
-        return Passage(title=passage_title(fact, value or fact.value), text=" ".join(sents), kind=kind)
+        return Passage(title=passage_title(fact, value or fact.value), text=" ".join(sents), role=role)
 
     def _random_docs(self, avoid: set[str], pool: list[RealFact], n: int) -> list[Passage]:
         out = []
@@ -132,7 +132,7 @@ class Builder:
             parts = text.split("\x00")  # values sit at odd positions; rename the entity elsewhere only
             pat = re.compile(r"(?<!\w)" + re.escape(entity) + r"(?!\w)")
             return "".join(p if i % 2 else pat.sub(twin, p) for i, p in enumerate(parts))
-        return Passage(title=swap(gold.title), text=swap(gold.text), kind="near_duplicate")
+        return Passage(title=swap(gold.title), text=swap(gold.text), role="near_duplicate")
 
     # ------------------------------------------------------------------------------------ questions
     def real_question(self, qid: str, fact: RealFact, pool: list[RealFact], known: Optional[bool]) -> Record:
@@ -151,7 +151,7 @@ class Builder:
                 docs.append(self._real_doc(rng.choice(others), "same_entity", n_side=1))
             elif fact.side:
                 docs.append(Passage(title=passage_title(fact, fact.value), text=" ".join(fact.side),
-                                    kind="same_entity"))
+                                    role="same_entity"))
         docs.append(self._near_duplicate(gold, fact.entity, fact.value, *NEAR_DUPLICATE_KINDS[fact.relation]))
         docs += self._random_docs({fact.relation}, [f for f in pool if f.group != fact.group], N_RANDOM)
         cf_value = rng.choice([f.value for f in same]) if same else self.names.make("city")
@@ -177,7 +177,7 @@ class Builder:
             docs.append(self._fresh_doc(self.entity(kind), [relation], "same_relation", side=rng.random() < 0.5))
         same_ent = [r for r in extra if r not in gold_rels] or extra
         docs.append(self._fresh_doc(ent, same_ent[:1], "same_entity", side=True) if same_ent else
-                    Passage(title=ent.name, text=ent.side, kind="same_entity"))
+                    Passage(title=ent.name, text=ent.side, role="same_entity"))
         docs.append(self._near_duplicate(gold, ent.name, answer, kind, FRESH_VALUE[relation]))
         docs += self._random_docs({relation}, pool, N_RANDOM)
         cf_value = self.names.make(FRESH_VALUE[relation])
@@ -196,7 +196,7 @@ class Builder:
             if not passage_has_answer(Passage(p.title, p.text), answers):
                 kept.append(p)
         for p in kept:
-            p.has_answer = p.kind == "gold"
+            p.has_answer = p.role == "gold"
         cfs = [c for c in [cf] if not passage_has_answer(Passage(c.title, c.text), answers)]
         for c in cfs:
             c.has_answer = False

@@ -47,7 +47,7 @@ def poison(loss: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def install_nan(spec: str) -> None:
-    """Wrap the training step (to know the step) and its loss (``loop.target_loss``) to poison that step's loss;
+    """Wrap the training step (to know the step) and its loss (``loop.label_loss``) to poison that step's loss;
     the dev loss, computed between steps, is left alone."""
     from neurorit import parallel
     from train import loop
@@ -56,7 +56,7 @@ def install_nan(spec: str) -> None:
     at, what = int(parts[0]), parts[1]
     only = int(parts[2]) if len(parts) > 2 else None
     current = {"step": -1}
-    step_fn, loss_fn = loop._train_step, loop.target_loss
+    step_fn, loss_fn = loop._train_step, loop.label_loss
 
     def train_step(engine, plan, step, examples, pad_id):
         current["step"] = step + 1
@@ -65,14 +65,14 @@ def install_nan(spec: str) -> None:
         finally:
             current["step"] = -1
 
-    def target_loss(engine, batch, reduction="mean"):
+    def label_loss(engine, batch, reduction="mean"):
         loss = loss_fn(engine, batch, reduction)
         if current["step"] == at and (only is None or parallel.rank() == only):
             loss = poison(loss, what)
         return loss
 
     loop._train_step = train_step
-    loop.target_loss = target_loss
+    loop.label_loss = label_loss
 
 
 def install_export_kill(spec: str) -> None:

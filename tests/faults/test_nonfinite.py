@@ -56,7 +56,7 @@ def test_one_rank_nonfinite_stops_naming_the_step(what, config, straight_one_ran
     cfg = load_config(config, ["--stage1.output_dir", out])
     with monkeypatch.context() as patch:
         patch.setattr(loop, "_train_step", loop._train_step)
-        patch.setattr(loop, "target_loss", loop.target_loss)
+        patch.setattr(loop, "label_loss", loop.label_loss)
         dist_stage.install_nan(f"{BAD}:{what}")
         with pytest.raises(UserError) as err:
             loop.run_stage("stage1", cfg)
