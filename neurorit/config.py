@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from neurorit import methods
-from neurorit.settings import SETTINGS
+from neurorit import settings as setting_registry
 from neurorit.config_help import config_reference
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text
@@ -329,8 +329,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                             f"{', '.join(methods.stage_methods(name))}")
     check_trackers(cfg.runtime.report_to)
     for s in cfg.eval.settings:
-        if s not in SETTINGS:
-            raise UserError(f"config key 'eval.settings': {s!r} is not allowed; use any of {', '.join(SETTINGS)}")
+        if s not in setting_registry.REGISTRY:
+            raise UserError(f"config key 'eval.settings': {s!r} is not allowed; use any of "
+                            f"{', '.join(setting_registry.names())}")
     ev = cfg.eval
     if ev.batch_size <= 0:
         raise UserError(f"config key 'eval.batch_size' must be > 0, got {ev.batch_size}")
@@ -340,9 +341,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise UserError(f"config key 'eval.tensor_parallel_size' must be >= 1, got {ev.tensor_parallel_size}")
     sel = cfg.selection
     for s in sel.settings:
-        if s not in SETTINGS:
+        if s not in setting_registry.REGISTRY:
             raise UserError(f"config key 'selection.settings': {s!r} is not allowed; use any of "
-                            f"{', '.join(SETTINGS)}")
+                            f"{', '.join(setting_registry.names())}")
     if any(v <= 0 for v in [*sel.lrs, *sel.stage1_lrs, *sel.stage1_steps]):
         raise UserError("config keys 'selection.lrs', 'selection.stage1_lrs' and 'selection.stage1_steps' must hold "
                         "values > 0")

@@ -70,7 +70,9 @@ def _closed_book(record: Record, k: int) -> list[Passage]:
     return []
 
 
-SETTINGS = tuple(REGISTRY)  # the registered names, in the order the report shows them
+def names() -> tuple:
+    """The registered settings' names, in registration order (the order of the report)."""
+    return tuple(REGISTRY)
 
 
 def get(name: str) -> Setting:

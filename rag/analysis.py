@@ -30,7 +30,7 @@ from neurorit.files import atomic_write_text
 from neurorit.metrics import bootstrap_ci, mean
 from neurorit.run_layout import PREDICTIONS_SUFFIX, SUMMARY, RunLayout, StageFiles, analysis_files
 from neurorit.neuron_map import GROUPS, NeuronMap
-from neurorit.settings import SETTINGS
+from neurorit.settings import names as setting_names
 from rag.report import ordered
 
 
@@ -56,9 +56,10 @@ def load_predictions(eval_dirs: list[str]) -> dict[str, dict[tuple[str, str], di
 
 
 def in_setting_order(names) -> list[str]:
-    """``names`` in the order of ``neurorit.settings.SETTINGS`` (the order of results.md), unknown ones last."""
+    """``names`` in the order of the settings registry (``neurorit/settings.py``, the order of results.md), unknown ones last."""
     names = set(names)
-    return [s for s in SETTINGS if s in names] + sorted(names - set(SETTINGS))
+    known = setting_names()
+    return [s for s in known if s in names] + sorted(names - set(known))
 
 
 def settings_of(preds: dict[tuple[str, str], dict]) -> list[str]:

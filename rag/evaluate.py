@@ -51,7 +51,7 @@ from rag.generate import Decoding, eos_ids_of, length_batches, pad_id_of
 from rag.resume import BatchStore, MemoryStore, fingerprint
 from neurorit.prompts import PromptBuilder, TruncationCounter, encode, prompt_builder
 from neurorit.records import Record, load_records, select_by_kind
-from neurorit.settings import SETTINGS, docs_for_setting, has_setting
+from neurorit.settings import docs_for_setting, has_setting, names as setting_names
 
 log = logging.getLogger("rag.evaluate")
 
@@ -118,7 +118,7 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
     """
     ev = cfg.eval
     backend = as_backend(model)
-    settings = [s for s in ev.settings if s in SETTINGS]
+    settings = [s for s in ev.settings if s in setting_names()]
     builder = prompt_builder(cfg.data, tokenizer)
     jobs, prompts, trunc = build_jobs(records, settings, builder, tokenizer, ev.instruction, cfg.data.num_docs,
                                       cfg.data.max_length)

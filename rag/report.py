@@ -26,8 +26,7 @@ from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_save_figure, atomic_write_text
 from neurorit.methods import REPORT_ORDER
 from neurorit.run_layout import EVAL_SUFFIX, RunLayout, eval_files, evaluated_names, results_files
-from neurorit.settings import SETTINGS
-from neurorit.settings import legend as settings_legend
+from neurorit import settings as setting_registry
 
 
 
@@ -64,7 +63,8 @@ def ordered(names) -> list[str]:
 def _stats(block: dict) -> dict:
     """Keep the known settings, in canonical order, with exactly the four reported numbers."""
     out = {}
-    for setting in [s for s in SETTINGS if s in block] + sorted(s for s in block if s not in SETTINGS):
+    known = setting_registry.names()
+    for setting in [s for s in known if s in block] + sorted(s for s in block if s not in known):
         st = block[setting]
         out[setting] = {"match": float(st["match"]), "em": float(st["em"]), "f1": float(st["f1"]),
                         "match_ci95": [float(st["match_ci95"][0]), float(st["match_ci95"][1])]}
@@ -91,7 +91,8 @@ def _settings_of(results: dict, kind: Optional[str] = None) -> list[str]:
     for m in results["methods"].values():
         block = m["settings"] if kind is None else m["by_kind"].get(kind, {})
         seen += [s for s in block if s not in seen]
-    return [s for s in SETTINGS if s in seen] + [s for s in seen if s not in SETTINGS]
+    known = setting_registry.names()
+    return [s for s in known if s in seen] + [s for s in seen if s not in known]
 
 
 def _kinds_of(results: dict) -> list[str]:
@@ -125,7 +126,7 @@ def render_markdown(results: dict, counts: Optional[dict[str, dict]] = None) -> 
     """results.md text. ``counts``: optional ``{setting: questions}`` shown under the first table."""
     out = ["# Results", "",
            "Match (%, normalized gold answer contained in the extracted answer) with its 95% bootstrap interval; "
-           + settings_legend(), "", "## All questions", ""]
+           + setting_registry.legend(), "", "## All questions", ""]
     out += _table(results, None, "match", params=True)
     if counts:
         out += ["", "Questions per setting: " + ", ".join(f"{s} {n}" for s, n in counts.items()) + "."]
