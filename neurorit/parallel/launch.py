@@ -72,6 +72,9 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
     lrank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         index = cuda_index(lrank, torch.cuda.device_count())
+        # DeepSpeed's engine and zero.Init call set_device(LOCAL_RANK) themselves: under --gpus-per-task=1 the
+        # node-local rank (SLURM_LOCALID 3) is not a visible ordinal, so LOCAL_RANK becomes the device index.
+        os.environ["LOCAL_RANK"] = str(index)
         torch.cuda.set_device(index)
         device = torch.device("cuda", index)
     else:
@@ -82,7 +85,8 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
 
         backend = "nccl" if device.type == "cuda" else "gloo"
         if world == 1:  # a plain `python entry.py`: an in-memory one-rank group (no port, no MPI discovery)
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(lrank))
+            os.environ.update(RANK="0", WORLD_SIZE="1")
+            os.environ.setdefault("LOCAL_RANK", str(lrank))
             tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1, timeout=DEFAULT_TIMEOUT)
         deepspeed.init_distributed(dist_backend=backend, timeout=DEFAULT_TIMEOUT)
         unlink_shm_buffer()
