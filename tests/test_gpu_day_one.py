@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.support.ranks import ROOT, child_env
+from tests.support.workspaces import mining_workspace, training_workspace
 
 # A rank of `srun --gpus-per-task=1`: SLURM_LOCALID 3 on a node, but the task sees one GPU. DeepSpeed's engine and
 # zero.Init call set_device(LOCAL_RANK), so LOCAL_RANK must name a visible device before DeepSpeed starts.
@@ -31,3 +32,77 @@ def test_srun_one_gpu_per_task_gives_deepspeed_local_rank_0():
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "set_device 0" in out.stdout and "LOCAL_RANK before DeepSpeed 0" in out.stdout, out.stdout
+
+
+@pytest.mark.distributed
+def test_mining_ranks_with_different_free_memory_agree_and_a_resume_reuses_the_choice(tmp_path, run_ranks):
+    """Rank 0 has room for a whole copy, rank 1 not: both mine under ZeRO-3 (before, rank 0 ran replicated and
+    rank 1 hung in ZeRO-3's collectives). The job is killed after a shard; requeued where both ranks have room, it
+    reuses the recorded choice and its shards."""
+    from attribution.stats import read_choices
+
+    cfg = mining_workspace(str(tmp_path), zero_stage="auto")
+    out = str(tmp_path / "mined")
+    mine = ("tests/dist_scripts/mine_fake_memory.py", "--config", cfg, "--mining.output_dir", out)
+    crashed = run_ranks(*mine, env={"NEURORIT_TEST_FREE_GIB_R0": "1000", "NEURORIT_TEST_FREE_GIB_R1": "1e-6",
+                                    "NEURORIT_MINE_KILL_AFTER": "1:1"}, timeout=240, check=False)
+    assert crashed.returncode != 0 and "ZeRO-3 over the ranks" in crashed.stderr, crashed.stderr[-3000:]
+    assert read_choices(os.path.join(out, "stats")) == {"zero3": True, "chunk_rows": 3}
+    rerun = run_ranks(*mine, env={"NEURORIT_TEST_FREE_GIB_R0": "1000", "NEURORIT_TEST_FREE_GIB_R1": "1000"},
+                      timeout=240)
+    assert "reusing the auto choices" in rerun.stderr and "already in" in rerun.stderr
+    assert "a whole copy per rank" not in rerun.stderr
+    assert os.path.isfile(os.path.join(out, "neuron_map.safetensors"))
+
+
+def test_a_resume_reuses_the_recorded_chunk_rows_whatever_the_free_memory(tmp_path, monkeypatch):
+    """``chunk_rows: auto`` on an accelerator follows free memory and is part of the run's fingerprint: a requeued
+    job on GPUs with less free memory must mine with the rows its shards were mined with."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from attribution import mine
+    from attribution.stats import record_choices
+    from neurorit import memory
+    from neurorit.config import load_config
+
+    cfg = load_config(mining_workspace(str(tmp_path), chunk_rows="auto"))
+    monkeypatch.setattr(mine.parallel, "info", lambda: SimpleNamespace(device=torch.device("cuda", 0)))
+    stats, fresh = str(tmp_path / "stats"), str(tmp_path / "fresh")
+    os.makedirs(stats)
+    monkeypatch.setattr(memory, "rank_memory_bytes", lambda device: 10**12)
+    first = mine.agreed_choices(cfg, stats)
+    assert first == (False, cfg.mining.steps * 2)  # every (layer, step) row of an example: 2 layers x 4 steps
+    record_choices(stats, *first)
+    monkeypatch.setattr(memory, "rank_memory_bytes", lambda device: 1)
+    assert mine.agreed_choices(cfg, fresh) == (False, 1)  # what a job without shards would choose now
+    assert mine.agreed_choices(cfg, stats) == first
+
+
+def _floor(requirement: str) -> tuple:
+    for line in open(os.path.join(ROOT, "requirements.txt")):
+        name, _, spec = line.split("#")[0].strip().partition(">=")
+        if name == requirement:
+            return tuple(int(x) for x in spec.split(",")[0].split("."))
+    raise AssertionError(f"{requirement} not in requirements.txt")
+
+
+def test_deepspeed_floor_allows_non_reentrant_checkpointing_under_zero3():
+    """train/loop.py checkpoints with use_reentrant=False; with frozen weights under ZeRO-3 that raises
+    CheckpointError on DeepSpeed below 0.19.3 (deepspeedai/DeepSpeed PR 8148)."""
+    assert "use_reentrant\": False" in open(os.path.join(ROOT, "train", "loop.py")).read()
+    assert _floor("deepspeed") >= (0, 19, 3)
+
+
+@pytest.mark.distributed
+def test_two_rank_zero3_trains_with_gradient_checkpointing_and_frozen_weights(tmp_path, run_ranks):
+    from safetensors.torch import load_file
+    import torch
+
+    config = training_workspace(str(tmp_path), stage_overrides={"gradient_checkpointing": True})
+    run_ranks("train/stage1.py", "--config", config)
+    base = load_file(str(tmp_path / "model" / "model.safetensors"))
+    tuned = load_file(str(tmp_path / "out" / "stage1" / "export" / "model.safetensors"))
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(".mlp." in k for k in changed)  # the deltas learned behind frozen, checkpointed layers
