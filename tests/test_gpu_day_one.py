@@ -106,3 +106,29 @@ def test_two_rank_zero3_trains_with_gradient_checkpointing_and_frozen_weights(tm
     tuned = load_file(str(tmp_path / "out" / "stage1" / "export" / "model.safetensors"))
     changed = {k for k in base if not torch.equal(base[k], tuned[k])}
     assert changed and all(".mlp." in k for k in changed)  # the deltas learned behind frozen, checkpointed layers
+
+
+class _NoBuild:
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("Error building extension 'fused_adam': ninja not found")
+
+
+def test_the_summary_names_the_optimizer_that_ran(tmp_path, monkeypatch, single_rank_env):
+    """A FusedAdam that could not build falls back to torch's AdamW: train_summary.json says which one ran."""
+    import json
+
+    import deepspeed.ops.adam
+    import torch
+
+    from neurorit.config import load_config
+    from neurorit.parallel import build_optimizer, optimizer_name
+    from train.loop import run_stage
+
+    monkeypatch.setattr(deepspeed.ops.adam, "FusedAdam", _NoBuild)
+    fallback = build_optimizer([torch.nn.Parameter(torch.zeros(2))], "adamw", 1e-3, 0.0, device=torch.device("cuda"))
+    assert optimizer_name(fallback) == "torch.optim.adamw.AdamW"
+    cfg = load_config(training_workspace(str(tmp_path), stage_overrides={"max_steps": 1}))
+    summary = run_stage("stage1", cfg)
+    assert summary["optimizer"] == "torch.optim.adamw.AdamW"
+    with open(tmp_path / "out" / "stage1" / "train_summary.json") as fh:
+        assert json.load(fh)["optimizer"] == "torch.optim.adamw.AdamW"

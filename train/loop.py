@@ -270,7 +270,8 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         monitor.print(f"stopped after step {step} of {plan.total_steps}; rerun the same command to resume")
         return {"stage": stage, "step": step, "total_steps": plan.total_steps, "finished": False}
     ctx.model = engine.module
-    return _finish(run, ctx, trainable, tokenizer, {"step": step, "loss": last["loss"]})
+    return _finish(run, ctx, trainable, tokenizer, {"step": step, "loss": last["loss"],
+                                                    "optimizer": parallel.optimizer_name(optimizer)})
 
 
 def check_finite(step: int, stats: dict, ckpt_dir: str) -> None:
@@ -291,7 +292,8 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
     extra = run.recipe.before_export(ctx)
     export_hf(ctx.model, export_dir, tokenizer=tokenizer, fold_deactivation=run.recipe.fold_irrelevant_only)
     summary = {"stage": run.stage, "method": run.st.method, "step": last["step"], "finished": True,
-               "final_loss": last["loss"], "trainable_params": trainable.count, "init_from": run.init_from,
+               "final_loss": last["loss"], "optimizer": last.get("optimizer"), "trainable_params": trainable.count,
+               "init_from": run.init_from,
                **trainable.details,
                "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # AVX2 vs AVX512 round differently
                "export_dir": export_dir, "neuron_map_hash": run.nmap.hash() if run.nmap else None, **extra}

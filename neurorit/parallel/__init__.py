@@ -18,10 +18,10 @@ from neurorit.parallel.collectives import (all_gather_objects, all_reduce_sum, b
                                        shard_indices, world_size)
 from neurorit.parallel.ds_config import DS_CONFIG_DIR, ds_config_for
 from neurorit.parallel.launch import DistInfo, end_process, info, init_distributed, make_deterministic, shutdown
-from neurorit.parallel.optim import build_optimizer, lr_factor
+from neurorit.parallel.optim import build_optimizer, lr_factor, optimizer_name
 from neurorit.parallel.strategy import Strategy, TrainEngine, gathered, to_universal, zero3_loading
 
 __all__ = ["DS_CONFIG_DIR", "DistInfo", "Strategy", "TrainEngine", "all_gather_objects", "all_reduce_sum", "barrier",
            "broadcast_object", "build_optimizer", "ds_config_for", "end_process", "gathered", "info", "init_distributed",
-           "is_main", "lr_factor", "make_deterministic", "rank", "shard_indices", "shutdown", "to_universal", "world_size",
-           "zero3_loading"]
+           "is_main", "lr_factor", "make_deterministic", "optimizer_name", "rank", "shard_indices", "shutdown",
+           "to_universal", "world_size", "zero3_loading"]
