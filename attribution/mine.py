@@ -261,6 +261,9 @@ def main(argv=None) -> None:
 
     args, cfg = parse_args("Mine a neuron map with integrated gradients (docs/DESIGN.md §2).", argv)
     runtime.start(cfg.runtime, args.local_rank)
+    if parallel.exact_reductions(parallel.info().device, cfg.model.dtype) and parallel.is_main():
+        print(f"mining: {cfg.model.dtype} matmuls on CUDA reduce in fp32 (cuBLAS reduced-precision reductions off)",
+              file=sys.stderr, flush=True)
     m = cfg.mining
     files = RunLayout.of(cfg).mining
     pairs = offtopic_mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)

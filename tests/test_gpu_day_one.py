@@ -132,3 +132,41 @@ def test_the_summary_names_the_optimizer_that_ran(tmp_path, monkeypatch, single_
     assert summary["optimizer"] == "torch.optim.adamw.AdamW"
     with open(tmp_path / "out" / "stage1" / "train_summary.json") as fh:
         assert json.load(fh)["optimizer"] == "torch.optim.adamw.AdamW"
+
+
+@pytest.fixture
+def reductions():
+    """cuBLAS's reduced-precision flags as they were, restored after the test (they are process-wide)."""
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    saved = (matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction)
+    matmul.allow_bf16_reduced_precision_reduction = matmul.allow_fp16_reduced_precision_reduction = True
+    yield matmul
+    matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction = saved
+
+
+def test_bf16_mining_on_cuda_turns_off_reduced_precision_reductions(tmp_path, monkeypatch, reductions, capsys):
+    """cuBLAS reduces bf16 matmuls partly in bf16 by default; the CPU bounds of tests/test_bf16_ig.py assume fp32
+    accumulation. Mining on CUDA in bf16 turns that off and says so; on CPU nothing changes."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from attribution import mine
+    from neurorit import parallel
+
+    seen = []
+    real = parallel.exact_reductions
+    monkeypatch.setattr(parallel, "exact_reductions", lambda device, dtype: seen.append((device, dtype)) or
+                        real(torch.device("cuda", 0), "bfloat16"))
+    cfg = mining_workspace(str(tmp_path))
+    mine.main(["--config", cfg, "--mining.output_dir", str(tmp_path / "mined")])
+    assert seen == [(torch.device("cpu"), "float32")]  # the run's own device and dtype
+    assert not reductions.allow_bf16_reduced_precision_reduction
+    assert not reductions.allow_fp16_reduced_precision_reduction
+    assert "matmuls on CUDA reduce in fp32 (cuBLAS reduced-precision reductions off)" in capsys.readouterr().err
+    reductions.allow_bf16_reduced_precision_reduction = True
+    assert not real(torch.device("cpu"), "bfloat16") and reductions.allow_bf16_reduced_precision_reduction
+    assert not real(torch.device("cuda", 0), "float32") and reductions.allow_bf16_reduced_precision_reduction
+    assert real(torch.device("cuda", 0), "bfloat16") and not reductions.allow_bf16_reduced_precision_reduction

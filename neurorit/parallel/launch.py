@@ -127,6 +127,17 @@ def make_deterministic(on: bool = True, strict: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def exact_reductions(device: torch.device, dtype: str) -> bool:
+    """For attribution in bf16/fp16 on CUDA: cuBLAS may reduce a half-precision matmul partly in that precision
+    (split-K), so the bounds ``tests/test_bf16_ig.py`` measures on CPU (fp32 accumulation) would not hold. Turns
+    that off for this process; True where it did (the caller says so). Nothing changes on CPU or in fp32."""
+    if device.type != "cuda" or dtype not in ("bfloat16", "float16"):
+        return False
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    return True
+
+
 def info() -> DistInfo:
     return _INFO if _INFO is not None else init_distributed()
 
