@@ -170,3 +170,48 @@ def test_bf16_mining_on_cuda_turns_off_reduced_precision_reductions(tmp_path, mo
     assert not real(torch.device("cpu"), "bfloat16") and reductions.allow_bf16_reduced_precision_reduction
     assert not real(torch.device("cuda", 0), "float32") and reductions.allow_bf16_reduced_precision_reduction
     assert real(torch.device("cuda", 0), "bfloat16") and not reductions.allow_bf16_reduced_precision_reduction
+
+
+# ------------------------------------------------------------------------------------------ launch details
+COMMON = os.path.join(ROOT, "scripts", "slurm", "common.sh")
+
+
+def _bash(script: str, env: dict) -> str:
+    out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=child_env(env), capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_slurm_rendezvous_is_the_first_node_name_not_its_node_addr(tmp_path):
+    """torchrun's c10d store starts on the node that recognises the endpoint as itself: SLURM's NodeAddr may be
+    another interface's address, and then no node hosts it and every node waits."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text('#!/bin/bash\nif [[ "$1 $2" == "show hostnames" ]]; then printf "gpu07\\ngpu08\\n";'
+                                   ' else echo "NodeName=gpu07 NodeAddr=10.9.9.7 NodeHostName=gpu07"; fi\n')
+    (fake / "scontrol").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "gpu[07-08]",
+           "NR_STATE_DIR": str(tmp_path / "state"), "PYTHON": sys.executable, "NPROC_PER_NODE": "8"}
+    env = {k: v for k, v in {**os.environ, **env}.items() if k not in ("MASTER_ADDR", "NEURORIT_DIST_TIMEOUT_MIN")}
+    out = _bash(f'source {COMMON}; nr_setup >/dev/null; echo "$MASTER_ADDR $NEURORIT_DIST_TIMEOUT_MIN"', env)
+    assert out.split() == ["gpu07", "30"]
+
+
+def test_the_deepspeed_launcher_keeps_the_gpus_slurm_bound(tmp_path):
+    """The deepspeed launcher sets CUDA_VISIBLE_DEVICES=0..slots-1 on every node; on a shared node SLURM bound
+    GPUs 4-7 to the job, so each rank must map DeepSpeed's ids through them."""
+    show = tmp_path / "show.py"
+    show.write_text("import os\nprint(os.environ['CUDA_VISIBLE_DEVICES'])\n")
+    env = {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "NR_BOUND_GPUS": "4,5,6,7", "LOCAL_RANK": "1"}
+    assert _bash(f"bash {COMMON} --rank {sys.executable} {show}", env).splitlines()[-1] == "4,5,6,7"
+    env.pop("NR_BOUND_GPUS")  # a whole node (or torchrun): the ids stay
+    assert _bash(f"bash {COMMON} --rank {sys.executable} {show}", env).splitlines()[-1] == "0,1,2,3"
+
+
+def test_the_collective_timeout_is_30_minutes_and_configurable():
+    code = "from neurorit.parallel import launch; print(launch.DEFAULT_TIMEOUT.total_seconds() / 60)"
+    env = {k: v for k, v in child_env().items() if k != "NEURORIT_DIST_TIMEOUT_MIN"}
+    ran = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **extra}, capture_output=True,
+                          text=True, timeout=120).stdout.strip() for extra in ({}, {"NEURORIT_DIST_TIMEOUT_MIN": "7"})]
+    assert ran == ["30.0", "7.0"]

@@ -19,8 +19,9 @@ import torch.distributed as tdist
 
 from neurorit.parallel.workarounds import clear_stale_build_lock, unlink_shm_buffer
 
-# Long rank-0-only sections (mining, export) must not trip the collective timeout.
-DEFAULT_TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("NEURORIT_DIST_TIMEOUT_MIN", "120")))
+# How long a hung collective holds the job's GPUs (NEURORIT_DIST_TIMEOUT_MIN, minutes). Long rank-0-only sections
+# (writing mining's outputs, converting a checkpoint to the universal form) must fit in it: raise it for those.
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("NEURORIT_DIST_TIMEOUT_MIN", "30")))
 
 
 @dataclass
