@@ -215,3 +215,45 @@ def test_the_collective_timeout_is_30_minutes_and_configurable():
     ran = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, **extra}, capture_output=True,
                           text=True, timeout=120).stdout.strip() for extra in ({}, {"NEURORIT_DIST_TIMEOUT_MIN": "7"})]
     assert ran == ["30.0", "7.0"]
+
+
+# ------------------------------------------------------------------------------------------ GPU configs
+# (config, bundled model shape, the fewest 8-GPU nodes it is documented for)
+GPU_CONFIGS = [("llama3_8b_instruct", "Llama-3-8B", 1), ("llama3_70b_instruct", "Llama-3-70B", 1)]
+H100_GIB = 80.0
+
+
+@pytest.mark.parametrize("name,model,min_nodes", GPU_CONFIGS)
+@pytest.mark.parametrize("world", [8, 16, 32, 64])
+def test_gpu_configs_divide_and_fit_80gb_h100s(name, model, min_nodes, world, monkeypatch):
+    """Each shipped GPU config at 8-64 ranks: the batch divides (the micro-batch lowered as train/loop.py does),
+    the DeepSpeed JSON it runs with reduces and accumulates in fp32, and by the memory planner every phase fits an
+    80 GB H100 (mining: a whole copy per rank when ``auto`` would choose it, else ZeRO-3 with at least one row)."""
+    from attribution.mine import FIT_SHARE
+    from neurorit import memory, parallel
+    from neurorit.config import load_config
+
+    assert world >= 8 * min_nodes
+    cfg = load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
+    assert cfg.model.dtype == "bfloat16" and cfg.model.attn_implementation == "flash_attention_2"
+    assert (cfg.mining.n_relevant, cfg.mining.n_irrelevant, cfg.mining.n_shared, cfg.mining.n_target_layers) == \
+        (100, 100, 30, 3) and 389 <= cfg.mining.num_examples <= 400
+    shape = memory.shape_from_config(*memory.resolve_config(model))
+    ds_path = os.path.join(ROOT, "ds_configs", "zero3.json")
+    buckets = memory.buckets_from_ds_config(ds_path)
+    monkeypatch.setattr("neurorit.parallel.ds_config.world_size", lambda: world)
+    for st in (cfg.stage1, cfg.stage2):
+        assert st.zero_stage == 3 and not st.ds_config
+        micro = max(1, min(st.micro_batch_size, st.batch_size // world))  # as train/loop.py
+        ds = parallel.ds_config_for(3, st.batch_size, micro, ds_path, cfg.model.dtype)
+        assert ds["data_types"]["grad_accum_dtype"] == "fp32" and ds["communication_data_type"] == "fp32"
+        options = memory.Options(nodes=world // 8, gpus_per_node=8, gpu_gib=H100_GIB, seq_len=cfg.data.max_length,
+                                 mining_seq_len=cfg.data.max_length, micro_batch=micro, steps=cfg.mining.steps,
+                                 gradient_checkpointing=st.gradient_checkpointing, **buckets)
+        r = memory.plan(shape, options)
+        fp32_reduce = 2 * buckets["reduce_bucket"] * (2 if buckets["overlap_comm"] else 1)  # the planner counts bf16
+        stage = r["stage1" if st is cfg.stage1 else "stage2"]
+        assert stage["total"] + fp32_reduce <= r["usable"], (name, world, stage["total"] / 2**30)
+    whole_copy = memory.replicated_mining_bytes(shape, 2, cfg.data.max_length, 1)
+    if whole_copy > FIT_SHARE * H100_GIB * 2**30:  # mining.zero_stage auto partitions
+        assert r["mining"]["max_chunk_rows"] >= 1
