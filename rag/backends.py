@@ -146,7 +146,10 @@ class VLLMBackend:
 
     @classmethod
     def load(cls, path: str, cfg, max_model_len: Optional[int] = None) -> "VLLMBackend":
+        from model_patches.loading import refuse_rounding
+
         refuse_launchers()
+        refuse_rounding(path, cfg.model.dtype, "eval.backend vllm")  # serve what was trained, or say why not
         try:
             import vllm
         except ImportError as err:

@@ -257,3 +257,29 @@ def test_gpu_configs_divide_and_fit_80gb_h100s(name, model, min_nodes, world, mo
     whole_copy = memory.replicated_mining_bytes(shape, 2, cfg.data.max_length, 1)
     if whole_copy > FIT_SHARE * H100_GIB * 2**30:  # mining.zero_stage auto partitions
         assert r["mining"]["max_chunk_rows"] >= 1
+
+
+# ------------------------------------------------------------------------------------------ stage 1 -> stage 2
+def test_stage2_and_vllm_refuse_an_export_whose_learned_change_bf16_rounds_away(tmp_path, single_rank_env):
+    """Stage 1's bf16 export keeps weights in fp32 where bf16 would round its learned change away; stage 2 (or
+    vLLM) loading it in bf16 would start from (serve) something else than what stage 1 learned: one line."""
+    from model_patches import export_hf
+    from model_patches.loading import refuse_rounding
+    from neurorit.config import load_config
+    from neurorit.errors import UserError
+    from rag.backends import VLLMBackend
+    from tests.support.workspaces import training_tokenizer
+    from tests.test_bf16_export import bf16_patched
+    from train.loop import run_stage
+
+    export = str(tmp_path / "stage1_export")
+    export_hf(bf16_patched("llama", delta_scale=1e-3)[0], export, tokenizer=training_tokenizer())
+    cfg = load_config(training_workspace(str(tmp_path / "run")), ["--stage2.init_from", export,
+                                                                  "--model.dtype", "bfloat16"])
+    refused = r"would load .* in bfloat16, rounding away up to \d+\.\d% of what its training learned"
+    with pytest.raises(UserError, match="stage2 " + refused) as err:
+        run_stage("stage2", cfg)
+    assert "\n" not in str(err.value) and "--model.dtype float32" in str(err.value)
+    with pytest.raises(UserError, match="eval.backend vllm " + refused):
+        VLLMBackend.load(export, cfg)
+    refuse_rounding(export, "float32", "stage2")  # loading it in fp32 keeps the change: no refusal

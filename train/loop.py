@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from model_patches import export_hf, load_causal_lm, load_tokenizer, model_fingerprint
-from model_patches.loading import model_source
+from model_patches.loading import model_source, refuse_rounding
 from model_patches.model_card import write_model_card
 from neurorit import methods, parallel, runtime
 from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_config, to_dict
@@ -163,6 +163,7 @@ def _train_step(engine: TrainEngine, plan: StepPlan, step: int, examples: list, 
 def _model_and_trainable(run: StageRun, ds_config: Optional[dict]) -> tuple[StageContext, Trainable]:
     """Load (partitioned under ZeRO-3), check against the neuron map, patch, let the recipe choose what trains."""
     cfg, st = run.cfg, run.st
+    refuse_rounding(run.init_from, cfg.model.dtype, run.stage)  # start from exactly what stage 1 learned
     model = load_causal_lm(run.init_from, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
     if run.nmap is not None:
         run.nmap.check_fingerprint(model_fingerprint(model))
