@@ -283,3 +283,30 @@ def test_stage2_and_vllm_refuse_an_export_whose_learned_change_bf16_rounds_away(
     with pytest.raises(UserError, match="eval.backend vllm " + refused):
         VLLMBackend.load(export, cfg)
     refuse_rounding(export, "float32", "stage2")  # loading it in fp32 keeps the change: no refusal
+
+
+def test_the_hf_eval_backend_refuses_a_model_that_cannot_fit_one_gpu(tmp_path, monkeypatch):
+    """eval.backend hf loads the whole model on every rank's GPU: a 70B model would run out of memory part-way
+    through loading; it must say to use zero3 or vllm instead, in one line, before loading anything."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from neurorit import memory
+    from neurorit.config import load_config
+    from neurorit.errors import UserError
+    from rag import backends
+
+    cfg = load_config(mining_workspace(str(tmp_path)), ["--model.dtype", "bfloat16"])
+    monkeypatch.setattr(backends.parallel, "info", lambda: SimpleNamespace(device=torch.device("cuda", 0)))
+    shape = memory.shape_from_config(*memory.resolve_config(cfg.model.path))
+    weights = 2 * shape.total_params()
+    monkeypatch.setattr(memory, "rank_memory_bytes", lambda device: weights - 1)
+    with pytest.raises(UserError, match="eval.backend hf puts the whole model on every GPU") as err:
+        backends.HFBackend.load(cfg.model.path, cfg)
+    assert "--eval.backend zero3" in str(err.value) and "vllm" in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setattr(memory, "rank_memory_bytes", lambda device: weights)
+    backends.refuse_oversized(cfg.model.path, "bfloat16")  # fits: no refusal
+    monkeypatch.setattr(backends.parallel, "info", lambda: SimpleNamespace(device=torch.device("cpu")))
+    monkeypatch.setattr(memory, "rank_memory_bytes", lambda device: 1)
+    backends.refuse_oversized(cfg.model.path, "bfloat16")  # CPU: host memory, as it always was
