@@ -3,6 +3,7 @@ devices, a monkeypatched ``torch.cuda``, real 2-rank gloo DeepSpeed runs or stat
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -310,3 +311,64 @@ def test_the_hf_eval_backend_refuses_a_model_that_cannot_fit_one_gpu(tmp_path, m
     monkeypatch.setattr(backends.parallel, "info", lambda: SimpleNamespace(device=torch.device("cpu")))
     monkeypatch.setattr(memory, "rank_memory_bytes", lambda device: 1)
     backends.refuse_oversized(cfg.model.path, "bfloat16")  # CPU: host memory, as it always was
+
+
+# ------------------------------------------------------------------------------------------ scripts/gpu_check.py
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, "scripts", "gpu_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_parts_fit_its_budget_with_time_for_the_tests():
+    check = _gpu_check()
+    fixed = sum(limit for _, _, limit in check.PARTS.values())
+    assert fixed + check.TESTS_MIN_S <= check.BUDGET_S  # before: 500 s of parts in 480, ~5 s left for the tests
+
+
+def test_ig_flops_count_a_frozen_backward_as_one_forward():
+    """IG's backward forms input gradients only (the weights are frozen): forward + backward = 2x the forward."""
+    check = _gpu_check()
+    one = check.Shape("cpu", 8, 16, 1, 2, 2, 10, 4, 4, 1, (1,))
+    layer = 2 * (2 * 8 * 8 + 2 * 8 * 8 * 2 // 2 + 3 * 8 * 16)
+    prefill = (4 + 8) * layer  # the prompt and the query (at least 8 tokens)
+    assert check._ig_flops(one, 4, steps=1) == prefill + 2 * (layer + 2 * 8 * 10)
+
+
+_STUCK_PART = """#!/bin/bash
+# A part's process: one row measured, a child left running, then stuck.
+out=""; part=""
+while [[ $# -gt 0 ]]; do case "$1" in --out) out=$2; shift;; --part) part=$2; shift;; esac; shift; done
+echo '{"what": "measured first", "value": 1, "target": "", "ok": true}' >> "$out/$part/rows.jsonl"
+sleep 300 & echo $! > "$out/child.pid"
+sleep 300
+"""
+
+
+def test_a_timed_out_part_keeps_its_rows_and_its_children_are_killed(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    check = _gpu_check()
+    fake = tmp_path / "python"
+    fake.write_text(_STUCK_PART)
+    fake.chmod(0o755)
+    (tmp_path / "stuck").mkdir()
+    monkeypatch.setattr(check.sys, "executable", str(fake))
+    got = check.launch("stuck", SimpleNamespace(out=str(tmp_path), dry_run=True), timeout=3)
+    assert [r["what"] for r in got["rows"]] == ["measured first", "part"]
+    assert got["rows"][-1]["ok"] is False and got["rows"][-1]["value"].startswith("timed out")
+    child = int((tmp_path / "child.pid").read_text())
+    for _ in range(50):  # the kill is immediate; reaping by init may take a moment
+        time.sleep(0.1)
+        try:
+            with open(f"/proc/{child}/stat") as fh:
+                if fh.read().split(")")[-1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+    else:
+        raise AssertionError(f"the part's child {child} outlived the part's timeout")
