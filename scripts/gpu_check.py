@@ -26,7 +26,8 @@ in ``--out``. The dry run has its own budget (``DRY_BUDGET_S``): it checks plumb
   fails the row; bitsandbytes' 8-bit AdamW
   under ZeRO-3), a checkpoint round trip (save, step, load, same step -> same loss) and bf16 export fidelity.
 - ``entry_points``: the real entry points (mine, stage 1, stage 2, evaluate with the hf and zero3 backends) on
-  ``configs/embedded.yaml`` in bf16 (stage 2 in fp32, see there), tiny budgets (``ENTRY_POINTS``: the one place they are invoked).
+  ``configs/embedded.yaml`` in bf16 (stage 2 in fp32, see there), tiny budgets (``ENTRY_POINTS``: the one place
+  they are invoked).
 - ``tests``: the test suite with the GPU visible, in the time left (the dry run: one small file).
 
 Targets (issue 20, "Targets on one H200"): mining 400 questions of 1k tokens in at most 90 s (>= 270 questions /
