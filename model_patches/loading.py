@@ -154,8 +154,8 @@ def refuse_rounding(path: str, dtype: str, who: str) -> None:
     note = _rounding_note(folder, _dtype(dtype))
     if note:
         raise UserError(f"{who} would load {folder} in {dtype}, rounding away up to {note['lost_if_rounded']:.1%} "
-                        f"of what its training learned ({note['weights_in_float32']} weights kept in float32): run this step "
-                        f"with --model.dtype float32 (scripts/plan.py --help: its memory)")
+                        f"of what its training learned ({note['weights_in_float32']} weights kept in float32): run "
+                        f"this step with --model.dtype float32 (scripts/plan.py --help: its memory)")
 
 
 def _warn_if_rounding(folder: str, torch_dtype: torch.dtype) -> None:
