@@ -35,8 +35,8 @@ from attribution.examples import ExampleBuilder, MiningExample, examples_digest
 from attribution.ig import integrated_gradients
 from attribution.ig_common import IGSettings
 from attribution.selection import example_topk, neuron_map_from_stats
-from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, reduce_stats, scan_shards,
-                               shard_path)
+from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, read_choices, record_choices,
+                               reduce_stats, scan_shards, shard_path)
 from neurorit import memory, parallel, runtime
 from neurorit.config import ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
@@ -71,12 +71,30 @@ def partitions_model(cfg: ExperimentConfig) -> bool:
     shape, dtype_bytes = _mining_shape(cfg)
     rows = CPU_CHUNK_ROWS if m.chunk_rows == "auto" else m.chunk_rows
     need = memory.replicated_mining_bytes(shape, dtype_bytes, cfg.data.max_length, rows)
-    have = memory.rank_memory_bytes(parallel.info().device)
+    have = min(parallel.all_gather_objects(memory.rank_memory_bytes(parallel.info().device)))  # one choice for all
     if parallel.is_main():
         choice = "ZeRO-3 over the ranks" if need > FIT_SHARE * have else "a whole copy per rank"
         print(f"mining.zero_stage auto: {choice} (a copy needs {need / 2**30:.2f} GiB of {have / 2**30:.1f} GiB "
               f"per rank)", file=sys.stderr, flush=True)
     return need > FIT_SHARE * have
+
+
+def agreed_choices(cfg: ExperimentConfig, stats_dir: str) -> tuple[bool, int]:
+    """ZeRO-3 or not, and the rows of a chunk: the same on every rank (the smallest rank's memory decides), and
+    for a folder that already holds this run's shards, what the run that wrote them recorded (``record_choices``):
+    a requeued job whose GPUs have other free memory then mines as it did, and its fingerprint (which holds
+    ``chunk_rows``) still accepts its shards. Only ``auto`` settings are taken from the record."""
+    m = cfg.mining
+    recorded = parallel.broadcast_object(read_choices(stats_dir) if parallel.is_main() else None)
+    if recorded and (m.zero_stage == "auto" or m.chunk_rows == "auto") and parallel.is_main():
+        print(f"mining: reusing the auto choices recorded with the shards in {stats_dir} ({recorded})",
+              file=sys.stderr, flush=True)
+    if recorded and m.zero_stage == "auto" and parallel.world_size() > 1:
+        zero3 = bool(recorded["zero3"])
+    else:
+        zero3 = partitions_model(cfg)
+    rows = int(recorded["chunk_rows"]) if recorded and m.chunk_rows == "auto" else resolve_chunk_rows(cfg, zero3)
+    return zero3, rows
 
 
 def resolve_chunk_rows(cfg: ExperimentConfig, zero3: bool) -> int:
@@ -244,14 +262,16 @@ def main(argv=None) -> None:
 
     args, cfg = parse_args("Mine a neuron map with integrated gradients (docs/DESIGN.md §2).", argv)
     runtime.start(cfg.runtime, args.local_rank)
+    if parallel.exact_reductions(parallel.info().device, cfg.model.dtype) and parallel.is_main():
+        print(f"mining: {cfg.model.dtype} matmuls on CUDA reduce in fp32 (cuBLAS reduced-precision reductions off)",
+              file=sys.stderr, flush=True)
     m = cfg.mining
     files = RunLayout.of(cfg).mining
     pairs = offtopic_mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)
     if not pairs:
         raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a passage holding its "
                         f"answer, and another question a passage without it)")
-    zero3 = partitions_model(cfg)
-    rows = resolve_chunk_rows(cfg, zero3)
+    zero3, rows = agreed_choices(cfg, files.stats)
     if m.chunk_rows == "auto" and parallel.is_main():
         print(f"mining.chunk_rows auto: {rows} rows per sweep", file=sys.stderr, flush=True)
     cfg = dataclasses.replace(cfg, mining=dataclasses.replace(m, chunk_rows=rows))
@@ -265,6 +285,8 @@ def main(argv=None) -> None:
     run_id = run_fingerprint(cfg, fingerprint, pairs, max_length)
     state = scan_shards(files.stats, run_id, layers, width, m.top_k)
     todo = [i for i in range(len(pairs)) if i not in state.done]
+    if parallel.is_main():
+        record_choices(files.stats, zero3, m.chunk_rows)
     if parallel.is_main() and state.done:
         print(f"resuming: {len(state.done)} examples already in {files.stats}, {len(todo)} to go", file=sys.stderr)
     shard = shard_path(files.stats, state.generation, parallel.rank())

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from neurorit import parallel
 from neurorit.errors import UserError
+from neurorit.files import atomic_write_text
 
 SIDES = ("relevant", "irrelevant")
 OK, NO_ANSWER_TOKEN, EMPTY_PASSAGE, NON_FINITE, TOO_LONG = range(5)
@@ -151,6 +152,25 @@ def scan_shards(stats_dir: str, run_fingerprint: str, layers: int, width: int, t
             generation = max(generation, int(os.path.basename(path).split("-")[1][1:]) + 1)
         state = ResumeState(done, paths, generation)
     return parallel.broadcast_object(state)
+
+
+CHOICES_FILE = "choices.json"  # beside the shards: mining's resolved auto choices, which a resume reuses
+
+
+def record_choices(stats_dir: str, zero3: bool, chunk_rows: int) -> None:
+    """Rank 0, once the shards in ``stats_dir`` are known to be this run's: the ZeRO-3 choice and chunk rows it
+    mines with, for a resume (``read_choices``)."""
+    atomic_write_text(os.path.join(stats_dir, CHOICES_FILE),
+                      json.dumps({"zero3": zero3, "chunk_rows": chunk_rows}, sort_keys=True) + "\n")
+
+
+def read_choices(stats_dir: str) -> Optional[dict]:
+    """What ``record_choices`` wrote in ``stats_dir``, or None."""
+    path = os.path.join(stats_dir, CHOICES_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
 
 
 def shard_path(stats_dir: str, generation: int, rank: int) -> str:

@@ -137,14 +137,33 @@ def load_placement(device: torch.device, zero3: bool) -> dict:
     return {} if zero3 or device.type == "cpu" else {"device_map": {"": device}}
 
 
-def _warn_if_rounding(folder: str, torch_dtype: torch.dtype) -> None:
-    """An export that kept weights in fp32 because bf16 / fp16 would round its learned change away
-    (``model_patches/export.py``: ``neurorit_export`` in config.json) loses that change again when loaded in a
-    16-bit dtype: say so, once, on rank 0."""
-    if torch_dtype == torch.float32 or not parallel.is_main():
-        return
+def _rounding_note(folder: str, torch_dtype: torch.dtype) -> Optional[dict]:
+    """The ``neurorit_export`` note of an export that kept weights in fp32 because bf16 / fp16 would round its
+    learned change away (``model_patches/export.py``), when it is to be loaded in a 16-bit dtype; else None."""
+    if torch_dtype == torch.float32:
+        return None
     with open(os.path.join(folder, "config.json")) as fh:
-        note = json.load(fh).get("neurorit_export")
+        return json.load(fh).get("neurorit_export")
+
+
+def refuse_rounding(path: str, dtype: str, who: str) -> None:
+    """A one-line UserError where ``who`` (a stage that trains on, or an engine that serves, ``path``) would load
+    an export in a 16-bit ``dtype`` that rounds away what its training learned: training on it would start from
+    something else than what was learned, and vLLM would serve something else than what was trained."""
+    folder = resolve_model(path).path
+    note = _rounding_note(folder, _dtype(dtype))
+    if note:
+        raise UserError(f"{who} would load {folder} in {dtype}, rounding away up to {note['lost_if_rounded']:.1%} "
+                        f"of what its training learned ({note['weights_in_float32']} weights kept in float32): run "
+                        f"this step with --model.dtype float32 (scripts/plan.py --help: its memory)")
+
+
+def _warn_if_rounding(folder: str, torch_dtype: torch.dtype) -> None:
+    """An export that kept weights in fp32 (``_rounding_note``) loses that change again when loaded in a 16-bit
+    dtype: say so, once, on rank 0 (training and vLLM refuse instead: ``refuse_rounding``)."""
+    if not parallel.is_main():
+        return
+    note = _rounding_note(folder, torch_dtype)
     if note:
         print(f"warning: {folder} keeps fp32 weights whose learned change {torch_dtype} would round away "
               f"({note}); loading it in {torch_dtype} loses that change: use model.dtype float32 to keep it",

@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from neurorit import parallel, runtime
+from neurorit import memory, parallel, runtime
 from neurorit.errors import UserError
 from rag.generate import Decoding, greedy_generate
 
@@ -82,6 +82,7 @@ class HFBackend:
     def load(cls, path: str, cfg) -> "HFBackend":
         from model_patches import load_causal_lm
 
+        refuse_oversized(path, cfg.model.dtype)
         return cls(load_causal_lm(path, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation))
 
     def generate(self, prompts: Sequence[Sequence[int]], batches: list[list[int]], todo: list[int],
@@ -92,6 +93,28 @@ class HFBackend:
             idx = batches[b]
             toks = greedy_generate(self.model, [prompts[i] for i in idx], *decoding.greedy())
             on_batch(b, dict(zip(idx, toks)))
+
+
+def refuse_oversized(path: str, dtype: str) -> None:
+    """``eval.backend hf`` holds the whole model on every GPU: a one-line refusal, before anything loads, where
+    the weights alone exceed this GPU's free memory (a 70B model in bf16 on an 80 GB GPU), instead of an
+    out-of-memory error part-way through loading."""
+    from model_patches.loading import resolve_model
+
+    device = parallel.info().device
+    if device.type != "cuda":
+        return
+    try:
+        name, config = memory.resolve_config(resolve_model(path).path)
+        params = memory.shape_from_config(name, config).total_params()
+    except memory.PlanError:  # a config the planner cannot size: let loading decide
+        return
+    need = params * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    have = memory.rank_memory_bytes(device)
+    if need > have:
+        raise UserError(f"eval.backend hf puts the whole model on every GPU: {path} needs {need / 2**30:.1f} GiB "
+                        f"of weights in {dtype} and this GPU has {have / 2**30:.1f} GiB free; use --eval.backend "
+                        f"zero3 (the model partitioned over the ranks) or vllm (--eval.tensor_parallel_size N)")
 
 
 def _every_rank_done(local_done: bool) -> bool:
@@ -145,7 +168,10 @@ class VLLMBackend:
 
     @classmethod
     def load(cls, path: str, cfg, max_model_len: Optional[int] = None) -> "VLLMBackend":
+        from model_patches.loading import refuse_rounding
+
         refuse_launchers()
+        refuse_rounding(path, cfg.model.dtype, "eval.backend vllm")  # serve what was trained, or say why not
         try:
             import vllm
         except ImportError as err:

@@ -3,23 +3,31 @@
     python scripts/gpu_check.py --out outputs/gpu_check      # on the GPU machine (wheels: scripts/get_gpu_wheels.sh)
     python scripts/gpu_check.py --dry-run                      # every part on CPU at tiny shapes (tests run this)
 
-Each part runs in its own subprocess with its own timeout (and the whole run within ``--budget`` seconds), so one
-failure or hang loses only that part. After each part, ``gpu_check.json`` (every number) and ``gpu_check.md`` (one
-table: what, measured, target, verdict) are rewritten in ``--out``. The parts:
+Each part runs in its own process group with its own timeout (the parts' limits fit in ``--budget`` with at least
+``TESTS_MIN_S`` left for the tests), so one failure or hang loses only that part: a part writes each row as it is
+measured (a timed-out part keeps those), and its whole group is killed on a timeout. After each part,
+``gpu_check.json`` (every number) and ``gpu_check.md`` (one table: what, measured, target, verdict) are rewritten
+in ``--out``. The dry run has its own budget (``DRY_BUDGET_S``): it checks plumbing, and must pass on a busy
+2-core machine. The parts:
 
 - ``versions``: Python, torch, CUDA, transformers, DeepSpeed, bitsandbytes, flash-attn; the bf16 matmul ceiling.
 - ``attention``: the attention choice (``model_patches.choose_attn_implementation``) and agreement of sdpa (and
   FlashAttention-2 when importable) with eager on a left-padded batch at a Llama-3-8B layer shape.
 - ``ig``: bf16 vs fp32 fast IG at Llama-3-8B shape (random weights built on the device; ``IG_AGREE_LAYERS`` layers,
   stated in the output) -> top-20 overlap; IG speed on the full 32 layers in bf16 over a 1k-token prompt for several
-  ``chunk_rows`` -> time per prompt, questions / min (two prompts a question), TFLOP/s, the best ``chunk_rows``.
+  ``chunk_rows`` and the one production's ``chunk_rows: auto`` picks -> time per prompt; at auto, with
+  deterministic kernels as production runs: questions / min (two prompts a question; model loading not included),
+  TFLOP/s (backward counted as one forward: the weights are frozen).
 - ``stage1`` / ``stage2``: one ZeRO-3 bf16 training step each at Llama-3-8B shape on one GPU (stage 1: the
-  irrelevant-only neuron deltas, loss on one token; stage 2: all three groups + the last 3 layers' FFNs), peak
-  memory against ``scripts/plan.py --json`` for one GPU.
-- ``extras``: the optimizers that can be built here (DeepSpeed FusedAdam's JIT build, bitsandbytes' 8-bit AdamW
+  irrelevant-only neuron deltas, loss on one token; stage 2: all three groups + the last 3 layers' FFNs), the model
+  built partitioned in bf16 (``deepspeed.zero.Init``), the peak memory of that step alone against ``scripts/plan.py
+  --json`` for one GPU.
+- ``extras``: the optimizers that can be built here (DeepSpeed FusedAdam's JIT build: a fallback to torch's AdamW
+  fails the row; bitsandbytes' 8-bit AdamW
   under ZeRO-3), a checkpoint round trip (save, step, load, same step -> same loss) and bf16 export fidelity.
 - ``entry_points``: the real entry points (mine, stage 1, stage 2, evaluate with the hf and zero3 backends) on
-  ``configs/embedded.yaml`` in bf16, tiny budgets (``ENTRY_POINTS``: the one place they are invoked).
+  ``configs/embedded.yaml`` in bf16 (stage 2 in fp32, see there), tiny budgets (``ENTRY_POINTS``: the one place
+  they are invoked).
 - ``tests``: the test suite with the GPU visible, in the time left (the dry run: one small file).
 
 Targets (issue 20, "Targets on one H200"): mining 400 questions of 1k tokens in at most 90 s (>= 270 questions /
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -77,9 +86,17 @@ DRY = Shape("cpu", 64, 128, 2, 4, 2, 97, 24, 32, 2, (7, 40))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+ROWS_FILE = ""  # in a part's own process: where each row is appended as it is measured (``launch`` reads it back)
+
+
 def row(what: str, value, target: str = "", ok=None) -> dict:
-    """One line of the table; ``ok`` None = information only."""
-    return {"what": what, "value": value, "target": target, "ok": ok}
+    """One line of the table; ``ok`` None = information only. In a part's process it is also appended to
+    ``ROWS_FILE`` at once, so a part that runs out of time keeps the rows it measured."""
+    made = {"what": what, "value": value, "target": target, "ok": ok}
+    if ROWS_FILE:
+        with open(ROWS_FILE, "a") as fh:
+            fh.write(json.dumps(made) + "\n")
+    return made
 
 
 def _sync(shape: Shape) -> None:
@@ -103,13 +120,15 @@ def _timed(shape: Shape, fn, repeat: int = 1) -> float:
 
 
 def _random_llama(shape: Shape, dtype, layers: int | None = None, vocab: int | None = None, seed: int = 0):
-    """A randomly initialised Llama of ``shape`` built directly on its device (no checkpoint)."""
+    """A randomly initialised Llama of ``shape`` built directly on its device in ``dtype`` (no checkpoint, never a
+    copy in fp32 first: the 8B's would be 32 GB). ``_from_config`` is transformers' own construction: inside
+    ``parallel.zero3_loading`` it builds the model partitioned (``deepspeed.zero.Init``), as loading does."""
     import torch
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
     with torch.device(shape.device):
-        model = LlamaForCausalLM(shape.llama_config(layers, vocab)).to(dtype)
+        model = LlamaForCausalLM._from_config(shape.llama_config(layers, vocab), dtype=dtype)
     return model.eval().requires_grad_(False)
 
 
@@ -205,12 +224,13 @@ def _ig(model, inp, chunk_rows: int):
 
 def _ig_flops(shape: Shape, prompt: int, steps: int = 20) -> float:
     """FLOPs of one fast-IG prompt: prefill + baseline pass, and per row (layer l, step k) a single-token forward
-    and backward (3x) through layers l..L-1 and the head."""
+    and backward through layers l..L-1 and the head: 2x the forward, as the weights are frozen (the backward forms
+    input gradients only, no weight gradients)."""
     per_layer = 2 * (2 * shape.hidden * shape.hidden + 2 * shape.hidden * shape.hidden * shape.kv_heads
                      // shape.heads + 3 * shape.hidden * shape.ffn)
     head = 2 * shape.hidden * shape.vocab
     passes = (prompt + max(8, prompt // 25)) * shape.layers * per_layer
-    rows = sum(steps * 3 * ((shape.layers - l) * per_layer + head) for l in range(shape.layers))
+    rows = sum(steps * 2 * ((shape.layers - l) * per_layer + head) for l in range(shape.layers))
     return float(passes + rows)
 
 
@@ -235,20 +255,40 @@ def part_ig(shape: Shape) -> list[dict]:
     worst = min(overlaps)
     rows.append(row(f"bf16 vs fp32 IG top-20 overlap ({shape.agree_layers} layers, worst of 2 prompts)",
                     round(worst, 3), f">= {TARGET_OVERLAP}", worst >= TARGET_OVERLAP))
+    from neurorit import parallel
+
+    parallel.make_deterministic(True)  # as production mining runs (runtime.deterministic defaults to true)
+    auto = _auto_chunk_rows(shape)
     model = _random_llama(shape, torch.bfloat16)
     inp = _ig_input(shape, 7)
-    times = {c: _timed(shape, lambda c=c: _ig(model, inp, c)) for c in shape.chunk_rows}
+    times = {c: _timed(shape, lambda c=c: _ig(model, inp, c)) for c in sorted({*shape.chunk_rows, auto})}
     best = min(times, key=times.get)
-    seconds = times[best]
+    seconds = times[auto]  # the figure is production's: mining.chunk_rows auto, not the best chosen afterwards
     qpm = 60.0 / (2 * seconds)
     rows += [row(f"IG time per {shape.prompt}-token prompt, chunk_rows {c}", round(t, 3)) for c, t in times.items()]
-    rows += [row("best chunk_rows", best),
-             row("IG TFLOP/s (estimated FLOPs / time)", round(_ig_flops(shape, shape.prompt) / seconds / 1e12, 3)),
-             row("mining questions / min (2 prompts a question)", round(qpm, 1), f">= {TARGET_QPM:.0f}",
-                 qpm >= TARGET_QPM if shape.device == "cuda" else None),
-             row("400 questions, extrapolated (s)", round(400 * 2 * seconds, 1), "<= 90",
+    rows += [row("mining.chunk_rows auto here / fastest measured", f"{auto} / {best}"),
+             row("IG TFLOP/s at auto (estimated FLOPs / time)",
+                 round(_ig_flops(shape, shape.prompt) / seconds / 1e12, 3)),
+             row("mining questions / min at auto (2 prompts a question; no loading)", round(qpm, 1),
+                 f">= {TARGET_QPM:.0f}", qpm >= TARGET_QPM if shape.device == "cuda" else None),
+             row("400 questions at auto, extrapolated (s; no loading)", round(400 * 2 * seconds, 1), "<= 90",
                  400 * 2 * seconds <= 90 if shape.device == "cuda" else None)]
     return rows
+
+
+def _auto_chunk_rows(shape: Shape) -> int:
+    """What production mining's ``chunk_rows: auto`` resolves to for this shape on this device, a whole copy of
+    the model on this one GPU (``attribution.mine.resolve_chunk_rows`` itself, on a config of this shape)."""
+    import tempfile
+
+    from attribution import mine
+    from neurorit.config import load_config
+
+    with tempfile.TemporaryDirectory() as folder:
+        shape.llama_config().save_pretrained(folder)
+        cfg = load_config(None, ["--model.path", folder, "--model.dtype", "bfloat16", "--data.max_length",
+                                 str(shape.prompt), "--mining.steps", "20", "--mining.chunk_rows", "auto"])
+        return mine.resolve_chunk_rows(cfg, zero3=False)
 
 
 def _plan(shape: Shape, out: str) -> dict:
@@ -311,6 +351,8 @@ def _stage_step(shape: Shape, out: str, stage: int) -> list[dict]:
     from train.loop import label_loss
 
     plan = _plan(shape, out)[f"stage{stage}"]
+    if shape.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # this stage's peak alone
     engine, _, _ = _zero3_engine(shape, stage)
     batch = _batch(shape, stage)
     losses = []
@@ -360,7 +402,9 @@ def _fused_adam(shape: Shape) -> dict:
     opt = parallel.build_optimizer([p], "adamw", 1e-3, 0.0)
     p.grad = torch.ones_like(p)
     opt.step()
-    return row(f"{type(opt).__name__} built and stepped (s)", round(time.perf_counter() - start, 1), "works", True)
+    name = parallel.optimizer_name(opt)  # a failed build falls back to torch's AdamW: that is a FAIL here
+    return row(f"adamw on CUDA: {name} built and stepped (s)", round(time.perf_counter() - start, 1),
+               "DeepSpeed FusedAdam", name.endswith(".FusedAdam"))
 
 
 def _adam8bit_zero3(shape: Shape) -> dict:
@@ -430,15 +474,17 @@ def part_extras(shape: Shape, out: str) -> list[dict]:
     return rows
 
 
-# The real entry points, as a user runs them (python <entry> --config <yaml> <dotted overrides>). One place.
+# The real entry points, as a user runs them (python <entry> --config <yaml> <dotted overrides> <its own last>).
+# One place. Stage 2 runs in fp32: stage 1's bf16 export keeps in fp32 the weights whose learned change bf16
+# would round away, and stage 2 refuses to load those in bf16 (its one line says to use float32).
 ENTRY_POINTS = [
-    ("mine", ["attribution/mine.py"], "mining/neuron_map.json"),
-    ("stage 1", ["train/stage1.py"], "stage1/export/config.json"),
-    ("stage 2", ["train/stage2.py"], "stage2/export/config.json"),
+    ("mine", ["attribution/mine.py"], "mining/neuron_map.json", []),
+    ("stage 1", ["train/stage1.py"], "stage1/export/config.json", []),
+    ("stage 2", ["train/stage2.py"], "stage2/export/config.json", ["--model.dtype", "float32"]),
     ("evaluate (hf)", ["rag/evaluate.py", "--model", "{run}/stage2/export", "--name", "gpu_hf",
-                       "--eval.backend", "hf", "--no-progress"], "eval/gpu_hf.eval.json"),
+                       "--eval.backend", "hf", "--no-progress"], "eval/gpu_hf.eval.json", []),
     ("evaluate (zero3)", ["rag/evaluate.py", "--model", "{run}/stage2/export", "--name", "gpu_zero3",
-                          "--eval.backend", "zero3", "--no-progress"], "eval/gpu_zero3.eval.json"),
+                          "--eval.backend", "zero3", "--no-progress"], "eval/gpu_zero3.eval.json", []),
 ]
 
 
@@ -457,20 +503,28 @@ def part_entry_points(shape: Shape, out: str) -> list[dict]:
     from benchmarks.embedded.benchmark import build_benchmark
     from neurorit.records import write_records
 
+    import importlib.util
+
+    missing = [m for m in ("matplotlib", "tensorboard") if importlib.util.find_spec(m) is None]
+    if missing:  # mining writes its picture and TensorBoard image at the end: it would die after all its work
+        return [row("entry points", f"{', '.join(missing)} not installed (mining's outputs need them; not among "
+                    f"scripts/get_gpu_wheels.sh's wheels)", "importable", False)]
     data, run = os.path.join(out, "data"), os.path.join(out, "run")
     for split, records in build_benchmark(seed=0, n_questions=200).items():
         write_records(records, os.path.join(data, f"{split}.jsonl"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
     overrides = _entry_overrides(shape, data, run)
     rows = []
-    for name, args, product in ENTRY_POINTS:
-        cmd = [sys.executable, *[a.format(run=run) for a in args], "--config", "configs/embedded.yaml", *overrides]
+    for name, args, product, last in ENTRY_POINTS:
+        cmd = [sys.executable, *[a.format(run=run) for a in args], "--config", "configs/embedded.yaml", *overrides,
+               *last]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = round(time.perf_counter() - start, 1)
         ok = proc.returncode == 0 and os.path.exists(os.path.join(run, product))
         tail = "" if ok else " | " + (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
-        rows.append(row(f"{name} on configs/embedded.yaml, bf16 (s)", f"{seconds}{tail}", "exit 0 + output", ok))
+        dtype = "fp32" if "float32" in last else "bf16"
+        rows.append(row(f"{name} on configs/embedded.yaml, {dtype} (s)", f"{seconds}{tail}", "exit 0 + output", ok))
         if not ok:
             break  # the next entry needs this one's output
     return rows
@@ -492,16 +546,20 @@ def part_tests(shape: Shape, out: str, seconds: float) -> list[dict]:
 
 
 PARTS = {  # name -> (function, needs out, timeout on the GPU in s)
-    "versions": (part_versions, False, 40),
-    "attention": (part_attention, False, 45),
-    "ig": (part_ig, False, 100),
-    "stage1": (part_stage1, True, 60),
-    "stage2": (part_stage2, True, 60),
-    "extras": (part_extras, True, 75),
-    "entry_points": (part_entry_points, True, 120),
-    "tests": (part_tests, True, 0),  # whatever time is left
+    "versions": (part_versions, False, 30),
+    "attention": (part_attention, False, 40),
+    "ig": (part_ig, False, 90),
+    "stage1": (part_stage1, True, 50),
+    "stage2": (part_stage2, True, 50),
+    "extras": (part_extras, True, 60),
+    "entry_points": (part_entry_points, True, 100),
+    "tests": (part_tests, True, 0),  # whatever time is left: at least TESTS_MIN_S of BUDGET_S
 }
-DRY_TIMEOUT = 300  # per part in the dry run: process starts dominate on a small shared CPU
+TESTS_MIN_S = 60
+# The dry run checks the plumbing, not speed: on a busy 2-core machine its ~15 process starts take minutes, so it
+# has its own, generous budget and per-part limit.
+DRY_BUDGET_S = 2400
+DRY_TIMEOUT = 900
 
 
 # ----------------------------------------------------------------------------------------------- the runner
@@ -529,24 +587,35 @@ def write_report(out: str, results: dict) -> None:
 
 
 def launch(name: str, args, timeout: float) -> dict:
-    """One part in its own process; its rows, or one failed row saying how it ended."""
-    result = os.path.join(args.out, name, "result.json")
-    if os.path.exists(result):
-        os.remove(result)
+    """One part in its own process group; its rows, or the rows it measured before it ended plus one failed row
+    saying how it ended. On a timeout the whole group is killed (entry points, pytest and their children too,
+    so nothing is left on the GPU for the next part)."""
+    folder = os.path.join(args.out, name)
+    result, measured = os.path.join(folder, "result.json"), os.path.join(folder, "rows.jsonl")
+    for path in (result, measured):
+        if os.path.exists(path):
+            os.remove(path)
     cmd = [sys.executable, os.path.abspath(__file__), "--part", name, "--out", args.out, "--seconds", str(timeout)]
     cmd += ["--dry-run"] if args.dry_run else []
     start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
-        ended = f"exit {proc.returncode}: {tail}"
+        _, err = proc.communicate(timeout=timeout)
+        ended = f"exit {proc.returncode}: {(err.strip().splitlines() or ['(no output)'])[-1][:300]}"
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         ended = f"timed out after {timeout:.0f} s"
     seconds = round(time.perf_counter() - start, 1)
     if os.path.exists(result):
         with open(result) as fh:
             return {"seconds": seconds, "rows": json.load(fh)}
-    return {"seconds": seconds, "rows": [row("part", ended, "completes", False)]}
+    rows = []
+    if os.path.exists(measured):
+        with open(measured) as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+    return {"seconds": seconds, "rows": rows + [row("part", ended, "completes", False)]}
 
 
 def main(argv=None) -> int:
@@ -554,13 +623,18 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="every part on CPU at tiny shapes")
     parser.add_argument("--out", default=os.path.join(ROOT, "outputs", "gpu_check"))
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ", ".join(PARTS))
-    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole check")
+    parser.add_argument("--budget", type=float, default=None,
+                        help=f"seconds for the whole check (default {BUDGET_S}; the dry run {DRY_BUDGET_S})")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     parser.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.out = os.path.abspath(args.out)
     shape = DRY if args.dry_run else GPU
+    if args.budget is None:
+        args.budget = DRY_BUDGET_S if args.dry_run else BUDGET_S
     if args.part:
+        global ROWS_FILE
+        ROWS_FILE = os.path.join(args.out, args.part, "rows.jsonl")
         rows = run_part(args.part, shape, args.out, args.seconds)
         with open(os.path.join(args.out, args.part, "result.json"), "w") as fh:
             json.dump(rows, fh)

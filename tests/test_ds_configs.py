@@ -62,5 +62,25 @@ def test_a_bf16_engine_on_the_gpu_config_accumulates_in_fp32(name, single_rank_e
         engine.backward(loss)
         engine.step()
     assert optimizer.gradient_accumulation_dtype == torch.float32
+    assert engine.communication_data_type == torch.float32
     after = optimizer.fp32_partitioned_groups_flat if name == "zero3" else optimizer.single_partition_of_fp32_groups
     assert any(not torch.equal(b, a.detach().float()) for b, a in zip(before, after))  # the step really happened
+
+
+@pytest.mark.parametrize("name", ["zero0", *ACCUMULATING])
+def test_gpu_configs_reduce_gradients_across_ranks_in_fp32(name):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    assert DeepSpeedConfig(gpu_config(name)).communication_data_type == torch.float32  # None: bf16 under bf16
+
+
+def test_zero0_refuses_bf16_accumulation_over_micro_batches(single_rank_env):
+    from neurorit import parallel
+    from neurorit.errors import UserError
+
+    parallel.init_distributed()
+    path = os.path.join(ROOT, "ds_configs", "zero0.json")
+    with pytest.raises(UserError, match="zero_stage 0 in bfloat16 would sum 2 micro-batches' gradients in bf16"):
+        parallel.ds_config_for(0, 4, 2, path, "bfloat16")
+    assert parallel.ds_config_for(0, 4, 4, path, "bfloat16")["gradient_accumulation_steps"] == 1
+    assert parallel.ds_config_for(2, 4, 2, os.path.join(ROOT, "ds_configs", "zero2.json"), "bfloat16")

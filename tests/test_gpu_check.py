@@ -15,13 +15,19 @@ ENTRY_POINTS = 5  # mine, stage 1, stage 2, evaluate with hf and with zero3
 TARGET_OVERLAP = 0.9  # bf16 vs fp32 IG: top-20 overlap at least this
 
 
-def run_check(out, *args, timeout=900):
+def run_check(out, *args, timeout=2400):
     return subprocess.run([sys.executable, "scripts/gpu_check.py", "--out", str(out), *args], cwd=ROOT,
                           env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def test_dry_run_passes_every_part(tmp_path):
-    proc = run_check(tmp_path, "--dry-run")
+    """Beside a busy loop (the CI machine has 2 cores, shared): the dry run checks plumbing and must not time out."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        proc = run_check(tmp_path, "--dry-run")
+    finally:
+        busy.kill()
+        busy.wait()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["dry_run"] is True and list(report["parts"]) == PARTS
@@ -41,9 +47,10 @@ def test_a_part_that_fails_fails_alone_and_the_report_is_written(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert list(report["parts"]) == ["versions", "attention"]
     for res in report["parts"].values():
-        # out of time (or, on a machine without CUDA, failed first): a failed row, and the next part still ran
-        assert [r["ok"] for r in res["rows"]] == [False]
-        assert res["rows"][0]["value"].startswith(("timed out", "exit 1"))
+        # out of time (or, on a machine without CUDA, failed first): the rows it measured before (information
+        # only), then a failed row, and the next part still ran
+        assert [r["ok"] for r in res["rows"]][-1] is False and all(r["ok"] is None for r in res["rows"][:-1])
+        assert res["rows"][-1]["value"].startswith(("timed out", "exit 1"))
     assert "FAIL" in (tmp_path / "gpu_check.md").read_text()
 
 

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from model_patches import export_hf, load_causal_lm, load_tokenizer, model_fingerprint
-from model_patches.loading import model_source
+from model_patches.loading import model_source, refuse_rounding
 from model_patches.model_card import write_model_card
 from neurorit import methods, parallel, runtime
 from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_config, to_dict
@@ -163,6 +163,7 @@ def _train_step(engine: TrainEngine, plan: StepPlan, step: int, examples: list, 
 def _model_and_trainable(run: StageRun, ds_config: Optional[dict]) -> tuple[StageContext, Trainable]:
     """Load (partitioned under ZeRO-3), check against the neuron map, patch, let the recipe choose what trains."""
     cfg, st = run.cfg, run.st
+    refuse_rounding(run.init_from, cfg.model.dtype, run.stage)  # start from exactly what stage 1 learned
     model = load_causal_lm(run.init_from, cfg.model.dtype, cfg.model.attn_implementation, ds_config)
     if run.nmap is not None:
         run.nmap.check_fingerprint(model_fingerprint(model))
@@ -270,7 +271,8 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         monitor.print(f"stopped after step {step} of {plan.total_steps}; rerun the same command to resume")
         return {"stage": stage, "step": step, "total_steps": plan.total_steps, "finished": False}
     ctx.model = engine.module
-    return _finish(run, ctx, trainable, tokenizer, {"step": step, "loss": last["loss"]})
+    return _finish(run, ctx, trainable, tokenizer, {"step": step, "loss": last["loss"],
+                                                    "optimizer": parallel.optimizer_name(optimizer)})
 
 
 def check_finite(step: int, stats: dict, ckpt_dir: str) -> None:
@@ -291,7 +293,8 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
     extra = run.recipe.before_export(ctx)
     export_hf(ctx.model, export_dir, tokenizer=tokenizer, fold_deactivation=True)  # what before_export switched off
     summary = {"stage": run.stage, "method": run.st.method, "step": last["step"], "finished": True,
-               "final_loss": last["loss"], "trainable_params": trainable.count, "init_from": run.init_from,
+               "final_loss": last["loss"], "optimizer": last.get("optimizer"), "trainable_params": trainable.count,
+               "init_from": run.init_from,
                **trainable.details,
                "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # AVX2 vs AVX512 round differently
                "export_dir": export_dir, "neuron_map_hash": run.nmap.hash() if run.nmap else None, **extra}

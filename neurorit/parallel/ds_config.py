@@ -35,6 +35,10 @@ def ds_config_for(zero_stage: int, batch_size: int, micro_batch_size: int, path:
     cfg["train_batch_size"] = batch_size
     cfg["train_micro_batch_size_per_gpu"] = micro_batch_size
     cfg["gradient_accumulation_steps"] = batch_size // (micro_batch_size * world)
+    if zero_stage == 0 and dtype == "bfloat16" and cfg["gradient_accumulation_steps"] > 1:
+        raise UserError(f"zero_stage 0 in bfloat16 would sum {cfg['gradient_accumulation_steps']} micro-batches' "
+                        f"gradients in bf16 (DeepSpeed has no fp32 accumulation without ZeRO): use zero_stage 2 or 3, "
+                        f"or micro_batch_size = batch_size / world size ({batch_size // world})")
     cfg["gradient_clipping"] = grad_clip
     cfg.pop("bf16", None)
     cfg.pop("fp16", None)

@@ -19,8 +19,9 @@ import torch.distributed as tdist
 
 from neurorit.parallel.workarounds import clear_stale_build_lock, unlink_shm_buffer
 
-# Long rank-0-only sections (mining, export) must not trip the collective timeout.
-DEFAULT_TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("NEURORIT_DIST_TIMEOUT_MIN", "120")))
+# How long a hung collective holds the job's GPUs (NEURORIT_DIST_TIMEOUT_MIN, minutes). Long rank-0-only sections
+# (writing mining's outputs, converting a checkpoint to the universal form) must fit in it: raise it for those.
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("NEURORIT_DIST_TIMEOUT_MIN", "30")))
 
 
 @dataclass
@@ -72,6 +73,9 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
     lrank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         index = cuda_index(lrank, torch.cuda.device_count())
+        # DeepSpeed's engine and zero.Init call set_device(LOCAL_RANK) themselves: under --gpus-per-task=1 the
+        # node-local rank (SLURM_LOCALID 3) is not a visible ordinal, so LOCAL_RANK becomes the device index.
+        os.environ["LOCAL_RANK"] = str(index)
         torch.cuda.set_device(index)
         device = torch.device("cuda", index)
     else:
@@ -82,7 +86,8 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
 
         backend = "nccl" if device.type == "cuda" else "gloo"
         if world == 1:  # a plain `python entry.py`: an in-memory one-rank group (no port, no MPI discovery)
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(lrank))
+            os.environ.update(RANK="0", WORLD_SIZE="1")
+            os.environ.setdefault("LOCAL_RANK", str(lrank))
             tdist.init_process_group(backend, store=tdist.HashStore(), rank=0, world_size=1, timeout=DEFAULT_TIMEOUT)
         deepspeed.init_distributed(dist_backend=backend, timeout=DEFAULT_TIMEOUT)
         unlink_shm_buffer()
@@ -121,6 +126,17 @@ def make_deterministic(on: bool = True, strict: bool = False) -> None:
         os.environ.setdefault("FLASH_ATTENTION_DETERMINISTIC", "1")  # read by transformers' FlashAttention-2 path
         torch.use_deterministic_algorithms(True, warn_only=not strict)
         torch.backends.cudnn.benchmark = False
+
+
+def exact_reductions(device: torch.device, dtype: str) -> bool:
+    """For attribution in bf16/fp16 on CUDA: cuBLAS may reduce a half-precision matmul partly in that precision
+    (split-K), so the bounds ``tests/test_bf16_ig.py`` measures on CPU (fp32 accumulation) would not hold. Turns
+    that off for this process; True where it did (the caller says so). Nothing changes on CPU or in fp32."""
+    if device.type != "cuda" or dtype not in ("bfloat16", "float16"):
+        return False
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    return True
 
 
 def info() -> DistInfo:

@@ -48,8 +48,17 @@ def build_optimizer(params: list, name: str, lr: float, weight_decay: float, off
             return FusedAdam(params, adam_w_mode=True, **kwargs)
         except Exception as err:  # nvcc missing or of another CUDA version, a read-only extensions folder, ...
             print(f"warning: optimizer adamw: DeepSpeed's FusedAdam failed to build ({_first_line(err)}); using "
-                  f"torch.optim.AdamW instead (the same update, somewhat slower)", file=sys.stderr, flush=True)
+                  f"torch.optim.AdamW instead (the same update, somewhat slower; the build needs ninja on PATH and "
+                  f"nvcc of torch's CUDA version; train_summary.json names the optimizer that ran)",
+                  file=sys.stderr, flush=True)
     return torch.optim.AdamW(params, **kwargs)
+
+
+def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """The class that runs the updates (``train_summary.json``'s ``optimizer``): a FusedAdam that fell back shows
+    as torch's AdamW."""
+    cls = type(optimizer)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _first_line(err: BaseException) -> str:

@@ -34,9 +34,10 @@ export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 # A rank that fails makes the others abort instead of hanging in a collective until the timeout, so the job ends
 # and --requeue (or the user) can restart it.
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
-# Collective timeout in minutes (read by neurorit.parallel): long rank-0-only sections (reducing mining statistics,
-# merging and exporting a 70B checkpoint) must not trip it. 120 by default.
-export NEURORIT_DIST_TIMEOUT_MIN="${NEURORIT_DIST_TIMEOUT_MIN:-120}"
+# Collective timeout in minutes (read by neurorit.parallel): how long a hung collective holds the job's GPUs before
+# the job fails (and --requeue can restart it). Long rank-0-only sections (writing mining's outputs, converting a
+# checkpoint to DeepSpeed's universal form) must not trip it: raise it for those if they take longer. 30 by default.
+export NEURORIT_DIST_TIMEOUT_MIN="${NEURORIT_DIST_TIMEOUT_MIN:-30}"
 # Site-specific, left to the site's defaults unless set before sbatch:
 #   NCCL_SOCKET_IFNAME=ib0 (or eth0, ^lo,docker): the interface for bootstrap/socket traffic when NCCL picks a
 #                      wrong one (symptom: hangs at init, or "No route to host").
@@ -104,10 +105,10 @@ nr_setup() {
     mapfile -t NR_HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
     [[ ${#NR_HOSTS[@]} -gt 0 ]] || nr_die "scontrol show hostnames returned no host for '$SLURM_JOB_NODELIST'"
     export NNODES=${#NR_HOSTS[@]}
-    # The address of the first node as SLURM knows it (NodeAddr), falling back to its name.
-    local addr
-    addr=$(scontrol show node "${NR_HOSTS[0]}" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | head -n1 | cut -d= -f2)
-    export MASTER_ADDR="${MASTER_ADDR:-${addr:-${NR_HOSTS[0]}}}"
+    # The first node's name, not its NodeAddr: torchrun's c10d rendezvous starts its store on the node that
+    # recognises the endpoint as its own hostname or address, and a NodeAddr of another interface leaves no node
+    # hosting it (every node waits). Set MASTER_ADDR before sbatch to choose another address.
+    export MASTER_ADDR="${MASTER_ADDR:-${NR_HOSTS[0]}}"
     export MASTER_PORT="${MASTER_PORT:-$(nr_free_port)}"
     NPROC_PER_NODE=$(nr_nproc_per_node)
     export NPROC_PER_NODE
@@ -181,7 +182,9 @@ nr_node_main() {
         deepspeed)
             # One launcher per node (--no_ssh) with the job's hostfile; ranks read LOCAL_RANK from the environment
             # (--no_local_rank: no --local_rank argument, which would land before the entry's own arguments).
-            # It sets CUDA_VISIBLE_DEVICES=0..slots-1 itself: meant for whole nodes (the sbatch files use --exclusive).
+            # It sets CUDA_VISIBLE_DEVICES=0..slots-1 itself; on a shared node SLURM may have bound other GPUs
+            # (4,5,6,7): NR_BOUND_GPUS keeps SLURM's list, and each rank maps DeepSpeed's ids through it.
+            export NR_BOUND_GPUS="${CUDA_VISIBLE_DEVICES:-}"
             exec "$PYTHON" -m deepspeed.launcher.runner --no_ssh --node_rank="$node_rank" \
                 --hostfile="$NR_HOSTFILE" --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" \
                 --no_python --no_local_rank bash "$NR_COMMON" --rank "$PYTHON" "${entry[@]}"
@@ -223,9 +226,27 @@ finally:
         tdist.destroy_process_group()
 '
 
+# nr_bound_gpus: under the deepspeed launcher, CUDA_VISIBLE_DEVICES (DeepSpeed's 0..slots-1) mapped through the GPUs
+# SLURM bound to the node's task (NR_BOUND_GPUS, e.g. 4,5,6,7: DeepSpeed's 1 is GPU 5). Nothing when SLURM bound
+# none (the launcher's ids are then the node's own).
+nr_bound_gpus() {
+    [[ -n "${NR_BOUND_GPUS:-}" && -n "${CUDA_VISIBLE_DEVICES:-}" ]] || return 0
+    local bound ids mapped=() i
+    IFS=, read -r -a bound <<<"$NR_BOUND_GPUS"
+    IFS=, read -r -a ids <<<"$CUDA_VISIBLE_DEVICES"
+    for i in "${ids[@]}"; do
+        [[ "$i" =~ ^[0-9]+$ && $i -lt ${#bound[@]} ]] || nr_die "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES from the" \
+            "deepspeed launcher does not fit the ${#bound[@]} GPU(s) SLURM bound ($NR_BOUND_GPUS): set NPROC_PER_NODE"
+        mapped+=("${bound[$i]}")
+    done
+    CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${mapped[*]}")
+    export CUDA_VISIBLE_DEVICES
+}
+
 # nr_rank_main PYTHON ENTRY ARGS...: what every rank runs: one line naming the rank (so the logs show every
 # rank), then the entry point through NR_RUNNER.
 nr_rank_main() {
+    nr_bound_gpus
     echo "[neurorit-slurm] rank ${RANK:-${SLURM_PROCID:-0}} of ${WORLD_SIZE:-${SLURM_NTASKS:-1}}" \
         "(local rank ${LOCAL_RANK:-${SLURM_LOCALID:-0}}, node ${SLURM_NODEID:-0} $(hostname), ${LAUNCHER:-?})"
     local py=$1

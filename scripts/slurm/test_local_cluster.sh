@@ -116,6 +116,8 @@ fi
 NODE_LIST="$(IFS=,; echo "${NODE_NAMES[*]}")"
 [[ $((2 % NNODES_TEST)) -eq 0 ]] || fail "SLURM_TEST_NODES must be 1 or 2 (2 ranks in all)"
 PER_NODE=$((2 / NNODES_TEST))
+# Emulated nodes have names no resolver knows; they share this machine, whose loopback is every node's address.
+[[ "$NNODES_TEST" -le 1 ]] || export MASTER_ADDR=127.0.0.1
 USER_NAME="$(id -un)"
 cat >"$STATE/slurm.conf" <<EOF
 ClusterName=neurorit-test
