@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.setup-done
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo demo-quick test test-slow test-all test-pipeline test-slurm test-faults test-vllm base-model benchmark bench \
+.PHONY: setup demo demo-quick test test-slow test-all test-pipeline test-gpu-check test-slurm test-faults test-vllm base-model benchmark \
 	test-transformers-oldest real-model check-reader-smollm experiment-smollm experiment-smollm-why \
 	results-smollm clean
 
@@ -23,6 +23,10 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow tests
+
+# scripts/gpu_check.py --dry-run beside a busy loop (the plumbing of the GPU check on a loaded 2-core machine)
+test-gpu-check: setup
+	$(PY) -m pytest -q -m slow tests/test_gpu_check.py
 
 # the demo's dev selection end to end (tiny sizes, about 4 minutes)
 test-pipeline: setup

@@ -20,6 +20,9 @@ Under ``runtime.output_dir`` (each overridable by its ``<section>.output_dir`` k
 Every TensorBoard folder is called ``tensorboard/`` (``TENSORBOARD``).
 
     python -m neurorit.run_layout export stage2 --config configs/x.yaml [overrides]    # prints <out>/stage2/export
+    python -m neurorit.run_layout done mining --config configs/x.yaml       # a stage's done marker (mining, stage<N>)
+    python -m neurorit.run_layout eval-result base --config configs/x.yaml  # <eval folder>/base.eval.json
+    python -m neurorit.run_layout report --config configs/x.yaml            # the report's results.json
     python -m neurorit.run_layout trained-params <export dir>  # the trainable count over the stages behind it
     python -m neurorit.run_layout collect results/x --config configs/x.yaml  # a run's committed files, no weights
 """
@@ -298,9 +301,11 @@ def main(argv=None) -> None:
         for flag in ("--model", "--name", "--trainable-params", "--resume", "--stop_after"):
             parser.add_argument(flag)
         parser.add_argument("--no-progress", action="store_true")
-        parser.add_argument("what", choices=("root", "export", "summary", "mining", "eval", "trained-params", "collect"))
+        parser.add_argument("what", choices=("root", "export", "summary", "mining", "done", "eval", "eval-result",
+                                             "report", "trained-params", "collect"))
         parser.add_argument("arg", nargs="?", default="",
-                            help="export / summary: the stage (stage1, stage2); trained-params: an export folder; "
+                            help="export / summary: the stage (stage1, stage2); done: mining, stage1 or stage2 (its done "
+                                 "marker); eval-result: the evaluated name; trained-params: an export folder; "
                                  "collect: the result folder to copy the run's committed files into")
 
     args, cfg = parse_args("Print a path of the run layout (for shell scripts).", argv, extra=extra)
@@ -313,6 +318,12 @@ def main(argv=None) -> None:
     elif args.what in ("export", "summary"):
         files = layout.stage(args.arg or "stage2")
         print(files.export if args.what == "export" else files.summary)
+    elif args.what == "done":
+        print(layout.mining.summary if args.arg == "mining" else layout.stage(args.arg or "stage2").summary)
+    elif args.what == "eval-result":
+        print(eval_files(layout.evaluation(), args.arg).result)
+    elif args.what == "report":
+        print(layout.results()["json"])
     else:
         print({"root": layout.root, "mining": layout.mining.root}.get(args.what) or layout.evaluation())
 

@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.ranks import ROOT, child_env
 
 PARTS = ["versions", "attention", "ig", "stage1", "stage2", "extras", "entry_points", "tests"]  # issue 20's list
@@ -20,6 +22,7 @@ def run_check(out, *args, timeout=2400):
                           env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # minutes beside a busy loop: its own target, make test-gpu-check (in .ci/run)
 def test_dry_run_passes_every_part(tmp_path):
     """Beside a busy loop (the CI machine has 2 cores, shared): the dry run checks plumbing and must not time out."""
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])

@@ -295,20 +295,24 @@ if ! wait_jobs "$TIMEOUT" "${stage_ids[@]}"; then
 fi
 say "pipeline finished in $((SECONDS - start)) s"
 
-# outputs of each stage
-[[ -s "$OUT/mining/neuron_map.json" ]] || fail "mining: $OUT/mining/neuron_map.json missing"
+# outputs of each stage, where the run layout (neurorit/run_layout.py) puts them
+layout() { "$PY" -m neurorit.run_layout "$@" "${PIPE_ARGS[@]}" --runtime.output_dir "$OUT"; }
+mined="$(layout done mining)"
+[[ -s "$mined" ]] || fail "mining: its done marker $mined is missing"
 for stage in stage1 stage2; do
-    cfgjson="$(find "$OUT/$stage" -name config.json -path '*export*' 2>/dev/null | head -n1)"
-    [[ -n "$cfgjson" ]] || cfgjson="$(find "$OUT/$stage" -name config.json 2>/dev/null | head -n1)"
-    [[ -n "$cfgjson" ]] || fail "$stage: no exported checkpoint (config.json) under $OUT/$stage"
-    ls "$(dirname "$cfgjson")"/*.safetensors >/dev/null 2>&1 || fail "$stage: no safetensors next to $cfgjson"
-    say "$stage: export $(dirname "$cfgjson")"
+    export_dir="$(layout export "$stage")"
+    [[ -s "$(layout done "$stage")" ]] || fail "$stage: its done marker $(layout done "$stage") is missing"
+    [[ -f "$export_dir/config.json" ]] || fail "$stage: no exported checkpoint (config.json) in $export_dir"
+    ls "$export_dir"/*.safetensors >/dev/null 2>&1 || fail "$stage: no safetensors in $export_dir"
+    say "$stage: export $export_dir"
 done
-[[ -s "$OUT/eval/neurorit.eval.json" ]] || fail "eval: $OUT/eval/neurorit.eval.json missing"
-[[ -s "$OUT/eval/base.eval.json" ]] || fail "eval: $OUT/eval/base.eval.json (EVAL_BASE) missing"
-[[ -s "$OUT/results.json" ]] || fail "eval: the report $OUT/results.json is missing"
-say "eval: $OUT/eval/neurorit.eval.json, report $OUT/results.json"
-[[ -f "$OUT/results.md" ]] && cat "$OUT/results.md"
+for name in neurorit base; do
+    [[ -s "$(layout eval-result "$name")" ]] || fail "eval: $(layout eval-result "$name") missing"
+done
+report="$(layout report)"
+[[ -s "$report" ]] || fail "eval: the report $report is missing"
+say "eval: $(layout eval-result neurorit), report $report"
+if [[ -f "${report%.json}.md" ]]; then cat "${report%.json}.md"; fi
 
 # every stage ran on two ranks
 while read -r name id; do
