@@ -150,7 +150,7 @@ def attribute(miner: Miner, ex: MiningExample, pads) -> ExampleResult:
     if ex.status != OK and not miner.lockstep:
         return empty
     inputs = ex.inputs if ex.status == OK else pads
-    results = [integrated_gradients(miner.model, miner.patcher, inp, miner.settings, m.method) for inp in inputs]
+    results = [integrated_gradients(miner.model, miner.patcher, inp, miner.settings, m.algorithm) for inp in inputs]
     if ex.status != OK:
         return empty
     attr = torch.stack([r.attributions for r in results])
@@ -205,7 +205,7 @@ def run_fingerprint(cfg: ExperimentConfig, fingerprint: dict, pairs, max_length:
     m = cfg.mining
     body = {"model": os.path.abspath(cfg.model.path), "dtype": cfg.model.dtype, "fingerprint": fingerprint,
             "examples": examples_digest(pairs), "style": cfg.data.prompt_style, "max_length": max_length,
-            "mining": [m.method, m.steps, m.ig_rule, m.baseline, m.target, m.threshold_ratio, m.top_k,
+            "mining": [m.algorithm, m.steps, m.ig_rule, m.baseline, m.target, m.threshold_ratio, m.top_k,
                        m.chunk_rows]}  # rows of a chunk share reductions: results move (within rounding) with it
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
