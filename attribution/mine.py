@@ -3,7 +3,9 @@
     python attribution/mine.py --config configs/embedded.yaml [--mining.steps 20 ...]
     deepspeed --num_gpus 2 attribution/mine.py --config configs/embedded.yaml      (also torchrun / srun)
 
-A mining pair (``attribution/examples.py``) is a question with its answer-bearing passage (relevant) and another
+The attribution target is ``mining.target`` (``attribution/targets.py``), or with ``auto`` the one the separation
+probe of ``attribution/diagnose.py`` ranks first on these pairs (its diagnosis is written first). A mining pair
+(``attribution/examples.py``) is a question with its answer-bearing passage (relevant) and another
 question's passage that neither holds the answer nor names the entity (irrelevant, off-topic, as in the release).
 Examples are dealt round-robin over ranks. With ``mining.zero_stage: 3`` (or ``auto``, the default, when a whole
 copy of the model would not fit a rank) and several ranks the weights are sharded with ZeRO-3 and ranks run in
@@ -236,6 +238,19 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
     return nmap
 
 
+def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs) -> ExperimentConfig:
+    """``mining.target auto``: the target ``attribution/diagnose.py``'s rule picks on these pairs (every rank
+    runs the same forward passes; rank 0 writes the diagnosis into the mining folder)."""
+    from attribution import diagnose
+
+    rows = diagnose.diagnose(model, tokenizer, prompts, pairs, cfg)
+    best = diagnose.choose(rows)
+    if parallel.is_main():
+        diagnose.write(rows, best, cfg, RunLayout.of(cfg).mining)
+        print(f"mining.target auto: {best.target}", file=sys.stderr, flush=True)
+    return dataclasses.replace(cfg, mining=dataclasses.replace(cfg.mining, target=best.target))
+
+
 @main_guard
 def main(argv=None) -> None:
     from attribution.examples import offtopic_mining_pairs
@@ -257,8 +272,12 @@ def main(argv=None) -> None:
     m = cfg.mining
     model, patcher = load_model(cfg, zero3)
     tokenizer = load_tokenizer(cfg.model.path)
+    prompts = prompt_builder(cfg.data, tokenizer)
+    if m.target == "auto":
+        cfg = resolve_auto_target(cfg, model, tokenizer, prompts, pairs)
+        m = cfg.mining
     max_length = min(cfg.data.max_length, getattr(model.config, "max_position_embeddings", cfg.data.max_length))
-    builder = ExampleBuilder(tokenizer, prompt_builder(cfg.data, tokenizer), m.target, m.baseline, max_length)
+    builder = ExampleBuilder(tokenizer, prompts, m.target, m.baseline, max_length, m.algorithm)
     fingerprint = model_fingerprint(model)
     layers, width = fingerprint["num_layers"], fingerprint["intermediate_size"]
     run_id = run_fingerprint(cfg, fingerprint, pairs, max_length)

@@ -203,11 +203,11 @@ class AnswerSeqLogprob(_TeacherForced):
 
 
 def _one_token_words(tokenizer, word: str) -> list[int]:
-    """Ids of ``word`` in upper, title and lower case (its leading space kept) that are one token each."""
+    """Ids of ``word`` in upper, title and lower case (its leading space kept) that are one known token each."""
     out = []
     for variant in (word.upper(), word.title(), word.lower()):
         ids = token_ids(tokenizer, variant)
-        if len(ids) == 1 and ids[0] not in out:
+        if len(ids) == 1 and ids[0] not in out and ids[0] != getattr(tokenizer, "unk_token_id", None):
             out.append(ids[0])
     return out
 

@@ -71,6 +71,7 @@ class MiningConfig:
     # the attribution target: a name of ATTRIBUTION_TARGETS (attribution/targets.py), or auto = the one
     # attribution/diagnose.py's separation probe ranks first on the mining split (largest paired effect dz)
     target: str = "yes_prob"
+    min_separation: float = 0.5  # diagnose's verdict: a target separates when its paired effect dz is >= this
     # (layer, step) rows per single-token sweep: bounds memory, and on a GPU fewer, larger sweeps are faster;
     # auto = 64 on CPU, on an accelerator every row of an example that fits (attribution/mine.py)
     chunk_rows: Literal["auto"] | int = "auto"

@@ -5,7 +5,8 @@ scripts ask this module for paths instead of joining them.
 Under ``runtime.output_dir`` (each overridable by its ``<section>.output_dir`` key):
 
 - ``mining/``: ``neuron_map.safetensors`` / ``.json``, ``summary.txt`` (written last: the done marker),
-  ``neuron_map.png``, per-rank ``stats/`` shards;
+  ``neuron_map.png``, per-rank ``stats/`` shards; ``diagnosis.txt`` / ``.json`` from ``neurorit-diagnose`` (or
+  ``mining.target auto``);
 - ``<stage>/`` for a standalone stage, ``<method>/<stage>/`` in the demo (one folder per method): ``config.yaml``,
   ``tb/``, ``checkpoints/step<N>/``, ``export/`` (a plain Hugging Face checkpoint) and ``train_summary.json``
   (written after the export: the done marker);
@@ -50,6 +51,16 @@ class MiningFiles:
     def stats(self) -> str:
         """Per-rank statistics shards (resume)."""
         return os.path.join(self.root, "stats")
+
+    @property
+    def diagnosis(self) -> str:
+        """``diagnosis.txt`` (``attribution/diagnose.py``, also under ``mining.target auto``): every target's
+        separation on the mining split, the choice and the verdict; written after ``diagnosis.json``."""
+        return os.path.join(self.root, "diagnosis.txt")
+
+    @property
+    def diagnosis_json(self) -> str:
+        return os.path.join(self.root, "diagnosis.json")
 
 
 @dataclass(frozen=True)
