@@ -124,12 +124,6 @@ class Target:
         return self.value(logits)
 
 
-def _refuse_fast_if_several(name: str, what: str, n: int, algorithm: str) -> None:
-    if n > 1 and algorithm == "fast":
-        raise UserError(f"mining.target {name}: {what} is {n} tokens for this tokenizer and mining.algorithm fast "
-                        f"reads one position; set mining.algorithm reference, or another mining.target")
-
-
 class _TeacherForced(Target):
     """F = sum of log P(token j | prompt, tokens < j) over ``token_ids``, read at positions scaled .. scaled+n-1."""
 
@@ -174,32 +168,13 @@ class YesProb(_TeacherForced):
         ids = token_ids(tokenizer, prompts.yes_word)
         if not ids:
             raise UserError(f"the tokenizer gives no token for the YES word {prompts.yes_word!r}")
-        _refuse_fast_if_several(cls.name, f"the YES word {prompts.yes_word!r}", len(ids), algorithm)
+        if len(ids) > 1 and algorithm == "fast":
+            raise UserError(f"mining.target {cls.name}: the YES word {prompts.yes_word!r} is {len(ids)} tokens for "
+                            f"this tokenizer and mining.algorithm fast reads one position; set mining.algorithm "
+                            f"reference, or another mining.target")
 
     def from_logprob(self, logp: torch.Tensor) -> torch.Tensor:
         return logp.exp()
-
-
-@target("answer_logprob")
-class AnswerLogprob(_TeacherForced):
-    """log P(the gold answer's first token) after the answer-only prompt."""
-
-    @classmethod
-    def for_answer(cls, tokenizer, prompts, answer):
-        return cls.of(token_ids(tokenizer, prompts.target_prefix + answer.strip())[:1] if answer.strip() else [])
-
-
-@target("answer_seq_logprob")
-class AnswerSeqLogprob(_TeacherForced):
-    """log P(the whole gold answer) after the answer-only prompt, teacher-forced (reference path)."""
-
-    @classmethod
-    def for_answer(cls, tokenizer, prompts, answer):
-        return cls.of(token_ids(tokenizer, prompts.target_prefix + answer.strip()) if answer.strip() else [])
-
-    @classmethod
-    def check(cls, tokenizer, prompts, algorithm):
-        _refuse_fast_if_several(cls.name, "a gold answer of several tokens", 2, algorithm)
 
 
 def _one_token_words(tokenizer, word: str) -> list[int]:
@@ -245,3 +220,27 @@ class YesNoMargin(Target):
         ids = torch.tensor(self.token_ids, device=logits.device)
         return (torch.logsumexp(logp[:, ids[:self.yes_count]], -1) -
                 torch.logsumexp(logp[:, ids[self.yes_count:]], -1))
+
+
+@target("answer_logprob")
+class AnswerLogprob(_TeacherForced):
+    """log P(the gold answer's first token) after the answer-only prompt."""
+
+    @classmethod
+    def for_answer(cls, tokenizer, prompts, answer):
+        return cls.of(token_ids(tokenizer, prompts.target_prefix + answer.strip())[:1] if answer.strip() else [])
+
+
+@target("answer_seq_logprob")
+class AnswerSeqLogprob(_TeacherForced):
+    """log P(the whole gold answer) after the answer-only prompt, teacher-forced (reference path)."""
+
+    @classmethod
+    def for_answer(cls, tokenizer, prompts, answer):
+        return cls.of(token_ids(tokenizer, prompts.target_prefix + answer.strip()) if answer.strip() else [])
+
+    @classmethod
+    def check(cls, tokenizer, prompts, algorithm):
+        if algorithm == "fast":
+            raise UserError(f"mining.target {cls.name} reads every token of the gold answer and mining.algorithm "
+                            f"fast reads one position; set mining.algorithm reference, or another mining.target")
