@@ -1,4 +1,4 @@
-"""Reference integrated gradients: the obviously-correct, slow method the fast path is tested against.
+"""Reference integrated gradients: the obviously-correct, slow algorithm the fast path is tested against.
 
 For each layer, the full input is repeated once per step (in chunks of ``chunk_rows`` steps), the activation of
 that layer at the scaled position (the last prompt token) is scaled from the baseline towards its value, the target

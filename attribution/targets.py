@@ -83,7 +83,7 @@ class _LogProbAt(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class Target:
-    """One example's attribution target. Subclasses set the class methods and ``value``."""
+    """One example's attribution target. Subclasses define the classmethods (building) and ``value``."""
 
     token_ids: tuple  # the scored tokens
     continuation: tuple = ()  # teacher-forced tokens after the prompt (each adds one read position)
