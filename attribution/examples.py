@@ -61,8 +61,9 @@ class ExampleBuilder:
     def build(self, index: int, record, relevant, irrelevant) -> MiningExample:
         ex = MiningExample(index, record.id, OK)
         answer = record.answers[0] if record.answers else ""
-        target = self.target.for_answer(self.tokenizer, self.prompts, answer) if answer.strip() else None
-        if target is None:
+        spoken = answer.strip() and targets.token_ids(self.tokenizer, self.prompts.target_prefix + answer.strip())
+        target = self.target.for_answer(self.tokenizer, self.prompts, answer) if spoken else None
+        if target is None:  # an answer with no token is skipped whatever the target (the YES targets show it too)
             ex.status = NO_ANSWER_TOKEN
             return ex
         if not relevant.text.strip() or not irrelevant.text.strip():

@@ -238,9 +238,10 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
     return nmap
 
 
-def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs) -> ExperimentConfig:
-    """``mining.target auto``: the target ``attribution/diagnose.py``'s rule picks on these pairs (every rank
-    runs the same forward passes; rank 0 writes the diagnosis into the mining folder)."""
+def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs) -> tuple[ExperimentConfig, tuple]:
+    """``mining.target auto``: the config with the target ``attribution/diagnose.py``'s rule picks on these pairs
+    (every rank runs the same forward passes; rank 0 writes the diagnosis into the mining folder), and the
+    diagnosis (rows, choice)."""
     from attribution import diagnose
 
     rows = diagnose.diagnose(model, tokenizer, prompts, pairs, cfg)
@@ -248,7 +249,7 @@ def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs)
     if parallel.is_main():
         diagnose.write(rows, best, cfg, RunLayout.of(cfg).mining)
         print(f"mining.target auto: {best.target}", file=sys.stderr, flush=True)
-    return dataclasses.replace(cfg, mining=dataclasses.replace(cfg.mining, target=best.target))
+    return dataclasses.replace(cfg, mining=dataclasses.replace(cfg.mining, target=best.target)), (rows, best)
 
 
 @main_guard
@@ -273,8 +274,9 @@ def main(argv=None) -> None:
     model, patcher = load_model(cfg, zero3)
     tokenizer = load_tokenizer(cfg.model.path)
     prompts = prompt_builder(cfg.data, tokenizer)
+    diagnosis = None
     if m.target == "auto":
-        cfg = resolve_auto_target(cfg, model, tokenizer, prompts, pairs)
+        cfg, diagnosis = resolve_auto_target(cfg, model, tokenizer, prompts, pairs)
         m = cfg.mining
     max_length = min(cfg.data.max_length, getattr(model.config, "max_position_embeddings", cfg.data.max_length))
     builder = ExampleBuilder(tokenizer, prompts, m.target, m.baseline, max_length, m.algorithm)
@@ -295,6 +297,10 @@ def main(argv=None) -> None:
     if parallel.is_main():
         write_outputs(cfg, files.root, stats, fingerprint)
         write_throughput(files.root, len(todo), seconds, world)
+        if diagnosis is not None:  # again, now with the map's fill and half-split stability
+            from attribution import diagnose
+
+            diagnose.write(*diagnosis, cfg, files)
     parallel.barrier()
 
 

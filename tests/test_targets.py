@@ -144,7 +144,8 @@ def test_yes_no_margin_is_the_log_ratio_of_the_two_word_sets():
 
 def test_fast_path_is_refused_in_one_line_for_a_several_position_target():
     tok, prompts = mining_tokenizer(), PromptBuilder("compact")
-    with pytest.raises(UserError, match="mining.target answer_seq_logprob reads every token of the gold answer .* set mining.algorithm reference"):
+    with pytest.raises(UserError, match="mining.target answer_seq_logprob reads every token of the gold answer "
+                                        ".* set mining.algorithm reference"):
         targets.get("answer_seq_logprob").check(tok, prompts, "fast")
     targets.get("answer_seq_logprob").check(tok, prompts, "reference")
 
