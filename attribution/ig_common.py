@@ -80,7 +80,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def last_position(model, patcher, ids: torch.Tensor, reads: int = 1,
+def probe_scaled_position(model, patcher, ids: torch.Tensor, reads: int = 1,
                   **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
     """Probe every layer at the scaled position (the ``reads``-th from the end; the last by default):
     (activations ``[layers, d_ff]`` fp32, logits at the ``reads`` last positions ``[1, reads, V]``, the output)."""
@@ -97,7 +97,7 @@ def baseline_activations(model, patcher, inp: IGInput, like: torch.Tensor) -> to
     if inp.baseline_ids is None:
         return torch.zeros_like(like)
     ids = inp.baseline_ids.view(1, -1).to(model_device(model))
-    acts, _, _ = last_position(model, patcher, ids, use_cache=False)
+    acts, _, _ = probe_scaled_position(model, patcher, ids, use_cache=False)
     return acts
 
 

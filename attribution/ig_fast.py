@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 from transformers.modeling_utils import AttentionInterface
 
-from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, last_position,
+from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, probe_scaled_position,
                                    model_device, rows_of, step_grid)
 from model_patches.compat import cache_layers_kv, output_cache
 from neurorit.errors import UserError
@@ -181,7 +181,7 @@ def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
         base = baseline_activations(model, patcher, inp, torch.empty(0))
     alphas, weights = step_grid(settings)
     with row_mode(model, patcher, state):
-        acts, logits, _ = last_position(model, patcher, last, position_ids=position, use_cache=False)
+        acts, logits, _ = probe_scaled_position(model, patcher, last, position_ids=position, use_cache=False)
         f_input = float(inp.target.value(logits)[0])
         if base is None:
             base = torch.zeros_like(acts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, last_position,
+from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, probe_scaled_position,
                                    model_device, rows_of, step_grid)
 
 
@@ -18,7 +18,7 @@ def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult
     device = model_device(model)
     ids = inp.input_ids.view(1, -1).to(device)
     reads = inp.target.reads
-    acts, logits, _ = last_position(model, patcher, ids, reads, use_cache=False)
+    acts, logits, _ = probe_scaled_position(model, patcher, ids, reads, use_cache=False)
     f_input = float(inp.target.value(logits)[0])
     base = baseline_activations(model, patcher, inp, acts)
     alphas, weights = step_grid(settings)

@@ -35,7 +35,7 @@ import time
 import torch
 
 from attribution.ig import integrated_gradients
-from attribution.ig_common import IGInput, IGSettings, last_position
+from attribution.ig_common import IGInput, IGSettings, probe_scaled_position
 from attribution.selection import example_topk
 from attribution.targets import YesProb
 from model_patches.patcher import patch_model
@@ -153,8 +153,8 @@ def captum_ig(model, patcher, inp: IGInput, layers, steps: int, batch: int) -> t
 
     device = next(model.parameters()).device
     ids = inp.input_ids.view(1, -1).to(device)
-    acts, _, _ = last_position(model, patcher, ids, use_cache=False)
-    base, _, _ = last_position(model, patcher, inp.baseline_ids.view(1, -1).to(device), use_cache=False)
+    acts, _, _ = probe_scaled_position(model, patcher, ids, use_cache=False)
+    base, _, _ = probe_scaled_position(model, patcher, inp.baseline_ids.view(1, -1).to(device), use_cache=False)
     out = []
     for layer in layers:
         down = patcher.layout.layers(model)[layer].mlp.down_proj
