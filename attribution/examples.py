@@ -1,12 +1,13 @@
 """Mining examples: records -> (relevant prompt, irrelevant prompt) IG inputs, with bad input caught per example.
 
-Target ``yes_prob`` uses the verification prompt (passage, question, proposed gold answer; reply YES/NO) and the
-first token of the style's YES word; target ``answer_logprob`` uses the answer-only prompt and the first token
-of the gold answer. With a chat template (``PromptBuilder.chat``) both prompts are user turns that end with the
-assistant header, and the target token is the first token of the assistant turn: the YES word and the answer
-without a leading space (``PromptBuilder.yes_word`` / ``output_prefix``). The query-only version of the same prompt is the ``query`` baseline. A passage that makes
-the prompt longer than the context is cut (and counted); an empty passage, an answer with no token, or a
-question that does not fit even without the passage marks the example as skipped (never stops the run).
+The attribution target (``attribution/targets.py``, by its config name) gives the prompt (the verification prompt
+for ``yes_prob`` / ``yes_no_margin``, the answer-only prompt for the answer targets) and the scored tokens; a
+teacher-forced target's tokens are appended after the prompt (the prompt is cut to leave them room). With a chat
+template (``PromptBuilder.chat``) the prompts are user turns that end with the assistant header, and the scored
+word is the assistant turn's first word, without a leading space (``PromptBuilder.yes_word`` /
+``output_prefix``). The query-only version of the same prompt is the ``query`` baseline. A passage that makes the
+prompt longer than the context is cut (and counted); an empty passage, an answer with no token, or a question that
+does not fit even without the passage marks the example as skipped (never stops the run).
 
 ``offtopic_mining_pairs`` builds the pairs as the release does (docs/DESIGN.md §2 mining data, issue 19): the
 relevant passage holds the gold answer; the irrelevant one is another question's answer-bearing passage, off
@@ -25,7 +26,7 @@ import torch
 
 from attribution.ig_common import IGInput
 from attribution.stats import EMPTY_PASSAGE, NO_ANSWER_TOKEN, OK, TOO_LONG
-from attribution.targets import Target, first_token
+from attribution import targets
 from neurorit.errors import UserError
 from neurorit.prompts import PromptBuilder, encode
 from neurorit.records import Passage, Record, passage_has_answer, relevant_passages
@@ -43,44 +44,41 @@ class MiningExample:
 
 
 class ExampleBuilder:
-    """Turns mining pairs into IG inputs for one tokenizer, prompt builder, target and baseline."""
+    """Turns mining pairs into IG inputs for one tokenizer, prompt builder, attribution target (its config name),
+    baseline and IG algorithm (a target the algorithm cannot read is refused here, in one line)."""
 
-    def __init__(self, tokenizer, prompts: PromptBuilder, target: str, baseline: str, max_length: int):
-        self.tokenizer, self.target, self.baseline, self.max_length = tokenizer, target, baseline, max_length
+    def __init__(self, tokenizer, prompts: PromptBuilder, target: str, baseline: str, max_length: int,
+                 algorithm: str = "fast"):
+        self.tokenizer, self.baseline, self.max_length = tokenizer, baseline, max_length
         self.prompts = prompts
-        self.yes_id = first_token(tokenizer, self.prompts.yes_word)
-        if target == "yes_prob" and self.yes_id is None:
-            raise UserError(f"the tokenizer gives no token for the YES word {self.prompts.yes_word!r}")
+        self.target = targets.get(target)
+        self.target.check(tokenizer, prompts, algorithm)
 
-    def _parts(self, question: str, answer: str, passage):
-        if self.target == "yes_prob":
-            return self.prompts.mining(question, answer, passage)
-        return self.prompts.answer_only(question, [passage] if passage is not None else [])
-
-    def _ids(self, parts) -> tuple[torch.Tensor, bool]:
-        enc = encode(self.tokenizer, parts, self.max_length, add_eos=False, with_output=False)
+    def _ids(self, parts, room: int = 0) -> tuple[torch.Tensor, bool]:
+        enc = encode(self.tokenizer, parts, self.max_length - room, add_eos=False, with_output=False)
         return torch.tensor(enc.input_ids, dtype=torch.long), enc.truncated
 
     def build(self, index: int, record, relevant, irrelevant) -> MiningExample:
         ex = MiningExample(index, record.id, OK)
         answer = record.answers[0] if record.answers else ""
-        answer_id = first_token(self.tokenizer, self.prompts.output_prefix + answer.strip()) if answer.strip() else None
-        if answer_id is None:
+        spoken = answer.strip() and targets.token_ids(self.tokenizer, self.prompts.output_prefix + answer.strip())
+        target = self.target.for_answer(self.tokenizer, self.prompts, answer) if spoken else None
+        if target is None:  # an answer with no token is skipped whatever the target (the YES targets show it too)
             ex.status = NO_ANSWER_TOKEN
             return ex
         if not relevant.text.strip() or not irrelevant.text.strip():
             ex.status = EMPTY_PASSAGE
             return ex
-        target = Target(self.target, self.yes_id if self.target == "yes_prob" else answer_id)
+        forced = torch.tensor(target.continuation, dtype=torch.long)
         try:
             base = None
             if self.baseline == "query":
-                base, _ = self._ids(self._parts(record.question, answer, None))
+                base, _ = self._ids(self.target.prompt(self.prompts, record.question, answer, None))
             inputs = []
             for passage in (relevant, irrelevant):
-                ids, cut = self._ids(self._parts(record.question, answer, passage))
+                ids, cut = self._ids(self.target.prompt(self.prompts, record.question, answer, passage), len(forced))
                 ex.truncated += int(cut)
-                inputs.append(IGInput(ids, base, target))
+                inputs.append(IGInput(torch.cat([ids, forced]), base, target))
         except ValueError:  # instruction + question alone exceed the context
             ex.status, ex.truncated = TOO_LONG, 0
             return ex
@@ -89,8 +87,9 @@ class ExampleBuilder:
 
     def pad_inputs(self) -> tuple[IGInput, IGInput]:
         """A stand-in for a rank with no example left: same passes, results thrown away (ZeRO-3 lockstep)."""
-        ids = torch.full((4,), self.yes_id if self.yes_id is not None else 0, dtype=torch.long)
-        inp = IGInput(ids, ids.clone() if self.baseline == "query" else None, Target(self.target, int(ids[0])))
+        token = targets.first_token(self.tokenizer, self.prompts.yes_word) or 0
+        ids = torch.full((4,), token, dtype=torch.long)
+        inp = IGInput(ids, ids.clone() if self.baseline == "query" else None, self.target.stand_in(token))
         return inp, inp
 
 

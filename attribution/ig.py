@@ -1,7 +1,8 @@
-"""One entry to integrated gradients: ``integrated_gradients(model, patcher, inp, settings, method)``.
+"""One entry to integrated gradients: ``integrated_gradients(model, patcher, inp, settings, algorithm)``.
 
-``fast`` (default) is the exact cached path of ``ig_fast``; ``reference`` the naive full-sequence method of
-``ig_reference``. Both return an ``IGResult`` with the same numbers up to float rounding.
+``fast`` (default) is the exact cached path of ``ig_fast`` (targets read at the last prompt position only);
+``reference`` the naive full-sequence algorithm of ``ig_reference`` (every target). Both return an ``IGResult``
+with the same numbers up to float rounding (``mining.algorithm``).
 """
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from attribution.ig_common import IGInput, IGResult, IGSettings
 from attribution.ig_fast import fast_ig
 from attribution.ig_reference import reference_ig
 
-METHODS = {"fast": fast_ig, "reference": reference_ig}
+ALGORITHMS = {"fast": fast_ig, "reference": reference_ig}
 
 
-def integrated_gradients(model, patcher, inp: IGInput, settings: IGSettings, method: str = "fast") -> IGResult:
-    if method not in METHODS:
-        raise ValueError(f"unknown IG method {method!r}; use one of {', '.join(METHODS)}")
-    return METHODS[method](model, patcher, inp, settings)
+def integrated_gradients(model, patcher, inp: IGInput, settings: IGSettings, algorithm: str = "fast") -> IGResult:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown IG algorithm {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[algorithm](model, patcher, inp, settings)

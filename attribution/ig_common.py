@@ -1,12 +1,14 @@
 """What the two integrated-gradients paths share: settings, inputs, results, the step grid, and the baseline.
 
-IG at layer ``l``, last position only (docs/DESIGN.md §2)::
+IG at layer ``l``, at the scaled position only (docs/DESIGN.md §2)::
 
     attr_i = (a_i - a'_i) / m * sum_{k=0}^{m-1} w_k * dF/dh_i  at  h = a' + (k/m)(a - a')
 
 with ``w_k = 1`` (``standard``, the left Riemann sum) or ``w_k = k/m`` (``ircan``, the release's variant that
 differentiates with respect to the end point). ``a`` is the activation on the prompt, ``a'`` the activation at
-the last position of the query-only prompt (``query`` baseline) or zero (``zero`` baseline).
+the last position of the query-only prompt (``query`` baseline) or zero (``zero`` baseline). The scaled position
+is the last prompt token; the target (``attribution/targets.py``) reads it and, when teacher-forced, the positions
+of its continuation tokens after it (``IGInput.scaled_position`` / ``read_positions``).
 """
 from __future__ import annotations
 
@@ -35,11 +37,22 @@ class IGSettings:
 
 @dataclass
 class IGInput:
-    """One prompt to attribute: token ids ``[T]``, the baseline prompt ids (None = zero baseline), the target."""
+    """One prompt to attribute: token ids ``[T]`` (the prompt, then the target's continuation tokens), the
+    baseline prompt ids (None = zero baseline), the target."""
 
     input_ids: torch.Tensor
     baseline_ids: Optional[torch.Tensor]
     target: Target
+
+    @property
+    def scaled_position(self) -> int:
+        """The position whose activation IG scales: the last prompt token."""
+        return len(self.input_ids) - self.target.reads
+
+    @property
+    def read_positions(self) -> range:
+        """The positions whose logits the target reads: the scaled one and every continuation token's."""
+        return range(self.scaled_position, len(self.input_ids))
 
 
 @dataclass
@@ -67,13 +80,16 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def last_position(model, patcher, ids: torch.Tensor, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
-    """Probe every layer at the last position: (activations ``[layers, d_ff]`` fp32, last logits ``[1, V]``,
-    the model output)."""
-    with patcher.probe(layers=None, positions="last") as store:
-        out = model(input_ids=ids, logits_to_keep=1, **forward_kwargs)
-    acts = torch.stack([store[layer][0].float() for layer in range(patcher.num_layers)])
-    return acts, out.logits[:, -1], out
+def probe_scaled_position(model, patcher, ids: torch.Tensor, reads: int = 1,
+                  **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """Probe every layer at the scaled position (the ``reads``-th from the end; the last by default):
+    (activations ``[layers, d_ff]`` fp32, logits at the ``reads`` last positions ``[1, reads, V]``, the output)."""
+    spec = "last" if reads == 1 else [ids.shape[-1] - reads]
+    with patcher.probe(layers=None, positions=spec) as store:
+        out = model(input_ids=ids, logits_to_keep=reads, **forward_kwargs)
+    acts = torch.stack([(store[layer][0] if reads == 1 else store[layer][0, 0]).float()
+                        for layer in range(patcher.num_layers)])
+    return acts, out.logits[:, -reads:], out
 
 
 def baseline_activations(model, patcher, inp: IGInput, like: torch.Tensor) -> torch.Tensor:
@@ -81,7 +97,7 @@ def baseline_activations(model, patcher, inp: IGInput, like: torch.Tensor) -> to
     if inp.baseline_ids is None:
         return torch.zeros_like(like)
     ids = inp.baseline_ids.view(1, -1).to(model_device(model))
-    acts, _, _ = last_position(model, patcher, ids, use_cache=False)
+    acts, _, _ = probe_scaled_position(model, patcher, ids, use_cache=False)
     return acts
 
 

@@ -17,7 +17,8 @@ Attention of a row is computed against the shared prefix cache (one matrix produ
 heads, the prefix is never copied per row) plus the row's own last-token key and value: a registered attention
 implementation (``neurorit_rows``) used only inside these passes; masks are not needed (the last token sees the
 whole prefix; sliding windows keep their last ``window - 1`` prefix keys, soft-capping is applied as in eager).
-Same numbers as ``ig_reference`` up to float rounding.
+Same numbers as ``ig_reference`` up to float rounding, for targets that read the scaled position only (a
+teacher-forced target, read at later positions too, is refused: use the reference path).
 
 Precision: in a bf16 model the row attention (scores, softmax, weighted values; prefix keys and values kept in
 fp32) and the step interpolation ``a' + (k/m)(a - a')`` (``LayerControl.apply_scale``) run in fp32; the rest of
@@ -32,9 +33,10 @@ from typing import Optional
 import torch
 from transformers.modeling_utils import AttentionInterface
 
-from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, last_position,
+from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, probe_scaled_position,
                                    model_device, rows_of, step_grid)
 from model_patches.compat import cache_layers_kv, output_cache
+from neurorit.errors import UserError
 
 ATTN_NAME = "neurorit_rows"
 
@@ -147,33 +149,6 @@ def row_mode(model, patcher, state: _RowState):
             cfg._attn_implementation = impl
 
 
-class _LogProbAt(torch.autograd.Function):
-    """``log_softmax(logits)[:, token]`` without materialising the log-softmax or a one-hot gradient: forward one
-    logsumexp, backward ``g * (onehot - softmax)`` written once (same numbers as ``Target.value``)."""
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, token: int) -> torch.Tensor:
-        lse = torch.logsumexp(logits, dim=-1)
-        ctx.save_for_backward(logits, lse)
-        ctx.token = token
-        return logits[:, token] - lse
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        logits, lse = ctx.saved_tensors
-        out = torch.sub(logits, lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))
-        out[:, ctx.token] += grad
-        return out, None
-
-
-def target_value(target, last_logits: torch.Tensor) -> torch.Tensor:
-    """``target.value(last_logits)`` (``[rows, vocab]`` -> ``[rows]``), fused for the known targets."""
-    if target.kind not in ("yes_prob", "answer_logprob"):
-        return target.value(last_logits)
-    logp = _LogProbAt.apply(last_logits.float(), int(target.token_id))
-    return logp.exp() if target.kind == "yes_prob" else logp
-
-
 def row_chunks(layers: int, steps: int, chunk_rows: int) -> list[list[tuple[int, int]]]:
     """All (layer, step) rows, layer-major, cut into chunks of at most ``chunk_rows``."""
     rows = [(layer, k) for layer in range(layers) for k in range(steps)]
@@ -190,6 +165,9 @@ def _prefix_kv(cache) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
 
 
 def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
+    if inp.target.reads != 1:
+        raise UserError(f"mining.algorithm fast reads the last prompt position only; target {inp.target.name} "
+                        f"reads {inp.target.reads} positions: set mining.algorithm reference")
     device = model_device(model)
     ids = inp.input_ids.view(1, -1).to(device)
     last = ids[:, -1:]
@@ -203,7 +181,7 @@ def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
         base = baseline_activations(model, patcher, inp, torch.empty(0))
     alphas, weights = step_grid(settings)
     with row_mode(model, patcher, state):
-        acts, logits, _ = last_position(model, patcher, last, position_ids=position, use_cache=False)
+        acts, logits, _ = probe_scaled_position(model, patcher, last, position_ids=position, use_cache=False)
         f_input = float(inp.target.value(logits)[0])
         if base is None:
             base = torch.zeros_like(acts)
@@ -227,7 +205,7 @@ def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
             patcher.set_scale(scale)
             try:
                 out = model(input_ids=last.expand(len(chunk), 1), position_ids=position, use_cache=False)
-                f = target_value(inp.target, out.logits.view(len(chunk), -1))  # a view: no zero-filled grad
+                f = inp.target.fused_value(out.logits.view(len(chunk), 1, -1))  # a view: no zero-filled grad
                 grads = torch.autograd.grad(f.sum(), [patcher.scaled[layer] for layer in by_layer])
             finally:
                 patcher.clear_scale()

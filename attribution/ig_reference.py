@@ -1,21 +1,24 @@
-"""Reference integrated gradients: the obviously-correct, slow method the fast path is tested against.
+"""Reference integrated gradients: the obviously-correct, slow algorithm the fast path is tested against.
 
-For each layer, the full prompt is repeated once per step (in chunks of ``chunk_rows`` steps), the
-last-position activation of that layer is scaled from the baseline towards its value, and the gradient of the
-target with respect to the scaled activation is taken. Cost: ``layers x steps`` full-sequence passes.
+For each layer, the full input is repeated once per step (in chunks of ``chunk_rows`` steps), the activation of
+that layer at the scaled position (the last prompt token) is scaled from the baseline towards its value, the target
+reads its positions (the scaled one, and after it any teacher-forced continuation), and the gradient of the target
+with respect to the scaled activation is taken. Cost: ``layers x steps`` full-sequence passes. Works for every
+target, also those read at several positions.
 """
 from __future__ import annotations
 
 import torch
 
-from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, last_position,
+from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, probe_scaled_position,
                                    model_device, rows_of, step_grid)
 
 
 def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
     device = model_device(model)
     ids = inp.input_ids.view(1, -1).to(device)
-    acts, logits, _ = last_position(model, patcher, ids, use_cache=False)
+    reads = inp.target.reads
+    acts, logits, _ = probe_scaled_position(model, patcher, ids, reads, use_cache=False)
     f_input = float(inp.target.value(logits)[0])
     base = baseline_activations(model, patcher, inp, acts)
     alphas, weights = step_grid(settings)
@@ -27,10 +30,11 @@ def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult
             ks = torch.arange(start, min(settings.steps, start + settings.chunk_rows))
             rows = len(ks)
             patcher.set_scale({layer: (torch.arange(rows, device=device), alphas[ks].to(device),
-                                       rows_of(base[layer], rows, device))})  # fp32, as the fast path
+                                       rows_of(base[layer], rows, device))},  # fp32, as the fast path
+                              position=inp.scaled_position)
             try:
-                out = model(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=1)
-                f = inp.target.value(out.logits[:, -1])
+                out = model(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=reads)
+                f = inp.target.value(out.logits[:, -reads:])
                 (grad,) = torch.autograd.grad(f.sum(), [patcher.scaled[layer]])
             finally:
                 patcher.clear_scale()

@@ -3,7 +3,9 @@
     python attribution/mine.py --config configs/embedded.yaml [--mining.steps 20 ...]
     deepspeed --num_gpus 2 attribution/mine.py --config configs/embedded.yaml      (also torchrun / srun)
 
-A mining pair (``attribution/examples.py``) is a question with its answer-bearing passage (relevant) and another
+The attribution target is ``mining.target`` (``attribution/targets.py``), or with ``auto`` the one the separation
+probe of ``attribution/diagnose.py`` ranks first on these pairs (its diagnosis is written first). A mining pair
+(``attribution/examples.py``) is a question with its answer-bearing passage (relevant) and another
 question's passage that neither holds the answer nor names the entity (irrelevant, off-topic, as in the release).
 Examples are dealt round-robin over ranks. With ``mining.zero_stage: 3`` (or ``auto``, the default, when a whole
 copy of the model would not fit a rank) and several ranks the weights are sharded with ZeRO-3 and ranks run in
@@ -167,7 +169,7 @@ def attribute(miner: Miner, ex: MiningExample, pads) -> ExampleResult:
     if ex.status != OK and not miner.lockstep:
         return empty
     inputs = ex.inputs if ex.status == OK else pads
-    results = [integrated_gradients(miner.model, miner.patcher, inp, miner.settings, m.method) for inp in inputs]
+    results = [integrated_gradients(miner.model, miner.patcher, inp, miner.settings, m.algorithm) for inp in inputs]
     if ex.status != OK:
         return empty
     attr = torch.stack([r.attributions for r in results])
@@ -222,7 +224,7 @@ def run_fingerprint(cfg: ExperimentConfig, fingerprint: dict, pairs, max_length:
     m = cfg.mining
     body = {"model": os.path.abspath(cfg.model.path), "dtype": cfg.model.dtype, "fingerprint": fingerprint,
             "examples": examples_digest(pairs), "style": cfg.data.prompt_style, "max_length": max_length,
-            "mining": [m.method, m.steps, m.ig_rule, m.baseline, m.target, m.threshold_ratio, m.top_k,
+            "mining": [m.algorithm, m.steps, m.ig_rule, m.baseline, m.target, m.threshold_ratio, m.top_k,
                        m.chunk_rows]}  # rows of a chunk share reductions: results move (within rounding) with it
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -255,6 +257,20 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
     return nmap
 
 
+def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs) -> tuple[ExperimentConfig, tuple]:
+    """``mining.target auto``: the config with the target ``attribution/diagnose.py``'s rule picks on these pairs
+    (every rank runs the same forward passes; rank 0 writes the diagnosis into the mining folder), and the
+    diagnosis (rows, choice)."""
+    from attribution import diagnose
+
+    rows = diagnose.diagnose(model, tokenizer, prompts, pairs, cfg)
+    best = diagnose.choose(rows)
+    if parallel.is_main():
+        diagnose.write(rows, best, cfg, RunLayout.of(cfg).mining)
+        print(f"mining.target auto: {best.target}", file=sys.stderr, flush=True)
+    return dataclasses.replace(cfg, mining=dataclasses.replace(cfg.mining, target=best.target)), (rows, best)
+
+
 @main_guard
 def main(argv=None) -> None:
     from attribution.examples import offtopic_mining_pairs
@@ -278,8 +294,13 @@ def main(argv=None) -> None:
     m = cfg.mining
     model, patcher = load_model(cfg, zero3)
     tokenizer = load_tokenizer(cfg.model.path)
+    prompts = prompt_builder(cfg.data, tokenizer)
+    diagnosis = None
+    if m.target == "auto":
+        cfg, diagnosis = resolve_auto_target(cfg, model, tokenizer, prompts, pairs)
+        m = cfg.mining
     max_length = min(cfg.data.max_length, getattr(model.config, "max_position_embeddings", cfg.data.max_length))
-    builder = ExampleBuilder(tokenizer, prompt_builder(cfg.data, tokenizer), m.target, m.baseline, max_length)
+    builder = ExampleBuilder(tokenizer, prompts, m.target, m.baseline, max_length, m.algorithm)
     fingerprint = model_fingerprint(model)
     layers, width = fingerprint["num_layers"], fingerprint["intermediate_size"]
     run_id = run_fingerprint(cfg, fingerprint, pairs, max_length)
@@ -299,6 +320,10 @@ def main(argv=None) -> None:
     if parallel.is_main():
         write_outputs(cfg, files.root, stats, fingerprint)
         write_throughput(files.root, len(todo), seconds, world)
+        if diagnosis is not None:  # again, now with the map's fill and half-split stability
+            from attribution import diagnose
+
+            diagnose.write(*diagnosis, cfg, files)
     parallel.barrier()
 
 

@@ -28,6 +28,7 @@ class FFNPatcher:
         self.num_layers = len(layout.layers(model))
         self.intermediate_size = layout.intermediate_size
         self.scaled: dict[int, torch.Tensor] = {}
+        self.scale_position = -1  # where set_scale scales (python index into the sequence)
         self.controls: list[LayerControl] = []
         self._restore: list[tuple[torch.nn.Module, Optional[object]]] = []
         self._probe_store: Optional[dict] = None
@@ -92,10 +93,11 @@ class FFNPatcher:
         self._probe_store[layer] = acts[:, 0] if self._probe_spec == "last" else acts
 
     # ------------------------------------------------------------------------------------------ scale
-    def set_scale(self, spec: dict) -> None:
-        """``{layer: (rows[r], alphas[r], baseline[r, d_ff])}``: at the LAST position of those batch rows the
-        activation becomes ``baseline + alpha * (a - baseline)``; ``self.scaled[layer]`` then holds it."""
+    def set_scale(self, spec: dict, position: int = -1) -> None:
+        """``{layer: (rows[r], alphas[r], baseline[r, d_ff])}``: at ``position`` (default the last) of those batch
+        rows the activation becomes ``baseline + alpha * (a - baseline)``; ``self.scaled[layer]`` then holds it."""
         self.clear_scale()
+        self.scale_position = position
         for layer, (rows, alphas, baseline) in spec.items():
             ctl = self.controls[self._check_layer(layer)]
             rows = torch.as_tensor(rows, dtype=torch.long)
@@ -109,6 +111,7 @@ class FFNPatcher:
         for ctl in self.controls:
             ctl.scale = None
         self.scaled = {}
+        self.scale_position = -1
 
     # ------------------------------------------------------------------------------------- deactivate
     def set_deactivated(self, spec: dict) -> None:

@@ -52,18 +52,28 @@ class DataConfig:
     benchmark_questions: int = 6000  # questions the benchmark generates (all splits)
 
 
+# The registered attribution targets (attribution/targets.py holds one class per name; a new target is its class
+# and its name here): yes_prob = P(whole YES word) after the verification prompt; yes_no_margin = log P(yes
+# words) - log P(no words) there; answer_logprob = log P(gold answer's first token); answer_seq_logprob = log P(whole
+# gold answer), teacher-forced.
+ATTRIBUTION_TARGETS = ("yes_prob", "yes_no_margin", "answer_logprob", "answer_seq_logprob")
+RENAMED_KEYS = {"mining.method": "mining.algorithm"}  # old key -> new key, refused with the new name
+
+
 @dataclass
 class MiningConfig:
     file: str = ""  # records to mine on; empty = data.train_file
     num_examples: int = 400  # mining questions (the release used 389)
-    # fast = the exact single-token path; reference = full passes (slow, for checks)
-    method: Literal["fast", "reference"] = "fast"
+    # fast = the exact single-token path; reference = full passes (slow; also targets read at several positions)
+    algorithm: Literal["fast", "reference"] = "fast"
     steps: int = 20  # integrated-gradients steps m
     # standard = left Riemann sum; ircan = the release's end-point rule
     ig_rule: Literal["standard", "ircan"] = "standard"
     baseline: Literal["query", "zero"] = "query"  # query = the same prompt without the passage; zero = zero activations
-    # yes_prob = P(YES) at the last position; answer_logprob = log P(gold answer's first token)
-    target: Literal["yes_prob", "answer_logprob"] = "yes_prob"
+    # the attribution target: a name of ATTRIBUTION_TARGETS (attribution/targets.py), or auto = the one
+    # attribution/diagnose.py's separation probe ranks first on the mining split (largest paired effect dz)
+    target: str = "yes_prob"
+    min_separation: float = 0.5  # diagnose's verdict: a target separates when its paired effect dz is >= this
     # (layer, step) rows per single-token sweep: bounds memory, and on a GPU fewer, larger sweeps are faster;
     # auto = 64 on CPU, on an accelerator every row of an example that fits (attribution/mine.py)
     chunk_rows: Literal["auto"] | int = "auto"
@@ -284,6 +294,8 @@ def _apply(obj, data: dict, prefix: str) -> None:
     types_ = _field_types(type(obj))
     for key, value in data.items():
         dotted = f"{prefix}{key}"
+        if dotted in RENAMED_KEYS:
+            raise UserError(f"config key '{dotted}' is now '{RENAMED_KEYS[dotted]}' (the same values); rename it")
         if key not in types_:
             allowed = ", ".join(sorted(types_))
             raise UserError(f"unknown config key '{dotted}'; allowed here: {allowed}")
@@ -364,6 +376,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise UserError(f"config key 'mining.steps' must be >= 1, got {m.steps}")
     if not 0 <= m.threshold_ratio <= 1:
         raise UserError(f"config key 'mining.threshold_ratio' must be in [0, 1], got {m.threshold_ratio}")
+    if m.target not in ATTRIBUTION_TARGETS + ("auto",):
+        raise UserError(f"config key 'mining.target': {m.target!r} is not a registered attribution target; use one "
+                        f"of {', '.join(ATTRIBUTION_TARGETS + ('auto',))}")
     if m.chunk_rows != "auto" and m.chunk_rows < 1:
         raise UserError(f"config key 'mining.chunk_rows' must be >= 1, got {m.chunk_rows}")
     if cfg.data.num_docs < 0:

@@ -35,12 +35,15 @@ class Method:
     name: str  # the config value, the output folder in the demo and the row of the report
     help: str
     stages: dict = field(default_factory=dict)  # stage -> StageRule, in pipeline order; {} = evaluated as it is
-    role: Literal["base", "baseline", "neurorit", "reference"] = "baseline"  # reference: not in the demo/report
+    # reference: not in the demo or the report; control: a control of the map (issue 27), run by name
+    # (``stage<N>.method``), reported when run, not run by the demo
+    role: Literal["base", "baseline", "neurorit", "control", "reference"] = "baseline"
     run_of: str = ""  # evaluated from another method's run (its stage outputs), e.g. neurorit_stage1
 
     @property
     def reported(self) -> bool:
-        return self.role != "reference"
+        """Run by the demo and reported (controls are reported when run, in ``REPORT_ORDER``, but not run by it)."""
+        return self.role not in ("reference", "control")
 
     def rule(self, stage: str) -> StageRule:
         if stage not in self.stages:
@@ -83,6 +86,20 @@ _ENTRIES = (
            {"stage1": StageRule("release_masks", "end_on_noise", {"groups": ("irrelevant_only",), "stage": "stage1"}),
             "stage2": StageRule("release_masks", "evidence", {"groups": ALL_GROUPS, "stage": "stage2"})},
            role="neurorit"),
+    Method("neurons_only", "stage 2 on the three neuron groups in every layer only (no target-layer FFN), "
+           "evidence data: the mined neurons without the layers",
+           {"stage2": StageRule("neurons", "evidence", {"groups": ALL_GROUPS})}, role="control"),
+    Method("random_neurons_only", "neurons_only with each layer's neurons replaced by as many random ones "
+           "(seeded by runtime.seed)",
+           {"stage2": StageRule("neurons", "evidence", {"groups": ALL_GROUPS, "random": True})}, role="control"),
+    Method("random_layers", "layer_tuning on as many layers drawn at random (seeded by runtime.seed; the draw is "
+           "recorded in train_summary.json) as the map has target layers",
+           {"stage2": StageRule("neurons", "evidence", {"target_layers": True, "random_layers": True})},
+           role="control"),
+    Method("random_hard_deactivation", "hard deactivation of as many random neurons per layer as the map has "
+           "irrelevant-only ones (seeded by runtime.seed)",
+           {"stage1": StageRule("nothing", options={"fold_irrelevant_only": True, "random": True})},
+           role="control"),
     Method("full", "full fine-tuning of every parameter on each stage's own data (a reference, not reported)",
            {"stage1": StageRule("everything", "end_on_noise"), "stage2": StageRule("everything", "evidence")},
            role="reference"),
@@ -90,7 +107,7 @@ _ENTRIES = (
            {"stage1": StageRule("nothing"), "stage2": StageRule("nothing", "evidence")}, role="reference"),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _ENTRIES}
-REPORT_ORDER = tuple(m.name for m in _ENTRIES if m.reported)
+REPORT_ORDER = tuple(m.name for m in _ENTRIES if m.role != "reference")
 
 
 def get(name: str) -> Method:

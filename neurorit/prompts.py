@@ -202,6 +202,11 @@ class PromptBuilder:
         return self.style.yes_word.lstrip() if self.chat else self.style.yes_word
 
     @property
+    def no_word(self) -> str:
+        """The NO word as the model writes it first after the prompt (as ``yes_word``)."""
+        return self.style.no_word.lstrip() if self.chat else self.style.no_word
+
+    @property
     def output_prefix(self) -> str:
         """What precedes an output's first word: a space after a plain prompt, nothing at the start of a turn."""
         return "" if self.chat else " "

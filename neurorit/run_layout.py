@@ -6,7 +6,8 @@ Under ``runtime.output_dir`` (each overridable by its ``<section>.output_dir`` k
 
 - ``mining/``: ``neuron_map.safetensors`` / ``.json``, ``summary.txt`` (written last: the done marker),
   ``neuron_map.png``, ``neuron_stats.safetensors``, ``diagnostics.json``, ``throughput.json``, ``config.yaml``,
-  ``tensorboard/``, per-rank ``stats/`` shards;
+  ``tensorboard/``, per-rank ``stats/`` shards; ``diagnosis.txt`` / ``.json`` from ``neurorit-diagnose`` (or
+  ``mining.target auto``);
 - ``<stage>/`` for a standalone stage, ``<method>/<stage>/`` in the demo (one folder per method): ``config.yaml``,
   ``tensorboard/``, ``checkpoints/step<N>/``, ``export/`` (a plain Hugging Face checkpoint) and
   ``train_summary.json`` (written after the export: the done marker);
@@ -83,6 +84,16 @@ class MiningFiles:
     @property
     def tensorboard(self) -> str:
         return os.path.join(self.root, TENSORBOARD)
+
+    @property
+    def diagnosis(self) -> str:
+        """``diagnosis.txt`` (``attribution/diagnose.py``, also under ``mining.target auto``): every target's
+        separation on the mining split, the choice and the verdict; written after ``diagnosis.json``."""
+        return os.path.join(self.root, "diagnosis.txt")
+
+    @property
+    def diagnosis_json(self) -> str:
+        return os.path.join(self.root, "diagnosis.json")
 
 
 @dataclass(frozen=True)

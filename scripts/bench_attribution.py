@@ -35,9 +35,9 @@ import time
 import torch
 
 from attribution.ig import integrated_gradients
-from attribution.ig_common import IGInput, IGSettings, last_position
+from attribution.ig_common import IGInput, IGSettings, probe_scaled_position
 from attribution.selection import example_topk
-from attribution.targets import Target
+from attribution.targets import YesProb
 from model_patches.patcher import patch_model
 
 
@@ -153,8 +153,8 @@ def captum_ig(model, patcher, inp: IGInput, layers, steps: int, batch: int) -> t
 
     device = next(model.parameters()).device
     ids = inp.input_ids.view(1, -1).to(device)
-    acts, _, _ = last_position(model, patcher, ids, use_cache=False)
-    base, _, _ = last_position(model, patcher, inp.baseline_ids.view(1, -1).to(device), use_cache=False)
+    acts, _, _ = probe_scaled_position(model, patcher, ids, use_cache=False)
+    base, _, _ = probe_scaled_position(model, patcher, inp.baseline_ids.view(1, -1).to(device), use_cache=False)
     out = []
     for layer in layers:
         down = patcher.layout.layers(model)[layer].mlp.down_proj
@@ -167,7 +167,7 @@ def captum_ig(model, patcher, inp: IGInput, layers, steps: int, batch: int) -> t
         def forward_func(h):
             held["h"] = h
             logits = model(input_ids=ids.expand(h.shape[0], -1), use_cache=False, logits_to_keep=1).logits
-            return inp.target.value(logits[:, -1])
+            return inp.target.value(logits[:, -1:])
 
         handle = down.register_forward_pre_hook(swap_last)
         try:
@@ -210,13 +210,13 @@ def main_shape(args, device) -> dict:
                               f"middle layer's is the mean; layer {n_layers // 2} slightly under it)",
               "slow_batch_tokens": args.slow_batch_tokens, "lengths": {}}
     warm = IGInput(torch.randint(3, vocab, (16,), generator=gen), torch.randint(3, vocab, (8,), generator=gen),
-                   Target("yes_prob", 7))
+                   YesProb((7,)))
     integrated_gradients(model, patcher, warm, IGSettings(steps=2, chunk_rows=chunk_rows))  # lazy init out
     fwd_bwd(model, warm.input_ids.view(1, -1).to(device))
     for length in lengths:
         prompt = torch.randint(3, vocab, (length,), generator=gen)
         query = torch.randint(3, vocab, (32,), generator=gen)
-        inp = IGInput(prompt, query, Target("yes_prob", 7))
+        inp = IGInput(prompt, query, YesProb((7,)))
         fast, t_fast, peak = None, float("inf"), 0.0
         for _ in range(args.repeats):
             res, sec, mb = measure(lambda: integrated_gradients(model, patcher, inp, settings, "fast"), device)
@@ -299,7 +299,7 @@ def main(argv=None) -> dict:
         for _ in range(args.examples):
             prompt = torch.randint(3, args.vocab, (length,), generator=gen)
             query = torch.randint(3, args.vocab, (32,), generator=gen)
-            inp = IGInput(prompt, query, Target("yes_prob", 7))
+            inp = IGInput(prompt, query, YesProb((7,)))
             out = {}
             for method, rows in (("fast", args.chunk_rows), ("reference", args.ref_chunk_rows)):
                 settings = IGSettings(steps=args.steps, chunk_rows=rows)

@@ -204,13 +204,13 @@ def _ig_input(shape: Shape, seed: int):
     import torch
 
     from attribution.ig_common import IGInput
-    from attribution.targets import Target
+    from attribution.targets import YesProb
 
     gen = torch.Generator().manual_seed(seed)
     vocab = min(shape.vocab, 32000)
     prompt = torch.randint(3, vocab, (shape.prompt,), generator=gen)
     query = torch.randint(3, vocab, (max(8, shape.prompt // 25),), generator=gen)
-    return IGInput(prompt, query, Target("yes_prob", 11))
+    return IGInput(prompt, query, YesProb((11,)))
 
 
 def _ig(model, inp, chunk_rows: int):

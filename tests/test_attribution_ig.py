@@ -8,7 +8,7 @@ from attribution.ig import integrated_gradients
 from attribution.ig_common import IGInput, IGSettings
 from attribution.ig_fast import row_chunks
 from attribution.selection import example_topk
-from attribution.targets import Target
+from attribution.targets import TARGETS
 from model_patches.patcher import patch_model
 from tests.support.models import TINY_FAMILIES, tiny_model
 
@@ -40,7 +40,7 @@ def _top20(attr: torch.Tensor) -> set[int]:
 @pytest.mark.parametrize("target", ["yes_prob", "answer_logprob"])
 def test_fast_equals_reference(family, rule, baseline, target):
     model, patcher, prompt, query = _setup(family)
-    inp = IGInput(prompt, query if baseline == "query" else None, Target(target, 11))
+    inp = IGInput(prompt, query if baseline == "query" else None, TARGETS[target]((11,)))
     settings = IGSettings(steps=8, ig_rule=rule, chunk_rows=5)
     ref = integrated_gradients(model, patcher, inp, settings, "reference")
     fast = integrated_gradients(model, patcher, inp, settings, "fast")
@@ -54,7 +54,7 @@ def test_fast_equals_reference(family, rule, baseline, target):
 @pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f not in ("llama", "qwen2", "mistral")])
 def test_fast_equals_reference_other_families(family):
     model, patcher, prompt, query = _setup(family, layers=2)
-    inp = IGInput(prompt, query, Target("yes_prob", 11))
+    inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
     settings = IGSettings(steps=4, chunk_rows=3)
     ref = integrated_gradients(model, patcher, inp, settings, "reference")
     fast = integrated_gradients(model, patcher, inp, settings, "fast")
@@ -65,7 +65,7 @@ def test_fast_equals_reference_other_families(family):
 def test_completeness_gap_shrinks_with_steps(baseline):
     """Per layer, sum_i attr_i -> F(a) - F(a') as the left Riemann sum gets finer (gap ~ 1/m)."""
     model, patcher, prompt, query = _setup("llama", layers=2)
-    inp = IGInput(prompt, query if baseline == "query" else None, Target("answer_logprob", 11))
+    inp = IGInput(prompt, query if baseline == "query" else None, TARGETS["answer_logprob"]((11,)))
     gaps = []
     for steps in (8, 256):
         res = integrated_gradients(model, patcher, inp, IGSettings(steps=steps, chunk_rows=128))
@@ -78,7 +78,7 @@ def test_completeness_gap_shrinks_with_steps(baseline):
 def test_ircan_weights_steps_by_k_over_m():
     """With one step the ircan weight k/m is 0 for the only term: all attributions vanish."""
     model, patcher, prompt, query = _setup("llama", layers=2)
-    inp = IGInput(prompt, query, Target("yes_prob", 11))
+    inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
     res = integrated_gradients(model, patcher, inp, IGSettings(steps=1, ig_rule="ircan"))
     assert torch.count_nonzero(res.attributions) == 0
     std = integrated_gradients(model, patcher, inp, IGSettings(steps=1))
@@ -87,7 +87,7 @@ def test_ircan_weights_steps_by_k_over_m():
 
 def test_chunk_size_does_not_change_results():
     model, patcher, prompt, query = _setup("qwen2")
-    inp = IGInput(prompt, query, Target("yes_prob", 11))
+    inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
     results = [integrated_gradients(model, patcher, inp, IGSettings(steps=6, chunk_rows=c)) for c in (1, 7, 18, 500)]
     for res in results[1:]:
         assert _rel_err(res.attributions, results[0].attributions) <= 1e-5
@@ -97,7 +97,7 @@ def test_chunk_size_does_not_change_results():
 def test_frozen_and_trainable_weights_agree():
     frozen_model, frozen, prompt, query = _setup("llama", frozen=True)
     live_model, live, _, _ = _setup("llama", frozen=False)
-    inp = IGInput(prompt, query, Target("yes_prob", 11))
+    inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
     a = integrated_gradients(frozen_model, frozen, inp, IGSettings(steps=4)).attributions
     b = integrated_gradients(live_model, live, inp, IGSettings(steps=4)).attributions
     assert torch.equal(a, b)
@@ -115,7 +115,7 @@ def test_prompt_longer_than_a_sliding_window():
     """Gemma-2 alternates sliding (window 64) and full layers: the cached rows must see exactly the window."""
     model, patcher, _, query = _setup("gemma2", layers=2)
     prompt = torch.randint(3, 97, (100,), generator=torch.Generator().manual_seed(3))
-    inp = IGInput(prompt, query, Target("yes_prob", 11))
+    inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
     settings = IGSettings(steps=4, chunk_rows=3)
     ref = integrated_gradients(model, patcher, inp, settings, "reference")
     fast = integrated_gradients(model, patcher, inp, settings, "fast")

@@ -16,7 +16,7 @@ import attribution.ig_fast as ig_fast
 from attribution.ig import integrated_gradients
 from attribution.ig_common import IGInput, IGSettings
 from attribution.selection import example_topk
-from attribution.targets import Target
+from attribution.targets import TARGETS
 from model_patches.layouts.base import LayerControl
 from model_patches.patcher import patch_model
 from tests.support.models import tiny_model
@@ -55,7 +55,7 @@ def test_bf16_fast_ig_agrees_with_the_fp32_reference_whatever_chunk_rows(family,
     model = frozen(family, seed, torch.float32)
     gen = torch.Generator().manual_seed(7 + seed)
     prompt, query = torch.randint(3, 97, (40,), generator=gen), torch.randint(3, 97, (9,), generator=gen)
-    inp = IGInput(prompt, query, Target("yes_prob", 11))
+    inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
     ref = integrated_gradients(model, patch_model(model), inp, IGSettings(steps=20, chunk_rows=20), "reference")
     bf16 = frozen(family, seed, torch.bfloat16)
     patcher = patch_model(bf16)

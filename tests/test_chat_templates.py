@@ -169,16 +169,20 @@ def test_mining_target_is_the_first_token_of_the_assistant_turn(case):
     b = prompt_builder(data_cfg(), tok)
     assert b.yes_word == "YES" and b.output_prefix == ""
     rec = SimpleNamespace(id="q1", question=Q, answers=["Plimford"])
-    yes = ExampleBuilder(tok, b, "yes_prob", "query", 4096)
-    assert yes.yes_id == tok("YES", add_special_tokens=False)["input_ids"][0]
+    word = tok("YES", add_special_tokens=False)["input_ids"]
+    if len(word) > 1:  # the whole word is scored, teacher-forced: the fast path refuses in one line
+        with pytest.raises(UserError, match=f"mining.target yes_prob: the YES word 'YES' is {len(word)} tokens"):
+            ExampleBuilder(tok, b, "yes_prob", "query", 4096)
+    yes = ExampleBuilder(tok, b, "yes_prob", "query", 4096, algorithm="reference")
     ex = yes.build(0, rec, DOCS[0], DOCS[2])
     assert ex.status == OK
     rel, irr = ex.inputs
-    assert rel.target.token_id == yes.yes_id
-    assert tok.decode(rel.input_ids.tolist()).endswith(b.chat.user_suffix)
+    assert rel.target.token_ids == tuple(word) and rel.target.reads == len(word)
+    prompt, forced = rel.input_ids[:rel.scaled_position + 1], rel.input_ids[rel.scaled_position + 1:]
+    assert tok.decode(prompt.tolist()).endswith(b.chat.user_suffix) and forced.tolist() == word[:-1]
     assert tok.decode(rel.baseline_ids.tolist()) == b.mining(Q, "Plimford", None).rendered()
     ans = ExampleBuilder(tok, b, "answer_logprob", "query", 4096).build(0, rec, DOCS[0], DOCS[2])
-    assert ans.inputs[0].target.token_id == tok("Plimford", add_special_tokens=False)["input_ids"][0]
+    assert ans.inputs[0].target.token_ids == (tok("Plimford", add_special_tokens=False)["input_ids"][0],)
 
 
 def test_no_template_auto_equals_never_and_plain_builder():

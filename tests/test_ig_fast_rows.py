@@ -11,8 +11,8 @@ import transformers as tf
 
 from attribution.ig import integrated_gradients
 from attribution.ig_common import IGInput, IGSettings
-from attribution.ig_fast import ATTN_NAME, row_chunks, target_value
-from attribution.targets import Target
+from attribution.ig_fast import ATTN_NAME, row_chunks
+from attribution.targets import TARGETS
 from model_patches.patcher import patch_model
 from tests.support.models import TINY_FAMILIES, tiny_model
 
@@ -28,7 +28,7 @@ def _prompt(n: int = 24, q: int = 9, vocab: int = 97, seed: int = 7):
     return torch.randint(3, vocab, (n,), generator=gen), torch.randint(3, vocab, (q,), generator=gen)
 
 
-def _check(model, prompt, query, settings, target=Target("yes_prob", 11), tol=1e-4):
+def _check(model, prompt, query, settings, target=TARGETS["yes_prob"]((11,)), tol=1e-4):
     patcher = patch_model(model)
     inp = IGInput(prompt, query, target)
     ref = integrated_gradients(model, patcher, inp, settings, "reference")
@@ -62,7 +62,7 @@ def test_every_family_three_layers_chunks_cut_layers(family):
 def test_smollm2_config_two_layers(rule, target):
     model = smollm2_model(layers=2).requires_grad_(False)
     prompt, query = _prompt(40, 12, vocab=512)
-    _check(model, prompt, query, IGSettings(steps=6, ig_rule=rule, chunk_rows=7), Target(target, 17))
+    _check(model, prompt, query, IGSettings(steps=6, ig_rule=rule, chunk_rows=7), TARGETS[target]((17,)))
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 10, 1000])
@@ -95,7 +95,7 @@ def test_rows_start_at_their_own_layer():
     hooks = [layer.mlp.register_forward_hook(lambda m, a, o, j=j: seen.append((j, a[0].shape[0])))
              for j, layer in enumerate(model.model.layers)]
     try:
-        integrated_gradients(model, patcher, IGInput(prompt, query, Target("yes_prob", 11)),
+        integrated_gradients(model, patcher, IGInput(prompt, query, TARGETS["yes_prob"]((11,))),
                              IGSettings(steps=steps, chunk_rows=chunk_rows))
     finally:
         for h in hooks:
@@ -115,7 +115,7 @@ def test_model_left_as_found_even_after_an_error():
     impl = model.config._attn_implementation
     prompt, query = _prompt()
     with pytest.raises(IndexError):  # a target token outside the vocabulary fails inside the row passes
-        integrated_gradients(model, patcher, IGInput(prompt, query, Target("yes_prob", 10**6)),
+        integrated_gradients(model, patcher, IGInput(prompt, query, TARGETS["yes_prob"]((10**6,))),
                              IGSettings(steps=2, chunk_rows=4))
     assert model.config._attn_implementation == impl != ATTN_NAME
     assert all("forward" not in layer.__dict__ for layer in model.model.layers)
@@ -126,13 +126,13 @@ def test_model_left_as_found_even_after_an_error():
 
 
 @pytest.mark.parametrize("kind", ["yes_prob", "answer_logprob"])
-def test_fused_target_equals_target_value(kind):
+def test_fused_target_equals_value(kind):
     gen = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(5, 300, generator=gen)).requires_grad_(True)
-    target = Target(kind, 42)
-    a = target_value(target, logits)
+    target = TARGETS[kind]((42,))
+    a = target.fused_value(logits.view(5, 1, 300))
     (ga,) = torch.autograd.grad(a.sum(), logits)
-    b = target.value(logits)
+    b = target.value(logits.view(5, 1, 300))
     (gb,) = torch.autograd.grad(b.sum(), logits)
     assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     assert torch.allclose(ga, gb, rtol=1e-5, atol=1e-7)

@@ -8,7 +8,7 @@ import transformers as tf
 
 from attribution.ig import integrated_gradients
 from attribution.ig_common import IGInput, IGSettings
-from attribution.targets import Target
+from attribution.targets import TARGETS
 from model_patches import patch_model
 
 # config.json of outputs/models/smollm2-135m-instruct (scripts/get_real_model.py), num_hidden_layers 30 -> 2
@@ -48,7 +48,7 @@ def test_fast_ig_equals_reference(model, target, baseline, rule):
     gen = torch.Generator().manual_seed(11)
     prompt = torch.randint(3, 49152, (40,), generator=gen)
     query = torch.randint(3, 49152, (14,), generator=gen)
-    inp = IGInput(prompt, query if baseline == "query" else None, Target(target, 2097))
+    inp = IGInput(prompt, query if baseline == "query" else None, TARGETS[target]((2097,)))
     settings = IGSettings(steps=6, ig_rule=rule, chunk_rows=5)
     ref = integrated_gradients(model, patcher, inp, settings, "reference")
     fast = integrated_gradients(model, patcher, inp, settings, "fast")

@@ -5,13 +5,14 @@ learning rate and config block, whether it needs the neuron map, and what happen
 The training loop (``train/loop.py``) knows no method and no recipe by name.
 
 - ``neurons``: neuron deltas (gate row, up row, down column) of some groups in every layer, optionally
-  randomised, optionally with the whole FFN of the mined target layers (with no groups: the target layers alone);
+  randomised, optionally with the whole FFN of the mined target layers (with no groups: the target layers alone),
+  or of as many layers drawn at random (``random_layers``);
 - ``everything``: every parameter;
 - ``lora``: peft LoRA adapters, merged before export; its block is ``stage<N>.lora``;
 - ``release_masks``: what the released code trains (its gradient masks, misaligned by a reshape; the variant that
   reproduces the release, docs/DESIGN.md §7);
 - ``nothing``: nothing trains (the stage re-exports its input), optionally with the irrelevant-only neurons
-  folded to zero at export (hard deactivation).
+  (or as many random ones per layer) folded to zero at export (hard deactivation).
 
 A new kind of trainable set is one class here with ``@recipe("name")`` plus a registry entry naming it.
 """
@@ -28,7 +29,7 @@ from neurorit.config import StageConfig
 from neurorit.errors import UserError
 from neurorit.methods import StageRule
 from train import lora
-from train.trainable import Trainable, gate_weights, neuron_spec, numel, planned_neuron_count
+from train.trainable import Trainable, gate_weights, neuron_spec, numel, planned_neuron_count, randomized
 
 RECIPES: dict[str, type["Recipe"]] = {}
 
@@ -105,9 +106,14 @@ class Neurons(Recipe):
     groups: tuple = ()
     random: bool = False
     target_layers: bool = False
+    random_layers: bool = False  # with target_layers: as many layers drawn at random instead (recorded)
     needs_map = True
     patches_ffn = True
     can_freeze_gate = True
+
+    def __post_init__(self):
+        if self.random_layers and not self.target_layers:
+            raise UserError("recipe neurons: random_layers replaces the target layers; set target_layers too")
 
     def choose(self, ctx: StageContext) -> Trainable:
         patcher = ctx.patcher
@@ -123,7 +129,8 @@ class Neurons(Recipe):
             deltas = [p for p in deltas if id(p) not in frozen]
             ffn = [p for p in ffn if id(p) not in frozen]
         return Trainable(params=deltas + ffn, neurons=spec, full_layers=full_layers,
-                         delta_count=sum(numel(p) for p in deltas), ffn_count=sum(numel(p) for p in ffn))
+                         delta_count=sum(numel(p) for p in deltas), ffn_count=sum(numel(p) for p in ffn),
+                         details={"random_layers": full_layers} if self.random_layers else {})
 
     def planned_count(self, model: torch.nn.Module, nmap, seed: int) -> int:
         return planned_neuron_count(self, nmap, model, seed)
@@ -205,9 +212,10 @@ class ReleaseMasks(Recipe):
 @dataclass
 class Nothing(Recipe):
     """Nothing trains; with ``fold_irrelevant_only`` the irrelevant-only neurons are switched off and folded into
-    the exported weights (hard deactivation)."""
+    the exported weights (hard deactivation); with ``random`` as many random neurons per layer instead (seeded)."""
 
     fold_irrelevant_only: bool = False
+    random: bool = False
     trains = False
 
     @property
@@ -225,6 +233,9 @@ class Nothing(Recipe):
         if not self.fold_irrelevant_only:
             return {}
         spec = ctx.nmap.per_layer("irrelevant_only")
+        if self.random:
+            spec = randomized({int(k): torch.as_tensor(v) for k, v in spec.items()}, ctx.patcher.intermediate_size,
+                              ctx.seed)
         ctx.patcher.set_deactivated(spec)
         return {"deactivated_neurons": sum(len(v) for v in spec.values())}
 

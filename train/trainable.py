@@ -6,7 +6,8 @@
   parameter for the same weights would double its effective learning rate. Stage 2 of Neuro-RIT therefore
   trains ``3 x hidden x (group neurons outside target layers) + the target layers' FFN weights``. With
   ``random``, each layer's neurons are replaced by as many distinct random neurons of that layer (seeded by
-  ``runtime.seed``); target layers unchanged.
+  ``runtime.seed``); target layers unchanged. With ``random_layers``, the target layers are replaced by as many
+  distinct layers drawn at random over the whole model (seeded; the draw may include mined target layers).
 - With ``stage<N>.train_gate: false`` the gate projections stay frozen: no gate-row deltas train, and the target
   layers' gate weights do not (the released Neuro-RIT stage 2 trained up / down only). Layouts that fuse gate and
   up in one weight (Phi-3, MoE experts) cannot freeze one half of a weight and are refused when target layers
@@ -63,7 +64,7 @@ def _group_neurons(nmap, groups: tuple[str, ...]) -> dict[int, torch.Tensor]:
     return {layer: torch.cat(parts).unique() for layer, parts in sorted(merged.items())}
 
 
-def _randomized(spec: dict[int, torch.Tensor], width: int, seed: int) -> dict[int, torch.Tensor]:
+def randomized(spec: dict[int, torch.Tensor], width: int, seed: int) -> dict[int, torch.Tensor]:
     """As many distinct random neurons per layer as ``spec`` has, seeded per layer."""
     out = {}
     for layer, ids in spec.items():
@@ -72,13 +73,28 @@ def _randomized(spec: dict[int, torch.Tensor], width: int, seed: int) -> dict[in
     return out
 
 
+def random_layers(nmap, seed: int) -> list[int]:
+    """As many distinct layers as the map has target layers, drawn at random over all layers (seeded)."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + 99_991)
+    draw = torch.randperm(int(nmap.fingerprint["num_layers"]), generator=gen)[: len(nmap.target_layers)]
+    return sorted(int(layer) for layer in draw)
+
+
+def ffn_layers(rule, nmap, seed: int) -> list[int]:
+    """The layers whose whole FFN a neuron-level rule trains: none, the map's target layers, or (``random_layers``)
+    as many random ones."""
+    if not rule.target_layers:
+        return []
+    return random_layers(nmap, seed) if rule.random_layers else sorted(int(t) for t in nmap.target_layers)
+
+
 def neuron_spec(rule, nmap, width: int, seed: int) -> tuple[dict, list]:
     """``({layer: neurons with deltas}, [layers whose whole FFN trains])`` for a neuron-level rule (anything with
-    ``groups``, ``random`` and ``target_layers``)."""
-    targets = sorted(int(t) for t in nmap.target_layers) if rule.target_layers else []
+    ``groups``, ``random``, ``target_layers`` and ``random_layers``)."""
+    targets = ffn_layers(rule, nmap, seed)
     spec = {layer: ids for layer, ids in _group_neurons(nmap, rule.groups).items() if layer not in targets and ids.numel()}
     if rule.random:
-        spec = _randomized(spec, width, seed)
+        spec = randomized(spec, width, seed)
     return spec, targets
 
 

@@ -68,6 +68,10 @@ class LayerControl:
         """``acts``: ``[batch, positions, d_ff]``, already restricted to ``probe_positions``."""
         self.patcher.record_probe(self.layer, acts)
 
+    def scale_index(self, seq_len: int) -> int:
+        """The position ``set_scale`` scales, in a sequence of ``seq_len`` tokens."""
+        return self.patcher.scale_position % seq_len
+
     def apply_scale(self, current: torch.Tensor) -> torch.Tensor:
         """``h = baseline + alpha * (a - baseline)`` for the scaled rows, computed in fp32 whatever the model's
         dtype (the step fractions ``k/m`` and the interpolation are not rounded to bf16); the fp32 ``h`` is

@@ -3,7 +3,7 @@
 When the layer is active the patched forward recomputes the MLP itself:
 
     gate, up = projections(x)    (+ neuron deltas scattered into the selected rows)
-    a = act(gate) * up           -> deactivate -> scale at the last position -> probe
+    a = act(gate) * up           -> deactivate -> scale at the scaled position -> probe
     out = down(a)                (+ a[:, selected] @ delta_down^T)
 
 No full weight is read outside the module's own forward, so ZeRO-3 gathers everything it needs there.
@@ -51,7 +51,7 @@ class GatedLayout(FFNLayout):
         if ctl.dead is not None:
             a.index_fill_(-1, ctl.dead, 0.0)
         if ctl.scale is not None:
-            rows, last = ctl.scale[0], a.shape[-2] - 1
+            rows, last = ctl.scale[0], ctl.scale_index(a.shape[-2])
             h = ctl.apply_scale(a[rows, last])
             a = a.index_put((rows, torch.full_like(rows, last)), h)
         if ctl.probing:

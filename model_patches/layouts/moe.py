@@ -121,7 +121,7 @@ class MoEExpertsLayout(FFNLayout):
         seq = max(ctl.cache.get("seq_len", 0), 1)
         if ctl.scale is not None:
             rows = ctl.scale[0]
-            wanted = rows * seq + (seq - 1)
+            wanted = rows * seq + ctl.scale_index(seq)
             h = ctl.apply_scale(self._dense_rows(parts, wanted))
             width = self.expert_size
             for part in parts:

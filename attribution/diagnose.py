@@ -1,0 +1,213 @@
+"""Is a neuron map worth mining on this model and data? A forward-only separation probe of every attribution target.
+
+    neurorit-diagnose --config configs/smollm2.yaml            (or: python -m attribution.diagnose --config ...)
+
+On the mining split only (the pairs ``attribution/mine.py`` mines: ``mining.file`` or ``data.train_file``, at
+most ``mining.num_examples`` questions), every registered attribution target (``attribution/targets.py``) is
+computed, without gradients, on three prompts per question: with the relevant passage, with the irrelevant
+(off-topic) one, and with no passage (the query-only prompt). Per target it reports the means, the share of
+questions where relevant beats irrelevant, the standardized paired effect ``dz = mean(d) / sd(d)`` of
+``d = F(relevant) - F(irrelevant)`` (0 when every difference is equal), and the with/without-passage contrast:
+the share where the *irrelevant* passage beats no passage, and its ``dz`` (a target that rises with any passage
+measures "a passage is there", not relevance).
+
+The rule behind ``mining.target: auto`` (fixed): the target with the largest relevance ``dz`` among those
+``mining.algorithm`` can run (``Target.check``). The verdict: that target separates when its ``dz`` is at least
+``mining.min_separation`` and relevant beats irrelevant in more than half of the questions; otherwise a map mined
+with any target is unlikely to hold relevance neurons. With a mining output already in place its fill and
+half-split stability (``diagnostics.json``) are quoted. Writes ``diagnosis.json`` and ``diagnosis.txt`` into the
+mining folder (``RunLayout.mining``); progress lines go to stderr while it runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+from attribution import targets
+from attribution.examples import ExampleBuilder
+from attribution.stats import OK
+from neurorit.errors import UserError, main_guard
+from neurorit.files import atomic_write_text
+
+SIDES = ("relevant", "irrelevant", "no_passage")
+
+
+@dataclass
+class Separation:
+    """One target's probe over the mining pairs."""
+
+    target: str
+    questions: int  # pairs the target could score
+    usable: bool  # mining.algorithm can run it
+    refusal: str  # why not, when not usable
+    relevant: float  # means of F
+    irrelevant: float
+    no_passage: float
+    relevant_wins: float  # share of questions with F(relevant) > F(irrelevant)
+    dz: float  # paired effect of relevant - irrelevant
+    passage_wins: float  # share with F(irrelevant) > F(no passage)
+    passage_dz: float  # paired effect of irrelevant - no passage
+
+
+def paired_effect(diffs: list[float]) -> float:
+    """``mean / sd`` (sample sd) of paired differences; 0 with fewer than two or no spread."""
+    if len(diffs) < 2:
+        return 0.0
+    mean = sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    return mean / sd if sd > 0 else 0.0
+
+
+@torch.no_grad()
+def target_value(model, ids: torch.Tensor, target) -> float:
+    """F of one input (prompt + the target's continuation), forward only."""
+    device = next(model.parameters()).device
+    reads = target.reads
+    out = model(input_ids=ids.view(1, -1).to(device), use_cache=False, logits_to_keep=reads)
+    return float(target.value(out.logits[:, -reads:])[0])
+
+
+def probe(model, builder: ExampleBuilder, pairs, name: str) -> dict[str, list[float]]:
+    """F on the three prompts of every pair the target can score: ``{side: [values]}``."""
+    values: dict[str, list[float]] = {side: [] for side in SIDES}
+    every = max(1, len(pairs) // 5)
+    for i, pair in enumerate(pairs):
+        ex = builder.build(i, *pair)
+        if ex.status == OK:
+            rel, irr = ex.inputs
+            forced = rel.input_ids[rel.scaled_position + 1:]
+            for side, ids in zip(SIDES, (rel.input_ids, irr.input_ids, torch.cat([rel.baseline_ids, forced]))):
+                values[side].append(target_value(model, ids, rel.target))
+        if (i + 1) % every == 0 or i + 1 == len(pairs):
+            print(f"diagnose: {name}: {i + 1}/{len(pairs)} questions", file=sys.stderr, flush=True)
+    return values
+
+
+def separation(name: str, values: dict[str, list[float]], refusal: str) -> Separation:
+    rel, irr, none = (values[side] for side in SIDES)
+    n = len(rel)
+    mean = (lambda xs: sum(xs) / len(xs) if xs else 0.0)
+    share = (lambda a, b: sum(x > y for x, y in zip(a, b)) / n if n else 0.0)
+    return Separation(name, n, not refusal, refusal, mean(rel), mean(irr), mean(none), share(rel, irr),
+                      paired_effect([a - b for a, b in zip(rel, irr)]), share(irr, none),
+                      paired_effect([a - b for a, b in zip(irr, none)]))
+
+
+def diagnose(model, tokenizer, prompts, pairs, cfg) -> list[Separation]:
+    """Every registered target's separation on ``pairs`` (the config gives the context length and algorithm)."""
+    out = []
+    for name, cls in targets.TARGETS.items():
+        try:
+            cls.check(tokenizer, prompts, cfg.mining.algorithm)
+            refusal = ""
+        except UserError as err:
+            refusal = str(err)
+        try:  # forward only: any target can be probed, also one the IG algorithm refuses
+            builder = ExampleBuilder(tokenizer, prompts, name, "query", cfg.data.max_length, algorithm="reference")
+        except UserError as err:
+            out.append(separation(name, {side: [] for side in SIDES}, str(err)))
+            continue
+        out.append(separation(name, probe(model, builder, pairs, name), refusal))
+    return out
+
+
+def choose(rows: list[Separation]) -> Separation:
+    """The rule of ``mining.target auto``: the largest relevance ``dz`` among the usable targets."""
+    usable = [r for r in rows if r.usable and r.questions]
+    if not usable:
+        raise UserError("mining.target auto: no registered attribution target can be mined here (see diagnosis.txt)")
+    return max(usable, key=lambda r: r.dz)
+
+
+def verdict(best: Separation, min_dz: float) -> str:
+    """One line: whether the chosen target separates relevant from irrelevant passages."""
+    facts = f"dz {best.dz:.2f}, relevant ahead in {100 * best.relevant_wins:.1f}% of {best.questions} questions"
+    if best.dz >= min_dz and best.relevant_wins > 0.5:
+        return f"verdict: worth mining: {best.target} separates relevant from irrelevant passages ({facts})"
+    return (f"verdict: not worth mining: no target separates relevant from irrelevant passages on this model and "
+            f"data (best {best.target}: {facts}; mining.min_separation {min_dz})")
+
+
+def _number(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1e-2 and x else f"{x:.4f}"
+
+
+def summary_text(rows: list[Separation], best: Separation, cfg, map_facts: str) -> str:
+    lines = [f"diagnose: {cfg.model.path}, {max(r.questions for r in rows)} mining questions (forward only; "
+             f"no passage = the query-only prompt)",
+             "| target | relevant | irrelevant | no passage | relevant > irrelevant | dz | irrelevant > no passage | "
+             "dz | usable |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r.target} | {_number(r.relevant)} | {_number(r.irrelevant)} | {_number(r.no_passage)} | "
+                     f"{100 * r.relevant_wins:.1f}% | {r.dz:.2f} | {100 * r.passage_wins:.1f}% | {r.passage_dz:.2f} | "
+                     f"{'yes' if r.usable else 'no: ' + r.refusal} |")
+    lines.append(f"rule (mining.target auto): the largest dz among the targets mining.algorithm {cfg.mining.algorithm} "
+                 f"can run -> {best.target}")
+    if map_facts:
+        lines.append(map_facts)
+    lines.append(verdict(best, cfg.mining.min_separation))
+    return "\n".join(lines)
+
+
+def map_facts(mining_root: str) -> str:
+    """The fill and half-split stability of a map already mined in ``mining_root`` (its ``diagnostics.json``), with
+    the target it was mined with (``neuron_map.json``)."""
+    diag_path, map_path = os.path.join(mining_root, "diagnostics.json"), os.path.join(mining_root, "neuron_map.json")
+    if not (os.path.isfile(diag_path) and os.path.isfile(map_path)):
+        return ""
+    with open(diag_path) as fh:
+        diag = json.load(fh)
+    with open(map_path) as fh:
+        mined_with = json.load(fh).get("settings", {}).get("mining", {}).get("target", "?")
+    fill = ", ".join(f"{g} {v['got']}/{v['requested']}" for g, v in diag["fill"].items())
+    stable = ", ".join(f"{g} {v['jaccard']:.2f}" for g, v in diag["stability"]["groups"].items())
+    return f"the map in {mining_root} (mined with {mined_with}): fill {fill}; half-split Jaccard {stable}"
+
+
+def write(rows: list[Separation], best: Separation, cfg, files) -> str:
+    """``diagnosis.json`` then ``diagnosis.txt`` (the text also printed); returns the text."""
+    text = summary_text(rows, best, cfg, map_facts(files.root))
+    body = {"targets": [asdict(r) for r in rows], "chosen": best.target, "rule": "largest dz among usable targets",
+            "min_separation": cfg.mining.min_separation, "verdict": text.splitlines()[-1]}
+    atomic_write_text(files.diagnosis_json, json.dumps(body, indent=1) + "\n")
+    atomic_write_text(files.diagnosis, text + "\n")
+    print(text)
+    return text
+
+
+@main_guard
+def main(argv=None) -> None:
+    from attribution.examples import offtopic_mining_pairs
+    from model_patches import load_tokenizer
+    from model_patches.loading import load_causal_lm
+    from neurorit import runtime
+    from neurorit.config import parse_args
+    from neurorit.prompts import prompt_builder
+    from neurorit.records import load_records
+    from neurorit.run_layout import RunLayout
+
+    args, cfg = parse_args("Probe every attribution target on the mining split (forward only) and say whether a "
+                           "neuron map is worth mining (docs/DESIGN.md §2).", argv)
+    runtime.start(cfg.runtime, args.local_rank, join_group=False)
+    m = cfg.mining
+    pairs = offtopic_mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)
+    if not pairs:
+        raise UserError(f"no mining pairs in {m.file or cfg.data.train_file}")
+    model = load_causal_lm(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation).eval()
+    tokenizer = load_tokenizer(cfg.model.path)
+    rows = diagnose(model, tokenizer, prompt_builder(cfg.data, tokenizer), pairs, cfg)
+    write(rows, choose(rows), cfg, RunLayout.of(cfg).mining)
+
+
+def cli() -> None:
+    """The console script ``neurorit-diagnose``."""
+    main()
+
+
+if __name__ == "__main__":
+    cli()

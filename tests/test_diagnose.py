@@ -1,0 +1,71 @@
+"""attribution/diagnose.py: the paired effect, the rule of ``mining.target auto`` and its verdict, the command on a
+tiny model (a row per registered target, progress lines, the files of the run layout), and ``mine`` with
+``mining.target auto`` mining with the target the diagnosis chose."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from attribution import diagnose
+from attribution.diagnose import Separation, choose, paired_effect, verdict
+from attribution.mine import main as mine_main
+from attribution.targets import TARGETS
+from neurorit.errors import UserError
+from tests.support.workspaces import mining_workspace
+
+
+def _row(name: str, dz: float, wins: float = 0.8, usable: bool = True) -> Separation:
+    return Separation(name, 10, usable, "" if usable else "refused", 1.0, 0.5, 0.4, wins, dz, 0.5, 0.1)
+
+
+def test_paired_effect():
+    assert paired_effect([1.0, 2.0, 3.0]) == pytest.approx(2.0)  # mean 2, sd 1
+    assert paired_effect([-1.0, -3.0]) == pytest.approx(-2.0 / 2 ** 0.5)
+    assert paired_effect([0.5, 0.5]) == 0.0 and paired_effect([1.0]) == 0.0
+
+
+def test_rule_takes_the_largest_effect_among_usable_targets_and_the_verdict_follows_the_threshold():
+    rows = [_row("a", 0.4), _row("b", 1.3, usable=False), _row("c", 0.9), _row("d", -2.0)]
+    assert choose(rows).target == "c"
+    assert verdict(choose(rows), 0.5).startswith("verdict: worth mining: c separates")
+    assert verdict(choose(rows), 1.0).startswith("verdict: not worth mining: no target separates")
+    assert verdict(_row("e", 0.9, wins=0.5), 0.5).startswith("verdict: not worth mining")
+    with pytest.raises(UserError, match="mining.target auto: no registered attribution target can be mined here"):
+        choose([_row("b", 1.0, usable=False)])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return mining_workspace(str(tmp_path_factory.mktemp("diagnose")), n=8)
+
+
+def test_diagnose_command_on_a_tiny_model(workspace, tmp_path, capsys):
+    out = str(tmp_path / "mining")
+    diagnose.main(["--config", workspace, "--mining.output_dir", out])
+    captured = capsys.readouterr()
+    assert "diagnose: yes_prob: 7/7 questions" in captured.err
+    text = open(os.path.join(out, "diagnosis.txt")).read()
+    body = json.load(open(os.path.join(out, "diagnosis.json")))
+    assert [r["target"] for r in body["targets"]] == list(TARGETS)
+    for name in TARGETS:
+        assert f"| {name} | " in text
+    usable = [r for r in body["targets"] if r["usable"] and r["questions"]]
+    assert body["chosen"] == max(usable, key=lambda r: r["dz"])["target"]
+    assert {r["target"] for r in body["targets"] if not r["usable"]} == {"answer_seq_logprob"}  # fast: refused
+    assert all(r["questions"] == 7 for r in usable)
+    lines = text.strip().splitlines()
+    assert lines[-1] == body["verdict"] and lines[-1].startswith("verdict: ")
+    assert f"-> {body['chosen']}" in text and text.strip() in captured.out
+
+
+def test_mine_with_auto_target_mines_with_the_chosen_one(workspace, tmp_path):
+    out = str(tmp_path / "mining")
+    mine_main(["--config", workspace, "--mining.target", "auto", "--mining.output_dir", out])
+    chosen = json.load(open(os.path.join(out, "diagnosis.json")))["chosen"]
+    assert chosen in TARGETS and chosen != "answer_seq_logprob"
+    assert f"target: {chosen}" in open(os.path.join(out, "config.yaml")).read()
+    assert json.load(open(os.path.join(out, "neuron_map.json")))["settings"]["mining"]["target"] == chosen
+    text = open(os.path.join(out, "diagnosis.txt")).read()  # rewritten after mining: the map's fill quoted
+    assert f"(mined with {chosen}): fill relevant_only 6/6" in text and "half-split Jaccard relevant_only" in text
