@@ -247,7 +247,8 @@ def committed_files(layout: RunLayout) -> dict:
     files = {os.path.basename(p): p for p in (*results_files(run).values(), *analysis_files(run).values(),
                                                layout.timings)}
     files.update({"mining_summary.txt": mining.summary, "mining_diagnostics.json": mining.diagnostics,
-                  "mining_throughput.json": mining.throughput, "neuron_map.png": mining.picture})
+                  "mining_throughput.json": mining.throughput, "neuron_map.png": mining.picture,
+                  "diagnosis.txt": mining.diagnosis, "diagnosis.json": mining.diagnosis_json})
     files.update({n: os.path.join(run, n) for n in (os.listdir(run) if os.path.isdir(run) else [])
                   if n.startswith("bench_") and n.endswith(".json")})
     files.update({os.path.join("dev_evals", n + EVAL_SUFFIX): p
