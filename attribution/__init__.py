@@ -1,6 +1,6 @@
 """Attribution: integrated gradients of every FFN neuron, mined into a neuron map (docs/DESIGN.md §2).
 
-- ``ig`` — ``integrated_gradients(model, patcher, IGInput, IGSettings, algorithm="fast"|"reference")``;
+- ``ig`` — ``integrated_gradients(model, patcher, IGInput, IGOptions, algorithm="fast"|"reference")``;
   ``ig_fast`` (exact, cached last-position rows) and ``ig_reference`` (naive), sharing ``ig_common``;
   ``targets`` (the registry of attribution targets: ``yes_prob``, ``yes_no_margin``, ``answer_logprob``,
   ``answer_seq_logprob``).

@@ -33,6 +33,8 @@ from attribution.examples import ExampleBuilder
 from attribution.stats import OK
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
+from neurorit.neuron_map import MAP_JSON
+from neurorit.run_layout import MiningFiles
 
 SIDES = ("relevant", "irrelevant", "no_passage")
 
@@ -157,13 +159,13 @@ def summary_text(rows: list[Separation], best: Separation, cfg, map_facts: str) 
 def map_facts(mining_root: str) -> str:
     """The fill and half-split stability of a map already mined in ``mining_root`` (its ``diagnostics.json``), with
     the target it was mined with (``neuron_map.json``)."""
-    diag_path, map_path = os.path.join(mining_root, "diagnostics.json"), os.path.join(mining_root, "neuron_map.json")
+    diag_path, map_path = MiningFiles(mining_root).diagnostics, os.path.join(mining_root, MAP_JSON)
     if not (os.path.isfile(diag_path) and os.path.isfile(map_path)):
         return ""
     with open(diag_path) as fh:
         diag = json.load(fh)
     with open(map_path) as fh:
-        mined_with = json.load(fh).get("settings", {}).get("mining", {}).get("target", "?")
+        mined_with = json.load(fh).get("provenance", {}).get("mining", {}).get("target", "?")
     fill = ", ".join(f"{g} {v['got']}/{v['requested']}" for g, v in diag["fill"].items())
     stable = ", ".join(f"{g} {v['jaccard']:.2f}" for g, v in diag["stability"]["groups"].items())
     return f"the map in {mining_root} (mined with {mined_with}): fill {fill}; half-split Jaccard {stable}"

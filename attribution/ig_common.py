@@ -1,4 +1,4 @@
-"""What the two integrated-gradients paths share: settings, inputs, results, the step grid, and the baseline.
+"""What the two integrated-gradients paths share: options, inputs, results, the step grid, and the baseline.
 
 IG at layer ``l``, at the scaled position only (docs/DESIGN.md §2)::
 
@@ -23,7 +23,7 @@ IG_RULES = ("standard", "ircan")
 
 
 @dataclass(frozen=True)
-class IGSettings:
+class IGOptions:
     steps: int = 20
     ig_rule: str = "standard"
     chunk_rows: int = 64  # rows (layer, step) per pass: bounds memory; changes the result only by float rounding
@@ -66,12 +66,12 @@ class IGResult:
         return self.attributions.sum(dim=1) - (self.f_input - self.f_baseline)
 
 
-def step_grid(settings: IGSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def step_grid(options: IGOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """(alphas ``k/m``, weights ``w_k``) for k = 0..m-1, fp32 and fp64 (pass the alphas on in fp32, not in the
     model's dtype: in bf16, 1/20 is 0.0500488)."""
-    k = torch.arange(settings.steps, dtype=torch.float64)
-    alphas = k / settings.steps
-    weights = torch.ones_like(alphas) if settings.ig_rule == "standard" else alphas.clone()
+    k = torch.arange(options.steps, dtype=torch.float64)
+    alphas = k / options.steps
+    weights = torch.ones_like(alphas) if options.ig_rule == "standard" else alphas.clone()
     return alphas.float(), weights
 
 

@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 from transformers.modeling_utils import AttentionInterface
 
-from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, probe_scaled_position,
+from attribution.ig_common import (IGInput, IGResult, IGOptions, baseline_activations, finish, probe_scaled_position,
                                    model_device, rows_of, step_grid)
 from model_patches.compat import cache_layers_kv, output_cache
 from neurorit.errors import UserError
@@ -164,7 +164,7 @@ def _prefix_kv(cache) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
             for i, (keys, values) in enumerate(cache_layers_kv(cache))}
 
 
-def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
+def fast_ig(model, patcher, inp: IGInput, options: IGOptions) -> IGResult:
     if inp.target.reads != 1:
         raise UserError(f"mining.algorithm fast reads the last prompt position only; target {inp.target.name} "
                         f"reads {inp.target.reads} positions: set mining.algorithm reference")
@@ -179,7 +179,7 @@ def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
     base = None
     if inp.baseline_ids is not None:  # full passes in the model's own attention: before row mode
         base = baseline_activations(model, patcher, inp, torch.empty(0))
-    alphas, weights = step_grid(settings)
+    alphas, weights = step_grid(options)
     with row_mode(model, patcher, state):
         acts, logits, _ = probe_scaled_position(model, patcher, last, position_ids=position, use_cache=False)
         f_input = float(inp.target.value(logits)[0])
@@ -188,7 +188,7 @@ def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
         layers, width = acts.shape
         grad_sums = torch.zeros(layers, width, dtype=torch.float64)
         f_base = torch.zeros(layers, dtype=torch.float64)
-        for chunk in row_chunks(layers, settings.steps, settings.chunk_rows):
+        for chunk in row_chunks(layers, options.steps, options.chunk_rows):
             by_layer: dict[int, list[tuple[int, int]]] = {}
             for row, (layer, k) in enumerate(chunk):
                 by_layer.setdefault(layer, []).append((row, k))
@@ -217,4 +217,4 @@ def fast_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
                 for row, k in items:
                     if k == 0:
                         f_base[layer] = f[row]
-    return IGResult(finish(acts.cpu(), base.cpu(), grad_sums, settings.steps), f_input, f_base)
+    return IGResult(finish(acts.cpu(), base.cpu(), grad_sums, options.steps), f_input, f_base)

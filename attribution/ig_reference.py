@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import torch
 
-from attribution.ig_common import (IGInput, IGResult, IGSettings, baseline_activations, finish, probe_scaled_position,
+from attribution.ig_common import (IGInput, IGResult, IGOptions, baseline_activations, finish, probe_scaled_position,
                                    model_device, rows_of, step_grid)
 
 
-def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult:
+def reference_ig(model, patcher, inp: IGInput, options: IGOptions) -> IGResult:
     device = model_device(model)
     ids = inp.input_ids.view(1, -1).to(device)
     reads = inp.target.reads
     acts, logits, _ = probe_scaled_position(model, patcher, ids, reads, use_cache=False)
     f_input = float(inp.target.value(logits)[0])
     base = baseline_activations(model, patcher, inp, acts)
-    alphas, weights = step_grid(settings)
+    alphas, weights = step_grid(options)
     layers, width = acts.shape
     grad_sums = torch.zeros(layers, width, dtype=torch.float64)
     f_base = torch.zeros(layers, dtype=torch.float64)
     for layer in range(layers):
-        for start in range(0, settings.steps, settings.chunk_rows):
-            ks = torch.arange(start, min(settings.steps, start + settings.chunk_rows))
+        for start in range(0, options.steps, options.chunk_rows):
+            ks = torch.arange(start, min(options.steps, start + options.chunk_rows))
             rows = len(ks)
             patcher.set_scale({layer: (torch.arange(rows, device=device), alphas[ks].to(device),
                                        rows_of(base[layer], rows, device))},  # fp32, as the fast path
@@ -41,4 +41,4 @@ def reference_ig(model, patcher, inp: IGInput, settings: IGSettings) -> IGResult
             grad_sums[layer] += (weights[ks, None] * grad.detach().double().cpu()).sum(0)
             if start == 0:
                 f_base[layer] = float(f[0].detach())
-    return IGResult(finish(acts.cpu(), base.cpu(), grad_sums, settings.steps), f_input, f_base)
+    return IGResult(finish(acts.cpu(), base.cpu(), grad_sums, options.steps), f_input, f_base)

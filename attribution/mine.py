@@ -35,7 +35,7 @@ import torch
 
 from attribution.examples import ExampleBuilder, MiningExample, examples_digest
 from attribution.ig import integrated_gradients
-from attribution.ig_common import IGSettings
+from attribution.ig_common import IGOptions
 from attribution.selection import example_topk, neuron_map_from_stats
 from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, read_choices, record_choices,
                                reduce_stats, scan_shards, shard_path)
@@ -85,7 +85,7 @@ def agreed_choices(cfg: ExperimentConfig, stats_dir: str) -> tuple[bool, int]:
     """ZeRO-3 or not, and the rows of a chunk: the same on every rank (the smallest rank's memory decides), and
     for a folder that already holds this run's shards, what the run that wrote them recorded (``record_choices``):
     a requeued job whose GPUs have other free memory then mines as it did, and its fingerprint (which holds
-    ``chunk_rows``) still accepts its shards. Only ``auto`` settings are taken from the record."""
+    ``chunk_rows``) still accepts its shards. Only ``auto`` values are taken from the record."""
     m = cfg.mining
     recorded = parallel.broadcast_object(read_choices(stats_dir) if parallel.is_main() else None)
     if recorded and (m.zero_stage == "auto" or m.chunk_rows == "auto") and parallel.is_main():
@@ -142,7 +142,7 @@ def load_model(cfg: ExperimentConfig, zero3: bool):
 
 @dataclasses.dataclass
 class Miner:
-    """What attributing one example needs: the frozen patched model, how examples are built, the IG settings,
+    """What attributing one example needs: the frozen patched model, how examples are built, the IG options,
     and whether ranks run in lockstep (ZeRO-3: every rank must run the same passes)."""
 
     cfg: ExperimentConfig
@@ -152,12 +152,12 @@ class Miner:
     lockstep: bool
 
     @property
-    def settings(self) -> IGSettings:
+    def options(self) -> IGOptions:
         m = self.cfg.mining
         if m.chunk_rows == "auto":
             raise ValueError("mining.chunk_rows auto is resolved before a Miner is built (resolve_chunk_rows; main "
                              "does it)")
-        return IGSettings(steps=m.steps, ig_rule=m.ig_rule, chunk_rows=m.chunk_rows)
+        return IGOptions(steps=m.steps, ig_rule=m.ig_rule, chunk_rows=m.chunk_rows)
 
 
 def attribute(miner: Miner, ex: MiningExample, pads) -> ExampleResult:
@@ -169,7 +169,7 @@ def attribute(miner: Miner, ex: MiningExample, pads) -> ExampleResult:
     if ex.status != OK and not miner.lockstep:
         return empty
     inputs = ex.inputs if ex.status == OK else pads
-    results = [integrated_gradients(miner.model, miner.patcher, inp, miner.settings, m.algorithm) for inp in inputs]
+    results = [integrated_gradients(miner.model, miner.patcher, inp, miner.options, m.algorithm) for inp in inputs]
     if ex.status != OK:
         return empty
     attr = torch.stack([r.attributions for r in results])

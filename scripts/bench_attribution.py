@@ -35,7 +35,7 @@ import time
 import torch
 
 from attribution.ig import integrated_gradients
-from attribution.ig_common import IGInput, IGSettings, probe_scaled_position
+from attribution.ig_common import IGInput, IGOptions, probe_scaled_position
 from attribution.selection import example_topk
 from attribution.targets import YesProb
 from model_patches.patcher import patch_model
@@ -199,7 +199,7 @@ def main_shape(args, device) -> dict:
     slow_layers = [n_layers // 2] if args.slow_layers == "mid" else [int(x) % n_layers for x in args.slow_layers.split(",")]
     lengths = [int(x) for x in (args.lengths or "256,512,1024").split(",")]
     chunk_rows = args.chunk_rows if args.chunk_rows > 0 else n_layers * args.steps
-    settings = IGSettings(steps=args.steps, chunk_rows=chunk_rows)
+    options = IGOptions(steps=args.steps, chunk_rows=chunk_rows)
     gen = torch.Generator().manual_seed(0)
     report = {"model": {"shape": shape, "family": "llama", **cfg, "dtype": "float32", "attn": "sdpa",
                         "weights": "random"},
@@ -211,7 +211,7 @@ def main_shape(args, device) -> dict:
               "slow_batch_tokens": args.slow_batch_tokens, "lengths": {}}
     warm = IGInput(torch.randint(3, vocab, (16,), generator=gen), torch.randint(3, vocab, (8,), generator=gen),
                    YesProb((7,)))
-    integrated_gradients(model, patcher, warm, IGSettings(steps=2, chunk_rows=chunk_rows))  # lazy init out
+    integrated_gradients(model, patcher, warm, IGOptions(steps=2, chunk_rows=chunk_rows))  # lazy init out
     fwd_bwd(model, warm.input_ids.view(1, -1).to(device))
     for length in lengths:
         prompt = torch.randint(3, vocab, (length,), generator=gen)
@@ -219,7 +219,7 @@ def main_shape(args, device) -> dict:
         inp = IGInput(prompt, query, YesProb((7,)))
         fast, t_fast, peak = None, float("inf"), 0.0
         for _ in range(args.repeats):
-            res, sec, mb = measure(lambda: integrated_gradients(model, patcher, inp, settings, "fast"), device)
+            res, sec, mb = measure(lambda: integrated_gradients(model, patcher, inp, options, "fast"), device)
             fast, t_fast, peak = res, min(t_fast, sec), max(peak, mb)
         t_fb = min(measure(lambda: fwd_bwd(model, prompt.view(1, -1).to(device)), device)[1]
                    for _ in range(args.repeats))
@@ -227,7 +227,7 @@ def main_shape(args, device) -> dict:
                "mining_questions_per_minute": 60.0 / (2 * t_fast)}
         batch = max(1, min(args.steps, args.slow_batch_tokens // length))
         if not args.no_reference:
-            ref_settings = IGSettings(steps=args.steps, chunk_rows=batch)
+            ref_settings = IGOptions(steps=args.steps, chunk_rows=batch)
             ref, t_ref, _ = measure(lambda: integrated_gradients(model, LayerSubset(patcher, slow_layers), inp,
                                                                  ref_settings, "reference"), device)
             ref = ref.attributions
@@ -302,10 +302,10 @@ def main(argv=None) -> dict:
             inp = IGInput(prompt, query, YesProb((7,)))
             out = {}
             for method, rows in (("fast", args.chunk_rows), ("reference", args.ref_chunk_rows)):
-                settings = IGSettings(steps=args.steps, chunk_rows=rows)
+                options = IGOptions(steps=args.steps, chunk_rows=rows)
                 best = float("inf")
                 for _ in range(args.repeats):
-                    res, sec, peak = measure(lambda: integrated_gradients(model, patcher, inp, settings, method),
+                    res, sec, peak = measure(lambda: integrated_gradients(model, patcher, inp, options, method),
                                              device)
                     best, peaks[method] = min(best, sec), max(peaks[method], peak)
                 times[method].append(best)

@@ -215,11 +215,11 @@ def _ig_input(shape: Shape, seed: int):
 
 def _ig(model, inp, chunk_rows: int):
     from attribution.ig import integrated_gradients
-    from attribution.ig_common import IGSettings
+    from attribution.ig_common import IGOptions
     from model_patches import get_patcher, patch_model
 
     patcher = get_patcher(model) if hasattr(model, "_neurorit_patcher") else patch_model(model)
-    return integrated_gradients(model, patcher, inp, IGSettings(steps=20, chunk_rows=chunk_rows), "fast")
+    return integrated_gradients(model, patcher, inp, IGOptions(steps=20, chunk_rows=chunk_rows), "fast")
 
 
 def _ig_flops(shape: Shape, prompt: int, steps: int = 20) -> float:

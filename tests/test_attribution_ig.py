@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attribution.ig import integrated_gradients
-from attribution.ig_common import IGInput, IGSettings
+from attribution.ig_common import IGInput, IGOptions
 from attribution.ig_fast import row_chunks
 from attribution.selection import example_topk
 from attribution.targets import TARGETS
@@ -41,9 +41,9 @@ def _top20(attr: torch.Tensor) -> set[int]:
 def test_fast_equals_reference(family, rule, baseline, target):
     model, patcher, prompt, query = _setup(family)
     inp = IGInput(prompt, query if baseline == "query" else None, TARGETS[target]((11,)))
-    settings = IGSettings(steps=8, ig_rule=rule, chunk_rows=5)
-    ref = integrated_gradients(model, patcher, inp, settings, "reference")
-    fast = integrated_gradients(model, patcher, inp, settings, "fast")
+    options = IGOptions(steps=8, ig_rule=rule, chunk_rows=5)
+    ref = integrated_gradients(model, patcher, inp, options, "reference")
+    fast = integrated_gradients(model, patcher, inp, options, "fast")
     assert _rel_err(fast.attributions, ref.attributions) <= 1e-4
     assert _top20(fast.attributions) == _top20(ref.attributions)
     assert len(_top20(ref.attributions)) > 0
@@ -55,9 +55,9 @@ def test_fast_equals_reference(family, rule, baseline, target):
 def test_fast_equals_reference_other_families(family):
     model, patcher, prompt, query = _setup(family, layers=2)
     inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
-    settings = IGSettings(steps=4, chunk_rows=3)
-    ref = integrated_gradients(model, patcher, inp, settings, "reference")
-    fast = integrated_gradients(model, patcher, inp, settings, "fast")
+    options = IGOptions(steps=4, chunk_rows=3)
+    ref = integrated_gradients(model, patcher, inp, options, "reference")
+    fast = integrated_gradients(model, patcher, inp, options, "fast")
     assert _rel_err(fast.attributions, ref.attributions) <= 1e-4
 
 
@@ -68,7 +68,7 @@ def test_completeness_gap_shrinks_with_steps(baseline):
     inp = IGInput(prompt, query if baseline == "query" else None, TARGETS["answer_logprob"]((11,)))
     gaps = []
     for steps in (8, 256):
-        res = integrated_gradients(model, patcher, inp, IGSettings(steps=steps, chunk_rows=128))
+        res = integrated_gradients(model, patcher, inp, IGOptions(steps=steps, chunk_rows=128))
         gaps.append(res.completeness_gap().abs())
         delta = (res.f_input - res.f_baseline).abs()
     assert (gaps[1] < gaps[0] / 8).all()
@@ -79,16 +79,16 @@ def test_ircan_weights_steps_by_k_over_m():
     """With one step the ircan weight k/m is 0 for the only term: all attributions vanish."""
     model, patcher, prompt, query = _setup("llama", layers=2)
     inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
-    res = integrated_gradients(model, patcher, inp, IGSettings(steps=1, ig_rule="ircan"))
+    res = integrated_gradients(model, patcher, inp, IGOptions(steps=1, ig_rule="ircan"))
     assert torch.count_nonzero(res.attributions) == 0
-    std = integrated_gradients(model, patcher, inp, IGSettings(steps=1))
+    std = integrated_gradients(model, patcher, inp, IGOptions(steps=1))
     assert torch.count_nonzero(std.attributions) > 0
 
 
 def test_chunk_size_does_not_change_results():
     model, patcher, prompt, query = _setup("qwen2")
     inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
-    results = [integrated_gradients(model, patcher, inp, IGSettings(steps=6, chunk_rows=c)) for c in (1, 7, 18, 500)]
+    results = [integrated_gradients(model, patcher, inp, IGOptions(steps=6, chunk_rows=c)) for c in (1, 7, 18, 500)]
     for res in results[1:]:
         assert _rel_err(res.attributions, results[0].attributions) <= 1e-5
         assert _top20(res.attributions) == _top20(results[0].attributions)
@@ -98,8 +98,8 @@ def test_frozen_and_trainable_weights_agree():
     frozen_model, frozen, prompt, query = _setup("llama", frozen=True)
     live_model, live, _, _ = _setup("llama", frozen=False)
     inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
-    a = integrated_gradients(frozen_model, frozen, inp, IGSettings(steps=4)).attributions
-    b = integrated_gradients(live_model, live, inp, IGSettings(steps=4)).attributions
+    a = integrated_gradients(frozen_model, frozen, inp, IGOptions(steps=4)).attributions
+    b = integrated_gradients(live_model, live, inp, IGOptions(steps=4)).attributions
     assert torch.equal(a, b)
     assert all(p.grad is None for p in live_model.parameters())
 
@@ -116,7 +116,7 @@ def test_prompt_longer_than_a_sliding_window():
     model, patcher, _, query = _setup("gemma2", layers=2)
     prompt = torch.randint(3, 97, (100,), generator=torch.Generator().manual_seed(3))
     inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
-    settings = IGSettings(steps=4, chunk_rows=3)
-    ref = integrated_gradients(model, patcher, inp, settings, "reference")
-    fast = integrated_gradients(model, patcher, inp, settings, "fast")
+    options = IGOptions(steps=4, chunk_rows=3)
+    ref = integrated_gradients(model, patcher, inp, options, "reference")
+    fast = integrated_gradients(model, patcher, inp, options, "fast")
     assert _rel_err(fast.attributions, ref.attributions) <= 1e-4

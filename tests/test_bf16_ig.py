@@ -4,7 +4,7 @@ In a bf16 model the fast path computes its row attention (scores, softmax, weigh
 and the step interpolation ``a' + (k/m)(a - a')`` in fp32, like the reference path's attention. Tolerances, stated
 once here: on the same prompts, bf16 fast IG keeps at least ``MIN_OVERLAP`` of the fp32 reference's per-example top
 20 (the selection mining uses; the issue's target on one H200 is 0.9 as well) and stays within ``MAX_REL_L2`` of
-its attributions (relative L2; measured 0.014-0.023 on these tiny models); two ``chunk_rows`` settings agree within
+its attributions (relative L2; measured 0.014-0.023 on these tiny models); two ``chunk_rows`` values agree within
 the same bounds (on CPU they are bit-identical; on a GPU the batch of a matrix product changes its bf16 rounding).
 """
 from types import SimpleNamespace
@@ -14,7 +14,7 @@ import torch
 
 import attribution.ig_fast as ig_fast
 from attribution.ig import integrated_gradients
-from attribution.ig_common import IGInput, IGSettings
+from attribution.ig_common import IGInput, IGOptions
 from attribution.selection import example_topk
 from attribution.targets import TARGETS
 from model_patches.layouts.base import LayerControl
@@ -56,10 +56,10 @@ def test_bf16_fast_ig_agrees_with_the_fp32_reference_whatever_chunk_rows(family,
     gen = torch.Generator().manual_seed(7 + seed)
     prompt, query = torch.randint(3, 97, (40,), generator=gen), torch.randint(3, 97, (9,), generator=gen)
     inp = IGInput(prompt, query, TARGETS["yes_prob"]((11,)))
-    ref = integrated_gradients(model, patch_model(model), inp, IGSettings(steps=20, chunk_rows=20), "reference")
+    ref = integrated_gradients(model, patch_model(model), inp, IGOptions(steps=20, chunk_rows=20), "reference")
     bf16 = frozen(family, seed, torch.bfloat16)
     patcher = patch_model(bf16)
-    runs = {rows: integrated_gradients(bf16, patcher, inp, IGSettings(steps=20, chunk_rows=rows), "fast")
+    runs = {rows: integrated_gradients(bf16, patcher, inp, IGOptions(steps=20, chunk_rows=rows), "fast")
             for rows in (7, 64)}
     for res in runs.values():
         assert overlap(res.attributions, ref.attributions) >= MIN_OVERLAP

@@ -66,6 +66,6 @@ def test_mine_with_auto_target_mines_with_the_chosen_one(workspace, tmp_path):
     chosen = json.load(open(os.path.join(out, "diagnosis.json")))["chosen"]
     assert chosen in TARGETS and chosen != "answer_seq_logprob"
     assert f"target: {chosen}" in open(os.path.join(out, "config.yaml")).read()
-    assert json.load(open(os.path.join(out, "neuron_map.json")))["settings"]["mining"]["target"] == chosen
+    assert json.load(open(os.path.join(out, "neuron_map.json")))["provenance"]["mining"]["target"] == chosen
     text = open(os.path.join(out, "diagnosis.txt")).read()  # rewritten after mining: the map's fill quoted
     assert f"(mined with {chosen}): fill relevant_only 6/6" in text and "half-split Jaccard relevant_only" in text

@@ -10,7 +10,7 @@ import torch
 import transformers as tf
 
 from attribution.ig import integrated_gradients
-from attribution.ig_common import IGInput, IGSettings
+from attribution.ig_common import IGInput, IGOptions
 from attribution.ig_fast import ATTN_NAME, row_chunks
 from attribution.targets import TARGETS
 from model_patches.patcher import patch_model
@@ -28,11 +28,11 @@ def _prompt(n: int = 24, q: int = 9, vocab: int = 97, seed: int = 7):
     return torch.randint(3, vocab, (n,), generator=gen), torch.randint(3, vocab, (q,), generator=gen)
 
 
-def _check(model, prompt, query, settings, target=TARGETS["yes_prob"]((11,)), tol=1e-4):
+def _check(model, prompt, query, options, target=TARGETS["yes_prob"]((11,)), tol=1e-4):
     patcher = patch_model(model)
     inp = IGInput(prompt, query, target)
-    ref = integrated_gradients(model, patcher, inp, settings, "reference")
-    fast = integrated_gradients(model, patcher, inp, settings, "fast")
+    ref = integrated_gradients(model, patcher, inp, options, "reference")
+    fast = integrated_gradients(model, patcher, inp, options, "fast")
     assert _rel_err(fast.attributions, ref.attributions) <= tol
     assert abs(fast.f_input - ref.f_input) <= 1e-5 * max(1.0, abs(ref.f_input))
     assert torch.allclose(fast.f_baseline, ref.f_baseline, rtol=1e-4, atol=1e-7)
@@ -54,7 +54,7 @@ def test_every_family_three_layers_chunks_cut_layers(family):
     """3 layers x 5 steps in chunks of 4: chunks start mid-layer and span layers."""
     model = tiny_model(family, layers=3).requires_grad_(False)
     prompt, query = _prompt()
-    _check(model, prompt, query, IGSettings(steps=5, chunk_rows=4))
+    _check(model, prompt, query, IGOptions(steps=5, chunk_rows=4))
 
 
 @pytest.mark.parametrize("rule", ["standard", "ircan"])
@@ -62,27 +62,27 @@ def test_every_family_three_layers_chunks_cut_layers(family):
 def test_smollm2_config_two_layers(rule, target):
     model = smollm2_model(layers=2).requires_grad_(False)
     prompt, query = _prompt(40, 12, vocab=512)
-    _check(model, prompt, query, IGSettings(steps=6, ig_rule=rule, chunk_rows=7), TARGETS[target]((17,)))
+    _check(model, prompt, query, IGOptions(steps=6, ig_rule=rule, chunk_rows=7), TARGETS[target]((17,)))
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 10, 1000])
 def test_chunk_layouts_agree_with_reference(chunk_rows):
     model = tiny_model("llama", layers=4).requires_grad_(False)
     prompt, query = _prompt()
-    _check(model, prompt, query, IGSettings(steps=5, chunk_rows=chunk_rows))
+    _check(model, prompt, query, IGOptions(steps=5, chunk_rows=chunk_rows))
 
 
 @pytest.mark.parametrize("family", ["llama", "phi3", "qwen2_moe"])
 def test_sdpa_models(family):
     model = tiny_model(family, layers=2, attn_implementation="sdpa").requires_grad_(False)
     prompt, query = _prompt()
-    _check(model, prompt, query, IGSettings(steps=4, chunk_rows=5))
+    _check(model, prompt, query, IGOptions(steps=4, chunk_rows=5))
 
 
 def test_one_token_prompt_and_zero_baseline():
     model = tiny_model("llama", layers=2).requires_grad_(False)
     prompt, _ = _prompt(1)
-    _check(model, prompt, None, IGSettings(steps=4, chunk_rows=3))
+    _check(model, prompt, None, IGOptions(steps=4, chunk_rows=3))
 
 
 def test_rows_start_at_their_own_layer():
@@ -96,7 +96,7 @@ def test_rows_start_at_their_own_layer():
              for j, layer in enumerate(model.model.layers)]
     try:
         integrated_gradients(model, patcher, IGInput(prompt, query, TARGETS["yes_prob"]((11,))),
-                             IGSettings(steps=steps, chunk_rows=chunk_rows))
+                             IGOptions(steps=steps, chunk_rows=chunk_rows))
     finally:
         for h in hooks:
             h.remove()
@@ -116,7 +116,7 @@ def test_model_left_as_found_even_after_an_error():
     prompt, query = _prompt()
     with pytest.raises(IndexError):  # a target token outside the vocabulary fails inside the row passes
         integrated_gradients(model, patcher, IGInput(prompt, query, TARGETS["yes_prob"]((10**6,))),
-                             IGSettings(steps=2, chunk_rows=4))
+                             IGOptions(steps=2, chunk_rows=4))
     assert model.config._attn_implementation == impl != ATTN_NAME
     assert all("forward" not in layer.__dict__ for layer in model.model.layers)
     assert patcher.scaled == {}

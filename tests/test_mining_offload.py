@@ -18,4 +18,4 @@ def test_offloaded_mining_equals_plain_zero3(tmp_path, run_ranks):
     assert stats[0] == stats[1]
     maps = [json.loads((tmp_path / n / "neuron_map.json").read_text()) for n in ("plain", "offload")]
     assert maps[0]["groups"] == maps[1]["groups"] and maps[0]["hash"] == maps[1]["hash"]
-    assert maps[1]["settings"]["mining"]["ds_config"] == "ds_configs/cpu_zero3_offload.json"
+    assert maps[1]["provenance"]["mining"]["ds_config"] == "ds_configs/cpu_zero3_offload.json"

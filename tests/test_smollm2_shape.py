@@ -7,7 +7,7 @@ import torch
 import transformers as tf
 
 from attribution.ig import integrated_gradients
-from attribution.ig_common import IGInput, IGSettings
+from attribution.ig_common import IGInput, IGOptions
 from attribution.targets import TARGETS
 from model_patches import patch_model
 
@@ -49,9 +49,9 @@ def test_fast_ig_equals_reference(model, target, baseline, rule):
     prompt = torch.randint(3, 49152, (40,), generator=gen)
     query = torch.randint(3, 49152, (14,), generator=gen)
     inp = IGInput(prompt, query if baseline == "query" else None, TARGETS[target]((2097,)))
-    settings = IGSettings(steps=6, ig_rule=rule, chunk_rows=5)
-    ref = integrated_gradients(model, patcher, inp, settings, "reference")
-    fast = integrated_gradients(model, patcher, inp, settings, "fast")
+    options = IGOptions(steps=6, ig_rule=rule, chunk_rows=5)
+    ref = integrated_gradients(model, patcher, inp, options, "reference")
+    fast = integrated_gradients(model, patcher, inp, options, "fast")
     assert ref.attributions.shape == (2, 1536)
     assert _rel_err(fast.attributions, ref.attributions) <= 1e-4
     assert abs(fast.f_input - ref.f_input) <= 1e-5 * max(1.0, abs(ref.f_input))

@@ -11,7 +11,7 @@ import torch
 
 from attribution import targets
 from attribution.ig import integrated_gradients
-from attribution.ig_common import IGInput, IGSettings
+from attribution.ig_common import IGInput, IGOptions
 from attribution.mine import main as mine_main
 from attribution.stats import OK, NeuronStats
 from attribution.targets import TARGETS, AnswerLogprob, AnswerSeqLogprob
@@ -100,20 +100,20 @@ def test_teacher_forced_target_on_the_reference_path_equals_brute_force_ig():
     assert seq.reads == 4 and seq.continuation == answer[:-1]
     inp = IGInput(torch.cat([prompt, torch.tensor(seq.continuation)]), query, seq)
     assert inp.scaled_position == len(prompt) - 1 and list(inp.read_positions) == list(range(13, 17))
-    settings = IGSettings(steps=5, chunk_rows=3)
-    ref = integrated_gradients(model, patcher, inp, settings, "reference")
+    options = IGOptions(steps=5, chunk_rows=3)
+    ref = integrated_gradients(model, patcher, inp, options, "reference")
     brute = _brute_force_ig(model, inp.input_ids, query, seq, 5)
     assert float((ref.attributions - brute).abs().max()) <= 1e-4 * float(brute.abs().max())
     assert float(brute.abs().max()) > 0
     with torch.no_grad():  # F on the unscaled input: the teacher-forced log-probability of the whole answer
         logp = torch.log_softmax(model(input_ids=inp.input_ids.view(1, -1)).logits[0].float(), -1)
     assert ref.f_input == pytest.approx(float(sum(logp[13 + j, t] for j, t in enumerate(answer))), rel=1e-5)
-    first = integrated_gradients(model, patcher, IGInput(prompt, query, AnswerLogprob((answer[0],))), settings,
+    first = integrated_gradients(model, patcher, IGInput(prompt, query, AnswerLogprob((answer[0],))), options,
                                  "reference")  # the later positions matter: not the first token's attribution
     assert float((first.attributions - ref.attributions).abs().max()) > 1e-3 * float(brute.abs().max())
     with pytest.raises(UserError, match="mining.algorithm fast reads the last prompt position only; target "
                                         "answer_seq_logprob reads 4 positions: set mining.algorithm reference"):
-        integrated_gradients(model, patcher, inp, settings, "fast")
+        integrated_gradients(model, patcher, inp, options, "fast")
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
@@ -126,9 +126,9 @@ def test_fast_path_equals_reference_for_every_one_position_target(name):
     target = TARGETS[name].stand_in(17) if name != "yes_no_margin" else TARGETS[name]((17, 30, 5, 44), (), 2)
     assert target.reads == 1
     inp = IGInput(prompt, query, target)
-    settings = IGSettings(steps=6, chunk_rows=5)
-    ref = integrated_gradients(model, patcher, inp, settings, "reference")
-    fast = integrated_gradients(model, patcher, inp, settings, "fast")
+    options = IGOptions(steps=6, chunk_rows=5)
+    ref = integrated_gradients(model, patcher, inp, options, "reference")
+    fast = integrated_gradients(model, patcher, inp, options, "fast")
     scale = float(ref.attributions.abs().max())
     assert scale > 0 and float((fast.attributions - ref.attributions).abs().max()) <= 1e-4 * scale
     assert fast.f_input == pytest.approx(ref.f_input, rel=1e-5, abs=1e-7)
