@@ -3,6 +3,12 @@
 Typed dataclasses (model, data, mining, stage1, stage2, eval, runtime) loaded from a YAML file, overridden from
 the command line with dotted keys (``--stage1.lr 2e-5`` or ``--stage1.lr=2e-5``), validated after parsing.
 Every error names the bad key and what is allowed. ``save_config`` writes the resolved config next to an output.
+
+Paths (``PATH_KEYS``): a relative path written in a config file is relative to that file's folder, whatever the
+working directory (``configs/embedded.yaml`` says ``../assets/base-model``); one given on the command line, and a
+default, is relative to the working directory, as in any shell command. The loaded config holds the file's paths
+made absolute. A model or records key keeps a value that is not a path there and reads as a Hub id
+(``org/name[@revision]``, ``org/name[:split]``).
 """
 from __future__ import annotations
 
@@ -201,6 +207,12 @@ class ExperimentConfig:
 
 
 EVAL_SETTINGS = ("gold", "top5", "noise_only", "counterfactual", "closed_book")
+# config keys that hold a path (see the module docstring); HUB_KEYS may hold a Hub id instead
+HUB_KEYS = ("model.path", "stage1.init_from", "stage2.init_from", "evidence.teacher", "data.train_file",
+            "data.dev_file", "data.test_file", "mining.file")
+PATH_KEYS = HUB_KEYS + ("data.chat_template_file", "mining.ds_config", "mining.output_dir", "stage1.ds_config",
+                        "stage1.output_dir", "stage2.ds_config", "stage2.output_dir", "eval.ds_config",
+                        "eval.output_dir", "runtime.output_dir")
 
 
 # --------------------------------------------------------------------------------------------- coercion
@@ -385,9 +397,30 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         if not isinstance(data, dict):
             raise UserError(f"config file {path}: expected a mapping at the top level")
         _apply(cfg, data, "")
+        _resolve_paths(cfg, data, os.path.dirname(os.path.abspath(path)))
     for key, value in _parse_overrides(overrides or []):
         set_key(cfg, key, value)
     return validate(cfg)
+
+
+def _hub_like(value: str) -> bool:
+    """``org/name``, optionally ``@revision`` or ``:split``: no leading dot or slash, one slash, no file suffix."""
+    name = value.split("@")[0].split(":")[0]
+    return (not value.startswith((".", "/", "~")) and name.count("/") == 1
+            and os.path.splitext(name)[1].lower() not in (".jsonl", ".json", ".parquet", ".csv"))
+
+
+def _resolve_paths(cfg: ExperimentConfig, data: dict, folder: str) -> None:
+    """The relative paths the config file sets, made absolute from the file's ``folder`` (a Hub id stays)."""
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = data.get(section, {}).get(name) if isinstance(data.get(section), dict) else None
+        if not isinstance(value, str) or not value or os.path.isabs(value):
+            continue
+        there = os.path.normpath(os.path.join(folder, os.path.expanduser(value)))
+        if key in HUB_KEYS and _hub_like(value) and not os.path.exists(there.split(":")[0]):
+            continue
+        setattr(getattr(cfg, section), name, there)
 
 
 def _parse_overrides(argv: list[str]) -> list[tuple[str, str]]:

@@ -81,3 +81,87 @@ def test_settings_that_work_pass_the_check(bare_env, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert load_config(None, ["--runtime.report_to", "wandb,mlflow"]).runtime.report_to == ["wandb", "mlflow"]
+
+
+# ------------------------------------------------------------------------ paths independent of the cwd
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_relative_paths_in_a_config_are_relative_to_its_folder(tmp_path, monkeypatch):
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    (tmp_path / "exp" / "x.yaml").write_text(
+        "model:\n  path: ../models/mine\ndata:\n  train_file: ../data/train.csv\n  dev_file: org/questions:dev\n"
+        "stage2:\n  init_from: HuggingFaceTB/SmolLM2-135M@main\nruntime:\n  output_dir: out\n")
+    monkeypatch.chdir(tmp_path / "models")
+    cfg = load_config("../exp/x.yaml", ["--eval.output_dir", "ev"])
+    assert cfg.model.path == str(tmp_path / "models" / "mine")
+    assert cfg.data.train_file == str(tmp_path / "data" / "train.csv")
+    assert cfg.runtime.output_dir == str(tmp_path / "exp" / "out")
+    assert cfg.data.dev_file == "org/questions:dev" and cfg.stage2.init_from == "HuggingFaceTB/SmolLM2-135M@main"
+    assert cfg.eval.output_dir == "ev"  # the command line: relative to the working directory, as in a shell
+    committed = load_config(os.path.join(ROOT, "configs", "embedded.yaml"))
+    assert committed.model.path == os.path.join(ROOT, "assets", "base-model")
+    assert committed.runtime.output_dir == os.path.join(ROOT, "outputs", "demo")
+
+
+def test_an_entry_point_runs_from_another_directory(tmp_path):
+    """Evaluation started two folders down, its config (relative paths) in a third: everything lands where the
+    config says, nothing in the working directory."""
+    import subprocess
+    import sys
+
+    from tests.support.ranks import child_env
+    from tests.support.workspaces import eval_checkpoint, eval_records, write_yaml
+
+    eval_checkpoint(str(tmp_path / "model"))
+    eval_records(str(tmp_path / "data" / "test.jsonl"), n_questions=40)
+    (tmp_path / "exp").mkdir()
+    write_yaml(str(tmp_path / "exp" / "eval.yaml"), {
+        "model": {"path": "../model"}, "data": {"test_file": "../data/test.jsonl", "prompt_style": "compact",
+                                                "max_length": 128},
+        "eval": {"batch_size": 4, "max_new_tokens": 4, "bootstrap": 20, "settings": ["gold"], "num_examples": 4},
+        "runtime": {"output_dir": "../run", "torch_threads": 1, "report_to": ["none"]}})
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "rag", "evaluate.py"), "--config",
+                           "../../exp/eval.yaml", "--name", "base", "--no-progress"], cwd=cwd, env=child_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "run" / "eval" / "base.eval.json").is_file()
+    assert not os.listdir(cwd)
+
+
+def test_the_demo_runs_from_another_directory(tmp_path):
+    """The demo from outside the checkout, the committed config by its path, relative overrides: each step's output
+    is where the demo then looks for it (the benchmark, the base model's done marker, mining), nothing lands in the
+    checkout; stopped once the first training step starts."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support.ranks import child_env
+
+    base = os.path.join(ROOT, "assets", "base-model")
+    before = {f: os.stat(os.path.join(base, f)).st_mtime_ns for f in os.listdir(base)}
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "demo.py"), "--config", os.path.join(ROOT, "configs",
+           "embedded.yaml"), "--quick", "--ranks", "1", "--data.benchmark_questions", "400",
+           "--data.train_file", "data/train.jsonl", "--data.dev_file", "data/dev.jsonl", "--data.test_file",
+           "data/test.jsonl", "--runtime.output_dir", "out", "--mining.num_examples", "4", "--mining.steps", "2"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("== train") or (line.startswith("== base model") and "already done" not in line):
+                break  # the first training step, or the committed base model about to be retrained
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    steps = [line for line in lines if line.startswith("== ")]
+    assert steps and steps[-1].startswith("== train"), "".join(lines[-40:])
+    assert any(s.startswith("== base model: already done") for s in steps)  # the committed one, never retrained
+    assert (tmp_path / "data" / "test.jsonl").is_file() and (tmp_path / "out" / "mining" / "summary.txt").is_file()
+    assert {f: os.stat(os.path.join(base, f)).st_mtime_ns for f in os.listdir(base)} == before
+    assert not os.path.exists(os.path.join(ROOT, "out")) and not os.path.exists(os.path.join(ROOT, "data"))
