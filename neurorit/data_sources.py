@@ -6,10 +6,12 @@ Face Hub dataset id (through ``datasets.load_dataset``, which honours ``HF_HUB_O
 as ``dataset[i]`` counts) and the text line is the row as one JSON line (the file's own line for JSONL, which
 ``rag/write_evidence.py`` keeps byte for byte). A source with several splits takes ``:<split>`` after its name
 (``org/name:test``, ``folder:validation``); one with a single split needs none. Every failure is one
-``UserError`` line naming the source.
+``UserError`` line naming the source. ``source_digest(source)`` is the sha256 of a local source's bytes (a model
+card records it); a Hub dataset id has none.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -42,6 +44,27 @@ def rows(source: str) -> Iterator[Row]:
     if _looks_like_hub_id(location):
         return _dataset_rows(_load_hub(location, split), location, split)
     raise UserError(f"records file not found: {source}")
+
+
+def source_digest(source: str) -> str | None:
+    """``sha256:<hex>`` of a local file, or of a folder's files (their relative paths and bytes, in name order);
+    None for a Hub dataset id (or a source that is not there)."""
+    location, _ = _split_source(source)
+    if os.path.isfile(location):
+        files = [(os.path.basename(location), location)]
+    elif os.path.isdir(location):
+        files = sorted((os.path.relpath(os.path.join(d, f), location), os.path.join(d, f))
+                       for d, _, names in os.walk(location) for f in names)
+    else:
+        return None
+    digest = hashlib.sha256()
+    for name, path in files:
+        if len(files) > 1:
+            digest.update(name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 def _split_source(source: str) -> tuple[str, str]:

@@ -165,3 +165,58 @@ def test_the_demo_runs_from_another_directory(tmp_path):
     assert (tmp_path / "data" / "test.jsonl").is_file() and (tmp_path / "out" / "mining" / "summary.txt").is_file()
     assert {f: os.stat(os.path.join(base, f)).st_mtime_ns for f in os.listdir(base)} == before
     assert not os.path.exists(os.path.join(ROOT, "out")) and not os.path.exists(os.path.join(ROOT, "data"))
+
+
+# ------------------------------------------------------------------------------ a self-describing export
+WORD_TEMPLATE = ("{{ date_string }} {% for m in messages %}{{ m['role'] + ' ' + m['content'] + ' </s> ' }}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ 'assistant ' }}{% endif %}")
+
+
+def test_the_export_carries_its_template_date_and_training_facts(tmp_path, single_rank_env):
+    import hashlib
+    import json
+
+    from transformers import AutoTokenizer
+
+    from model_patches.model_card import read_model_card
+    from tests.support.workspaces import training_workspace
+    from train.loop import run_stage
+
+    workspace = training_workspace(str(tmp_path))
+    (tmp_path / "chat.jinja").write_text(WORD_TEMPLATE)
+    cfg = load_config(workspace, ["--data.chat_template_file", str(tmp_path / "chat.jinja"), "--data.chat_date",
+                                  "3 Mar 2025", "--stage1.eval_every", "2", "--stage1.eval_examples", "4"])
+    s1 = run_stage("stage1", cfg)
+    s2 = run_stage("stage2", cfg)
+    export1, export2 = s1["export_dir"], s2["export_dir"]
+    with open(os.path.join(export1, "tokenizer_config.json")) as fh:
+        assert WORD_TEMPLATE in json.load(fh)["chat_template"]
+    served = AutoTokenizer.from_pretrained(export1).apply_chat_template([{"role": "user", "content": "x"}],
+                                                                        tokenize=False, add_generation_prompt=True)
+    assert served == "3 Mar 2025 user x </s> assistant "  # the prompt training saw, the date included
+    card = read_model_card(export1)
+    digest = "sha256:" + hashlib.sha256(open(cfg.data.train_file, "rb").read()).hexdigest()
+    assert card["data"]["train_file"] == {"path": cfg.data.train_file, "sha256": digest}
+    assert card["data"]["chat_template_file"]["path"] == str(tmp_path / "chat.jinja")
+    assert card["data"]["chat_date"] == "3 Mar 2025" and card["data"]["dev_file"]["sha256"].startswith("sha256:")
+    training = card["training"]
+    assert training["lr"] == cfg.stage1.lr and training["steps"] == s1["step"] == 3
+    assert training["final_train_loss"] == s1["final_loss"] and training["final_dev_loss"] > 0
+    assert card["started_from"] == {"init_from": cfg.model.path} and card["package_version"]
+    card2 = read_model_card(export2)
+    assert card2["started_from"] == {"init_from": export1, "stage": "stage1", "method": "neurorit",
+                                     "base_model": cfg.model.path}
+    assert card2["training"]["final_dev_loss"] is None and "dev_file" not in card2["data"]  # no dev loss asked
+    text = open(os.path.join(export2, "README.md")).read()
+    assert f"- Started from: `{export1}` (stage1 export of `neurorit`)" in text and "- lr: " in text
+    with open(os.path.join(export2, "tokenizer_config.json")) as fh:  # stage 2's export: pinned once, not twice
+        assert json.load(fh)["chat_template"].count("set date_string") == 1
+
+
+def test_no_template_leaves_the_tokenizer_alone(word_tokenizer):
+    from types import SimpleNamespace
+
+    from neurorit.prompts import export_tokenizer
+
+    tok = word_tokenizer(["a"])
+    assert export_tokenizer(SimpleNamespace(chat_template="auto", chat_template_file=""), tok) is tok

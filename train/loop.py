@@ -29,7 +29,7 @@ import torch
 
 from model_patches import export_hf, load_causal_lm, load_tokenizer, model_fingerprint
 from model_patches.loading import model_source
-from model_patches.model_card import write_model_card
+from model_patches.model_card import started_from, write_model_card
 from neurorit import methods, parallel, runtime
 from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_config, to_dict
 from neurorit.parallel import TrainEngine
@@ -37,7 +37,8 @@ from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.run_layout import RunLayout, StageFiles, trained_params
 from neurorit.neuron_map import NeuronMap
-from neurorit.prompts import prompt_builder
+from neurorit.data_sources import source_digest
+from neurorit.prompts import export_tokenizer, prompt_builder
 from neurorit.records import load_records
 from train import checkpoint, recipes
 from train.data import Batching, StepPlan, build_examples, collate, eval_batches
@@ -251,6 +252,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     stop_at = min(plan.total_steps, step + stop_after) if stop_after > 0 else plan.total_steps
     engine.train()
     last = {"loss": resumed_loss}  # a run resumed at its final step still reports that step's loss
+    last_dev = None  # the latest dev loss (model card)
     while step < stop_at:
         last = _train_step(engine, plan, step, examples, pad_id)
         step += 1
@@ -261,7 +263,8 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
                                    "train/grad_norm": last["grad_norm"],
                                    "train/tokens_per_s": last["tokens"] / max(last["seconds"], 1e-9)})
         if dev and (step % st.eval_every == 0 or step == plan.total_steps):
-            monitor.scalars(step, {"dev/loss": dev_loss(engine, dev, micro, pad_id)})
+            last_dev = dev_loss(engine, dev, micro, pad_id)
+            monitor.scalars(step, {"dev/loss": last_dev})
         if (st.save_every > 0 and step % st.save_every == 0) or step == stop_at:
             progress = {"step": step, "consumed_samples": step * st.batch_size, "last_loss": last["loss"]}
             checkpoint.save(engine, ckpt_dir, progress, identity, keep_last=st.keep_last, resumed_from=found)
@@ -270,7 +273,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         monitor.print(f"stopped after step {step} of {plan.total_steps}; rerun the same command to resume")
         return {"stage": stage, "step": step, "total_steps": plan.total_steps, "finished": False}
     ctx.model = engine.module
-    return _finish(run, ctx, trainable, tokenizer, {"step": step, "loss": last["loss"]})
+    return _finish(run, ctx, trainable, tokenizer, {"step": step, "loss": last["loss"], "dev_loss": last_dev})
 
 
 def check_finite(step: int, stats: dict, ckpt_dir: str) -> None:
@@ -289,7 +292,8 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
     export_dir = run.files.export
     ctx.model.config.use_cache = True  # off only while training; the plain export keeps the usual default
     extra = run.recipe.before_export(ctx)
-    export_hf(ctx.model, export_dir, tokenizer=tokenizer, fold_deactivation=run.recipe.fold_irrelevant_only)
+    export_hf(ctx.model, export_dir, tokenizer=export_tokenizer(run.cfg.data, tokenizer),
+              fold_deactivation=run.recipe.fold_irrelevant_only)
     summary = {"stage": run.stage, "method": run.st.method, "step": last["step"], "finished": True,
                "final_loss": last["loss"], "trainable_params": trainable.count, "init_from": run.init_from,
                **trainable.details,
@@ -300,10 +304,23 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
         write_model_card(export_dir, base_model=run.cfg.model.path, method=run.st.method, stage=run.stage,
                          trainable_params=trainable.count + trained_params(run.init_from),
                          base_revision=base["revision"], neuron_map_hash=summary["neuron_map_hash"],
-                         data={"train_file": run.cfg.data.train_file})
+                         data=_card_data(run, last.get("dev_loss") is not None),
+                         started_from=started_from(run.init_from),
+                         training={"lr": run.recipe.lr(run.st) if run.recipe.trains else None, "steps": last["step"],
+                                   "final_train_loss": last["loss"], "final_dev_loss": last.get("dev_loss")})
         atomic_write_text(run.files.summary, json.dumps(summary, indent=1))
         print(f"{run.stage}: exported {export_dir}")
     return summary
+
+
+def _card_data(run: StageRun, with_dev: bool) -> dict:
+    """The model card's data: the files the stage read, each with its sha256, and the chat template it used."""
+    data = run.cfg.data
+    files = {"train_file": data.train_file, **({"dev_file": data.dev_file} if with_dev else {})}
+    if data.chat_template_file and data.chat_template != "never":
+        files["chat_template_file"] = data.chat_template_file
+    out: dict = {k: {"path": v, "sha256": source_digest(v)} for k, v in files.items()}
+    return {**out, "chat_template": data.chat_template, "chat_date": data.chat_date}
 
 
 def _flags(parser: argparse.ArgumentParser) -> None:
