@@ -42,6 +42,14 @@ class DataConfig:
     train_file: str = "outputs/benchmark/train.jsonl"
     dev_file: str = "outputs/benchmark/dev.jsonl"  # dev records (stage dev loss, the stage-1 probe)
     test_file: str = "outputs/benchmark/test.jsonl"  # test records (evaluation)
+    # several training sources mixed (each as train_file takes; the stages train on them instead of train_file)
+    train_files: list[str] = field(default_factory=list)
+    # one weight per train_files entry: how many times each of its records is seen per epoch (a fraction = a
+    # seeded sample of its records); empty = every record once
+    train_weights: list[float] = field(default_factory=list)
+    # your column names for the record fields (question, answers, ctxs, id, evidence, meta, counterfactual_ctxs),
+    # e.g. {question: q, answers: gold}; fields not named keep the known spellings
+    columns: dict[str, str] = field(default_factory=dict)
     prompt_style: Literal["compact", "paper"] = "paper"  # compact = the embedded model's word-level prompts
     chat_template: Literal["auto", "never", "always"] = "auto"  # auto = the tokenizer's chat template if it has one
     chat_template_file: str = ""  # a Jinja chat template file used instead of the tokenizer's; empty = the tokenizer's
@@ -207,9 +215,10 @@ class ExperimentConfig:
 
 
 EVAL_SETTINGS = ("gold", "top5", "noise_only", "counterfactual", "closed_book")
+RECORD_FIELDS = ("question", "answers", "ctxs", "id", "evidence", "meta", "counterfactual_ctxs")  # data.columns
 # config keys that hold a path (see the module docstring); HUB_KEYS may hold a Hub id instead
 HUB_KEYS = ("model.path", "stage1.init_from", "stage2.init_from", "evidence.teacher", "data.train_file",
-            "data.dev_file", "data.test_file", "mining.file")
+            "data.dev_file", "data.test_file", "mining.file", "data.train_files")
 PATH_KEYS = HUB_KEYS + ("data.chat_template_file", "mining.ds_config", "mining.output_dir", "stage1.ds_config",
                         "stage1.output_dir", "stage2.ds_config", "stage2.output_dir", "eval.ds_config",
                         "eval.output_dir", "runtime.output_dir")
@@ -251,6 +260,15 @@ def _coerce(key: str, value: Any, tp) -> Any:
             if value == a or (isinstance(value, str) and str(a) == value):
                 return a
         raise UserError(f"config key '{key}': {value!r} is not allowed; use {_describe(tp)}")
+    if origin is dict:
+        if isinstance(value, str):
+            pairs = [p.split("=", 1) for p in value.split(",") if p]
+            if any(len(p) != 2 for p in pairs):
+                raise UserError(f"config key '{key}': expected field=column pairs, comma-separated, got {value!r}")
+            value = dict(pairs)
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", v, typing.get_args(tp)[1]) for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
@@ -378,6 +396,14 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise UserError(f"config key 'mining.threshold_ratio' must be in [0, 1], got {m.threshold_ratio}")
     if m.chunk_rows != "auto" and m.chunk_rows < 1:
         raise UserError(f"config key 'mining.chunk_rows' must be >= 1, got {m.chunk_rows}")
+    d = cfg.data
+    if d.train_weights and (len(d.train_weights) != len(d.train_files) or min(d.train_weights) <= 0):
+        raise UserError(f"config key 'data.train_weights': one weight > 0 per data.train_files entry "
+                        f"({len(d.train_files)}), or none; got {d.train_weights}")
+    unknown = sorted(set(d.columns) - set(RECORD_FIELDS))
+    if unknown:
+        raise UserError(f"config key 'data.columns': {', '.join(unknown)} is not a record field; map any of "
+                        f"{', '.join(RECORD_FIELDS)} to your column names")
     if cfg.data.num_docs < 0:
         raise UserError(f"config key 'data.num_docs' must be >= 0, got {cfg.data.num_docs}")
     return cfg
@@ -414,13 +440,18 @@ def _resolve_paths(cfg: ExperimentConfig, data: dict, folder: str) -> None:
     """The relative paths the config file sets, made absolute from the file's ``folder`` (a Hub id stays)."""
     for key in PATH_KEYS:
         section, name = key.split(".")
-        value = data.get(section, {}).get(name) if isinstance(data.get(section), dict) else None
-        if not isinstance(value, str) or not value or os.path.isabs(value):
-            continue
-        there = os.path.normpath(os.path.join(folder, os.path.expanduser(value)))
-        if key in HUB_KEYS and _hub_like(value) and not os.path.exists(there.split(":")[0]):
-            continue
-        setattr(getattr(cfg, section), name, there)
+        if isinstance(data.get(section), dict) and data[section].get(name):
+            value = getattr(getattr(cfg, section), name)
+            there = [_from_folder(v, folder, key in HUB_KEYS) for v in (value if isinstance(value, list) else [value])]
+            setattr(getattr(cfg, section), name, there if isinstance(value, list) else there[0])
+
+
+def _from_folder(value: str, folder: str, hub_ok: bool) -> str:
+    """``value`` made absolute from ``folder`` (absolute already, or a Hub id where ``hub_ok``: as it is)."""
+    there = os.path.normpath(os.path.join(folder, os.path.expanduser(value)))
+    if os.path.isabs(value) or (hub_ok and _hub_like(value) and not os.path.exists(there.split(":")[0])):
+        return value
+    return there
 
 
 def _parse_overrides(argv: list[str]) -> list[tuple[str, str]]:

@@ -37,9 +37,12 @@ def _type_name(tp) -> str:
         return "|".join(str(a) for a in typing.get_args(tp))
     if origin in (typing.Union,) or type(tp).__name__ == "UnionType":
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _type_name(args[0]) + " or null"
+        nullable = len(args) < len(typing.get_args(tp))
+        return " or ".join(_type_name(a) for a in args) + (" or null" if nullable else "")
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping (key: value, or key=value,... on the command line)"
     return getattr(tp, "__name__", str(tp))
 
 

@@ -220,3 +220,82 @@ def test_no_template_leaves_the_tokenizer_alone(word_tokenizer):
 
     tok = word_tokenizer(["a"])
     assert export_tokenizer(SimpleNamespace(chat_template="auto", chat_template_file=""), tok) is tok
+
+
+# ------------------------------------------------------------------- inputs: CSV, columns, several files
+def _csv(path, rows: list[dict]) -> str:
+    import csv
+    import json
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+    return str(path)
+
+
+def _user_rows(n: int, prefix: str) -> list[dict]:
+    return [{"qid": f"{prefix}{i}", "q": f"where is {prefix}{i} ?", "gold": [f"place{i}"],
+             "docs": [{"title": "t", "text": f"{prefix}{i} is in place{i} ."}, {"title": "u", "text": "noise ."}]}
+            for i in range(n)]
+
+
+def test_csv_with_the_users_column_names(tmp_path):
+    from neurorit.records import training_records
+
+    path = _csv(tmp_path / "train.csv", _user_rows(3, "a"))
+    (tmp_path / "x.yaml").write_text("data:\n  train_file: train.csv\n  columns: {question: q, answers: gold, "
+                                     "ctxs: docs, id: qid}\n")
+    cfg = load_config(str(tmp_path / "x.yaml"))
+    assert cfg.data.columns == {"question": "q", "answers": "gold", "ctxs": "docs", "id": "qid"}
+    records = training_records(cfg.data)
+    assert [(r.id, r.question, r.answers) for r in records][0] == ("a0", "where is a0 ?", ["place0"])
+    assert records[2].ctxs[0].text == "a2 is in place2 ." and records[2].ctxs[1].title == "u"
+    cli = load_config(None, ["--data.train_file", path, "--data.columns", "question=q,answers=gold,ctxs=docs"])
+    assert cli.data.columns == {"question": "q", "answers": "gold", "ctxs": "docs"}
+    with pytest.raises(UserError) as err:
+        training_records(load_config(None, ["--data.train_file", path, "--data.columns", "question=query"]).data)
+    assert "train.csv row 0: the row has no column query (data.columns.question)" in str(err.value)
+
+
+def test_several_training_files_with_weights(tmp_path):
+    from neurorit.records import training_records
+
+    a = _csv(tmp_path / "a.csv", _user_rows(4, "a"))
+    b = str(tmp_path / "b.jsonl")
+    with open(b, "w") as fh:
+        import json
+
+        for row in _user_rows(4, "b"):
+            fh.write(json.dumps({"id": row["qid"], "question": row["q"], "answers": row["gold"], "ctxs": row["docs"]})
+                     + "\n")
+    cfg = load_config(None, ["--data.train_files", f"{a},{b}", "--data.train_weights", "2,0.5",
+                             "--data.columns", "question=q,answers=gold,ctxs=docs,id=qid"]).data
+    with pytest.raises(UserError):  # b.jsonl has the record fields' own names, not the columns
+        training_records(cfg)
+    cfg.columns = {}
+    (tmp_path / "a.jsonl").write_text(open(b).read().replace('"b', '"a'))
+    cfg.train_files = [str(tmp_path / "a.jsonl"), b]
+    ids = [r.id for r in training_records(cfg, seed=0)]
+    assert ids[:8] == ["a0", "a1", "a2", "a3"] * 2 and len(ids) == 10 and set(ids[8:]) <= {"b0", "b1", "b2", "b3"}
+    assert ids == [r.id for r in training_records(cfg, seed=0)]  # the sample is seeded
+    assert [r.id for r in training_records(cfg, weighted=False)] == ["a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3"]
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["--data.train_files", "a.jsonl,b.jsonl", "--data.train_weights", "1"], "'data.train_weights': one weight"),
+    (["--data.train_files", "a.jsonl", "--data.train_weights", "0"], "'data.train_weights': one weight"),
+    (["--data.columns", "quesiton=q"], "'data.columns': quesiton is not a record field"),
+    (["--data.columns", "question"], "'data.columns': expected field=column pairs")])
+def test_bad_input_keys_are_one_line(overrides, needle):
+    with pytest.raises(UserError) as err:
+        load_config(None, overrides)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_chunk_rows_help_says_auto_or_an_integer():
+    from neurorit.config_help import config_reference
+
+    (line,) = [ln for ln in config_reference().splitlines() if "--mining.chunk_rows" in ln]
+    assert "auto or int" in line and "null" not in line

@@ -39,7 +39,7 @@ from neurorit.run_layout import RunLayout, StageFiles, trained_params
 from neurorit.neuron_map import NeuronMap
 from neurorit.data_sources import source_digest
 from neurorit.prompts import export_tokenizer, prompt_builder
-from neurorit.records import load_records
+from neurorit.records import load_records, training_records
 from train import checkpoint, recipes
 from train.data import Batching, StepPlan, build_examples, collate, eval_batches
 from train.monitor import Monitor, Tracking
@@ -180,10 +180,11 @@ def _stage_data(run: StageRun, tokenizer):
     task = run.task
     builder = prompt_builder(cfg.data, tokenizer, cfg.eval.instruction)
     common = (tokenizer, builder, st.num_docs, cfg.data.max_length, cfg.runtime.seed)
-    examples, truncation = build_examples(task, load_records(cfg.data.train_file, st.num_examples), *common)
+    examples, truncation = build_examples(task, training_records(cfg.data, st.num_examples, cfg.runtime.seed),
+                                          *common)
     dev = []
     if st.eval_every > 0:
-        dev, _ = build_examples(task, load_records(cfg.data.dev_file, st.eval_examples), *common)
+        dev, _ = build_examples(task, load_records(cfg.data.dev_file, st.eval_examples, cfg.data.columns), *common)
     return examples, dev, truncation
 
 
@@ -316,11 +317,14 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
 def _card_data(run: StageRun, with_dev: bool) -> dict:
     """The model card's data: the files the stage read, each with its sha256, and the chat template it used."""
     data = run.cfg.data
-    files = {"train_file": data.train_file, **({"dev_file": data.dev_file} if with_dev else {})}
+    weights = data.train_weights or [1.0] * len(data.train_files)
+    train = {f"train_files[{i}] (weight {w:g})": p for i, (p, w) in enumerate(zip(data.train_files, weights))}
+    files = {**(train or {"train_file": data.train_file}), **({"dev_file": data.dev_file} if with_dev else {})}
     if data.chat_template_file and data.chat_template != "never":
         files["chat_template_file"] = data.chat_template_file
     out: dict = {k: {"path": v, "sha256": source_digest(v)} for k, v in files.items()}
-    return {**out, "chat_template": data.chat_template, "chat_date": data.chat_date}
+    columns = {"columns": dict(data.columns)} if data.columns else {}
+    return {**out, **columns, "chat_template": data.chat_template, "chat_date": data.chat_date}
 
 
 def _flags(parser: argparse.ArgumentParser) -> None:
