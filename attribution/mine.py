@@ -193,7 +193,8 @@ def mine_examples(miner: Miner, pairs, todo: list[int], shard: str, run_id: str)
                 part.save(shard, run_id)
                 if kill_after and len(part) >= kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
-        bar.update(min(world, len(todo) - r * world) if lockstep else 1)
+        # rank 0 holds the largest share (todo[0::world]): its round r stands for every rank's round r
+        bar.update(min(world, len(todo) - r * world))
     bar.close()
     if len(part):
         part.save(shard, run_id)

@@ -29,7 +29,7 @@ from neurorit.trackers import check_trackers
 
 @dataclass
 class ModelConfig:
-    path: str = "assets/base-model"  # a Hugging Face checkpoint directory (local; no hub at run time)
+    path: str = "assets/base-model"  # a Hugging Face checkpoint folder, or a Hub id org/name[@revision] (its cache)
     # weights and compute dtype (bfloat16 on GPUs; float32 on CPU)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # auto = FlashAttention-2 where installed and supported, else sdpa, else eager
@@ -164,7 +164,7 @@ class EvidenceConfig:
     """``rag/write_evidence.py``: a teacher model writes the stage-2 ``evidence`` of records that lack it (through
     ``eval.backend``, with ``model.dtype`` and ``data.prompt_style``)."""
 
-    teacher: str = ""  # the teacher's local Hugging Face checkpoint (--teacher wins); required
+    teacher: str = ""  # the teacher model: a checkpoint folder or a Hub id org/name[@revision] (--teacher wins)
     max_new_tokens: int = 160  # token limit of one summary (the paper's are at most ~142 tokens)
     batch_size: int = 16  # prompts per generation batch (also the unit of resume)
     num_docs: int = 0  # documents shown (stage 2's top-K); 0 = stage2.num_docs
@@ -392,6 +392,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     m = cfg.mining
     if m.steps < 1:
         raise UserError(f"config key 'mining.steps' must be >= 1, got {m.steps}")
+    if m.num_examples < 1:
+        raise UserError(f"config key 'mining.num_examples' must be >= 1 (the questions mined), got {m.num_examples}")
     if not 0 <= m.threshold_ratio <= 1:
         raise UserError(f"config key 'mining.threshold_ratio' must be in [0, 1], got {m.threshold_ratio}")
     if m.chunk_rows != "auto" and m.chunk_rows < 1:

@@ -155,11 +155,13 @@ class ChatFormat:
         ids = tokenizer(close.lstrip(), add_special_tokens=False)["input_ids"]
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         special |= {int(i) for i in (getattr(tokenizer, "added_tokens_decoder", {}) or {})}
+        special.discard(getattr(tokenizer, "unk_token_id", None))  # a token the vocabulary lacks reads as <unk>
         if not ids or int(ids[0]) not in special:
-            raise UserError(f"the tokenizer's chat template leaves the assistant turn without a stop token: it "
-                            f"closes the turn with {close!r}, which does not start with a special token, so "
-                            f"generation could not stop at the end of the turn; use a template that closes the "
-                            f"assistant turn with a special token (e.g. <|im_end|>, <|eot_id|>), or "
+            own = sorted(tokenizer.convert_ids_to_tokens(sorted(special)))[:8]
+            raise UserError(f"the chat template leaves the assistant turn without a stop token: it closes the turn "
+                            f"with {close!r}, which does not start with a special token of this tokenizer, so "
+                            f"generation could not stop at the end of the turn; close the assistant turn with one "
+                            f"of its special tokens ({', '.join(own) or 'it has none'}), or set "
                             f"data.chat_template: never")
         stop = int(ids[0])
         return cls(user_prefix=prefix, user_suffix=suffix, stop_id=stop,

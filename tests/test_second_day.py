@@ -299,3 +299,59 @@ def test_chunk_rows_help_says_auto_or_an_integer():
 
     (line,) = [ln for ln in config_reference().splitlines() if "--mining.chunk_rows" in ln]
     assert "auto or int" in line and "null" not in line
+
+
+# ---------------------------------------------------------------------------------- misleading lines
+def test_a_missing_revision_gets_a_download_hint_with_it(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from model_patches.loading import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError) as err:
+        resolve_model("nobody/model@v1.2")
+    assert "(hf download nobody/model --revision v1.2)" in str(err.value)
+    with pytest.raises(UserError) as err:
+        resolve_model("nobody/model")
+    assert "(hf download nobody/model)" in str(err.value)
+
+
+def test_a_template_closing_on_a_token_the_vocabulary_lacks_names_the_tokenizers_own(word_tokenizer):
+    from types import SimpleNamespace
+
+    from neurorit.prompts import prompt_builder
+
+    tok = word_tokenizer(["a"])
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] + ' ' + m['content'] + '<|eot_id|>' }}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ 'assistant ' }}{% endif %}")
+    with pytest.raises(UserError) as err:
+        prompt_builder(SimpleNamespace(prompt_style="compact", chat_template="auto"), tok)
+    message = str(err.value)
+    assert "'<|eot_id|>'" in message and "e.g. <|im_end|>, <|eot_id|>" not in message
+    assert "one of its special tokens (</s>, <pad>, <s>)" in message  # not <unk>, which it silently became
+
+
+def test_help_says_model_keys_take_hub_ids():
+    from neurorit.config_help import config_reference
+
+    text = config_reference()
+    for key in ("--model.path", "--evidence.teacher"):
+        (line,) = [ln for ln in text.splitlines() if key in ln]
+        assert "Hub id" in line and "local" not in line
+
+
+def test_mining_no_questions_is_refused():
+    with pytest.raises(UserError) as err:
+        load_config(None, ["--mining.num_examples", "0"])
+    assert "'mining.num_examples' must be >= 1" in str(err.value)
+
+
+def test_the_mining_bar_reaches_100_percent_on_2_ranks(tmp_path, run_ranks):
+    from tests.support.workspaces import mining_workspace
+
+    cfg = mining_workspace(str(tmp_path), n=7)
+    proc = run_ranks("attribution/mine.py", "--config", cfg, "--mining.zero_stage", "0")
+    bars = [part for part in proc.stderr.replace("\r", "\n").splitlines() if part.startswith("mining:")]
+    assert bars and bars[-1].startswith("mining: 100%"), bars[-3:]
