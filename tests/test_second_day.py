@@ -355,3 +355,31 @@ def test_the_mining_bar_reaches_100_percent_on_2_ranks(tmp_path, run_ranks):
     proc = run_ranks("attribution/mine.py", "--config", cfg, "--mining.zero_stage", "0")
     bars = [part for part in proc.stderr.replace("\r", "\n").splitlines() if part.startswith("mining:")]
     assert bars and bars[-1].startswith("mining: 100%"), bars[-3:]
+
+
+def test_the_closed_book_probe_covers_only_the_benchmarks_facts(tmp_path, monkeypatch):
+    """``data.benchmark_questions 40``: the probe asks about the real facts of those 40 questions, not all of
+    them, and the labelled records equal a build with those labels."""
+    from benchmarks.english import benchmark as english
+    from neurorit.records import load_records
+
+    asked = []
+
+    def probe(model_path, texts, data, batch_size, threads):  # the model answers nothing: every fact unknown
+        asked.extend(texts)
+        return ["" for _ in texts]
+
+    monkeypatch.setattr(english, "_run_probe", probe)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    cfg = load_config(None, ["--model.path", str(tmp_path / "model"), "--data.benchmark_questions", "40",
+                             "--data.train_file", str(tmp_path / "train.jsonl"), "--data.dev_file",
+                             str(tmp_path / "dev.jsonl"), "--data.test_file", str(tmp_path / "test.jsonl")])
+    paths = english.write_benchmark(cfg)
+    real = [r for s in ("train", "dev", "test") for r in load_records(paths[s]) if r.meta["kind"] != "fresh"]
+    per_fact = len(english.probe_prompts(english.real_facts()[0]))
+    assert 0 < len(asked) == per_fact * len(real) < per_fact * len(english.real_facts()) // 10
+    labels = {f"{r.meta['relation']}|{r.meta['entity']}": False for r in real}
+    rebuilt = english.build_benchmark(cfg.data.benchmark_seed, 40, labels)
+    assert [r.to_json() for s in ("train", "dev", "test") for r in rebuilt[s]] == \
+        [r.to_json() for s in ("train", "dev", "test") for r in load_records(paths[s])]
