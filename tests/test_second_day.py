@@ -383,3 +383,27 @@ def test_the_closed_book_probe_covers_only_the_benchmarks_facts(tmp_path, monkey
     rebuilt = english.build_benchmark(cfg.data.benchmark_seed, 40, labels)
     assert [r.to_json() for s in ("train", "dev", "test") for r in rebuilt[s]] == \
         [r.to_json() for s in ("train", "dev", "test") for r in load_records(paths[s])]
+
+
+# ------------------------------------------------------------------------------------------ the picture
+def test_the_picture_tells_a_true_zero_from_a_missing_cell_with_n_per_panel_in_percent():
+    from rag import report
+
+    def stats(match: float, n: int) -> dict:
+        return {"match": match, "em": match, "f1": match, "match_ci95": [max(0.0, match - 0.1), match + 0.1], "n": n}
+
+    evaluations = {
+        "base": {"trainable_params": 0, "settings": {"gold": stats(0.5, 30), "noise_only": stats(0.2, 30)},
+                 "by_kind": {"fresh": {"gold": stats(0.4, 10), "noise_only": stats(0.0, 10)}}},
+        "neurorit": {"trainable_params": 5, "settings": {"gold": stats(0.6, 30)},
+                     "by_kind": {"fresh": {"gold": stats(0.5, 10)}}}}
+    results = report.combine(evaluations)
+    fig = report.figure(results, report.panel_sizes(evaluations))
+    whole, fresh = fig.axes[0], fig.axes[1]
+    assert whole.get_title() == "all questions (n=30)" and fresh.get_title() == "fresh facts (n=10)"
+    assert whole.get_ylim() == (0, 105) and whole.get_ylabel() == "Match (%)"
+    zero = [t for t in fresh.texts if t.get_text() == report.ZERO]
+    missing = [t for t in fresh.texts if t.get_text() == report.MISSING]
+    assert len(zero) == 1 and len(missing) == 1  # base's true 0 under noise-only, neurorit's missing cell
+    assert zero[0].get_position()[0] != missing[0].get_position()[0]
+    assert zero[0].get_color() != missing[0].get_color() and missing[0].get_rotation() == 90
