@@ -186,8 +186,15 @@ def test_the_export_carries_its_template_date_and_training_facts(tmp_path, singl
     (tmp_path / "chat.jinja").write_text(WORD_TEMPLATE)
     cfg = load_config(workspace, ["--data.chat_template_file", str(tmp_path / "chat.jinja"), "--data.chat_date",
                                   "3 Mar 2025", "--stage1.eval_every", "2", "--stage1.eval_examples", "4"])
-    s1 = run_stage("stage1", cfg)
-    s2 = run_stage("stage2", cfg)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s1 = run_stage("stage1", cfg)
+        s2 = run_stage("stage2", cfg)
+    deprecated = [str(w.message) for w in caught
+                  if "is deprecated" in str(w.message) and "torch.distributed" in str(w.message)]
+    assert not deprecated, deprecated[:2]  # DeepSpeed's per-step FutureWarnings, silenced at the runtime start
     export1, export2 = s1["export_dir"], s2["export_dir"]
     with open(os.path.join(export1, "tokenizer_config.json")) as fh:
         assert WORD_TEMPLATE in json.load(fh)["chat_template"]
