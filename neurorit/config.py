@@ -38,7 +38,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # training records (JSONL, JSON, parquet, a save_to_disk folder or a Hub dataset id)
+    # training records (JSONL, JSON, parquet, CSV, a save_to_disk folder or a Hub dataset id org/name[:split])
     train_file: str = "outputs/benchmark/train.jsonl"
     dev_file: str = "outputs/benchmark/dev.jsonl"  # dev records (stage dev loss, the stage-1 probe)
     test_file: str = "outputs/benchmark/test.jsonl"  # test records (evaluation)
@@ -66,7 +66,7 @@ class DataConfig:
 
 @dataclass
 class MiningConfig:
-    file: str = ""  # records to mine on; empty = data.train_file
+    file: str = ""  # records to mine on; empty = the training records (data.train_files each once, else train_file)
     num_examples: int = 400  # mining questions (the release used 389)
     # fast = the exact single-token path; reference = full passes (slow, for checks)
     method: Literal["fast", "reference"] = "fast"
@@ -194,7 +194,9 @@ class RuntimeConfig:
     torch_threads: int = 0  # 0 = leave torch's default
     deterministic: bool = True  # deterministic kernels on CUDA (slower; see neurorit.parallel.make_deterministic)
     strict_determinism: bool = False  # with deterministic: an op without a deterministic CUDA kernel raises, not warns
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers: tensorboard, wandb, mlflow; none
+    # trackers: tensorboard, wandb (offline without WANDB_API_KEY / WANDB_MODE), mlflow (<stage>/mlruns without
+    # MLFLOW_TRACKING_URI); none
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     tracker_project: str = "neuro-rit"  # the wandb project / MLflow experiment the runs go to
     run_name: str = ""  # the tracker run's name; empty = the stage name
 

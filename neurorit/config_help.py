@@ -60,7 +60,9 @@ def config_rows(obj, prefix: str = ""):
 
 def config_reference() -> str:
     """Every key as ``--section.key  TYPE  (default V)  comment``, in the config's order."""
-    lines = ["config keys (override any with --section.key VALUE; --print-config shows the resolved config):"]
+    lines = ["config keys (override any with --section.key VALUE; --print-config shows the resolved config; a "
+             "relative path in the --config file is relative to that file's folder, one on the command line to the "
+             "working directory):"]
     for key, type_name, default, comment in config_rows(config_module.ExperimentConfig()):
         shown = repr(default) if isinstance(default, str) else default
         lines.append(f"  --{key}  {type_name}  (default {shown})" + (f"  {comment}" if comment else ""))
