@@ -212,7 +212,8 @@ def mine_examples(miner: Miner, pairs, todo: list[int], shard: str, run_id: str)
                 part.save(shard, run_id)
                 if kill_after and len(part) >= kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
-        bar.update(min(world, len(todo) - r * world) if lockstep else 1)
+        # rank 0 holds the largest share (todo[0::world]): its round r stands for every rank's round r
+        bar.update(min(world, len(todo) - r * world))
     bar.close()
     if len(part):
         part.save(shard, run_id)
@@ -274,7 +275,7 @@ def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs)
 @main_guard
 def main(argv=None) -> None:
     from attribution.examples import offtopic_mining_pairs
-    from neurorit.records import load_records
+    from neurorit.records import load_records, training_records
 
     args, cfg = parse_args("Mine a neuron map with integrated gradients (docs/DESIGN.md §2).", argv)
     runtime.start(cfg.runtime, args.local_rank)
@@ -283,7 +284,9 @@ def main(argv=None) -> None:
               file=sys.stderr, flush=True)
     m = cfg.mining
     files = RunLayout.of(cfg).mining
-    pairs = offtopic_mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)
+    records = (load_records(m.file, -1, cfg.data.columns) if m.file else
+               training_records(cfg.data, -1, cfg.runtime.seed, weighted=False))
+    pairs = offtopic_mining_pairs(records, cfg.runtime.seed, limit=m.num_examples)
     if not pairs:
         raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a passage holding its "
                         f"answer, and another question a passage without it)")

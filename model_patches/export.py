@@ -243,5 +243,5 @@ def _finish_files(model, writer: "_ShardWriter", folder: str, tokenizer, note: O
     config.save_pretrained(folder)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+    if tokenizer is not None:  # the chat template inside tokenizer_config.json, where old and new servers read it
+        tokenizer.save_pretrained(folder, save_jinja_files=False)

@@ -83,7 +83,8 @@ def _download(repo_id: str, revision: Optional[str], offline: bool) -> str:
     except LocalEntryNotFoundError:
         how = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
         raise UserError(f"model {where}: not a local folder, and not in the Hugging Face cache while {how}; "
-                        f"download it where the Hub is reachable (hf download {repo_id}) into the cache this run "
+                        f"download it where the Hub is reachable (hf download {repo_id}"
+                        f"{f' --revision {revision}' if revision else ''}) into the cache this run "
                         f"reads (HF_HOME / HF_HUB_CACHE), or give a local checkpoint folder") from None
 
 

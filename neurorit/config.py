@@ -3,6 +3,12 @@
 Typed dataclasses (model, data, mining, stage1, stage2, eval, runtime) loaded from a YAML file, overridden from
 the command line with dotted keys (``--stage1.lr 2e-5`` or ``--stage1.lr=2e-5``), validated after parsing.
 Every error names the bad key and what is allowed. ``save_config`` writes the resolved config next to an output.
+
+Paths (``PATH_KEYS``): a relative path written in a config file is relative to that file's folder, whatever the
+working directory (``configs/embedded.yaml`` says ``../assets/base-model``); one given on the command line, and a
+default, is relative to the working directory, as in any shell command. The loaded config holds the file's paths
+made absolute. A model or records key keeps a value that is not a path there and reads as a Hub id
+(``org/name[@revision]``, ``org/name[:split]``).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from neurorit.trackers import check_trackers
 
 @dataclass
 class ModelConfig:
-    path: str = "assets/base-model"  # a Hugging Face checkpoint directory (local; no hub at run time)
+    path: str = "assets/base-model"  # a Hugging Face checkpoint folder, or a Hub id org/name[@revision] (its cache)
     # weights and compute dtype (bfloat16 on GPUs; float32 on CPU)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     # auto = FlashAttention-2 where installed and supported, else sdpa, else eager
@@ -34,10 +40,18 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # training records (JSONL, JSON, parquet, a save_to_disk folder or a Hub dataset id)
+    # training records (JSONL, JSON, parquet, CSV, a save_to_disk folder or a Hub dataset id org/name[:split])
     train_file: str = "outputs/benchmark/train.jsonl"
     dev_file: str = "outputs/benchmark/dev.jsonl"  # dev records (stage dev loss, the stage-1 probe)
     test_file: str = "outputs/benchmark/test.jsonl"  # test records (evaluation)
+    # several training sources mixed (each as train_file takes; the stages train on them instead of train_file)
+    train_files: list[str] = field(default_factory=list)
+    # one weight per train_files entry: how many times each of its records is seen per epoch (a fraction = a
+    # seeded sample of its records); empty = every record once
+    train_weights: list[float] = field(default_factory=list)
+    # your column names for the record fields (question, answers, ctxs, id, evidence, meta, counterfactual_ctxs),
+    # e.g. {question: q, answers: gold}; fields not named keep the known spellings
+    columns: dict[str, str] = field(default_factory=dict)
     prompt_style: Literal["compact", "paper"] = "paper"  # compact = the embedded model's word-level prompts
     chat_template: Literal["auto", "never", "always"] = "auto"  # auto = the tokenizer's chat template if it has one
     chat_template_file: str = ""  # a Jinja chat template file used instead of the tokenizer's; empty = the tokenizer's
@@ -62,7 +76,7 @@ RENAMED_KEYS = {"mining.method": "mining.algorithm"}  # old key -> new key, refu
 
 @dataclass
 class MiningConfig:
-    file: str = ""  # records to mine on; empty = data.train_file
+    file: str = ""  # records to mine on; empty = the training records (data.train_files each once, else train_file)
     num_examples: int = 400  # mining questions (the release used 389)
     # fast = the exact single-token path; reference = full passes (slow; also targets read at several positions)
     algorithm: Literal["fast", "reference"] = "fast"
@@ -162,7 +176,7 @@ class EvidenceConfig:
     """``rag/write_evidence.py``: a teacher model writes the stage-2 ``evidence`` of records that lack it (through
     ``eval.backend``, with ``model.dtype`` and ``data.prompt_style``)."""
 
-    teacher: str = ""  # the teacher's local Hugging Face checkpoint (--teacher wins); required
+    teacher: str = ""  # the teacher model: a checkpoint folder or a Hub id org/name[@revision] (--teacher wins)
     max_new_tokens: int = 160  # token limit of one summary (the paper's are at most ~142 tokens)
     batch_size: int = 16  # prompts per generation batch (also the unit of resume)
     num_docs: int = 0  # documents shown (stage 2's top-K); 0 = stage2.num_docs
@@ -192,7 +206,9 @@ class RuntimeConfig:
     torch_threads: int = 0  # 0 = leave torch's default
     deterministic: bool = True  # deterministic kernels on CUDA (slower; see neurorit.parallel.make_deterministic)
     strict_determinism: bool = False  # with deterministic: an op without a deterministic CUDA kernel raises, not warns
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # trackers: tensorboard, wandb, mlflow; none
+    # trackers: tensorboard, wandb (offline without WANDB_API_KEY / WANDB_MODE), mlflow (<stage>/mlruns without
+    # MLFLOW_TRACKING_URI); none
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     tracker_project: str = "neuro-rit"  # the wandb project / MLflow experiment the runs go to
     run_name: str = ""  # the tracker run's name; empty = the stage name
 
@@ -210,6 +226,15 @@ class ExperimentConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+RECORD_FIELDS = ("question", "answers", "ctxs", "id", "evidence", "meta", "counterfactual_ctxs")  # data.columns
+# config keys that hold a path (see the module docstring); HUB_KEYS may hold a Hub id instead
+HUB_KEYS = ("model.path", "stage1.init_from", "stage2.init_from", "evidence.teacher", "data.train_file",
+            "data.dev_file", "data.test_file", "mining.file", "data.train_files")
+PATH_KEYS = HUB_KEYS + ("data.chat_template_file", "mining.ds_config", "mining.output_dir", "stage1.ds_config",
+                        "stage1.output_dir", "stage2.ds_config", "stage2.output_dir", "eval.ds_config",
+                        "eval.output_dir", "runtime.output_dir")
 
 
 # --------------------------------------------------------------------------------------------- coercion
@@ -248,6 +273,15 @@ def _coerce(key: str, value: Any, tp) -> Any:
             if value == a or (isinstance(value, str) and str(a) == value):
                 return a
         raise UserError(f"config key '{key}': {value!r} is not allowed; use {_describe(tp)}")
+    if origin is dict:
+        if isinstance(value, str):
+            pairs = [p.split("=", 1) for p in value.split(",") if p]
+            if any(len(p) != 2 for p in pairs):
+                raise UserError(f"config key '{key}': expected field=column pairs, comma-separated, got {value!r}")
+            value = dict(pairs)
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", v, typing.get_args(tp)[1]) for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
@@ -374,6 +408,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     m = cfg.mining
     if m.steps < 1:
         raise UserError(f"config key 'mining.steps' must be >= 1, got {m.steps}")
+    if m.num_examples < 1:
+        raise UserError(f"config key 'mining.num_examples' must be >= 1 (the questions mined), got {m.num_examples}")
     if not 0 <= m.threshold_ratio <= 1:
         raise UserError(f"config key 'mining.threshold_ratio' must be in [0, 1], got {m.threshold_ratio}")
     if m.target not in ATTRIBUTION_TARGETS + ("auto",):
@@ -381,6 +417,14 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                         f"of {', '.join(ATTRIBUTION_TARGETS + ('auto',))}")
     if m.chunk_rows != "auto" and m.chunk_rows < 1:
         raise UserError(f"config key 'mining.chunk_rows' must be >= 1, got {m.chunk_rows}")
+    d = cfg.data
+    if d.train_weights and (len(d.train_weights) != len(d.train_files) or min(d.train_weights) <= 0):
+        raise UserError(f"config key 'data.train_weights': one weight > 0 per data.train_files entry "
+                        f"({len(d.train_files)}), or none; got {d.train_weights}")
+    unknown = sorted(set(d.columns) - set(RECORD_FIELDS))
+    if unknown:
+        raise UserError(f"config key 'data.columns': {', '.join(unknown)} is not a record field; map any of "
+                        f"{', '.join(RECORD_FIELDS)} to your column names")
     if cfg.data.num_docs < 0:
         raise UserError(f"config key 'data.num_docs' must be >= 0, got {cfg.data.num_docs}")
     return cfg
@@ -400,9 +444,35 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
         if not isinstance(data, dict):
             raise UserError(f"config file {path}: expected a mapping at the top level")
         _apply(cfg, data, "")
+        _resolve_paths(cfg, data, os.path.dirname(os.path.abspath(path)))
     for key, value in _parse_overrides(overrides or []):
         set_key(cfg, key, value)
     return validate(cfg)
+
+
+def _hub_like(value: str) -> bool:
+    """``org/name``, optionally ``@revision`` or ``:split``: no leading dot or slash, one slash, no file suffix."""
+    name = value.split("@")[0].split(":")[0]
+    return (not value.startswith((".", "/", "~")) and name.count("/") == 1
+            and os.path.splitext(name)[1].lower() not in (".jsonl", ".json", ".parquet", ".csv"))
+
+
+def _resolve_paths(cfg: ExperimentConfig, data: dict, folder: str) -> None:
+    """The relative paths the config file sets, made absolute from the file's ``folder`` (a Hub id stays)."""
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict) and data[section].get(name):
+            value = getattr(getattr(cfg, section), name)
+            there = [_from_folder(v, folder, key in HUB_KEYS) for v in (value if isinstance(value, list) else [value])]
+            setattr(getattr(cfg, section), name, there if isinstance(value, list) else there[0])
+
+
+def _from_folder(value: str, folder: str, hub_ok: bool) -> str:
+    """``value`` made absolute from ``folder`` (absolute already, or a Hub id where ``hub_ok``: as it is)."""
+    there = os.path.normpath(os.path.join(folder, os.path.expanduser(value)))
+    if os.path.isabs(value) or (hub_ok and _hub_like(value) and not os.path.exists(there.split(":")[0])):
+        return value
+    return there
 
 
 def _parse_overrides(argv: list[str]) -> list[tuple[str, str]]:

@@ -35,9 +35,12 @@ def _type_name(tp) -> str:
         return "|".join(str(a) for a in typing.get_args(tp))
     if origin in (typing.Union,) or type(tp).__name__ == "UnionType":
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _type_name(args[0]) + " or null"
+        nullable = len(args) < len(typing.get_args(tp))
+        return " or ".join(_type_name(a) for a in args) + (" or null" if nullable else "")
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping (key: value, or key=value,... on the command line)"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -56,7 +59,9 @@ def config_rows(obj, prefix: str = ""):
 def config_reference(config) -> str:
     """Every key of the config dataclass instance ``config`` (its defaults) as ``--section.key  TYPE  (default V)
     comment``, in the config's order."""
-    lines = ["config keys (override any with --section.key VALUE; --print-config shows the resolved config):"]
+    lines = ["config keys (override any with --section.key VALUE; --print-config shows the resolved config; a "
+             "relative path in the --config file is relative to that file's folder, one on the command line to the "
+             "working directory):"]
     for key, type_name, default, comment in config_rows(config):
         shown = repr(default) if isinstance(default, str) else default
         lines.append(f"  --{key}  {type_name}  (default {shown})" + (f"  {comment}" if comment else ""))

@@ -1,15 +1,19 @@
-"""Where records come from: rows of a JSONL, JSON or parquet file, a ``datasets.save_to_disk`` folder or a Hugging
-Face Hub dataset id (through ``datasets.load_dataset``, which honours ``HF_HUB_OFFLINE`` and its cache).
+"""Where records come from: rows of a JSONL, JSON, parquet or CSV file, a ``datasets.save_to_disk`` folder or a
+Hugging Face Hub dataset id (CSV and Hub ids through ``datasets.load_dataset``, which honours ``HF_HUB_OFFLINE``
+and its cache). A CSV cell is text: a list or object column (``answers``, ``ctxs``) holds JSON, which
+``neurorit.records`` decodes.
 
 ``rows(source)`` yields ``(where, raw object, text line)`` per row; ``where`` names the row for error messages
 (``file.jsonl:12`` for a line, ``file.parquet row 3`` / ``org/name:train row 3`` for a table row, counted from 0
 as ``dataset[i]`` counts) and the text line is the row as one JSON line (the file's own line for JSONL, which
 ``rag/write_evidence.py`` keeps byte for byte). A source with several splits takes ``:<split>`` after its name
 (``org/name:test``, ``folder:validation``); one with a single split needs none. Every failure is one
-``UserError`` line naming the source.
+``UserError`` line naming the source. ``source_digest(source)`` is the sha256 of a local source's bytes (a model
+card records it); a Hub dataset id has none.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,7 +22,7 @@ from typing import Iterator
 from neurorit.errors import UserError
 
 Row = tuple[str, dict, str]
-FILE_KINDS = (".jsonl", ".json", ".parquet")
+FILE_KINDS = (".jsonl", ".json", ".parquet", ".csv")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -38,10 +42,33 @@ def rows(source: str) -> Iterator[Row]:
             return _table_rows(_read_parquet(location), location)
         if ext == ".json":
             return _json_rows(location)
+        if ext == ".csv":
+            return _dataset_rows(_load_csv(location), location, "")
         return _jsonl_rows(location)
     if _looks_like_hub_id(location):
         return _dataset_rows(_load_hub(location, split), location, split)
     raise UserError(f"records file not found: {source}")
+
+
+def source_digest(source: str) -> str | None:
+    """``sha256:<hex>`` of a local file, or of a folder's files (their relative paths and bytes, in name order);
+    None for a Hub dataset id (or a source that is not there)."""
+    location, _ = _split_source(source)
+    if os.path.isfile(location):
+        files = [(os.path.basename(location), location)]
+    elif os.path.isdir(location):
+        files = sorted((os.path.relpath(os.path.join(d, f), location), os.path.join(d, f))
+                       for d, _, names in os.walk(location) for f in names)
+    else:
+        return None
+    digest = hashlib.sha256()
+    for name, path in files:
+        if len(files) > 1:
+            digest.update(name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 def _split_source(source: str) -> tuple[str, str]:
@@ -118,6 +145,16 @@ def _load_from_disk(folder: str):
     except FileNotFoundError:
         raise UserError(f"records folder {folder}: not a datasets.save_to_disk folder (no dataset_info.json / "
                         f"dataset_dict.json); give a JSONL, JSON or parquet file, or such a folder") from None
+
+
+def _load_csv(path: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset("csv", data_files=path, split="train")
+    except Exception as err:  # pandas' and datasets' parse errors are of several types
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise UserError(f"{path}: not a readable CSV file ({first})") from None
 
 
 def _load_hub(repo_id: str, split: str):

@@ -18,13 +18,17 @@ assistant turn only: the output and the end-of-turn token that closes it (``<|im
 generation (``PromptBuilder.stop_ids``). Without a template (the embedded model) nothing changes.
 ``data.chat_template_file`` replaces the tokenizer's template with a Jinja file. Templates render with a fixed
 ``date_string`` (``data.chat_date``): Llama-3.1-style templates otherwise write today's date into the system
-header (``strftime_now``), and a prompt would change from one day to the next.
+header (``strftime_now``), and a prompt would change from one day to the next. ``export_tokenizer`` gives an
+export the template its prompts were rendered with (a ``data.chat_template_file`` included) and that date, so a
+server that applies the exported ``tokenizer_config.json`` builds the same prompt.
 
 The mining baseline (``PromptBuilder.mining`` without a passage) is the attributed prompt with only the passage
 removed: the same instruction, cue and chat wrapping; encoded, the two differ by the passage's tokens alone.
 """
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -99,6 +103,7 @@ STYLES = {"paper": PAPER, "compact": COMPACT}
 
 
 CHAT_MODES = ("auto", "never", "always")
+_DATE_PIN = "{%- if date_string is not defined %}{%- set date_string = "  # export_tokenizer's first line
 DEFAULT_CHAT_DATE = "26 Jul 2024"  # data.chat_date: the date_string templates render (Llama-3.1's own fallback)
 _USER, _ASSISTANT = "NEURORITUSERTURN", "NEURORITASSISTANTTURN"  # sentinels rendered through the template
 
@@ -150,11 +155,13 @@ class ChatFormat:
         ids = tokenizer(close.lstrip(), add_special_tokens=False)["input_ids"]
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         special |= {int(i) for i in (getattr(tokenizer, "added_tokens_decoder", {}) or {})}
+        special.discard(getattr(tokenizer, "unk_token_id", None))  # a token the vocabulary lacks reads as <unk>
         if not ids or int(ids[0]) not in special:
-            raise UserError(f"the tokenizer's chat template leaves the assistant turn without a stop token: it "
-                            f"closes the turn with {close!r}, which does not start with a special token, so "
-                            f"generation could not stop at the end of the turn; use a template that closes the "
-                            f"assistant turn with a special token (e.g. <|im_end|>, <|eot_id|>), or "
+            own = sorted(tokenizer.convert_ids_to_tokens(sorted(special)))[:8]
+            raise UserError(f"the chat template leaves the assistant turn without a stop token: it closes the turn "
+                            f"with {close!r}, which does not start with a special token of this tokenizer, so "
+                            f"generation could not stop at the end of the turn; close the assistant turn with one "
+                            f"of its special tokens ({', '.join(own) or 'it has none'}), or set "
                             f"data.chat_template: never")
         stop = int(ids[0])
         return cls(user_prefix=prefix, user_suffix=suffix, stop_id=stop,
@@ -311,6 +318,25 @@ def chat_format(mode: str, tokenizer, template_file: str = "",
                         f"a model folder whose tokenizer_config.json (or chat_template.jinja) has one, give "
                         f"data.chat_template_file, or set data.chat_template: auto / never")
     return ChatFormat.from_tokenizer(tokenizer, template, date_string)
+
+
+def export_tokenizer(data_cfg, tokenizer):
+    """The tokenizer an export carries: with a chat template in use, a copy whose ``chat_template`` is the one the
+    prompts were rendered with (``data.chat_template_file``'s text, else the tokenizer's own), its
+    ``date_string`` pinned to ``data.chat_date`` when the template reads one (a caller's own date still wins);
+    without one (``never``, or ``auto`` with no template) ``tokenizer`` itself, untouched."""
+    mode, path = getattr(data_cfg, "chat_template", "auto"), getattr(data_cfg, "chat_template_file", "")
+    template = read_chat_template(path) if path and mode != "never" else getattr(tokenizer, "chat_template", None)
+    if mode == "never" or not template or not isinstance(template, str):
+        return tokenizer
+    if template.startswith(_DATE_PIN):  # an earlier stage's export: pinned again to this run's date
+        template = template.split("\n", 1)[1]
+    if "date_string" in template:
+        date = json.dumps(getattr(data_cfg, "chat_date", DEFAULT_CHAT_DATE))
+        template = f"{_DATE_PIN}{date} %}}{{%- endif %}}\n{template}"
+    out = copy.deepcopy(tokenizer)
+    out.chat_template = template
+    return out
 
 
 def prompt_builder(data_cfg, tokenizer, instruction: str = "two_step") -> PromptBuilder:

@@ -7,8 +7,10 @@ that is null counts as absent (a table's missing cell). Chat-style rows (``messa
 ``content``, or ShareGPT ``conversations`` with ``from`` / ``value``) give the question (the last user turn)
 and, without an answers field, the answer (the assistant turn after it); their passages still come from a
 passages field. The rows may come from JSONL, JSON, parquet, a ``datasets.save_to_disk`` folder or a Hub dataset
-id (``neurorit.data_sources``). A bad row raises ``UserError`` naming the file and line (or row). Records become
-a ``datasets.Dataset`` with ``to_dataset``.
+id (``neurorit.data_sources``); a CSV's list and object cells hold JSON text. ``data.columns`` maps a user's
+column names to the record fields (``{question: q, answers: gold}``); ``training_records`` reads the training mix
+(``data.train_files`` with ``data.train_weights``, else ``data.train_file``). A bad row raises ``UserError``
+naming the file and line (or row). Records become a ``datasets.Dataset`` with ``to_dataset``.
 """
 from __future__ import annotations
 
@@ -120,10 +122,36 @@ def _parse_passage(raw: Any, where: str) -> Passage:
                    role=str(raw.get("role", raw.get("kind", ""))))  # "kind": files written before the rename
 
 
+def _json_cell(raw: dict, key: str, where: str):
+    """A list / object field as it is, or decoded from the JSON text a CSV cell holds."""
+    value = raw.get(key)
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise UserError(f"{where}: '{key}' is text that is not JSON; a table cell of passages holds a JSON list "
+                        f"(e.g. [{{\"title\": \"...\", \"text\": \"...\"}}])") from None
+
+
+def rename_columns(raw: Any, columns: dict, where: str) -> Any:
+    """The row with the user's columns renamed to record fields (``data.columns``: field -> column)."""
+    if not columns or not isinstance(raw, dict):
+        return raw
+    missing = [f"{column} (data.columns.{name})" for name, column in columns.items() if column not in raw]
+    if missing:
+        raise UserError(f"{where}: the row has no column {', '.join(missing)}; its columns are "
+                        f"{', '.join(map(str, raw))}")
+    renamed = {k: v for k, v in raw.items() if k not in columns.values()}
+    return {**renamed, **{name: raw[column] for name, column in columns.items()}}
+
+
 def parse_record(raw: Any, where: str) -> Record:
     """One JSON object -> Record, or a UserError naming ``where`` (file:line)."""
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    raw = {**raw, **{k: _json_cell(raw, k, where) for k in (*CTXS_KEYS, "counterfactual_ctxs", "meta", *MESSAGES_KEYS)
+                     if isinstance(raw.get(k), str)}}
     qkey, question = _first(raw, QUESTION_KEYS)
     akey, answers = _first(raw, ANSWER_KEYS)
     if qkey is None:
@@ -156,25 +184,42 @@ def parse_record(raw: Any, where: str) -> Record:
                   ctxs=passages, evidence=str(evidence or ""), counterfactual_ctxs=cf, meta=dict(meta))
 
 
-def read_lines(path: str) -> Iterator[tuple[str, dict, Record]]:
-    """``(line, raw object, parsed record)`` for every row of a records source (a JSONL, JSON or parquet file, a
-    ``datasets.save_to_disk`` folder or a Hub dataset id; ``neurorit.data_sources``), ``line`` being the row as
-    one JSON line (a JSONL file's own line); a missing source or a bad row raises UserError naming it."""
+def read_lines(path: str, columns: Optional[dict] = None) -> Iterator[tuple[str, dict, Record]]:
+    """``(line, raw object, parsed record)`` for every row of a records source (a JSONL, JSON, parquet or CSV
+    file, a ``datasets.save_to_disk`` folder or a Hub dataset id; ``neurorit.data_sources``), ``line`` being the
+    row as one JSON line (a JSONL file's own line), ``columns`` the ``data.columns`` renaming; a missing source
+    or a bad row raises UserError naming it."""
     for where, raw, line in source_rows(path):
-        yield line, raw, parse_record(raw, where)
+        yield line, raw, parse_record(rename_columns(raw, columns or {}, where), where)
 
 
-def load_records(path: str, limit: int = -1) -> list[Record]:
+def load_records(path: str, limit: int = -1, columns: Optional[dict] = None) -> list[Record]:
     """Read records from a file, folder or Hub dataset id (``read_lines``; at most ``limit`` when > 0). Bad rows
     raise UserError naming the file and line or row."""
     out: list[Record] = []
-    for _, _, record in read_lines(path):
+    for _, _, record in read_lines(path, columns):
         out.append(record)
         if 0 < limit <= len(out):
             break
     if not out:
         raise UserError(f"{path}: no records")
     return out
+
+
+def training_records(data_cfg, limit: int = -1, seed: int = 0, weighted: bool = True) -> list[Record]:
+    """The training mix: each of ``data.train_files`` with its ``data.train_weights`` (weight w: every record
+    int(w) times, plus a seeded sample of the fraction left; each once without ``weighted``), in file order;
+    without ``train_files``, ``data.train_file`` alone, exactly as ``load_records`` reads it. At most ``limit``
+    records when > 0."""
+    if not data_cfg.train_files:
+        return load_records(data_cfg.train_file, limit, data_cfg.columns)
+    out: list[Record] = []
+    weights = (weighted and data_cfg.train_weights) or [1.0] * len(data_cfg.train_files)
+    for i, (path, weight) in enumerate(zip(data_cfg.train_files, weights)):
+        records = load_records(path, -1, data_cfg.columns)
+        extra = random.Random(seed * 1_000_003 + i).sample(records, round((weight % 1) * len(records)))
+        out += records * int(weight) + extra
+    return out[:limit] if limit > 0 else out
 
 
 def select_by_kind(records: list[Record], kinds: list[str], max_per_kind: int = -1) -> list[Record]:

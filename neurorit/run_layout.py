@@ -40,6 +40,7 @@ EVAL_SUFFIX = ".eval.json"
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
 CONFIG = "config.yaml"
 TENSORBOARD = "tensorboard"
+WANDB, MLRUNS = "wandb", "mlruns"  # the other trackers' folders, beside tensorboard/ in a stage's folder
 BASE_MODEL_HISTORY = "training_history.json"  # scripts/train_base_model.py's done marker in the model folder
 
 
@@ -122,6 +123,19 @@ class StageFiles:
     @property
     def tensorboard(self) -> str:
         return os.path.join(self.root, TENSORBOARD)
+
+    @property
+    def wandb(self) -> str:
+        return os.path.join(self.root, WANDB)
+
+    @property
+    def mlruns(self) -> str:
+        """MLflow's local file store when no ``MLFLOW_TRACKING_URI`` is set."""
+        return os.path.join(self.root, MLRUNS)
+
+    def run_id(self, tracker: str) -> str:
+        """The id of the wandb / MLflow run this stage opened (a resumed stage continues it)."""
+        return os.path.join(self.root, f"{tracker}_run_id")
 
     @property
     def probe(self) -> str:

@@ -2,33 +2,45 @@
 
 ``open_trackers(names, log_dir, ...)`` returns one ``Tracker`` per name (rank 0 calls it; other ranks log
 nothing); each logs scalars by step (``log``), the resolved config once at the start (``log_config``) and closes.
-``check_trackers(names)`` refuses, with one line, an unknown name or a tracker whose library is not installed; it
-reads nothing but the installed packages, so every rank can call it and all stop alike.
+``check_trackers(names)`` refuses, with one line, an unknown name, a tracker whose library is not installed, or
+environment settings a tracker would fail on after the model has loaded; it reads nothing but the installed
+packages and the environment, so every rank can call it (config validation does, before any model loads) and all
+stop alike.
 
 - ``tensorboard``: event files in ``log_dir`` (a run resumed after step N purges what an interrupted run logged
   after N); the config as a text summary ``config``.
-- ``wandb``: a run under ``log_dir/wandb`` in the mode the environment sets (``WANDB_MODE=offline`` writes it
-  locally for ``wandb sync``); the config as the run's config.
-- ``mlflow``: a run in the tracking store the environment names (``MLFLOW_TRACKING_URI``: a server, a database,
-  or a ``file:`` folder, which MLflow 3 opens only with ``MLFLOW_ALLOW_FILE_STORE=true``); the config as dotted
-  params and a ``config.json`` artifact.
+- ``wandb``: a run under ``<runs_dir>/wandb`` in the mode ``WANDB_MODE`` sets; with no ``WANDB_MODE`` it runs
+  online when an API key is found (``WANDB_API_KEY`` or ``wandb login``'s netrc entry) and otherwise offline (for
+  ``wandb sync``), saying so in one line; ``WANDB_MODE=online`` without a key is refused. The config as the run's
+  config.
+- ``mlflow``: a run in the tracking store ``MLFLOW_TRACKING_URI`` names (a server, a database, or a ``file:``
+  folder, which MLflow 3 opens only with ``MLFLOW_ALLOW_FILE_STORE=true``: refused without it); with no URI, the
+  local file store ``<runs_dir>/mlruns``, said in one line. The config as dotted params and a ``config.json``
+  artifact.
 
-A resumed stage (``start_step > 0``) continues the wandb / MLflow run it started, whose id is kept in
-``log_dir`` (``wandb_run_id`` / ``mlflow_run_id``); a stage started from step 0 opens a new run.
+``runs_dir`` is ``log_dir``'s parent (a stage's folder: ``<stage>/wandb``, ``<stage>/mlruns`` beside ``tensorboard/``; names from ``neurorit/run_layout.py``). A
+resumed stage (``start_step > 0``) continues the wandb / MLflow run it started, whose id is kept in ``runs_dir``
+(``wandb_run_id`` / ``mlflow_run_id``); a stage started from step 0 opens a new run.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import netrc
 import os
 import time
 from typing import Optional
+from urllib.parse import urlparse
 
 from neurorit.errors import UserError
 from neurorit.files import atomic_write_text
+from neurorit.run_layout import StageFiles
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> module it needs
 NONE = "none"  # report_to: none = no tracker at all
+WANDB_KEYLESS = ("offline", "dryrun", "disabled")  # WANDB_MODE values that need no API key
+WANDB_KEYED = ("online", "run", "shared")
+TRUE = ("1", "true", "yes", "on")
 
 
 def tracker_names(report_to) -> list[str]:
@@ -48,7 +60,60 @@ def check_trackers(report_to) -> list[str]:
         if importlib.util.find_spec(TRACKERS[name]) is None:
             raise UserError(f"runtime.report_to asks for {name}, whose library is not installed here: pip install "
                             f"{TRACKERS[name]}, or drop {name} from runtime.report_to")
+    if "wandb" in names:
+        wandb_mode()
+    if "mlflow" in names:
+        mlflow_uri("")
     return names
+
+
+def _wandb_key_found() -> bool:
+    """An API key in ``WANDB_API_KEY`` or in the netrc entry ``wandb login`` writes for the server's host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode() -> tuple[str, str]:
+    """(the mode wandb runs in, the line that says so when it was not asked for), or a one-line UserError."""
+    asked = os.environ.get("WANDB_MODE", "").strip().lower()
+    if asked and asked not in WANDB_KEYLESS + WANDB_KEYED:
+        raise UserError(f"runtime.report_to has wandb but WANDB_MODE={asked!r} is not a wandb mode; set WANDB_MODE to "
+                        f"online (with WANDB_API_KEY) or offline")
+    if asked in WANDB_KEYLESS:
+        return asked, ""
+    if _wandb_key_found():
+        return "online", ""
+    if asked:
+        raise UserError(f"runtime.report_to has wandb with WANDB_MODE={asked} but no API key: set WANDB_API_KEY (or "
+                        f"run `wandb login`), or set WANDB_MODE=offline")
+    return "offline", ("wandb: no WANDB_API_KEY and no WANDB_MODE set: recording offline in {dir} (upload with "
+                       "`wandb sync {dir}`; set WANDB_API_KEY to log online, WANDB_MODE=offline to drop this line)")
+
+
+def mlflow_uri(runs_dir: str) -> tuple[str, str]:
+    """(the tracking URI mlflow records to, the line that says so when the environment named none), or a one-line
+    UserError for a file store MLflow would refuse after the model has loaded."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        store = os.path.abspath(StageFiles(runs_dir).mlruns)
+        return "file:" + store, (f"mlflow: MLFLOW_TRACKING_URI is not set: recording to the local file store {store} "
+                                 f"(view with `mlflow ui --backend-store-uri file:{store}`; set MLFLOW_TRACKING_URI "
+                                 f"to record elsewhere)")
+    scheme = urlparse(uri).scheme
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in TRUE:
+        raise UserError(f"runtime.report_to has mlflow with the file store MLFLOW_TRACKING_URI={uri}, which "
+                        f"MLflow 3 opens only with MLFLOW_ALLOW_FILE_STORE=true: set it, or point "
+                        f"MLFLOW_TRACKING_URI at a server")
+    database = scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql")
+    if database and importlib.util.find_spec("sqlalchemy") is None:
+        raise UserError(f"runtime.report_to has mlflow with the database MLFLOW_TRACKING_URI={uri}, which needs "
+                        f"sqlalchemy: pip install sqlalchemy alembic, or use a file: store or a server")
+    return uri, ""
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -63,9 +128,11 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    """One tracker's run: scalars by step, the resolved config, close."""
+    """One tracker's run: scalars by step, the resolved config, close; ``note``: the line that names a mode the
+    environment did not ask for (empty when it did)."""
 
     name = ""
+    note = ""
 
     def log(self, step: int, values: dict[str, float]) -> None:
         raise NotImplementedError
@@ -100,7 +167,7 @@ class TensorBoardTracker(Tracker):
 
 def _run_id(log_dir: str, name: str, start_step: int) -> Optional[str]:
     """The run id kept in ``log_dir`` by the run this one resumes (``start_step > 0``), else None."""
-    path = os.path.join(log_dir, f"{name}_run_id")
+    path = StageFiles(log_dir).run_id(name)
     if start_step and os.path.isfile(path):
         with open(path, encoding="utf-8") as fh:
             return fh.read().strip() or None
@@ -108,21 +175,23 @@ def _run_id(log_dir: str, name: str, start_step: int) -> Optional[str]:
 
 
 def _keep_run_id(log_dir: str, name: str, run_id: str) -> None:
-    atomic_write_text(os.path.join(log_dir, f"{name}_run_id"), run_id)
+    atomic_write_text(StageFiles(log_dir).run_id(name), run_id)
 
 
 class WandbTracker(Tracker):
     name = "wandb"
 
-    def __init__(self, log_dir: str, start_step: int, project: str, run_name: str):
+    def __init__(self, runs_dir: str, start_step: int, project: str, run_name: str):
         import wandb
 
-        previous = _run_id(log_dir, self.name, start_step)
-        os.makedirs(log_dir, exist_ok=True)
-        self.run = wandb.init(project=project, name=run_name or None, dir=log_dir, id=previous,
+        mode, note = wandb_mode()
+        self.note = note.format(dir=os.path.abspath(StageFiles(runs_dir).wandb))
+        previous = _run_id(runs_dir, self.name, start_step)
+        os.makedirs(runs_dir, exist_ok=True)
+        self.run = wandb.init(project=project, name=run_name or None, dir=runs_dir, id=previous, mode=mode,
                               resume="allow" if previous else None, reinit="create_new",
                               settings=wandb.Settings(console="off", silent=True))
-        _keep_run_id(log_dir, self.name, self.run.id)
+        _keep_run_id(runs_dir, self.name, self.run.id)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.run.log(dict(values), step=step)
@@ -137,17 +206,20 @@ class WandbTracker(Tracker):
 class MlflowTracker(Tracker):
     name = "mlflow"
 
-    def __init__(self, log_dir: str, start_step: int, project: str, run_name: str):
+    def __init__(self, runs_dir: str, start_step: int, project: str, run_name: str):
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient()  # MLFLOW_TRACKING_URI decides the store
+        uri, self.note = mlflow_uri(runs_dir)
+        if self.note:  # our own local store: MLflow 3 opens a file store only with this switch
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        self.client = MlflowClient(uri, registry_uri=uri)
         experiment = self.client.get_experiment_by_name(project)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(project)
-        previous = _run_id(log_dir, self.name, start_step)
+        previous = _run_id(runs_dir, self.name, start_step)
         run = (self.client.get_run(previous) if previous else
                self.client.create_run(experiment_id, run_name=run_name or None))
         self.run_id = run.info.run_id
-        _keep_run_id(log_dir, self.name, self.run_id)
+        _keep_run_id(runs_dir, self.name, self.run_id)
         self.resumed = previous is not None
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -171,15 +243,17 @@ class MlflowTracker(Tracker):
 
 def open_trackers(report_to, log_dir: str, start_step: int = 0, project: str = "neuro-rit",
                   run_name: str = "", config: Optional[dict] = None) -> list[Tracker]:
-    """One opened tracker per name of ``report_to`` (checked first), with ``config`` logged when given."""
+    """One opened tracker per name of ``report_to`` (checked first), with ``config`` logged when given; wandb and
+    MLflow keep their local files in ``log_dir``'s parent, beside the TensorBoard folder."""
     out: list[Tracker] = []
+    runs_dir = os.path.dirname(os.path.abspath(log_dir))
     for name in check_trackers(report_to):
         if name == "tensorboard":
             out.append(TensorBoardTracker(log_dir, start_step))
         elif name == "wandb":
-            out.append(WandbTracker(log_dir, start_step, project, run_name))
+            out.append(WandbTracker(runs_dir, start_step, project, run_name))
         else:
-            out.append(MlflowTracker(log_dir, start_step, project, run_name))
+            out.append(MlflowTracker(runs_dir, start_step, project, run_name))
         if config is not None:
             out[-1].log_config(config)
     return out

@@ -239,7 +239,8 @@ def run(args, cfg: ExperimentConfig) -> Optional[dict]:
     init_process(cfg.eval.backend, cfg.runtime, args.local_rank)
     model_path = args.model or cfg.model.path
     ev = cfg.eval
-    records = load_records(cfg.data.test_file, -1 if ev.kinds or ev.max_per_kind >= 0 else ev.num_examples)
+    records = load_records(cfg.data.test_file, -1 if ev.kinds or ev.max_per_kind >= 0 else ev.num_examples,
+                           cfg.data.columns)
     records = select_by_kind(records, ev.kinds, ev.max_per_kind)
     if not records:
         raise UserError(f"{cfg.data.test_file}: no question of eval.kinds {ev.kinds}")

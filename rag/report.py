@@ -162,7 +162,8 @@ def _selection_lines(sel: dict) -> list[str]:
     return out
 
 
-MISSING = "n/a"  # what results.png writes where a method was not evaluated under a setting
+MISSING = "not evaluated"  # what results.png writes where a method was not evaluated under a setting
+ZERO = "0%"  # what it writes on a true 0 (a bar of no height), so the two never look alike
 
 
 def _panel(results: dict, kind: Optional[str]) -> tuple[list[str], dict[str, list[tuple[float, Optional[dict]]]]]:
@@ -178,9 +179,23 @@ def _panel(results: dict, kind: Optional[str]) -> tuple[list[str], dict[str, lis
     return settings, cells
 
 
-def figure(results: dict):
-    """The results.png figure: grouped bars of Match per setting per method (one panel for all questions, one per
-    kind), the interval as error bars; a cell that is missing gets no bar, only the mark ``MISSING``."""
+def panel_sizes(evaluations: dict[str, dict]) -> dict[Optional[str], int]:
+    """``{None: questions of the whole evaluation, kind: questions of that kind}``: the most any method's setting
+    counted (each setting of an evaluation reads every question), for the panels' ``n``."""
+    sizes: dict[Optional[str], int] = {}
+    for ev in evaluations.values():
+        blocks = [(None, ev.get("settings", {}))] + list(ev.get("by_kind", {}).items())
+        for kind, block in blocks:
+            for st in block.values():
+                if isinstance(st, dict) and st.get("n") is not None:
+                    sizes[kind] = max(sizes.get(kind, 0), int(st["n"]))
+    return sizes
+
+
+def figure(results: dict, sizes: Optional[dict] = None):
+    """The results.png figure: grouped bars of Match (%) per setting per method (one panel for all questions, one
+    per kind, each titled with its ``n`` from ``sizes``), the interval as error bars; a cell that is missing gets
+    no bar, only the mark ``MISSING``; a true 0 is marked ``ZERO``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,37 +210,41 @@ def figure(results: dict):
         settings, cells = _panel(results, kind)
         for j, name in enumerate(names):
             present = [(x, st) for x, st in cells[name] if st is not None]
-            vals = [st["match"] for _, st in present]
-            err = [[max(0.0, st["match"] - st["match_ci95"][0]) for _, st in present],
-                   [max(0.0, st["match_ci95"][1] - st["match"]) for _, st in present]]
+            vals = [100 * st["match"] for _, st in present]
+            err = [[100 * max(0.0, st["match"] - st["match_ci95"][0]) for _, st in present],
+                   [100 * max(0.0, st["match_ci95"][1] - st["match"]) for _, st in present]]
             ax.bar([x for x, _ in present], vals, width, yerr=err, capsize=2, label=name, color=colors(j % colors.N))
             for x, st in cells[name]:
                 if st is None:
-                    ax.text(x, 0.01, MISSING, ha="center", va="bottom", rotation=90, fontsize=7, color="0.45")
+                    ax.text(x, 2, MISSING, ha="center", va="bottom", rotation=90, fontsize=8, color="0.2",
+                            style="italic")
+                elif st["match"] == 0:
+                    ax.text(x, 1, ZERO, ha="center", va="bottom", fontsize=8, color="black", weight="bold")
         ax.set_xticks(range(len(settings)))
         ax.set_xticklabels(settings, rotation=20)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(title)
+        ax.set_ylim(0, 105)
+        ax.set_title(title + (f" (n={sizes[kind]})" if sizes and kind in sizes else ""))
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("Match")
+    axes[0][0].set_ylabel("Match (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(names), 7), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend below the panels
     return fig
 
 
-def plot(results: dict, path: str) -> str:
-    """Write ``figure(results)`` to ``path`` (atomically)."""
-    return atomic_save_figure(figure(results), path)
+def plot(results: dict, path: str, sizes: Optional[dict] = None) -> str:
+    """Write ``figure(results, sizes)`` to ``path`` (atomically)."""
+    return atomic_save_figure(figure(results, sizes), path)
 
 
-def write_report(results: dict, out_dir: str, counts: Optional[dict[str, int]] = None) -> dict[str, str]:
+def write_report(results: dict, out_dir: str, counts: Optional[dict[str, int]] = None,
+                 sizes: Optional[dict] = None) -> dict[str, str]:
     """Write results.json, results.md and results.png into ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = results_files(out_dir)
     atomic_write_text(paths["json"], json.dumps(results, indent=2) + "\n")
     atomic_write_text(paths["md"], render_markdown(results, counts))
-    plot(results, paths["png"])
+    plot(results, paths["png"], sizes)
     return paths
 
 
@@ -241,7 +260,7 @@ def report(eval_dir: str, out_dir: str, methods: Optional[list[str]] = None,
             results["selection"] = json.load(fh)
     first = evaluations[ordered(evaluations)[0]]
     counts = {s: st.get("n") for s, st in first.get("settings", {}).items() if st.get("n") is not None}
-    return write_report(results, out_dir, counts or None)
+    return write_report(results, out_dir, counts or None, panel_sizes(evaluations))
 
 
 # --------------------------------------------------------------------------------------------------- entry

@@ -47,7 +47,9 @@ QUICK = ["--mining.num_examples", "24", "--stage1.max_steps", "30", "--stage2.ma
 
 
 def launch(ranks: int, script: str, args: list[str]) -> list[str]:
-    """``torchrun`` for several ranks (it starts faster than the deepspeed launcher; the code is launcher-agnostic)."""
+    """``torchrun`` for several ranks (it starts faster than the deepspeed launcher; the code is launcher-agnostic);
+    ``script`` is relative to the checkout."""
+    script = os.path.join(ROOT, script)
     if ranks > 1:
         exe = shutil.which("torchrun", path=os.path.dirname(PY)) or "torchrun"
         return [exe, "--nproc_per_node", str(ranks), "--master_port", str(29500 + os.getpid() % 1000), script, *args]
@@ -57,7 +59,9 @@ def launch(ranks: int, script: str, args: list[str]) -> list[str]:
 class Pipeline:
     def __init__(self, config: str, overrides: list[str], ranks: int, baselines: bool = True,
                  instructions: tuple[str, ...] = ("two_step", "answer_only")):
-        self.config, self.overrides, self.ranks, self.baselines = config, overrides, ranks, baselines
+        # every step runs in the caller's working directory, so a relative path means the same in this process
+        # (done markers) and in its steps; the config file's own paths are relative to the file (neurorit/config.py)
+        self.config, self.overrides, self.ranks, self.baselines = os.path.abspath(config), overrides, ranks, baselines
         # the first instruction is the headline (its results go to output_dir); others to output_dir/<name>
         self.instructions = instructions
         self.cfg = load_config(config, overrides)
@@ -83,8 +87,9 @@ class Pipeline:
         print(f"== {name}: {' '.join(cmd)}", flush=True)
         t0 = time.time()
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                   PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p),
                    **{k: os.environ.get(k, v) for k, v in PINNED_KERNELS.items()})
-        res = subprocess.run(cmd, cwd=ROOT, env=env)
+        res = subprocess.run(cmd, env=env)  # in the caller's working directory, this checkout's code
         if res.returncode != 0:
             raise UserError(f"step '{name}' failed (exit {res.returncode}); fix the cause and re-run: finished "
                             f"steps are kept")
@@ -211,7 +216,8 @@ class Pipeline:
                                                         *self.args()])
         if cfg.data.benchmark == "embedded":
             self.step("base model", os.path.join(cfg.model.path, BASE_MODEL_HISTORY),
-                      [PY, "scripts/train_base_model.py", "--config", self.config, "--out", cfg.model.path])
+                      [PY, os.path.join(ROOT, "scripts/train_base_model.py"), "--config", self.config, "--out",
+                       cfg.model.path])
         elif os.path.isdir(cfg.model.path) and not os.path.isfile(os.path.join(cfg.model.path, "config.json")):
             raise UserError(f"model.path {cfg.model.path} holds no model (for configs/smollm2.yaml: make real-model)")
         elif not os.path.exists(cfg.model.path):
@@ -256,8 +262,8 @@ class Pipeline:
         for variant, (stage, init_from, extra) in variants.items():
             export = self.train("neurorit", stage, init_from, StageFiles(self.layout.variants(variant, stage)), extra)
             self.evaluate(variant, export, self.instructions[0], evals)
-        self.step("analysis", "", [PY, "scripts/analyze_run.py", "--run", self.layout.root, "--eval-dir",
-                                   self.eval_folder(self.instructions[0]), "--eval-dir", evals,
+        self.step("analysis", "", [PY, os.path.join(ROOT, "scripts/analyze_run.py"), "--run", self.layout.root,
+                                   "--eval-dir", self.eval_folder(self.instructions[0]), "--eval-dir", evals,
                                    "--compare-map", mined.root])
 
     def print_summary(self) -> None:
@@ -281,7 +287,7 @@ class Pipeline:
 @main_guard
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/embedded.yaml")
+    p.add_argument("--config", default=os.path.join(ROOT, "configs", "embedded.yaml"))
     p.add_argument("--quick", action="store_true",
                    help="smaller budgets and no trained baselines: a first look within ~5 minutes")
     p.add_argument("--ranks", type=int, default=2, help="processes per distributed step (ZeRO-3 over gloo on CPU)")

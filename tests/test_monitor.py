@@ -104,15 +104,18 @@ def _wandb_history(log_dir, run_id: str) -> tuple[list, dict]:
 
 
 def test_wandb_offline_run(wandb_offline):
-    _run(wandb_offline, "wandb")
-    run_id = (wandb_offline / "wandb_run_id").read_text()
-    losses, config = _wandb_history(wandb_offline, run_id)
+    stage = wandb_offline.parent  # wandb's files go beside tb/, in the stage's folder
+    mon = _run(wandb_offline, "wandb")
+    assert "wandb:" not in mon.stream.getvalue()  # WANDB_MODE asked for offline: nothing to say
+    run_id = (stage / "wandb_run_id").read_text()
+    losses, config = _wandb_history(stage, run_id)
     assert losses == [(1, 0.9), (2, 0.7), (3, 0.5)]
     assert config["stage1"] == CONFIG["stage1"] and config["runtime"] == CONFIG["runtime"]
     _run(wandb_offline, "wandb", start=3, steps=[0.3])  # a resumed stage continues the same run
-    assert (wandb_offline / "wandb_run_id").read_text() == run_id
+    assert (stage / "wandb_run_id").read_text() == run_id
     _run(wandb_offline, "wandb", start=0, steps=[0.8])  # a stage started over opens a new one
-    assert (wandb_offline / "wandb_run_id").read_text() != run_id
+    assert (stage / "wandb_run_id").read_text() != run_id
+    assert not (wandb_offline / "wandb").exists()  # nothing of wandb inside tb/
 
 
 @pytest.fixture
@@ -130,7 +133,7 @@ def test_mlflow_file_store_run(tmp_path, mlflow_store):
     _run(log_dir, "mlflow", project="exp-a", run_name="my-run")
     _run(log_dir, "mlflow", start=3, steps=[0.3], project="exp-a")  # resumed: the same run, params kept
     client = MlflowClient(mlflow_store)
-    run = client.get_run((log_dir / "mlflow_run_id").read_text())
+    run = client.get_run((tmp_path / "mlflow_run_id").read_text())
     assert run.info.run_name == "my-run" and client.get_experiment(run.info.experiment_id).name == "exp-a"
     history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(history) == [(1, 0.9), (2, 0.7), (3, 0.5), (4, 0.3)]
@@ -139,13 +142,14 @@ def test_mlflow_file_store_run(tmp_path, mlflow_store):
 
 
 def test_several_trackers_from_a_comma_string(tmp_path, mlflow_store):
-    _run(tmp_path, "tensorboard,mlflow")
-    assert glob.glob(str(tmp_path / "events.out.tfevents.*")) and (tmp_path / "mlflow_run_id").is_file()
+    _run(tmp_path / "tb", "tensorboard,mlflow")
+    assert glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*")) and (tmp_path / "mlflow_run_id").is_file()
+    assert os.listdir(tmp_path / "tb") == glob.glob("events.out.tfevents.*", root_dir=tmp_path / "tb")
 
 
 def test_only_rank_0_logs(tmp_path, monkeypatch, mlflow_store):
     monkeypatch.setattr(parallel, "is_main", lambda: False)
-    mon = _run(tmp_path, "tensorboard,mlflow")
+    mon = _run(tmp_path / "tb", "tensorboard,mlflow")
     assert os.listdir(tmp_path) == []  # no event file, no MLflow store
     assert mon.stream.getvalue() == ""
 

@@ -39,7 +39,7 @@ def test_missing_cell_is_marked_not_a_zero_bar(tmp_path):
     (missing_x,) = [x for x, st in cells["neurorit"] if st is None]
     marks = [t for t in ax.texts if t.get_text() == report.MISSING]
     assert len(marks) == 1 and abs(marks[0].get_position()[0] - missing_x) < 1e-9
-    assert sorted(heights) == sorted([0.8, 0.6, 0.4, 0.7, 0.5])
+    assert sorted(heights) == sorted([80.0, 60.0, 40.0, 70.0, 50.0])  # in %, as every table
     path = report.plot(RESULTS, str(tmp_path / "results.png"))
     assert open(path, "rb").read(4) == b"\x89PNG"
 

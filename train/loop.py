@@ -29,7 +29,7 @@ import torch
 
 from model_patches import export_hf, load_causal_lm, load_tokenizer, model_fingerprint
 from model_patches.loading import model_source, refuse_rounding
-from model_patches.model_card import write_model_card
+from model_patches.model_card import started_from, write_model_card
 from neurorit import methods, parallel, runtime
 from neurorit.config import ExperimentConfig, StageConfig, parse_args, save_config, to_dict
 from neurorit.parallel import TrainEngine
@@ -37,8 +37,9 @@ from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.run_layout import RunLayout, StageFiles, trained_params
 from neurorit.neuron_map import NeuronMap
-from neurorit.prompts import prompt_builder
-from neurorit.records import load_records
+from neurorit.data_sources import source_digest
+from neurorit.prompts import export_tokenizer, prompt_builder
+from neurorit.records import load_records, training_records
 from train import checkpoint, recipes
 from train.data import Batching, ExampleFormat, StepPlan, build_examples, collate, eval_batches
 from train.monitor import Monitor, Tracking
@@ -180,10 +181,10 @@ def _stage_data(run: StageRun, tokenizer):
     task = run.task
     builder = prompt_builder(cfg.data, tokenizer, cfg.eval.instruction)
     fmt = ExampleFormat(tokenizer, builder, st.num_docs, cfg.data.max_length, cfg.runtime.seed)
-    examples, truncation = build_examples(task, load_records(cfg.data.train_file, st.num_examples), fmt)
+    examples, truncation = build_examples(task, training_records(cfg.data, st.num_examples, cfg.runtime.seed), fmt)
     dev = []
     if st.eval_every > 0:
-        dev, _ = build_examples(task, load_records(cfg.data.dev_file, st.eval_examples), fmt)
+        dev, _ = build_examples(task, load_records(cfg.data.dev_file, st.eval_examples, cfg.data.columns), fmt)
     return examples, dev, truncation
 
 
@@ -252,6 +253,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
     stop_at = min(plan.total_steps, step + stop_after) if stop_after > 0 else plan.total_steps
     engine.train()
     last = {"loss": resumed_loss}  # a run resumed at its final step still reports that step's loss
+    last_dev = None  # the latest dev loss (model card)
     while step < stop_at:
         last = _train_step(engine, plan, step, examples, pad_id)
         step += 1
@@ -262,7 +264,8 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
                                    "train/grad_norm": last["grad_norm"],
                                    "train/tokens_per_s": last["tokens"] / max(last["seconds"], 1e-9)})
         if dev and (step % st.eval_every == 0 or step == plan.total_steps):
-            monitor.scalars(step, {"dev/loss": dev_loss(engine, dev, micro, pad_id)})
+            last_dev = dev_loss(engine, dev, micro, pad_id)
+            monitor.scalars(step, {"dev/loss": last_dev})
         if (st.save_every > 0 and step % st.save_every == 0) or step == stop_at:
             progress = {"step": step, "consumed_samples": step * st.batch_size, "last_loss": last["loss"]}
             checkpoint.save(engine, ckpt_dir, progress, identity, keep_last=st.keep_last, resumed_from=found)
@@ -271,7 +274,7 @@ def run_stage(stage: str, cfg: ExperimentConfig, resume: str = "auto", stop_afte
         monitor.print(f"stopped after step {step} of {plan.total_steps}; rerun the same command to resume")
         return {"stage": stage, "step": step, "total_steps": plan.total_steps, "finished": False}
     ctx.model = engine.module
-    return _finish(run, ctx, trainable, tokenizer, {"step": step, "loss": last["loss"],
+    return _finish(run, ctx, trainable, tokenizer, {"step": step, "loss": last["loss"], "dev_loss": last_dev,
                                                     "optimizer": parallel.optimizer_name(optimizer)})
 
 
@@ -291,7 +294,8 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
     export_dir = run.files.export
     ctx.model.config.use_cache = True  # off only while training; the plain export keeps the usual default
     extra = run.recipe.before_export(ctx)
-    export_hf(ctx.model, export_dir, tokenizer=tokenizer, fold_deactivation=True)  # what before_export switched off
+    export_hf(ctx.model, export_dir, tokenizer=export_tokenizer(run.cfg.data, tokenizer),
+              fold_deactivation=True)  # what before_export switched off
     summary = {"stage": run.stage, "method": run.st.method, "step": last["step"], "finished": True,
                "final_loss": last["loss"], "optimizer": last.get("optimizer"), "trainable_params": trainable.count,
                "init_from": run.init_from,
@@ -303,10 +307,26 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
         write_model_card(export_dir, base_model=run.cfg.model.path, method=run.st.method, stage=run.stage,
                          trainable_params=trainable.count + trained_params(run.init_from),
                          base_revision=base["revision"], neuron_map_hash=summary["neuron_map_hash"],
-                         data={"train_file": run.cfg.data.train_file})
+                         data=_card_data(run, last.get("dev_loss") is not None),
+                         started_from=started_from(run.init_from),
+                         training={"lr": run.recipe.lr(run.st) if run.recipe.trains else None, "steps": last["step"],
+                                   "final_train_loss": last["loss"], "final_dev_loss": last.get("dev_loss")})
         atomic_write_text(run.files.summary, json.dumps(summary, indent=1))
         print(f"{run.stage}: exported {export_dir}")
     return summary
+
+
+def _card_data(run: StageRun, with_dev: bool) -> dict:
+    """The model card's data: the files the stage read, each with its sha256, and the chat template it used."""
+    data = run.cfg.data
+    weights = data.train_weights or [1.0] * len(data.train_files)
+    train = {f"train_files[{i}] (weight {w:g})": p for i, (p, w) in enumerate(zip(data.train_files, weights))}
+    files = {**(train or {"train_file": data.train_file}), **({"dev_file": data.dev_file} if with_dev else {})}
+    if data.chat_template_file and data.chat_template != "never":
+        files["chat_template_file"] = data.chat_template_file
+    out: dict = {k: {"path": v, "sha256": source_digest(v)} for k, v in files.items()}
+    columns = {"columns": dict(data.columns)} if data.columns else {}
+    return {**out, **columns, "chat_template": data.chat_template, "chat_date": data.chat_date}
 
 
 def _flags(parser: argparse.ArgumentParser) -> None:

@@ -63,6 +63,9 @@ class Monitor:
             return
         self.trackers = open_trackers(tracking.report_to, log_dir, start_step, tracking.project,
                                       tracking.run_name or desc, tracking.config)
+        for tracker in self.trackers:  # a mode the environment did not ask for is said, once
+            if tracker.note:
+                print(tracker.note, file=self.stream, flush=True)
         if not self.plain:
             from tqdm import tqdm
 

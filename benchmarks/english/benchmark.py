@@ -367,13 +367,21 @@ def _run_probe(model_path: str, texts: list[str], data: DataConfig, batch_size: 
 
 # ------------------------------------------------------------------------------------------------ entry
 def write_benchmark(cfg: ExperimentConfig, probe: bool = True) -> dict[str, str]:
+    """The benchmark's splits as records files; with ``probe``, the closed-book probe labels the real facts the
+    splits hold (only those: ``data.benchmark_questions`` bounds the probe as it bounds the benchmark). The facts a
+    build chooses do not depend on the labels, so labelling the built records equals building with the labels."""
     paths = {"train": cfg.data.train_file, "dev": cfg.data.dev_file, "test": cfg.data.test_file}
-    labels = None
+    splits = build_benchmark(cfg.data.benchmark_seed, cfg.data.benchmark_questions)
     if probe:
         cache = os.path.join(os.path.dirname(os.path.abspath(paths["train"])), "probe_cache.json")
         runtime.start(cfg.runtime, join_group=False)  # threads, seeds and kernels as every entry point sets them
-        labels = probe_known(cfg.model.path, real_facts(), cache, cfg.data)
-    splits = build_benchmark(cfg.data.benchmark_seed, cfg.data.benchmark_questions, labels)
+        real = [r for records in splits.values() for r in records if r.meta.get("kind") == "real"]
+        used = {(r.meta["relation"], r.meta["entity"]) for r in real}
+        facts = [f for f in real_facts() if (f.relation, f.entity) in used]
+        labels = probe_known(cfg.model.path, facts, cache, cfg.data)
+        for r in real:
+            known = bool(labels.get(f"{r.meta['relation']}|{r.meta['entity']}", False))
+            r.meta.update(kind="known" if known else "unknown", known=known)
     for split, path in paths.items():
         write_records(splits[split], path)
     return paths
