@@ -249,6 +249,16 @@ class RunLayout:
         return os.path.join(self.root, "selection", *parts)
 
     @property
+    def dev_evaluation(self) -> str:
+        """``selection/eval/``: the dev evaluations of the selection's trials."""
+        return self.selection("eval")
+
+    @property
+    def variants_evaluation(self) -> str:
+        """``variants/eval/``: the evaluations of the demo's ``--why`` variants."""
+        return self.variants("eval")
+
+    @property
     def selection_record(self) -> str:
         """``selection/selection.json``: the dev selection's rules, trials and choices (the report copies it)."""
         return self.selection("selection.json")
@@ -266,7 +276,7 @@ def committed_files(layout: RunLayout) -> dict:
     files.update({n: os.path.join(run, n) for n in (os.listdir(run) if os.path.isdir(run) else [])
                   if n.startswith("bench_") and n.endswith(".json")})
     files.update({os.path.join("dev_evals", n + EVAL_SUFFIX): p
-                  for n, p in evaluated_names(layout.selection("eval")).items()})
+                  for n, p in evaluated_names(layout.dev_evaluation).items()})
     trials = layout.selection("stage1")
     for tag in sorted(os.listdir(trials)) if os.path.isdir(trials) else []:
         files[os.path.join("stage1_probes", tag + ".json")] = StageFiles(os.path.join(trials, tag)).probe

@@ -147,7 +147,7 @@ class Pipeline:
         ``selection/eval``."""
         extra = ("--data.test_file", self.cfg.data.dev_file, "--eval.settings", ",".join(settings),
                  "--eval.num_examples", str(self.cfg.selection.dev_examples))
-        return self.evaluate(name, model, self.instructions[0], self.layout.selection("eval"), extra)
+        return self.evaluate(name, model, self.instructions[0], self.layout.dev_evaluation, extra)
 
     def select_stage1(self) -> None:
         """Stage 1's budget and learning rate by the rule of ``rag/selection.py``, tried on Neuro-RIT's stage 1;
@@ -258,7 +258,7 @@ class Pipeline:
             "neurorit_gate_frozen": ("stage2", stage1, ("--stage2.train_gate", "false")),
             "neurorit_stage1_long": ("stage1", self.cfg.model.path, ("--stage1.max_steps", long_steps)),
         }
-        evals = self.layout.variants("eval")
+        evals = self.layout.variants_evaluation
         for variant, (stage, init_from, extra) in variants.items():
             export = self.train("neurorit", stage, init_from, StageFiles(self.layout.variants(variant, stage)), extra)
             self.evaluate(variant, export, self.instructions[0], evals)
