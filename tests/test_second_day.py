@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from neurorit.config import load_config
+from neurorit.config import ExperimentConfig, load_config
 from neurorit.errors import UserError
 from train.monitor import Monitor, Tracking
 
@@ -304,7 +304,7 @@ def test_bad_input_keys_are_one_line(overrides, needle):
 def test_chunk_rows_help_says_auto_or_an_integer():
     from neurorit.config_help import config_reference
 
-    (line,) = [ln for ln in config_reference().splitlines() if "--mining.chunk_rows" in ln]
+    (line,) = [ln for ln in config_reference(ExperimentConfig()).splitlines() if "--mining.chunk_rows" in ln]
     assert "auto or int" in line and "null" not in line
 
 
@@ -343,7 +343,7 @@ def test_a_template_closing_on_a_token_the_vocabulary_lacks_names_the_tokenizers
 def test_help_says_model_keys_take_hub_ids():
     from neurorit.config_help import config_reference
 
-    text = config_reference()
+    text = config_reference(ExperimentConfig())
     for key in ("--model.path", "--evidence.teacher"):
         (line,) = [ln for ln in text.splitlines() if key in ln]
         assert "Hub id" in line and "local" not in line
@@ -372,7 +372,7 @@ def test_the_closed_book_probe_covers_only_the_benchmarks_facts(tmp_path, monkey
 
     asked = []
 
-    def probe(model_path, texts, data, batch_size, threads):  # the model answers nothing: every fact unknown
+    def probe(model_path, texts, data, batch_size):  # the model answers nothing: every fact unknown
         asked.extend(texts)
         return ["" for _ in texts]
 
