@@ -297,11 +297,11 @@ say "pipeline finished in $((SECONDS - start)) s"
 
 # outputs of each stage, where the run layout (neurorit/run_layout.py) puts them
 layout() { "$PY" -m neurorit.run_layout "$@" "${PIPE_ARGS[@]}" --runtime.output_dir "$OUT"; }
-mined="$(layout done mining)"
+mined="$(layout "done" mining)"
 [[ -s "$mined" ]] || fail "mining: its done marker $mined is missing"
 for stage in stage1 stage2; do
     export_dir="$(layout export "$stage")"
-    [[ -s "$(layout done "$stage")" ]] || fail "$stage: its done marker $(layout done "$stage") is missing"
+    [[ -s "$(layout "done" "$stage")" ]] || fail "$stage: its done marker $(layout "done" "$stage") is missing"
     [[ -f "$export_dir/config.json" ]] || fail "$stage: no exported checkpoint (config.json) in $export_dir"
     ls "$export_dir"/*.safetensors >/dev/null 2>&1 || fail "$stage: no safetensors in $export_dir"
     say "$stage: export $export_dir"
