@@ -248,6 +248,15 @@ class RunLayout:
         evaluations) and ``selection.json`` (the choices)."""
         return os.path.join(self.root, "selection", *parts)
 
+    def done_marker(self, step: str) -> str:
+        """The done marker of ``step``: ``mining``, a stage (``stage1``, ``stage2``) or ``eval:<name>`` (an
+        evaluation in the run's evaluation folder)."""
+        if step == "mining":
+            return self.mining.summary
+        if step.startswith("eval:"):
+            return eval_files(self.evaluation(), step.split(":", 1)[1]).result
+        return self.stage(step).summary
+
     @property
     def dev_evaluation(self) -> str:
         """``selection/eval/``: the dev evaluations of the selection's trials."""
@@ -355,9 +364,9 @@ def main(argv=None) -> None:
         files = layout.stage(args.arg or "stage2")
         print(files.export if args.what == "export" else files.summary)
     elif args.what == "done":
-        print(layout.mining.summary if args.arg == "mining" else layout.stage(args.arg or "stage2").summary)
+        print(layout.done_marker(args.arg or "stage2"))
     elif args.what == "eval-result":
-        print(eval_files(layout.evaluation(), args.arg).result)
+        print(layout.done_marker(f"eval:{args.arg}"))
     elif args.what == "report":
         print(layout.results()["json"])
     else:

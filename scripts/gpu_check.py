@@ -477,8 +477,8 @@ def part_extras(shape: Shape, out: str) -> list[dict]:
 # The real entry points, as a user runs them (python <entry> --config <yaml> <dotted overrides> <its own last>).
 # One place. Stage 2 runs in fp32: stage 1's bf16 export keeps in fp32 the weights whose learned change bf16
 # would round away, and stage 2 refuses to load those in bf16 (its one line says to use float32).
-# Each entry's product is its done marker in the run layout (neurorit/run_layout.py): "mining", a stage, or
-# "eval:<name>"; "{stage2}" is stage 2's export.
+# Each entry's product names its done marker (``RunLayout.done_marker``: "mining", a stage, or "eval:<name>");
+# "{stage2}" is stage 2's export.
 ENTRY_POINTS = [
     ("mine", ["attribution/mine.py"], "mining", []),
     ("stage 1", ["train/stage1.py"], "stage1", []),
@@ -488,18 +488,6 @@ ENTRY_POINTS = [
     ("evaluate (zero3)", ["rag/evaluate.py", "--model", "{stage2}", "--name", "gpu_zero3", "--eval.backend", "zero3",
                           "--no-progress"], "eval:gpu_zero3", []),
 ]
-
-
-def _done_marker(run: str, product: str) -> str:
-    """The done marker of an ``ENTRY_POINTS`` product in the run layout of ``run``."""
-    from neurorit.run_layout import RunLayout, eval_files
-
-    lay = RunLayout(run)
-    if product == "mining":
-        return lay.mining.summary
-    if product.startswith("eval:"):
-        return eval_files(lay.evaluation(), product.split(":", 1)[1]).result
-    return lay.stage(product).summary
 
 
 def _entry_overrides(shape: Shape, data: str, run: str) -> list[str]:
@@ -531,14 +519,15 @@ def part_entry_points(shape: Shape, out: str) -> list[dict]:
     rows = []
     from neurorit.run_layout import RunLayout
 
-    stage2 = RunLayout(run).stage("stage2").export
+    layout = RunLayout(run)
+    stage2 = layout.stage("stage2").export
     for name, args, product, last in ENTRY_POINTS:
         cmd = [sys.executable, *[a.format(stage2=stage2) for a in args], "--config", "configs/embedded.yaml",
                *overrides, *last]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = round(time.perf_counter() - start, 1)
-        ok = proc.returncode == 0 and os.path.exists(_done_marker(run, product))
+        ok = proc.returncode == 0 and os.path.exists(layout.done_marker(product))
         tail = "" if ok else " | " + (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
         dtype = "fp32" if "float32" in last else "bf16"
         rows.append(row(f"{name} on configs/embedded.yaml, {dtype} (s)", f"{seconds}{tail}", "exit 0 + output", ok))

@@ -28,6 +28,9 @@ def test_paths_follow_the_config_and_its_overrides(tmp_path):
     layout = RunLayout.of(cfg)
     assert layout.mining.summary == str(tmp_path / "mining" / "summary.txt")
     assert layout.stage("stage1").export == str(tmp_path / "stage1" / "export")
+    assert layout.done_marker("mining") == layout.mining.summary
+    assert layout.done_marker("stage2") == layout.stage("stage2").summary
+    assert layout.done_marker("eval:base") == eval_files(layout.evaluation(), "base").result
     assert layout.stage("stage2", "lora").summary == str(tmp_path / "lora" / "stage2" / "train_summary.json")
     assert layout.evaluation() == str(tmp_path / "eval")
     assert eval_files(layout.evaluation(), "x").result == str(tmp_path / "eval" / "x.eval.json")
