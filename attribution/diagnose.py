@@ -190,14 +190,14 @@ def main(argv=None) -> None:
     from neurorit import runtime
     from neurorit.config import parse_args
     from neurorit.prompts import prompt_builder
-    from neurorit.records import load_records
+    from neurorit.records import mining_records
     from neurorit.run_layout import RunLayout
 
     args, cfg = parse_args("Probe every attribution target on the mining split (forward only) and say whether a "
                            "neuron map is worth mining (docs/DESIGN.md §2).", argv)
     runtime.start(cfg.runtime, args.local_rank, join_group=False)
     m = cfg.mining
-    pairs = offtopic_mining_pairs(load_records(m.file or cfg.data.train_file), cfg.runtime.seed, limit=m.num_examples)
+    pairs = offtopic_mining_pairs(mining_records(cfg), cfg.runtime.seed, limit=m.num_examples)
     if not pairs:
         raise UserError(f"no mining pairs in {m.file or cfg.data.train_file}")
     model = load_causal_lm(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation).eval()

@@ -275,7 +275,7 @@ def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs)
 @main_guard
 def main(argv=None) -> None:
     from attribution.examples import offtopic_mining_pairs
-    from neurorit.records import load_records, training_records
+    from neurorit.records import mining_records
 
     args, cfg = parse_args("Mine a neuron map with integrated gradients (docs/DESIGN.md §2).", argv)
     runtime.start(cfg.runtime, args.local_rank)
@@ -284,9 +284,7 @@ def main(argv=None) -> None:
               file=sys.stderr, flush=True)
     m = cfg.mining
     files = RunLayout.of(cfg).mining
-    records = (load_records(m.file, -1, cfg.data.columns) if m.file else
-               training_records(cfg.data, -1, cfg.runtime.seed, weighted=False))
-    pairs = offtopic_mining_pairs(records, cfg.runtime.seed, limit=m.num_examples)
+    pairs = offtopic_mining_pairs(mining_records(cfg), cfg.runtime.seed, limit=m.num_examples)
     if not pairs:
         raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a passage holding its "
                         f"answer, and another question a passage without it)")

@@ -222,6 +222,14 @@ def training_records(data_cfg, limit: int = -1, seed: int = 0, weighted: bool = 
     return out[:limit] if limit > 0 else out
 
 
+def mining_records(cfg) -> list[Record]:
+    """The records mining (and ``diagnose``) draw their pairs from: ``mining.file`` when set, else the training
+    files, each record once."""
+    if cfg.mining.file:
+        return load_records(cfg.mining.file, -1, cfg.data.columns)
+    return training_records(cfg.data, -1, cfg.runtime.seed, weighted=False)
+
+
 def select_by_kind(records: list[Record], kinds: list[str], max_per_kind: int = -1) -> list[Record]:
     """The records whose ``meta.kind`` is in ``kinds`` (all when empty), at most ``max_per_kind`` of each kind
     (no cap when < 0), in file order."""

@@ -152,7 +152,7 @@ def main(argv=None) -> dict:
     model.eval()
     spec = ProbeSpec(cfg.eval.instruction, cfg.data.num_docs, cfg.data.max_length, cfg.eval.batch_size,
                      kinds=tuple(args.kinds) if args.kinds else None)
-    records = load_records(path, args.num_examples)
+    records = load_records(path, args.num_examples, cfg.data.columns)
     result = stage1_probe(model, tokenizer, records, prompt_builder(cfg.data, tokenizer), spec)
     print(probe_text(result))
     if args.out:

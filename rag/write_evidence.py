@@ -122,9 +122,10 @@ def teacher_fingerprint(path: str, edge: int = 2**20) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- records
-def read_rows(path: str) -> list[tuple[str, dict, Record]]:
-    """``(line, raw object, parsed record)`` per non-empty line (``neurorit.records.read_lines``)."""
-    rows = list(read_lines(path))
+def read_rows(path: str, columns: dict) -> list[tuple[str, dict, Record]]:
+    """``(line, raw object, parsed record)`` per non-empty line (``neurorit.records.read_lines``; ``columns`` is
+    ``data.columns``)."""
+    rows = list(read_lines(path, columns))
     if not rows:
         raise UserError(f"{path}: no records")
     return rows
@@ -176,7 +177,7 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
     Collective; every rank returns the summary after rank 0 wrote the file."""
     ev = cfg.evidence
     teacher = check_teacher(teacher)
-    rows = read_rows(in_path)
+    rows = read_rows(in_path, cfg.data.columns)
     init_process(cfg.eval.backend, cfg.runtime, local_rank)
     num_docs = ev.num_docs or cfg.stage2.num_docs
     tokenizer = load_tokenizer(teacher)
@@ -240,12 +241,12 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
                                     truncated=len(toks) >= ev.max_new_tokens)
         counts["no_evidence"] += int(bool(notes.get("no_evidence")))
         counts["truncated"] += int(bool(notes.get("truncated")))
-        lines[i] = _filled(rows[i][1], text, {**settings, **notes})
+        lines[i] = _filled(rows[i], text, {**settings, **notes}, cfg.data.columns)
     for i in fixed:
-        lines[i] = _filled(rows[i][1], builder.no_evidence(),
+        lines[i] = _filled(rows[i], builder.no_evidence(),
                            {**settings, "teacher": None, "fingerprint": None, "backend": None,
                             "rule": "no gold answer in the shown documents: the fixed no-evidence sentence",
-                            "no_evidence": True})
+                            "no_evidence": True}, cfg.data.columns)
     if parallel.is_main():
         atomic_write_text(out_path, "".join(line + "\n" for line in lines))
         shutil.rmtree(partial, ignore_errors=True)
@@ -256,13 +257,14 @@ def write_evidence(cfg: ExperimentConfig, teacher: str, in_path: str, out_path: 
     return {"out": out_path, **counts, "settings": settings}
 
 
-def _filled(raw: dict, evidence: str, by: dict) -> str:
-    """The record's own JSON object with ``evidence`` and ``meta.evidence_by`` set."""
+def _filled(row: tuple[str, dict, Record], evidence: str, by: dict, columns: dict) -> str:
+    """The record's own row with its evidence and ``meta.evidence_by`` set, under the column names the user's
+    ``data.columns`` gives them (so the file reads back with the same config); meta is the parsed one (a CSV holds
+    it as JSON text)."""
+    _, raw, record = row
     out = dict(raw)
-    out["evidence"] = evidence
-    meta = dict(raw["meta"]) if isinstance(raw.get("meta"), dict) else {}
-    meta[META_KEY] = by
-    out["meta"] = meta
+    out[columns.get("evidence", "evidence")] = evidence
+    out[columns.get("meta", "meta")] = {**record.meta, META_KEY: by}
     return json.dumps(out, ensure_ascii=False)
 
 

@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
         raise UserError(f"records file not found: {path}; build the benchmark first (python -m "
                         f"benchmarks.english.benchmark --config ... or benchmarks.embedded.benchmark)")
     runtime.start(cfg.runtime, getattr(args, "local_rank", None))
-    records = load_records(path, cfg.eval.num_examples)
+    records = load_records(path, cfg.eval.num_examples, cfg.data.columns)
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, cfg)
     start = time.time()

@@ -1,10 +1,11 @@
 """The real-data path of README's "From your own cluster": a model named by its Hub id (from a hub cache the test
 lays out, offline) and a retrieval dump as parquet (DPR / NQ-style rows with top-k passages, no evidence field, no
-counterfactuals) through mine -> stage 1 -> stage 2 -> evaluate -> report, each entry run exactly as the README
-shows, with a tracker and checkpoint rotation on (single process here; the same commands run under deepspeed /
-torchrun)."""
+counterfactuals) through mine -> stage 1 -> stage 2 -> evaluate -> report, each command read from the README and run as written
+from a folder outside the checkout (one rank where it says eight GPUs), with a tracker and checkpoint rotation
+on."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import datasets
 import pytest
 import yaml
 
-from tests.support.ranks import ROOT, child_env
+from tests.support.ranks import DEEPSPEED, ROOT, child_env, free_port
 from tests.support.hub import hub_snapshot
 
 FACTS = [("Who wrote Dune?", "Frank Herbert", "Dune", "Dune is a novel written by Frank Herbert in 1965."),
@@ -36,6 +37,17 @@ def _records():
     return rows
 
 
+def readme_commands() -> list[list[str]]:
+    """The commands of README's "From your own cluster" block, each split as a shell would (comments and the
+    ``cd`` dropped)."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text[text.index("## From your own cluster"):]
+    block = section[section.index("```bash\n") + 8:]
+    block = block[:block.index("```")]
+    lines = [shlex.split(line, comments=True) for line in block.splitlines()]
+    return [words for words in lines if words and words[0] != "cd"]
+
+
 @pytest.mark.distributed
 def test_own_model_own_dump_end_to_end(tmp_path, tiny_model, word_tokenizer):
     from neurorit.prompts import PAPER
@@ -47,10 +59,13 @@ def test_own_model_own_dump_end_to_end(tmp_path, tiny_model, word_tokenizer):
     tokenizer = word_tokenizer(texts=texts)
     hub_snapshot(str(tmp_path / "hub"), "my-org/my-model", "a" * 40,
                  tiny_model("llama", hidden=32, intermediate=64, tokenizer=tokenizer, max_positions=512), tokenizer)
-    out = tmp_path / "run"
+    exp = tmp_path / "experiments"  # the user's folder, outside the checkout; the data beside the config
+    (exp / "data").mkdir(parents=True)
+    os.replace(data, exp / "data" / "nq_top4.parquet")
+    data = "data/nq_top4.parquet"
     cfg = {
         "model": {"path": "my-org/my-model"},
-        "data": {"train_file": str(data), "dev_file": str(data), "test_file": str(data), "prompt_style": "paper",
+        "data": {"train_file": data, "dev_file": data, "test_file": data, "prompt_style": "paper",
                  "num_docs": 3, "max_length": 400},
         "mining": {"num_examples": 7, "steps": 4, "n_relevant": 4, "n_irrelevant": 4, "n_shared": 2,
                    "n_target_layers": 1, "zero_stage": 0},
@@ -58,29 +73,26 @@ def test_own_model_own_dump_end_to_end(tmp_path, tiny_model, word_tokenizer):
                    "save_every": 1, "keep_last": 1},
         "stage2": {"max_steps": 2, "batch_size": 2, "micro_batch_size": 2, "zero_stage": 0, "lr": 1e-3},
         "eval": {"settings": ["gold", "top5", "noise_only", "closed_book"], "max_new_tokens": 4, "bootstrap": 50},
-        "runtime": {"output_dir": str(out), "report_to": ["tensorboard"]},
+        "runtime": {"output_dir": "outputs/llama3-nq", "report_to": ["tensorboard"]},
     }
-    cfg_path = tmp_path / "my_experiment.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    env = dict(child_env(), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
-
-    def run(*args):
-        res = subprocess.run([sys.executable, *args, "--config", str(cfg_path)], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr[-3000:]
-        return res.stdout + res.stderr
-
-    run("attribution/mine.py")
+    (exp / "my.yaml").write_text(yaml.safe_dump(cfg))
+    bin_dir = os.path.dirname(sys.executable)  # the console scripts of this environment
+    env = dict(child_env(), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"),
+               PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
+    commands = readme_commands()
+    assert [c[:2] for c in commands[:5]] == [["deepspeed", "--num_gpus"]] * 5 and commands[5][0] == "neurorit-report"
+    for command in commands:
+        if command[:2] == ["deepspeed", "--num_gpus"]:  # eight GPUs there, one CPU rank here, on a port of its own
+            command = [DEEPSPEED, "--num_gpus", "1", "--master_port", str(free_port()), *command[3:]]
+        res = subprocess.run(command, cwd=exp, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, " ".join(command) + "\n" + res.stdout[-2000:] + res.stderr[-3000:]
+    out = exp / "outputs" / "llama3-nq"
     nmap = json.loads((out / "mining" / "neuron_map.json").read_text())
     assert nmap["fingerprint"]["num_layers"] == 2
-    run("train/stage1.py", "--resume", "auto")
     assert sorted(os.listdir(out / "stage1" / "checkpoints")) == ["latest", "step2"]  # keep_last 1
     assert "my-org/my-model" in (out / "stage1" / "export" / "README.md").read_text()  # the model card
-    run("train/stage2.py", "--resume", "auto")
     assert (out / "stage2" / "export" / "config.json").exists()
-    run("-m", "rag.evaluate", "--model", str(out / "stage2" / "export"), "--name", "neurorit")
-    run("-m", "rag.evaluate", "--name", "base")  # model.path: the Hub id
-    run("-m", "rag.report", "--eval-dir", str(out / "eval"), "--out", str(out))
+    assert sorted(os.listdir(exp)) == ["data", "my.yaml", "outputs"]  # nothing else in the user's folder
     results = json.loads((out / "results.json").read_text())
     assert results["methods"]["base"]["trainable_params"] == 0
     assert results["methods"]["neurorit"]["trainable_params"] > 0  # read from the stages behind the export

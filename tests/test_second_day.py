@@ -414,3 +414,85 @@ def test_the_picture_tells_a_true_zero_from_a_missing_cell_with_n_per_panel_in_p
     assert len(zero) == 1 and len(missing) == 1  # base's true 0 under noise-only, neurorit's missing cell
     assert zero[0].get_position()[0] != missing[0].get_position()[0]
     assert zero[0].get_color() != missing[0].get_color() and missing[0].get_rotation() == 90
+
+
+def test_the_first_op_build_is_announced_once_per_node(tmp_path, monkeypatch, capsys):
+    """An environment that never built DeepSpeed's CPU all-reduce op hears, before the silent minutes, that it is
+    being built (local rank 0 only); once the library is there, nothing is said."""
+    from neurorit.parallel.workarounds import announce_op_build
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    announce_op_build(1)
+    assert capsys.readouterr().err == ""
+    announce_op_build(0)
+    assert "building DeepSpeed's CPU all-reduce op once" in capsys.readouterr().err
+    (tmp_path / "deepspeed_shm_comm").mkdir()
+    (tmp_path / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").write_bytes(b"")
+    announce_op_build(0)
+    assert capsys.readouterr().err == ""
+
+
+HEAVY_MODULES = ("transformers", "deepspeed", "datasets", "peft", "matplotlib")
+
+
+@pytest.mark.parametrize("script", ["attribution/mine.py", "attribution/diagnose.py", "train/stage1.py",
+                                    "train/stage2.py", "rag/evaluate.py", "rag/report.py", "rag/write_evidence.py"])
+def test_help_and_a_refused_value_import_nothing_heavy(script):
+    """``--help`` and a typo answer after torch alone: no transformers, DeepSpeed, datasets, peft or matplotlib
+    (``scripts/bench_startup.py`` measures the seconds)."""
+    import subprocess
+    import sys
+
+    probe = ("import contextlib, io, runpy, sys\n"
+             "for argv in (['--help'], ['--config', 'configs/embedded.yaml', '--runtime.seed', 'x']):\n"
+             f"    sys.argv = [{script!r}, *argv]\n"
+             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+             "        try:\n"
+             f"            runpy.run_path({script!r}, run_name='__main__')\n"
+             "        except SystemExit as stop:\n"
+             "            assert stop.code in (0, 2), stop.code\n"
+             f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
+def test_write_evidence_keeps_the_users_columns_and_reads_back(tmp_path):
+    """The evidence file of a CSV with the user's own column names reads back with the same ``data.columns``:
+    the evidence and ``meta.evidence_by`` sit under the names the mapping gives them."""
+    import json
+
+    from neurorit.records import mining_records, read_lines
+    from rag.write_evidence import _filled, read_rows
+
+    columns = {"question": "q", "answers": "gold", "ctxs": "docs", "id": "qid", "evidence": "why"}
+    path = _csv(tmp_path / "train.csv", [{**row, "why": ""} for row in _user_rows(3, "a")])
+    rows = read_rows(path, columns)
+    out = tmp_path / "train.evidence.jsonl"
+    out.write_text("".join(_filled(row, f"because {row[2].id}", {"teacher": "t"}, columns) + "\n" for row in rows))
+    assert json.loads(out.read_text().splitlines()[0])["why"] == "because a0"
+    back = [record for _, _, record in read_lines(str(out), columns)]
+    assert [(r.id, r.evidence, r.meta["evidence_by"]["teacher"]) for r in back][1] == ("a1", "because a1", "t")
+    cfg = load_config(None, ["--data.train_file", path, "--data.columns",
+                             ",".join(f"{k}={v}" for k, v in columns.items())])
+    assert [r.id for r in mining_records(cfg)] == ["a0", "a1", "a2"]
+
+
+def test_every_reader_of_records_passes_data_columns():
+    """Each library and script call of ``load_records`` / ``read_lines`` hands on the user's column mapping: a
+    reader that forgets it fails on a CSV every other entry point reads."""
+    import ast
+    import glob
+
+    needs = {"load_records": 3, "read_lines": 2}
+    missing = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "*", "**", "*.py"), recursive=True)):
+        rel = os.path.relpath(path, ROOT)
+        if rel.startswith(("tests", ".venv", "neurorit/records.py")) or "/." in rel:
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in needs:
+                given = len(node.args) + len([k for k in node.keywords if k.arg == "columns"])
+                if given < needs[node.func.id]:
+                    missing.append(f"{rel}:{node.lineno}")
+    assert not missing, missing

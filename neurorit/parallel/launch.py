@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import torch.distributed as tdist
 
-from neurorit.parallel.workarounds import clear_stale_build_lock, unlink_shm_buffer
+from neurorit.parallel.workarounds import announce_op_build, clear_stale_build_lock, unlink_shm_buffer
 
 # How long a hung collective holds the job's GPUs (NEURORIT_DIST_TIMEOUT_MIN, minutes). Long rank-0-only sections
 # (writing mining's outputs, converting a checkpoint to the universal form) must fit in it: raise it for those.
@@ -82,6 +82,8 @@ def init_distributed(local_rank: Optional[int] = None) -> DistInfo:
         device = torch.device("cpu")
     if not tdist.is_initialized():
         clear_stale_build_lock()
+        if device.type == "cpu":
+            announce_op_build(lrank)
         import deepspeed
 
         backend = "nccl" if device.type == "cuda" else "gloo"

@@ -1,6 +1,6 @@
 """DeepSpeed's start-up hazards on a shared machine, each worked around where it starts: one extension folder per
-environment, a stale build lock left by a killed process, and the /dev/shm all-reduce buffer DeepSpeed never
-unlinks (docs/DESIGN.md §5)."""
+environment, a silent first build of its CPU all-reduce op, a stale build lock left by a killed process, and the
+/dev/shm all-reduce buffer DeepSpeed never unlinks (docs/DESIGN.md §5)."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +15,31 @@ import torch.distributed as tdist
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 STALE_LOCK_SECONDS = 600
+
+
+def shm_op_build_pending() -> bool:
+    """Whether starting DeepSpeed's process group here will JIT-compile its shared-memory all-reduce op: the same
+    conditions as DeepSpeed's ``build_shm_op`` and ``OpBuilder.load`` (a builder for this accelerator, compatible,
+    not installed prebuilt), and no library yet in this environment's extension folder."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import installed_ops
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return False
+    if installed_ops.get(builder.NAME, False):
+        return False
+    return not os.path.exists(os.path.join(os.environ["TORCH_EXTENSIONS_DIR"], builder.NAME, f"{builder.NAME}.so"))
+
+
+def announce_op_build(local_rank: int) -> None:
+    """On CPU, DeepSpeed's process group compiles its shared-memory all-reduce op the first time an environment
+    starts one (about two minutes on 2 cores) and prints nothing until it is done. Say so before it starts, once per
+    node (local rank 0; the other ranks wait on DeepSpeed's build lock)."""
+    if local_rank == 0 and shm_op_build_pending():
+        print(f"building DeepSpeed's CPU all-reduce op once into {os.environ['TORCH_EXTENSIONS_DIR']} (1-3 minutes; "
+              f"later starts in this environment reuse it)", file=sys.stderr, flush=True)
 
 
 def clear_stale_build_lock() -> None:
