@@ -2,8 +2,10 @@
 # Download, here (where pip reaches PyPI), the wheels a CUDA image without network lacks for this project, into
 # gpu_wheels/ (git-ignored), and print how to carry them to the GPU machine and run scripts/gpu_check.py there.
 #
-# The image we target has torch 2.11 + cu130, transformers 5.17, accelerate, peft, safetensors, pytest, nvcc 13.
-# It lacks deepspeed (+ hjson, msgpack, ninja, py-cpuinfo, einops), pydantic (+ pydantic-core, annotated-types,
+# The image we target has torch 2.11 + cu130, transformers 5.17, accelerate, peft, safetensors, pytest, nvcc 13,
+# and (as last read, 2026-11) matplotlib, tensorboard, pyarrow, ninja, msgpack, py-cpuinfo, einops, psutil: mining
+# writes its picture and TensorBoard events with them (gpu_check's entry_points part fails in one row, before any
+# work, when either is missing; EXTRA below fetches them for an image without). It lacks deepspeed (+ hjson, msgpack, ninja, py-cpuinfo, einops), pydantic (+ pydantic-core, annotated-types,
 # typing-inspection, a typing-extensions new enough for it) and bitsandbytes. Versions are pinned to those of
 # this project's environment (the ones its tests ran with). Compiled wheels (pydantic-core, msgpack) come for
 # CPython 3.10-3.13 (the image's Python is not known here; GPU_PYTHONS overrides). bitsandbytes ships native
@@ -13,6 +15,8 @@
 #
 #   bash scripts/get_gpu_wheels.sh            # -> gpu_wheels/*.whl and the instructions
 #   PY=/path/to/.venv/bin/python bash scripts/get_gpu_wheels.sh   # versions from another environment
+#   EXTRA="matplotlib kiwisolver" bash scripts/get_gpu_wheels.sh   # also these (no dependencies: name each one the
+#                                                                    # image lacks), for CPython 3.12
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PY:-$ROOT/.venv/bin/python}"
@@ -48,6 +52,14 @@ for v in $PYTHONS; do
     "$PY" -m pip download -q --no-deps --only-binary=:all: "${PLATFORMS[@]}" --python-version "$v" \
         --implementation cp -d "$OUT" "${COMPILED_PINS[@]}"
 done
+
+if [ -n "${EXTRA:-}" ]; then
+    read -r -a EXTRA_NAMES <<< "$EXTRA"
+    mapfile -t EXTRA_PINS < <(pins "${EXTRA_NAMES[@]}")
+    echo "== extra: ${EXTRA_PINS[*]}"
+    "$PY" -m pip download -q --no-deps --only-binary=:all: "${PLATFORMS[@]}" --python-version 3.12 \
+        --implementation cp -d "$OUT" "${EXTRA_PINS[@]}"
+fi
 
 echo "== deepspeed $(version deepspeed): source archive -> pure-Python wheel (ops compiled on first use)"
 "$PY" -m pip download -q --no-deps --no-binary=:all: -d "$TMP" "deepspeed==$(version deepspeed)"

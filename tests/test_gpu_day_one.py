@@ -339,6 +339,30 @@ def test_ig_flops_count_a_frozen_backward_as_one_forward():
     assert check._ig_flops(one, 4, steps=1) == prefill + 2 * (layer + 2 * 8 * 10)
 
 
+def test_the_fused_adam_row_fails_on_the_fallback():
+    check = _gpu_check()
+    assert check.fused_adam_row("deepspeed.ops.adam.fused_adam.FusedAdam", 41.3)["ok"] is True
+    assert check.fused_adam_row("torch.optim.adamw.AdamW", 0.1)["ok"] is False
+
+
+IMAGE_LACKS = ("datasets", "wandb", "mlflow", "captum", "benchmarks.english", "countryinfo", "gguf")
+
+
+def test_the_gpu_test_selection_exists_and_needs_nothing_the_image_lacks():
+    """The tests part runs ``GPU_TESTS`` on the GPU image, which has no datasets, wandb, captum or the English
+    benchmark's libraries: a file that imports one at module level would fail to collect there."""
+    import ast
+    import os
+
+    check = _gpu_check()
+    assert check.GPU_TESTS
+    for path in check.GPU_TESTS:
+        tree = ast.parse(open(os.path.join(ROOT, path)).read())
+        names = [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in tree.body if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in names if m.startswith(IMAGE_LACKS)], (path, names)
+
+
 _STUCK_PART = """#!/bin/bash
 # A part's process: one row measured, a child left running, then stuck.
 out=""; part=""
