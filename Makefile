@@ -75,10 +75,10 @@ check-reader-smollm: real-model
 	$(PY) -m benchmarks.english.benchmark --config configs/smollm2.yaml
 	$(PY) scripts/check_reader.py --config configs/smollm2.yaml --json outputs/smollm2/reader.json
 
-# every method on the real model under the faithful protocol: dev selection of stage 1's point and every method's
-# stage-2 lr, then the test evaluation (slow, see the README for the measured minutes; resumes where it stopped)
+# every method and the map's controls on the real model under the faithful protocol: dev selection of stage 1's
+# point and every method's stage-2 lr, then the test evaluation (slow, see the README for the measured minutes; resumes where it stopped)
 experiment-smollm: real-model
-	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only
+	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --controls
 
 # after experiment-smollm (one command does both): mining with the other IG target, Neuro-RIT's stage 2 with
 # frozen gates, its stage 1 with 5x the steps, and scripts/analyze_run.py -> outputs/smollm2/analysis.md

@@ -197,6 +197,16 @@ class SelectionConfig:
     stage1_lrs: list[float] = field(default_factory=list)  # stage-1 learning rates tried at each budget
     stage1_noise_end: float = 0.5  # rule: dev noise-only prompts answered with the end token, at least this share
     stage1_gold_drop: float = 0.02  # rule: and dev gold-only Match at most this far below the base model's
+    stage1_gold_end: float = 1.0  # rule: and dev gold-only prompts answered with the end token, at most this share
+    # stage-1 points tried after the grid when none passed: bisection on the lr (geometric mean) at the largest
+    # budget, between the largest lr that does too little and the smallest that costs gold too much
+    stage1_bisect: int = 0
+    # stage-2 lr values tried beyond the grid when the dev winner sits at an edge (x3 above / 3 below), at most this
+    # many per method, for every method alike; the record says whether the choice ended interior
+    widen: int = 0
+    # a random control and its mined arm (neurorit / random_neurons, neurons_only / random_neurons_only,
+    # layer_tuning / random_layers) share one stage-2 lr, the one with the best mean of the two arms' dev scores
+    share_control_lr: bool = False
 
 
 @dataclass
@@ -398,6 +408,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                         "grid is every budget x every learning rate) or neither")
     if sel.dev_examples < 1:
         raise UserError(f"config key 'selection.dev_examples' must be >= 1, got {sel.dev_examples}")
+    for key in ("stage1_bisect", "widen"):
+        if getattr(sel, key) < 0:
+            raise UserError(f"config key 'selection.{key}' must be >= 0, got {getattr(sel, key)}")
+    if not 0.0 <= sel.stage1_gold_end <= 1.0:
+        raise UserError(f"config key 'selection.stage1_gold_end' is a share in [0, 1], got {sel.stage1_gold_end}")
     evc = cfg.evidence
     if evc.max_new_tokens < 1:
         raise UserError(f"config key 'evidence.max_new_tokens' must be >= 1, got {evc.max_new_tokens}")

@@ -39,6 +39,7 @@ class Method:
     # (``stage<N>.method``), reported when run, not run by the demo
     role: Literal["base", "baseline", "neurorit", "control", "reference"] = "baseline"
     run_of: str = ""  # evaluated from another method's run (its stage outputs), e.g. neurorit_stage1
+    control_of: str = ""  # the mined arm this random control re-draws (``selection.share_control_lr`` pairs them)
 
     @property
     def reported(self) -> bool:
@@ -71,7 +72,7 @@ _ENTRIES = (
     Method("random_neurons", "Neuro-RIT's two stages with each layer's neurons replaced by random ones",
            {"stage1": StageRule("neurons", "end_on_noise", {"groups": ("irrelevant_only",), "random": True}),
             "stage2": StageRule("neurons", "evidence", {"groups": ALL_GROUPS, "random": True,
-                                                        "target_layers": True})}),
+                                                        "target_layers": True})}, control_of="neurorit"),
     Method("neurorit_stage1", "Neuro-RIT after stage 1 only (noise suppression)", {"stage1": _NEURORIT_STAGE1},
            role="neurorit", run_of="neurorit"),
     Method("neurorit", "Neuro-RIT: stage 1 (irrelevant-only neurons -> EOS on noise), then stage 2 (all groups "
@@ -91,15 +92,16 @@ _ENTRIES = (
            {"stage2": StageRule("neurons", "evidence", {"groups": ALL_GROUPS})}, role="control"),
     Method("random_neurons_only", "neurons_only with each layer's neurons replaced by as many random ones "
            "(seeded by runtime.seed)",
-           {"stage2": StageRule("neurons", "evidence", {"groups": ALL_GROUPS, "random": True})}, role="control"),
+           {"stage2": StageRule("neurons", "evidence", {"groups": ALL_GROUPS, "random": True})}, role="control",
+           control_of="neurons_only"),
     Method("random_layers", "layer_tuning on as many layers drawn at random (seeded by runtime.seed; the draw is "
            "recorded in train_summary.json) as the map has target layers",
            {"stage2": StageRule("neurons", "evidence", {"target_layers": True, "random_layers": True})},
-           role="control"),
+           role="control", control_of="layer_tuning"),
     Method("random_hard_deactivation", "hard deactivation of as many random neurons per layer as the map has "
            "irrelevant-only ones (seeded by runtime.seed)",
            {"stage1": StageRule("nothing", options={"fold_irrelevant_only": True, "random": True})},
-           role="control"),
+           role="control", control_of="neurorit_hard_deactivation"),
     Method("full", "full fine-tuning of every parameter on each stage's own data (a reference, not reported)",
            {"stage1": StageRule("everything", "end_on_noise"), "stage2": StageRule("everything", "evidence")},
            role="reference"),

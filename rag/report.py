@@ -152,14 +152,26 @@ def _selection_lines(sel: dict) -> list[str]:
         out += [f"| {t['max_steps']} | {t['lr']:g} | {t['noise_end_share']:.1%} | {t['gold_end_share']:.1%} | "
                 f"{t['gold_match'] * 100:.1f} ({t['base_gold_match'] * 100:.1f}) | {'yes' if t['passes'] else 'no'} |"
                 for t in s1["trials"]]
-        out += ["", f"Chosen: {s1['chosen']['max_steps']} steps at lr {s1['chosen']['lr']:g}.", ""]
+        out += ["", f"Chosen: {s1['chosen']['max_steps']} steps at lr {s1['chosen']['lr']:g}."]
+        if "best_gap" in s1:
+            best = s1["trials"][s1["best_gap"]]
+            out.append(f"Best gap (noise-only minus gold end share): {best['gap']:.1%} at {best['max_steps']} steps, "
+                       f"lr {best['lr']:g}; points after the grid, by bisection: "
+                       f"{sum(t.get('bisected', False) for t in s1['trials'])}.")
+        out.append("")
     if sel.get("stage2"):
         out.append(f"Stage-2 learning rate: grid {', '.join(f'{v:g}' for v in rules['lrs'])}; criterion: mean dev "
                    f"Match over {', '.join(rules['settings'])} ({rules['dev_examples']} dev questions).")
-        out += ["", "| method | key | dev score per lr | chosen |", "|---|---|---|---|"]
+        out += ["", "| method | key | dev score per lr (tried in this order) | chosen | interior | shared with |",
+                "|---|---|---|---|---|---|"]
         out += [f"| {name} | {m['key']} | " + ", ".join(f"{lr:g}: {v * 100:.1f}" for lr, v in m["scores"]) +
-                f" | {m['chosen']:g} |" for name, m in sel["stage2"].items()]
+                f" | {m['chosen']:g} | {_yes_no(m.get('interior'))} | {m.get('shared_with', '')} |"
+                for name, m in sel["stage2"].items()]
     return out
+
+
+def _yes_no(flag: Optional[bool]) -> str:
+    return "" if flag is None else ("yes" if flag else "no")
 
 
 MISSING = "not evaluated"  # what results.png writes where a method was not evaluated under a setting

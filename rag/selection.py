@@ -6,15 +6,23 @@
   in order of cost (fewest steps first, then the smaller learning rate) on Neuro-RIT's stage 1, and stops at the
   first point that passes: on dev, the stage-1 probe (``rag/stage1_probe.py``) finds the end token first on at least
   ``stage1_noise_end`` of the noise-only prompts, and gold-only Match is at most ``stage1_gold_drop`` below the base
-  model's. Every method with a stage 1 then trains at that point. When no point passes: the point with the largest
-  noise-only share among those within the gold bound, else the point that costs gold least (stage 1 that ends
-  every answer is no noise filter), and the record says the rule was not reached.
-- **Stage 2's learning rate**, the same way for every trained method: each value of ``selection.lrs``; the one with
-  the highest mean dev Match over ``selection.settings`` wins (a tie: the earlier value of the grid).
+  model's with at most ``stage1_gold_end`` of the gold-only prompts ended (the gold bound). When no grid point
+  passes, up to ``stage1_bisect`` more points are tried at the largest budget, each at the geometric mean of the
+  largest learning rate that did too little (within the gold bound) and the smallest that cost gold too much
+  (``stage1_bisect_lr``). Every method with a stage 1 then trains at the chosen point. When no point passes: the
+  point with the largest noise-only share among those within the gold bound, else the point that costs gold least
+  (stage 1 that ends every answer is no noise filter), and the record says the rule was not reached; it also keeps
+  the best gap found (noise-only end share minus gold-only end share).
+- **Stage 2's learning rate**, the same way for every trained method: each value of ``selection.lrs``, then, while
+  the winner sits at an edge of the values tried, a factor-3 step beyond it (at most ``selection.widen`` more,
+  ``widen_lr``); the one with the highest mean dev Match over ``selection.settings`` wins (a tie: the value tried
+  first). With ``selection.share_control_lr`` a random control and its mined arm (``Method.control_of``) are
+  trained at each value and scored by the mean of the two arms: one choice for both, neither favoured.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Optional, Sequence
 
 from neurorit.config import SelectionConfig
 
@@ -37,23 +45,44 @@ def match_of(summary: dict, setting: str) -> float:
 def stage1_trial(steps: int, lr: float, probe: dict, gold_match: float, base_gold_match: float,
                  sel: SelectionConfig) -> dict:
     """One stage-1 point's record: what the rule reads and whether it passes."""
-    noise = float(probe["noise_only"]["end_share"])
-    return {"max_steps": steps, "lr": lr, "noise_end_share": noise, "gold_end_share": probe["gold"]["end_share"],
-            "gold_match": gold_match, "base_gold_match": base_gold_match,
-            "passes": noise >= sel.stage1_noise_end and gold_match >= base_gold_match - sel.stage1_gold_drop}
+    noise, gold_end = float(probe["noise_only"]["end_share"]), float(probe["gold"]["end_share"])
+    gold_ok = gold_match >= base_gold_match - sel.stage1_gold_drop and gold_end <= sel.stage1_gold_end
+    return {"max_steps": steps, "lr": lr, "noise_end_share": noise, "gold_end_share": gold_end,
+            "gap": noise - gold_end, "gold_match": gold_match, "base_gold_match": base_gold_match,
+            "within_gold_bound": gold_ok, "passes": noise >= sel.stage1_noise_end and gold_ok}
 
 
 def pick_stage1(trials: Sequence[dict], sel: SelectionConfig) -> dict:
-    """The chosen point of the trials tried (in grid order): the first that passes; else the largest noise-only
-    share among the points within the gold bound; else the highest gold-only Match (ties: the earlier point).
-    ``{"index", "reached"}``."""
+    """The chosen point of the trials tried (in the order tried): the first that passes; else the largest
+    noise-only share among the points within the gold bound; else the highest gold-only Match (ties: the earlier
+    point). ``{"index", "reached", "best_gap"}``, the last the index of the largest noise-minus-gold end share."""
+    best_gap = max(range(len(trials)), key=lambda i: (trials[i]["gap"], -i))
     for i, t in enumerate(trials):
         if t["passes"]:
-            return {"index": i, "reached": True}
-    within = [i for i, t in enumerate(trials) if t["gold_match"] >= t["base_gold_match"] - sel.stage1_gold_drop]
+            return {"index": i, "reached": True, "best_gap": best_gap}
+    within = [i for i, t in enumerate(trials) if t["within_gold_bound"]]
     if within:
-        return {"index": max(within, key=lambda i: (trials[i]["noise_end_share"], -i)), "reached": False}
-    return {"index": max(range(len(trials)), key=lambda i: (trials[i]["gold_match"], -i)), "reached": False}
+        return {"index": max(within, key=lambda i: (trials[i]["noise_end_share"], -i)), "reached": False,
+                "best_gap": best_gap}
+    return {"index": max(range(len(trials)), key=lambda i: (trials[i]["gold_match"], -i)), "reached": False,
+            "best_gap": best_gap}
+
+
+def stage1_bisect_lr(trials: Sequence[dict], sel: SelectionConfig) -> Optional[float]:
+    """The next stage-1 learning rate at the largest budget of the grid, or None: when a point passed, when
+    ``stage1_bisect`` points were already bisected, or when that budget has no bracket (a too-weak lr within the
+    gold bound below a too-strong lr outside it). The geometric mean of the bracket: learning rates act on a log
+    scale."""
+    if any(t["passes"] for t in trials) or sum(t.get("bisected", False) for t in trials) >= sel.stage1_bisect:
+        return None
+    at_budget = [t for t in trials if t["max_steps"] == max(sel.stage1_steps)]
+    weak = [t["lr"] for t in at_budget if t["within_gold_bound"]]
+    strong = [t["lr"] for t in at_budget if not t["within_gold_bound"]]
+    low = max(weak, default=None)
+    high = min((lr for lr in strong if low is not None and lr > low), default=None)
+    if low is None or high is None:
+        return None
+    return math.sqrt(low * high)
 
 
 def dev_score(summary: dict, settings: Sequence[str]) -> float:
@@ -62,9 +91,32 @@ def dev_score(summary: dict, settings: Sequence[str]) -> float:
 
 
 def pick_lr(scores: Sequence[tuple[float, float]]) -> float:
-    """The learning rate with the highest score; a tie goes to the earlier one of the grid."""
+    """The learning rate with the highest score; a tie goes to the one tried first."""
     best = max(range(len(scores)), key=lambda i: (scores[i][1], -i))
     return scores[best][0]
+
+
+WIDEN_FACTOR = 3.0
+
+
+def widen_lr(scores: Sequence[tuple[float, float]], sel: SelectionConfig) -> Optional[float]:
+    """The next stage-2 learning rate to try, or None: while the winner of the values tried is the largest (or the
+    smallest) of them, a factor-3 step above (below) it, at most ``selection.widen`` values beyond the grid."""
+    tried = sorted(lr for lr, _ in scores)
+    if len(tried) < 2 or len(scores) - len(sel.lrs) >= sel.widen:
+        return None
+    chosen = pick_lr(scores)
+    if chosen == tried[-1]:
+        return chosen * WIDEN_FACTOR
+    if chosen == tried[0]:
+        return chosen / WIDEN_FACTOR
+    return None
+
+
+def interior(scores: Sequence[tuple[float, float]]) -> bool:
+    """Whether the chosen learning rate has a tried value on each side of it."""
+    tried = sorted(lr for lr, _ in scores)
+    return tried[0] < pick_lr(scores) < tried[-1]
 
 
 def selection_record(sel: SelectionConfig, stage1: dict, stage2: dict) -> dict:
@@ -72,5 +124,7 @@ def selection_record(sel: SelectionConfig, stage1: dict, stage2: dict) -> dict:
     learning-rate key, the grid's dev scores and the chosen value."""
     return {"rules": {"lrs": list(sel.lrs), "settings": list(sel.settings), "dev_examples": sel.dev_examples,
                       "stage1_steps": list(sel.stage1_steps), "stage1_lrs": list(sel.stage1_lrs),
-                      "stage1_noise_end": sel.stage1_noise_end, "stage1_gold_drop": sel.stage1_gold_drop},
+                      "stage1_noise_end": sel.stage1_noise_end, "stage1_gold_drop": sel.stage1_gold_drop,
+                      "stage1_gold_end": sel.stage1_gold_end, "stage1_bisect": sel.stage1_bisect,
+                      "widen": sel.widen, "share_control_lr": sel.share_control_lr},
             "stage1": stage1, "stage2": stage2}

@@ -16,7 +16,8 @@ method starts from the same base model with the same step budget (``stage1.max_s
 With ``selection.*`` set (configs/smollm2.yaml), choices are made on dev first, by the rules of
 ``rag/selection.py``: stage 1's budget and learning rate (the stage-1 probe and dev gold-only Match), then each
 trained method's stage-2 learning rate from one grid; the trials live in ``<output_dir>/selection/``, the choices in
-``selection/selection.json``, which the report copies into results.json.
+``selection/selection.json``, which the report copies into results.json. ``--controls`` adds the map's controls
+(``neurorit/methods.py``, role ``control``) to the methods run.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def launch(ranks: int, script: str, args: list[str]) -> list[str]:
 
 class Pipeline:
     def __init__(self, config: str, overrides: list[str], ranks: int, baselines: bool = True,
-                 instructions: tuple[str, ...] = ("two_step", "answer_only")):
+                 instructions: tuple[str, ...] = ("two_step", "answer_only"), controls: bool = False):
         # every step runs in the caller's working directory, so a relative path means the same in this process
         # (done markers) and in its steps; the config file's own paths are relative to the file (neurorit/config.py)
         self.config, self.overrides, self.ranks, self.baselines = os.path.abspath(config), overrides, ranks, baselines
@@ -75,6 +76,10 @@ class Pipeline:
         self.chosen: dict[tuple[str, str], str] = {}  # (method, stage) -> the export the dev selection chose
         self.stage1_extra: tuple = ()  # the chosen stage-1 point's overrides, for every stage 1
         self.record: dict = {"stage1": {}, "stage2": {}}  # -> selection/selection.json
+        # the methods this run trains and reports, in registry order: the reported ones (no trained baselines
+        # without ``baselines``), and the map's controls with ``controls``
+        self.run_names = [m.name for m in methods.METHODS.values()
+                          if (m.reported and (baselines or m.role != "baseline")) or (controls and m.role == "control")]
 
     def args(self, *extra: str) -> list[str]:
         return ["--config", self.config, *self.overrides, *extra]
@@ -150,8 +155,8 @@ class Pipeline:
         return self.evaluate(name, model, self.instructions[0], self.layout.dev_evaluation, extra)
 
     def select_stage1(self) -> None:
-        """Stage 1's budget and learning rate by the rule of ``rag/selection.py``, tried on Neuro-RIT's stage 1;
-        the chosen point's overrides then go to every stage 1."""
+        """Stage 1's budget and learning rate by the rule of ``rag/selection.py``, tried on Neuro-RIT's stage 1 (the
+        grid, then bisection points when none passed); the chosen point's overrides then go to every stage 1."""
         sel = self.cfg.selection
         grid = selection.stage1_grid(sel)
         if not grid:
@@ -159,24 +164,12 @@ class Pipeline:
         base_gold = selection.match_of(self.dev_evaluate("base", self.cfg.model.path, ["gold"]), "gold")
         trials, exports = [], []
         for steps, lr in grid:
-            extra = ("--stage1.max_steps", str(steps), "--stage1.lr", repr(lr))
-            tag = selection.point_tag(steps, lr)
-            export = self.train("neurorit", "stage1", self.cfg.model.path,
-                                StageFiles(self.layout.selection("stage1", tag)), extra)
-            probe_out = StageFiles(self.layout.selection("stage1", tag)).probe
-            threads = self.ranks * self.cfg.runtime.torch_threads  # one process: the ranks' threads (0: torch's)
-            self.step(f"stage-1 probe ({tag})", probe_out,
-                      [PY, "-m", "rag.stage1_probe", *self.args(
-                          "--model", export, "--split", "dev", "--num-examples", str(sel.dev_examples),
-                          "--eval.instruction", self.instructions[0], "--runtime.torch_threads", str(threads),
-                          "--out", probe_out)])
-            with open(probe_out) as fh:
-                probe = json.load(fh)
-            gold = selection.match_of(self.dev_evaluate(f"neurorit_stage1_{tag}", export, ["gold"]), "gold")
-            trials.append(selection.stage1_trial(steps, lr, probe, gold, base_gold, sel))
-            exports.append((export, extra))
+            self.stage1_trial(steps, lr, base_gold, trials, exports)
             if trials[-1]["passes"]:
                 break
+        while (lr := selection.stage1_bisect_lr(trials, sel)) is not None:
+            self.stage1_trial(max(sel.stage1_steps), lr, base_gold, trials, exports)
+            trials[-1]["bisected"] = True
         choice = selection.pick_stage1(trials, sel)
         export, self.stage1_extra = exports[choice["index"]]
         self.chosen[("neurorit", "stage1")] = export
@@ -184,24 +177,73 @@ class Pipeline:
         verdict = "reached" if choice["reached"] else "NOT reached"
         print(f"== stage-1 selection: {trials[choice['index']]} (rule {verdict})", flush=True)
 
-    def select_lr(self, method: methods.Method, init_from: str) -> str:
-        """Train the method's stage 2 at every learning rate of ``selection.lrs``; returns the export the dev
-        criterion picks."""
+    def stage1_trial(self, steps: int, lr: float, base_gold: float, trials: list, exports: list) -> None:
+        """Neuro-RIT's stage 1 at one point, its dev probe and dev gold-only Match: appends the trial's record to
+        ``trials`` and ``(export, overrides)`` to ``exports``."""
         sel = self.cfg.selection
-        key = build(method.rule("stage2")).lr_key
-        scores, exports = [], {}
-        for lr in sel.lrs:
-            tag = f"lr{lr:g}"
-            exports[lr] = self.train(method.name, "stage2", init_from,
-                                     StageFiles(self.layout.selection(method.name, tag, "stage2")),
-                                     (f"--stage2.{key}", repr(lr)))
-            summary = self.dev_evaluate(f"{method.name}_{tag}", exports[lr], list(sel.settings))
-            scores.append((lr, selection.dev_score(summary, sel.settings)))
+        extra = ("--stage1.max_steps", str(steps), "--stage1.lr", repr(lr))
+        tag = selection.point_tag(steps, lr)
+        files = StageFiles(self.layout.selection("stage1", tag))
+        export = self.train("neurorit", "stage1", self.cfg.model.path, files, extra)
+        threads = self.ranks * self.cfg.runtime.torch_threads  # one process: the ranks' threads (0: torch's)
+        self.step(f"stage-1 probe ({tag})", files.probe,
+                  [PY, "-m", "rag.stage1_probe", *self.args(
+                      "--model", export, "--split", "dev", "--num-examples", str(sel.dev_examples),
+                      "--eval.instruction", self.instructions[0], "--runtime.torch_threads", str(threads),
+                      "--out", files.probe)])
+        with open(files.probe) as fh:
+            probe = json.load(fh)
+        gold = selection.match_of(self.dev_evaluate(f"neurorit_stage1_{tag}", export, ["gold"]), "gold")
+        trials.append(selection.stage1_trial(steps, lr, probe, gold, base_gold, sel))
+        exports.append((export, extra))
+
+    def stage2_start(self, method: methods.Method) -> str:
+        """Where the method's stage 2 starts: its own stage-1 export (trained here unless done), else the base
+        model."""
+        if not method.chains():
+            return self.cfg.model.path
+        return self.chosen.get((method.name, "stage1")) or self.train(method.name, "stage1", self.cfg.model.path)
+
+    def lr_arms(self, method: methods.Method, init_from: str) -> list[tuple[methods.Method, str]]:
+        """The arms one stage-2 learning rate is chosen for: the method alone, or with ``share_control_lr`` the
+        method and its random control (or mined arm) when this run trains both."""
+        arms = [(method, init_from)]
+        if not self.cfg.selection.share_control_lr:
+            return arms
+        partners = [m for m in methods.METHODS.values() if m.name in self.run_names and m.name != method.name
+                    and (m.control_of == method.name or m.name == method.control_of)]
+        return arms + [(m, self.stage2_start(m)) for m in partners[:1]]
+
+    def select_lr(self, method: methods.Method, init_from: str) -> str:
+        """Train the method's stage 2 (with its paired arm, ``lr_arms``) at every learning rate of
+        ``selection.lrs``, then beyond an edge that wins (``selection.widen``); returns the export the dev criterion
+        picks (the paired arm's is recorded as chosen for it)."""
+        sel = self.cfg.selection
+        arms = self.lr_arms(method, init_from)
+        scores, exports, pending = [], {}, list(sel.lrs)
+        while pending:
+            lr = pending.pop(0)
+            exports[lr], values = {}, []
+            for arm, start in arms:
+                tag, key = f"lr{lr:g}", build(arm.rule("stage2")).lr_key
+                exports[lr][arm.name] = self.train(arm.name, "stage2", start,
+                                                   StageFiles(self.layout.selection(arm.name, tag, "stage2")),
+                                                   (f"--stage2.{key}", repr(lr)))
+                summary = self.dev_evaluate(f"{arm.name}_{tag}", exports[lr][arm.name], list(sel.settings))
+                values.append(selection.dev_score(summary, sel.settings))
+            scores.append((lr, sum(values) / len(values)))
+            if not pending and (wider := selection.widen_lr(scores, sel)) is not None:
+                pending.append(wider)
         chosen = selection.pick_lr(scores)
-        self.record["stage2"][method.name] = {"key": f"stage2.{key}", "scores": [list(s) for s in scores],
-                                              "chosen": chosen}
-        print(f"== {method.name}: stage-2 {key} {chosen:g} (dev scores {scores})", flush=True)
-        return exports[chosen]
+        for arm, _ in arms:
+            shared = [a.name for a, _ in arms if a.name != arm.name]
+            self.record["stage2"][arm.name] = {"key": f"stage2.{build(arm.rule('stage2')).lr_key}",
+                                               "scores": [list(s) for s in scores], "chosen": chosen,
+                                               "interior": selection.interior(scores),
+                                               **({"shared_with": shared[0]} if shared else {})}
+            self.chosen[(arm.name, "stage2")] = exports[chosen][arm.name]
+        print(f"== {' + '.join(a.name for a, _ in arms)}: stage-2 lr {chosen:g} (dev scores {scores})", flush=True)
+        return exports[chosen][method.name]
 
     def eval_folder(self, instruction: str) -> str:
         return self.layout.instruction_evaluation(instruction, instruction == self.instructions[0])
@@ -227,8 +269,7 @@ class Pipeline:
         print(open(mining.summary).read(), flush=True)
 
         self.select_stage1()
-        runs = [(m.name, self.run_method(m)) for m in methods.METHODS.values()
-                if m.reported and (self.baselines or m.role != "baseline")]
+        runs = [(m.name, self.run_method(m)) for m in methods.METHODS.values() if m.name in self.run_names]
         report_extra = []
         if self.record["stage1"] or self.record["stage2"]:
             record = selection.selection_record(cfg.selection, self.record["stage1"], self.record["stage2"])
@@ -295,6 +336,9 @@ def main(argv=None) -> None:
                    help="then the measurements behind the numbers: mining with the other IG target, Neuro-RIT's "
                         "stage 2 with frozen gates, its stage 1 with 5x the steps, and scripts/analyze_run.py "
                         "(writes analysis.md)")
+    p.add_argument("--controls", action="store_true",
+                   help="also the map's controls (neurons_only, random_neurons_only, random_layers, "
+                        "random_hard_deactivation), trained, evaluated and reported like the methods")
     p.add_argument("--instructions", default="",
                    help="comma-separated inference instructions to evaluate; the first is the headline, reported in "
                         "runtime.output_dir, the others in output_dir/<instruction> (default: two_step,answer_only; "
@@ -305,7 +349,8 @@ def main(argv=None) -> None:
         (("two_step",) if args.quick else ("two_step", "answer_only"))
     if not set(instructions) <= {"two_step", "answer_only"} or len(set(instructions)) != len(instructions):
         raise UserError(f"--instructions {args.instructions!r}: two_step and/or answer_only, each once")
-    pipeline = Pipeline(args.config, overrides, args.ranks, baselines=not args.quick, instructions=instructions)
+    pipeline = Pipeline(args.config, overrides, args.ranks, baselines=not args.quick, instructions=instructions,
+                        controls=args.controls)
     pipeline.run()
     if args.why:
         pipeline.why()

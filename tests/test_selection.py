@@ -42,15 +42,62 @@ def test_stage1_rule(noise, gold, passes):
 def test_pick_stage1_first_passing_else_best_within_gold_bound():
     t = [selection.stage1_trial(s, lr, _probe(n), g, 0.8, SEL) for s, lr, n, g in
          [(20, 1e-3, 0.1, 0.8), (20, 1e-2, 0.6, 0.8), (60, 1e-3, 0.7, 0.8)]]
-    assert selection.pick_stage1(t, SEL) == {"index": 1, "reached": True}
+    assert selection.pick_stage1(t, SEL) == {"index": 1, "reached": True, "best_gap": 2}
     # none passes: the largest noise-only share among points within the gold bound (the 0.9 one fell too far)
     t = [selection.stage1_trial(s, lr, _probe(n), g, 0.8, SEL) for s, lr, n, g in
          [(20, 1e-3, 0.1, 0.8), (20, 1e-2, 0.3, 0.79), (60, 1e-3, 0.9, 0.5)]]
-    assert selection.pick_stage1(t, SEL) == {"index": 1, "reached": False}
+    assert selection.pick_stage1(t, SEL) == {"index": 1, "reached": False, "best_gap": 2}
     # nothing within the gold bound: the point that costs gold least (not the cheapest)
     t = [selection.stage1_trial(s, lr, _probe(0.9), g, 0.8, SEL) for s, lr, g in
          [(20, 1e-3, 0.1), (20, 1e-2, 0.3), (60, 1e-3, 0.2)]]
-    assert selection.pick_stage1(t, SEL) == {"index": 1, "reached": False}
+    assert selection.pick_stage1(t, SEL) == {"index": 1, "reached": False, "best_gap": 0}
+
+
+def test_gold_end_share_bounds_the_rule():
+    sel = SelectionConfig(**{**SEL.__dict__, "stage1_gold_end": 0.1})
+    assert selection.stage1_trial(20, 1e-3, _probe(0.6, gold=0.1), 0.8, 0.8, sel)["passes"] is True
+    ends_gold = selection.stage1_trial(20, 1e-3, _probe(0.6, gold=0.2), 0.8, 0.8, sel)
+    assert ends_gold["passes"] is False and ends_gold["within_gold_bound"] is False
+    assert ends_gold["gap"] == pytest.approx(0.4)
+
+
+def test_stage1_bisection_between_too_weak_and_too_strong():
+    """At the largest budget (60): 1e-3 does too little, 1e-2 costs gold; the next point is their geometric mean,
+    then the bracket narrows on the side each new point falls; nothing without a bracket or after a pass."""
+    sel = SelectionConfig(**{**SEL.__dict__, "stage1_bisect": 2})
+    trial = lambda s, lr, n, g: selection.stage1_trial(s, lr, _probe(n), g, 0.8, sel)  # noqa: E731
+    trials = [trial(20, 1e-3, 0.0, 0.8), trial(20, 1e-2, 0.1, 0.8), trial(60, 1e-3, 0.1, 0.8),
+              trial(60, 1e-2, 1.0, 0.3)]
+    assert selection.stage1_bisect_lr(trials, sel) == pytest.approx(10 ** -2.5)
+    trials.append({**trial(60, 10 ** -2.5, 1.0, 0.5), "bisected": True})  # still too strong
+    assert selection.stage1_bisect_lr(trials, sel) == pytest.approx(10 ** -2.75)
+    trials.append({**trial(60, 10 ** -2.75, 0.2, 0.8), "bisected": True})
+    assert selection.stage1_bisect_lr(trials, sel) is None  # two bisection points: the budget is spent
+    assert selection.stage1_bisect_lr(trials[:4], SEL) is None  # stage1_bisect 0: the grid only
+    assert selection.stage1_bisect_lr(trials[:3], sel) is None  # no too-strong point: no bracket
+    passing = [trial(60, 1e-3, 0.6, 0.8), trial(60, 1e-2, 1.0, 0.3)]
+    assert selection.stage1_bisect_lr(passing, sel) is None
+
+
+def test_learning_rate_grid_widens_at_a_winning_edge():
+    sel = SelectionConfig(lrs=[1e-4, 3e-4], widen=2)
+    assert selection.widen_lr([(1e-4, 0.3), (3e-4, 0.4)], sel) == pytest.approx(9e-4)  # the top edge wins
+    assert selection.widen_lr([(1e-4, 0.5), (3e-4, 0.4)], sel) == pytest.approx(1e-4 / 3)  # the bottom edge
+    assert selection.widen_lr([(1e-4, 0.3), (3e-4, 0.4), (9e-4, 0.35)], sel) is None  # interior: done
+    assert selection.interior([(1e-4, 0.3), (3e-4, 0.4), (9e-4, 0.35)]) is True
+    capped = [(1e-4, 0.3), (3e-4, 0.4), (9e-4, 0.5), (2.7e-3, 0.6)]
+    assert selection.widen_lr(capped, sel) is None and selection.interior(capped) is False  # the cap: 2 more
+    assert selection.widen_lr([(1e-4, 0.3), (3e-4, 0.4)], SelectionConfig(lrs=[1e-4, 3e-4])) is None  # widen 0
+
+
+def test_every_random_control_names_a_mined_arm_that_trains_the_same_stages():
+    from neurorit import methods
+
+    controls = {m.name: m.control_of for m in methods.METHODS.values() if m.control_of}
+    assert controls == {"random_neurons": "neurorit", "random_neurons_only": "neurons_only",
+                        "random_layers": "layer_tuning", "random_hard_deactivation": "neurorit_hard_deactivation"}
+    for name, mined in controls.items():
+        assert list(methods.get(name).stages) == list(methods.get(mined).stages)
 
 
 def test_learning_rate_criterion_and_tie():
@@ -80,7 +127,8 @@ def test_report_copies_the_record(tmp_path):
     assert results["selection"] == record and list(results["methods"]) == ["base"]
     md = open(paths["md"]).read()
     assert "reached" in md and "| 20 | 0.01 | 60.0% |" in md and "Chosen: 20 steps at lr 0.01." in md
-    assert "| lora | stage2.lora.lr | 0.0001: 50.0, 1e-05: 40.0 | 0.0001 |" in md
+    assert "| lora | stage2.lora.lr | 0.0001: 50.0, 1e-05: 40.0 | 0.0001 |  |  |" in md
+    assert "Best gap (noise-only minus gold end share): 60.0% at 20 steps, lr 0.01" in md
     with pytest.raises(UserError, match="no such file"):
         report.report(str(evals), str(tmp_path), selection_file=str(tmp_path / "missing.json"))
 
@@ -90,6 +138,8 @@ def test_report_copies_the_record(tmp_path):
     (["--selection.lrs", "0,1e-4"], "values > 0"),
     (["--selection.settings", "top5,nonsense"], "not allowed"),
     (["--selection.dev_examples", "0"], ">= 1"),
+    (["--selection.widen", "-1"], ">= 0"),
+    (["--selection.stage1_gold_end", "1.5"], "share in"),
 ])
 def test_config_checks(overrides, message):
     with pytest.raises(UserError, match=message):

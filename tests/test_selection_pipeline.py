@@ -1,8 +1,9 @@
 """The demo's dev selection end to end (``scripts/demo.py --quick`` on the embedded model, 1 rank, tiny sizes, about
 4 minutes: ``make test-pipeline``): the stage-1 grid is tried in order on Neuro-RIT's stage 1 with its probe and
 dev gold-only evaluation; every stage 1 then trains at the chosen point; each trained method's stage 2 runs at every
-learning rate of the grid and is scored on dev; the test evaluation reads the chosen exports; results.json carries
-the record. Tests run no script by import: the demo is a subprocess."""
+learning rate of the grid, and one more beyond a winning edge, and is scored on dev; a random control and its mined
+arm share one learning rate; the test evaluation reads the chosen exports; results.json carries the record. Tests
+run no script by import: the demo is a subprocess."""
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ def test_demo_chooses_on_dev_and_reports_it(tmp_path):
            "--mining.num_examples", "6", "--mining.steps", "4", "--stage1.max_steps", "2", "--stage2.max_steps", "2",
            "--eval.num_examples", "12", "--eval.batch_size", "8", "--runtime.output_dir", str(out),
            "--selection.lrs", ",".join(map(str, LRS)), "--selection.stage1_steps", "3,4",
-           "--selection.stage1_lrs", "1e-3", "--selection.stage1_noise_end", "0.0", "--selection.dev_examples", "8"]
+           "--selection.stage1_lrs", "1e-3", "--selection.stage1_noise_end", "0.0", "--selection.dev_examples", "8",
+           "--selection.widen", "1", "--selection.share_control_lr", "true", "--controls"]
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(None), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((out / "selection" / "selection.json").read_text())
@@ -37,14 +39,27 @@ def test_demo_chooses_on_dev_and_reports_it(tmp_path):
     # every stage 1 trained at the chosen point (3 steps; stage1.max_steps says 2)
     summary = json.loads((out / "neurorit_release_masks" / "stage1" / "train_summary.json").read_text())
     assert summary["step"] == 3, summary
-    # stage 2: each trained method at every lr, scored on dev; the test evaluation reads the chosen export
-    assert set(record["stage2"]) == {"neurorit", "neurorit_release_masks"}
+    # stage 2: each trained method at every lr, one more beyond an edge that wins, scored on dev; the test
+    # evaluation reads the chosen export. The controls ran (--controls): neurons_only and its random twin share
+    # one choice scored by their mean; random_layers' mined arm (layer_tuning, a baseline) is not in --quick.
+    assert set(record["stage2"]) == {"neurorit", "neurorit_release_masks", "neurons_only", "random_neurons_only",
+                                     "random_layers"}
     for name, m in record["stage2"].items():
-        assert [s[0] for s in m["scores"]] == LRS and m["chosen"] in LRS and m["key"] == "stage2.lr"
+        tried = [s[0] for s in m["scores"]]
+        assert tried[:2] == LRS and len(tried) == 3 and m["chosen"] in tried and m["key"] == "stage2.lr"
+        assert tried[2] == pytest.approx(LRS[0] / 3 if m["scores"][0][1] > m["scores"][1][1] else LRS[1] * 3)
+        assert m["interior"] == (m["chosen"] == sorted(tried)[1])
+        arms = [name, m["shared_with"]] if "shared_with" in m else [name]
         for lr, score in m["scores"]:
-            dev = json.loads((out / "selection" / "eval" / f"{name}_lr{lr:g}.eval.json").read_text())
-            assert dev["test_file"].endswith("dev.jsonl") and dev["num_questions"] == 8
-            assert score == pytest.approx(sum(dev["settings"][s]["match"] for s in record["rules"]["settings"]) / 3)
+            devs = [json.loads((out / "selection" / "eval" / f"{arm}_lr{lr:g}.eval.json").read_text())
+                    for arm in arms]
+            assert all(d["test_file"].endswith("dev.jsonl") and d["num_questions"] == 8 for d in devs)
+            per_arm = [sum(d["settings"][s]["match"] for s in record["rules"]["settings"]) / 3 for d in devs]
+            assert score == pytest.approx(sum(per_arm) / len(per_arm))
         evaluated = json.loads((out / "eval" / f"{name}.eval.json").read_text())["model"]
         assert evaluated == str(out / "selection" / name / f"lr{m['chosen']:g}" / "stage2" / "export")
+    assert record["stage2"]["neurons_only"]["shared_with"] == "random_neurons_only"
+    assert record["stage2"]["random_neurons_only"]["shared_with"] == "neurons_only"
+    assert record["stage2"]["neurons_only"]["scores"] == record["stage2"]["random_neurons_only"]["scores"]
+    assert "shared_with" not in record["stage2"]["random_layers"]
     assert json.loads((out / "results.json").read_text())["selection"] == record
