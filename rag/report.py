@@ -158,6 +158,11 @@ def _selection_lines(sel: dict) -> list[str]:
             out.append(f"Best gap (noise-only minus gold end share): {best['gap']:.1%} at {best['max_steps']} steps, "
                        f"lr {best['lr']:g}; points after the grid, by bisection: "
                        f"{sum(t.get('bisected', False) for t in s1['trials'])}.")
+        if "mined_vs_random" in s1:
+            c = s1["mined_vs_random"]
+            out.append(f"Mined vs random stage-1 neurons at the chosen point ({c['n']} dev questions): gap "
+                       f"{c['mined_gap']:.1%} vs {c['random_gap']:.1%}, difference {c['difference']:+.1%} "
+                       f"[{c['ci95'][0]:+.1%}, {c['ci95'][1]:+.1%}].")
         out.append("")
     if sel.get("stage2"):
         out.append(f"Stage-2 learning rate: grid {', '.join(f'{v:g}' for v in rules['lrs'])}; criterion: mean dev "

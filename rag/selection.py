@@ -12,7 +12,9 @@
   (``stage1_bisect_lr``). Every method with a stage 1 then trains at the chosen point. When no point passes: the
   point with the largest noise-only share among those within the gold bound, else the point that costs gold least
   (stage 1 that ends every answer is no noise filter), and the record says the rule was not reached; it also keeps
-  the best gap found (noise-only end share minus gold-only end share).
+  the best gap found (noise-only end share minus gold-only end share). At the chosen point the mined stage-1
+  neurons are compared with as many random ones (``random_neurons``' stage 1) on the same dev questions: each arm's
+  gap and the paired difference with its interval (``mined_vs_random_stage1``).
 - **Stage 2's learning rate**, the same way for every trained method: each value of ``selection.lrs``, then, while
   the winner sits at an edge of the values tried, a factor-3 step beyond it (at most ``selection.widen`` more,
   ``widen_lr``); the one with the highest mean dev Match over ``selection.settings`` wins (a tie: the value tried
@@ -25,6 +27,7 @@ import math
 from typing import Optional, Sequence
 
 from neurorit.config import SelectionConfig
+from neurorit.metrics import bootstrap_ci, mean
 
 
 def stage1_grid(sel: SelectionConfig) -> list[tuple[int, float]]:
@@ -66,6 +69,24 @@ def pick_stage1(trials: Sequence[dict], sel: SelectionConfig) -> dict:
                 "best_gap": best_gap}
     return {"index": max(range(len(trials)), key=lambda i: (trials[i]["gold_match"], -i)), "reached": False,
             "best_gap": best_gap}
+
+
+def question_gaps(probe: dict) -> dict[str, int]:
+    """Per question probed in both settings: ended on noise-only minus ended on gold-only (1, 0 or -1)."""
+    noise, gold = probe["noise_only"]["ended"], probe["gold"]["ended"]
+    return {q: noise[q] - gold[q] for q in noise if q in gold}
+
+
+def mined_vs_random_stage1(mined: dict, random: dict, n_resamples: int = 1000) -> dict:
+    """Mined minus random stage-1 neurons at the same point on the same dev questions: each arm's gap (noise-only
+    end share minus gold-only end share, over the questions probed in both settings) and the paired difference of
+    the per-question gaps with its bootstrap 95% interval (an interval above 0: the mined neurons suppress noise
+    better than as many random ones)."""
+    a, b = question_gaps(mined), question_gaps(random)
+    shared = sorted(set(a) & set(b))
+    diffs = [a[q] - b[q] for q in shared]
+    return {"n": len(shared), "mined_gap": mean([a[q] for q in shared]), "random_gap": mean([b[q] for q in shared]),
+            "difference": mean(diffs), "ci95": bootstrap_ci(diffs, n_resamples)}
 
 
 def stage1_bisect_lr(trials: Sequence[dict], sel: SelectionConfig) -> Optional[float]:

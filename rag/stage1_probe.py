@@ -78,13 +78,18 @@ def first_token_probs(model, prompts: Sequence[Sequence[int]], batch_size: int =
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def _shares(probs: torch.Tensor, end: list[int]) -> dict:
+def _shares(probs: torch.Tensor, end: list[int], ids: Optional[Sequence[str]] = None) -> dict:
+    """The end token's share of first places and mean probability; with ``ids``, also ``ended``: per record id,
+    1 when the end token came first (what a mined-vs-random comparison pairs on, ``rag/selection.py``)."""
     if not len(probs):
-        return {"n": 0, "end_share": 0.0, "end_prob": 0.0}
+        return {"n": 0, "end_share": 0.0, "end_prob": 0.0, **({"ended": {}} if ids is not None else {})}
     end_t = torch.tensor(end)
     top_is_end = torch.isin(probs.argmax(-1), end_t)
-    return {"n": len(probs), "end_share": float(top_is_end.double().mean()),
-            "end_prob": float(probs[:, end_t].sum(-1).double().mean())}
+    out = {"n": len(probs), "end_share": float(top_is_end.double().mean()),
+           "end_prob": float(probs[:, end_t].sum(-1).double().mean())}
+    if ids is not None:
+        out["ended"] = {i: int(e) for i, e in zip(ids, top_is_end.tolist())}
+    return out
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,9 @@ class ProbeSpec:
 
 def stage1_probe(model, tokenizer, records: Sequence[Record], builder: PromptBuilder,
                  spec: ProbeSpec = ProbeSpec()) -> dict:
-    """``{setting: {"n", "end_share", "end_prob"}, "by_kind": {kind: {setting: ...}}, "end_ids": [...]}``:
-    per setting, the share of prompts whose most likely first token is the end token and its mean probability."""
+    """``{setting: {"n", "end_share", "end_prob", "ended"}, "by_kind": {kind: {setting: ...}}, "end_ids": [...]}``:
+    per setting, the share of prompts whose most likely first token is the end token, its mean probability, and
+    per record id whether it came first."""
     instruction, num_docs, max_length, kinds = spec.instruction, spec.num_docs, spec.max_length, spec.kinds
     end = end_token_ids(tokenizer, builder)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end[0]
@@ -113,7 +119,7 @@ def stage1_probe(model, tokenizer, records: Sequence[Record], builder: PromptBui
     for setting in spec.settings:
         kept, prompts = probe_prompts(records, setting, builder, tokenizer, instruction, num_docs, max_length)
         probs = first_token_probs(model, prompts, spec.batch_size, pad)
-        result[setting] = _shares(probs, end)
+        result[setting] = _shares(probs, end, [r.id for r in kept])
         for kind in dict.fromkeys(str(r.meta.get("kind", "")) for r in kept if r.meta.get("kind")):
             rows = torch.tensor([str(r.meta.get("kind", "")) == kind for r in kept])
             result["by_kind"].setdefault(kind, {})[setting] = _shares(probs[rows], end)

@@ -176,6 +176,31 @@ class Pipeline:
         self.record["stage1"] = {"trials": trials, **choice, "chosen": trials[choice["index"]]}
         verdict = "reached" if choice["reached"] else "NOT reached"
         print(f"== stage-1 selection: {trials[choice['index']]} (rule {verdict})", flush=True)
+        if "random_neurons" in self.run_names:
+            chosen = trials[choice["index"]]
+            mined = StageFiles(self.layout.selection("stage1", selection.point_tag(chosen["max_steps"], chosen["lr"])))
+            self.record["stage1"]["mined_vs_random"] = self.mined_vs_random(mined.probe)
+
+    def mined_vs_random(self, mined_probe: str) -> dict:
+        """``random_neurons``' stage 1 at the chosen point (its own run folder, reused by its run), probed on the same
+        dev questions as the chosen mined point and compared with it (``selection.mined_vs_random_stage1``)."""
+        export = self.train("random_neurons", "stage1", self.cfg.model.path)
+        files = self.layout.stage("stage1", "random_neurons")
+        self.probe_stage1("random_neurons", export, files.probe)
+        with open(mined_probe) as fh, open(files.probe) as gh:
+            result = selection.mined_vs_random_stage1(json.load(fh), json.load(gh))
+        print(f"== stage 1, mined vs random neurons on dev: {result}", flush=True)
+        return result
+
+    def probe_stage1(self, tag: str, export: str, out: str) -> None:
+        """The stage-1 probe (``rag/stage1_probe.py``) of ``export`` on the first ``selection.dev_examples`` dev
+        questions, headline instruction, into ``out``."""
+        threads = self.ranks * self.cfg.runtime.torch_threads  # one process: the ranks' threads (0: torch's)
+        self.step(f"stage-1 probe ({tag})", out,
+                  [PY, "-m", "rag.stage1_probe", *self.args(
+                      "--model", export, "--split", "dev", "--num-examples", str(self.cfg.selection.dev_examples),
+                      "--eval.instruction", self.instructions[0], "--runtime.torch_threads", str(threads),
+                      "--out", out)])
 
     def stage1_trial(self, steps: int, lr: float, base_gold: float, trials: list, exports: list) -> None:
         """Neuro-RIT's stage 1 at one point, its dev probe and dev gold-only Match: appends the trial's record to
@@ -185,12 +210,7 @@ class Pipeline:
         tag = selection.point_tag(steps, lr)
         files = StageFiles(self.layout.selection("stage1", tag))
         export = self.train("neurorit", "stage1", self.cfg.model.path, files, extra)
-        threads = self.ranks * self.cfg.runtime.torch_threads  # one process: the ranks' threads (0: torch's)
-        self.step(f"stage-1 probe ({tag})", files.probe,
-                  [PY, "-m", "rag.stage1_probe", *self.args(
-                      "--model", export, "--split", "dev", "--num-examples", str(sel.dev_examples),
-                      "--eval.instruction", self.instructions[0], "--runtime.torch_threads", str(threads),
-                      "--out", files.probe)])
+        self.probe_stage1(tag, export, files.probe)
         with open(files.probe) as fh:
             probe = json.load(fh)
         gold = selection.match_of(self.dev_evaluate(f"neurorit_stage1_{tag}", export, ["gold"]), "gold")

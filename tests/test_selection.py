@@ -144,3 +144,20 @@ def test_report_copies_the_record(tmp_path):
 def test_config_checks(overrides, message):
     with pytest.raises(UserError, match=message):
         load_config(None, overrides)
+
+
+def _ended(noise: dict, gold: dict) -> dict:
+    return {"noise_only": {"ended": noise}, "gold": {"ended": gold}}
+
+
+def test_mined_vs_random_stage1_pairs_questions():
+    """Per question (probed in both settings) the gap is ended-on-noise minus ended-on-gold; the arms are compared
+    on the questions both have, with a paired interval."""
+    mined = _ended({"a": 1, "b": 1, "c": 1, "d": 0}, {"a": 0, "b": 0, "c": 1, "d": 0})
+    random = _ended({"a": 0, "b": 1, "c": 0, "d": 0, "e": 1}, {"a": 0, "b": 1, "c": 0, "d": 0, "e": 0})
+    got = selection.mined_vs_random_stage1(mined, random)
+    assert got["n"] == 4  # "e" was probed in one arm only
+    assert got["mined_gap"] == pytest.approx(0.5) and got["random_gap"] == pytest.approx(0.0)
+    assert got["difference"] == pytest.approx(0.5) and got["ci95"][0] <= 0.5 <= got["ci95"][1]
+    same = selection.mined_vs_random_stage1(mined, mined)
+    assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0]

@@ -56,6 +56,8 @@ def test_forced_end_token_gives_one_and_other_token_gives_zero(world):
     miss = stage1_probe(_forced(tok, other), tok, records, builder, ProbeSpec("answer_only", 5, 128, batch_size=7))
     assert miss["noise_only"]["end_share"] == 0.0 and miss["gold"]["end_share"] == 0.0
     assert miss["noise_only"]["end_prob"] < 1e-3
+    assert hit["noise_only"]["ended"] == {r.id: 1 for r in records}  # per question, for mined-vs-random pairing
+    assert miss["gold"]["ended"] == {r.id: 0 for r in records}
     assert set(miss["by_kind"]) == {str(r.meta["kind"]) for r in records}
     assert sum(v["noise_only"]["n"] for v in miss["by_kind"].values()) == len(records)
 
