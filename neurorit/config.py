@@ -64,6 +64,9 @@ class DataConfig:
     benchmark: Literal["embedded", "english", ""] = "embedded"  # generator of the files above in the demo; "" = given
     benchmark_seed: int = 0  # seed of the benchmark generator
     benchmark_questions: int = 6000  # questions the benchmark generates (all splits)
+    # the English benchmark's train / dev / test shares of questions and of real-fact entities (moving a share
+    # between train and dev keeps the test entities)
+    benchmark_fractions: list[float] = field(default_factory=lambda: [0.5, 0.15, 0.35])
 
 
 # The registered attribution targets (attribution/targets.py holds one class per name; a new target is its class
@@ -207,6 +210,9 @@ class SelectionConfig:
     # a random control and its mined arm (neurorit / random_neurons, neurons_only / random_neurons_only,
     # layer_tuning / random_layers) share one stage-2 lr, the one with the best mean of the two arms' dev scores
     share_control_lr: bool = False
+    # > 0: dev evaluations and stage-1 probes read at most this many questions of each eval.kinds (the test's
+    # kinds, in the test's mix) instead of the first dev_examples dev questions
+    dev_per_kind: int = 0
 
 
 @dataclass
@@ -408,7 +414,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                         "grid is every budget x every learning rate) or neither")
     if sel.dev_examples < 1:
         raise UserError(f"config key 'selection.dev_examples' must be >= 1, got {sel.dev_examples}")
-    for key in ("stage1_bisect", "widen"):
+    fractions = cfg.data.benchmark_fractions
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise UserError(f"config key 'data.benchmark_fractions': three shares > 0 (train, dev, test) that sum to 1, "
+                        f"got {fractions}")
+    for key in ("stage1_bisect", "widen", "dev_per_kind"):
         if getattr(sel, key) < 0:
             raise UserError(f"config key 'selection.{key}' must be >= 0, got {getattr(sel, key)}")
     if not 0.0 <= sel.stage1_gold_end <= 1.0:

@@ -147,5 +147,6 @@ def selection_record(sel: SelectionConfig, stage1: dict, stage2: dict) -> dict:
                       "stage1_steps": list(sel.stage1_steps), "stage1_lrs": list(sel.stage1_lrs),
                       "stage1_noise_end": sel.stage1_noise_end, "stage1_gold_drop": sel.stage1_gold_drop,
                       "stage1_gold_end": sel.stage1_gold_end, "stage1_bisect": sel.stage1_bisect,
-                      "widen": sel.widen, "share_control_lr": sel.share_control_lr},
+                      "widen": sel.widen, "share_control_lr": sel.share_control_lr,
+                      "dev_per_kind": sel.dev_per_kind},
             "stage1": stage1, "stage2": stage2}

@@ -10,7 +10,7 @@ mean probability of the end token. Stage 1 works when the ``noise_only`` share i
 stays near zero.
 
     python -m rag.stage1_probe --config configs/smollm2.yaml --model outputs/smollm2/stage1/export \\
-        [--split dev] [--num-examples N] [--kinds known] [--out probe.json]
+        [--split dev] [--num-examples N] [--kinds known fresh] [--max-per-kind N] [--out probe.json]
 """
 from __future__ import annotations
 
@@ -138,6 +138,8 @@ def _extra_args(parser) -> None:
     parser.add_argument("--split", default="dev", choices=("train", "dev", "test"), help="records (default dev)")
     parser.add_argument("--kinds", nargs="*", default=None, help="keep only these meta.kind values")
     parser.add_argument("--num-examples", type=int, default=-1, help="the first N records of the split (-1: all)")
+    parser.add_argument("--max-per-kind", type=int, default=-1,
+                        help="at most N records of each meta.kind (of --kinds when given), in file order (-1: all)")
     parser.add_argument("--out", default="", help="write the result as JSON here too")
 
 
@@ -148,7 +150,7 @@ def main(argv=None) -> dict:
     from neurorit.config import parse_args
     from neurorit.files import atomic_write_text
     from neurorit.prompts import prompt_builder
-    from neurorit.records import load_records
+    from neurorit.records import load_records, select_by_kind
 
     args, cfg = parse_args("Stage-1 probe: end-token share on noise-only and gold-only prompts.", argv, _extra_args)
     runtime.start(cfg.runtime, args.local_rank)
@@ -158,7 +160,8 @@ def main(argv=None) -> dict:
     model.eval()
     spec = ProbeSpec(cfg.eval.instruction, cfg.data.num_docs, cfg.data.max_length, cfg.eval.batch_size,
                      kinds=tuple(args.kinds) if args.kinds else None)
-    records = load_records(path, args.num_examples, cfg.data.columns)
+    records = select_by_kind(load_records(path, -1, cfg.data.columns), args.kinds or [], args.max_per_kind)
+    records = records[:args.num_examples] if args.num_examples > 0 else records
     result = stage1_probe(model, tokenizer, records, prompt_builder(cfg.data, tokenizer), spec)
     print(probe_text(result))
     if args.out:

@@ -148,10 +148,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------- dev selection
     def dev_evaluate(self, name: str, model: str, settings: list[str]) -> dict:
-        """Evaluate on the first ``selection.dev_examples`` dev questions, headline instruction, into
-        ``selection/eval``."""
-        extra = ("--data.test_file", self.cfg.data.dev_file, "--eval.settings", ",".join(settings),
-                 "--eval.num_examples", str(self.cfg.selection.dev_examples))
+        """Evaluate on the dev questions, headline instruction, into ``selection/eval``: at most
+        ``selection.dev_per_kind`` of each ``eval.kinds`` (the test's mix) when set, else the first
+        ``selection.dev_examples``."""
+        sel = self.cfg.selection
+        pick = (("--eval.max_per_kind", str(sel.dev_per_kind), "--eval.num_examples", "-1") if sel.dev_per_kind
+                else ("--eval.num_examples", str(sel.dev_examples)))
+        extra = ("--data.test_file", self.cfg.data.dev_file, "--eval.settings", ",".join(settings), *pick)
         return self.evaluate(name, model, self.instructions[0], self.layout.dev_evaluation, extra)
 
     def select_stage1(self) -> None:
@@ -193,14 +196,16 @@ class Pipeline:
         return result
 
     def probe_stage1(self, tag: str, export: str, out: str) -> None:
-        """The stage-1 probe (``rag/stage1_probe.py``) of ``export`` on the first ``selection.dev_examples`` dev
-        questions, headline instruction, into ``out``."""
+        """The stage-1 probe (``rag/stage1_probe.py``) of ``export`` on the dev questions of ``dev_evaluate``,
+        headline instruction, into ``out``."""
+        sel = self.cfg.selection
+        pick = (("--kinds", *self.cfg.eval.kinds, "--max-per-kind", str(sel.dev_per_kind)) if sel.dev_per_kind
+                else ("--num-examples", str(sel.dev_examples)))
         threads = self.ranks * self.cfg.runtime.torch_threads  # one process: the ranks' threads (0: torch's)
         self.step(f"stage-1 probe ({tag})", out,
                   [PY, "-m", "rag.stage1_probe", *self.args(
-                      "--model", export, "--split", "dev", "--num-examples", str(self.cfg.selection.dev_examples),
-                      "--eval.instruction", self.instructions[0], "--runtime.torch_threads", str(threads),
-                      "--out", out)])
+                      "--model", export, "--split", "dev", *pick, "--eval.instruction", self.instructions[0],
+                      "--runtime.torch_threads", str(threads), "--out", out)])
 
     def stage1_trial(self, steps: int, lr: float, base_gold: float, trials: list, exports: list) -> None:
         """Neuro-RIT's stage 1 at one point, its dev probe and dev gold-only Match: appends the trial's record to

@@ -11,6 +11,8 @@ import pytest
 
 from benchmarks.english.benchmark import build_benchmark, fact_key, probe_known, split_facts, write_benchmark
 from benchmarks.english.facts import NEAR_DUPLICATE_KINDS, QUESTIONS, REAL_RELATIONS, passage_title, real_facts
+from neurorit.config import load_config
+from neurorit.errors import UserError
 from neurorit.metrics import normalize
 from neurorit.records import Passage, load_records, passage_has_answer
 from neurorit.settings import docs_for_setting, has_setting, names as setting_names
@@ -53,6 +55,15 @@ def test_more_country_facts_add_no_group_and_keep_older_splits():
         assert f.source and NEAR_DUPLICATE_KINDS[f.relation]
         title = passage_title(f, f.value)
         assert normalize(f.value) not in normalize(title) or f.relation == "element", f  # an element's title is its name
+
+
+def test_moving_a_share_from_train_to_dev_keeps_the_test_entities():
+    facts = real_facts()
+    before, after = split_facts(facts, 0), split_facts(facts, 0, (0.4, 0.25, 0.35))
+    assert {f.group for f in after["test"]} == {f.group for f in before["test"]}
+    assert len(after["dev"]) > 1.5 * len(before["dev"]) and len(after["train"]) < len(before["train"])
+    with pytest.raises(UserError, match="benchmark_fractions"):
+        load_config(None, ["--data.benchmark_fractions", "0.5,0.5,0.5"])
 
 
 def test_deterministic(splits):

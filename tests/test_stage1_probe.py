@@ -97,3 +97,6 @@ def test_cli_on_the_embedded_base_model(tmp_path):
     assert res["end_ids"] == end_token_ids(tok, builder)
     for s in ("noise_only", "gold"):
         assert res[s]["n"] > 0 and 0.0 <= res[s]["end_share"] <= 1.0 and 0.0 < res[s]["end_prob"] < 1.0
+    kinds = {str(r.meta.get("kind")) for r in load_records(records)}
+    capped = main(["--config", cfg, "--model", BASE, "--kinds", *kinds, "--max-per-kind", "3"])
+    assert {k: v["gold"]["n"] for k, v in capped["by_kind"].items()} == {k: 3 for k in kinds}

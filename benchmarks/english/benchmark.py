@@ -32,7 +32,7 @@ import random
 import re
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from benchmarks.english.facts import (FRESH_RELATIONS, FRESH_SUBJECT, FRESH_VALUE, NEAR_DUPLICATE_KINDS, PROBES,
                                       QUESTIONS, VALUE_IS_GROUP, NameMaker, RealFact, passage_title, real_facts,
@@ -47,7 +47,8 @@ from neurorit.records import Passage, Record, passage_has_answer, write_records
 from neurorit.run_layout import CONFIG
 
 # test: >= 100 facts SmolLM2 knows (seed 0, 2218 questions: 129)
-SPLIT_FRACTIONS = {"train": 0.5, "dev": 0.15, "test": 0.35}
+SPLITS = ("train", "dev", "test")
+SPLIT_FRACTIONS = (0.5, 0.15, 0.35)  # the default of data.benchmark_fractions
 N_SAME_RELATION, N_RANDOM = 2, 4
 GOLD_SIDE = 0.3  # chance of each extra sentence in a passage (another relation, a side fact): 1-3 sentences
 PROBE_MAX_NEW_TOKENS = 16
@@ -205,14 +206,16 @@ class Builder:
 
 
 # ------------------------------------------------------------------------------------------------ splits
-def split_facts(facts: list[RealFact], seed: int) -> dict[str, list[RealFact]]:
-    """Real facts per split, by entity (a country's capital and demonym go to the same split)."""
+def split_facts(facts: list[RealFact], seed: int,
+                fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, list[RealFact]]:
+    """Real facts per split (train / dev / test ``fractions`` of the entities), by entity (a country's capital and
+    demonym go to the same split). Moving a share between train and dev keeps the test entities."""
     groups = sorted({f.group for f in facts})
     random.Random(seed).shuffle(groups)
-    a = int(len(groups) * SPLIT_FRACTIONS["train"])
-    b = a + int(len(groups) * SPLIT_FRACTIONS["dev"])
+    a = int(len(groups) * fractions[0])
+    b = a + int(len(groups) * fractions[1])
     where = {g: ("train" if i < a else "dev" if i < b else "test") for i, g in enumerate(groups)}
-    out: dict[str, list[RealFact]] = {s: [] for s in SPLIT_FRACTIONS}
+    out: dict[str, list[RealFact]] = {s: [] for s in SPLITS}
     for f in facts:
         out[where[f.group]].append(f)
     return out
@@ -222,17 +225,18 @@ def fact_key(f: RealFact) -> str:
     return f"{f.relation}|{f.entity}"
 
 
-def build_benchmark(seed: int = 0, n_questions: int = 1000,
-                    labels: Optional[dict[str, bool]] = None) -> dict[str, list[Record]]:
-    """All splits, deterministic in ``seed`` (and ``labels``, the probe's known/unknown per ``fact_key``).
+def build_benchmark(seed: int = 0, n_questions: int = 1000, labels: Optional[dict[str, bool]] = None,
+                    fractions: Sequence[float] = SPLIT_FRACTIONS) -> dict[str, list[Record]]:
+    """All splits, deterministic in ``seed`` and ``fractions`` (and ``labels``, the probe's known/unknown per
+    ``fact_key``).
 
     Per split: ``int(n_questions x fraction)`` questions, half real facts (as many as the split has), the rest
     fresh, interleaved (real, fresh, real, ...)."""
     facts = real_facts()
-    per_split = split_facts(facts, seed)
+    per_split = split_facts(facts, seed, fractions)
     b = Builder(seed + 1, facts)
     splits: dict[str, list[Record]] = {}
-    for split, frac in SPLIT_FRACTIONS.items():
+    for split, frac in zip(SPLITS, fractions):
         n = int(n_questions * frac)
         pool = per_split[split]
         chosen = list(pool)
@@ -371,7 +375,8 @@ def write_benchmark(cfg: ExperimentConfig, probe: bool = True) -> dict[str, str]
     splits hold (only those: ``data.benchmark_questions`` bounds the probe as it bounds the benchmark). The facts a
     build chooses do not depend on the labels, so labelling the built records equals building with the labels."""
     paths = {"train": cfg.data.train_file, "dev": cfg.data.dev_file, "test": cfg.data.test_file}
-    splits = build_benchmark(cfg.data.benchmark_seed, cfg.data.benchmark_questions)
+    splits = build_benchmark(cfg.data.benchmark_seed, cfg.data.benchmark_questions,
+                             fractions=cfg.data.benchmark_fractions)
     if probe:
         cache = os.path.join(os.path.dirname(os.path.abspath(paths["train"])), "probe_cache.json")
         runtime.start(cfg.runtime, join_group=False)  # threads, seeds and kernels as every entry point sets them
