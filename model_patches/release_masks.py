@@ -61,33 +61,39 @@ def _release_built(neurons: Iterable[int], hidden: int, ffn: int) -> tuple[torch
 
 
 def release_layer_masks(neurons: Iterable[int], hidden: int, ffn: int, train_gate: bool = True,
-                        full: bool = False) -> dict[str, torch.Tensor]:
+                        full: bool = False, transposed: bool = False) -> dict[str, torch.Tensor]:
     """Boolean masks, in the weights' shapes (gate / up ``(ffn, hidden)``, down ``(hidden, ffn)``), of what the
     release trains in one layer: its masks reshaped (not transposed); ``full`` = up / down unmasked (the last
-    layers of stage 2); ``train_gate`` False = gate frozen (stage 2)."""
+    layers of stage 2); ``train_gate`` False = gate frozen (stage 2); ``transposed`` = the masks transposed as
+    meant (each neuron's own rows / columns), everything else as released: the control of the reshape alone."""
     if full:
         up = torch.ones(ffn, hidden, dtype=torch.bool)
         down = torch.ones(hidden, ffn, dtype=torch.bool)
     else:
         mask_in, mask_out = _release_built(neurons, hidden, ffn)
-        up, down = mask_in.reshape(ffn, hidden), mask_out.reshape(hidden, ffn)
+        if transposed:
+            up, down = mask_in.t().contiguous(), mask_out.t().contiguous()
+        else:
+            up, down = mask_in.reshape(ffn, hidden), mask_out.reshape(hidden, ffn)
     gate = up.clone() if train_gate else torch.zeros(ffn, hidden, dtype=torch.bool)
     return {"gate": gate, "up": up, "down": down}
 
 
 def release_model_masks(neurons_by_layer: dict[int, Iterable[int]], num_layers: int, hidden: int, ffn: int,
                         stage: str, unmasked_last: Optional[int] = None,
-                        full_layers: Optional[Iterable[int]] = None) -> dict[int, dict[str, torch.Tensor]]:
+                        full_layers: Optional[Iterable[int]] = None,
+                        transposed: bool = False) -> dict[int, dict[str, torch.Tensor]]:
     """Every layer's masks for a released stage. ``stage1``: gate and up share the ``_in`` mask, every layer
     masked. ``stage2``: gates frozen, the last ``unmasked_last`` (default 3, as released) layers' up / down
-    unmasked, or exactly ``full_layers`` when given (e.g. the mined target layers instead of the last three)."""
+    unmasked, or exactly ``full_layers`` when given (e.g. the mined target layers instead of the last three).
+    ``transposed``: see ``release_layer_masks``."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
     last = (RELEASE_UNMASKED_LAST if unmasked_last is None else unmasked_last) if stage == "stage2" else 0
     full = set(full_layers) if full_layers is not None and stage == "stage2" else set(
         range(num_layers - last, num_layers))
     return {layer: release_layer_masks(neurons_by_layer.get(layer, ()), hidden, ffn,
-                                       train_gate=stage == "stage1", full=layer in full)
+                                       train_gate=stage == "stage1", full=layer in full, transposed=transposed)
             for layer in range(num_layers)}
 
 

@@ -87,6 +87,14 @@ _ENTRIES = (
            {"stage1": StageRule("release_masks", "end_on_noise", {"groups": ("irrelevant_only",), "stage": "stage1"}),
             "stage2": StageRule("release_masks", "evidence", {"groups": ALL_GROUPS, "stage": "stage2"})},
            role="neurorit"),
+    Method("release_masks_transposed", "neurorit_release_masks with its masks transposed as meant (each neuron's "
+           "own rows and columns): the same layers, frozen gates, learning rate and clipping, so the reshape is "
+           "the only difference",
+           {"stage1": StageRule("release_masks", "end_on_noise", {"groups": ("irrelevant_only",), "stage": "stage1",
+                                                                  "transposed": True}),
+            "stage2": StageRule("release_masks", "evidence", {"groups": ALL_GROUPS, "stage": "stage2",
+                                                             "transposed": True})},
+           role="control", control_of="neurorit_release_masks"),
     Method("neurons_only", "stage 2 on the three neuron groups in every layer only (no target-layer FFN), "
            "evidence data: the mined neurons without the layers",
            {"stage2": StageRule("neurons", "evidence", {"groups": ALL_GROUPS})}, role="control"),

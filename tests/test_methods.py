@@ -193,19 +193,23 @@ def test_a_new_kind_of_trainable_set_is_one_recipe_and_one_entry(tmp_path, singl
     assert summary["trainable_params"] == sum(v.numel() for k, v in before.items() if "norm" in k)
 
 
-def test_the_release_masks_variant_trains_exactly_the_released_positions(tmp_path, single_rank_env):
+@pytest.mark.parametrize("method, transposed", [("neurorit_release_masks", False),
+                                                 ("release_masks_transposed", True)])
+def test_the_release_masks_variant_trains_exactly_the_released_positions(tmp_path, single_rank_env, method,
+                                                                         transposed):
     """neurorit_release_masks, stage 1 (every layer masked, the release's stage-1 rule), run by the loop under the
     workspace's ZeRO-3 config, which the recipe lowers to ZeRO-2: the export differs from the base only at the
-    positions the release's reshaped masks let train, and differs there."""
+    positions the release's reshaped masks let train, and differs there; its control with the masks transposed
+    as meant, only at the neurons' own rows and columns."""
     from model_patches.release_masks import release_model_masks
 
     config = training_workspace(str(tmp_path))
-    summary = run_stage("stage1", load_config(config, ["--stage1.method", "neurorit_release_masks"]))
+    summary = run_stage("stage1", load_config(config, ["--stage1.method", method]))
     base = load_file(str(tmp_path / "model" / "model.safetensors"))
     tuned = load_file(str(tmp_path / "out" / "stage1" / "export" / "model.safetensors"))
     nmap = NeuronMap.load(str(tmp_path / "out" / "mining"))
     neurons = {layer: ids for layer, ids in nmap.per_layer("irrelevant_only").items()}
-    masks = release_model_masks(neurons, 2, HIDDEN, 128, "stage1")
+    masks = release_model_masks(neurons, 2, HIDDEN, 128, "stage1", transposed=transposed)
     assert summary["trainable_params"] == sum(int(m.sum()) for roles in masks.values() for m in roles.values())
     moved = 0
     for key in base:

@@ -39,6 +39,22 @@ def test_built_masks_match_closed_form_for_every_neuron():
             assert _flat(masks[role]) == sorted(pos[role].tolist()), (n, role)
 
 
+def test_transposed_masks_train_what_each_neuron_owns_and_nothing_else_changes():
+    """The control of the reshape: the same rules (gates, full layers, count) with each neuron's own rows and
+    columns."""
+    for n in range(F):
+        masks = release_layer_masks([n], H, F, transposed=True)
+        own = intended_positions(n, H, F)
+        for role in ("gate", "up", "down"):
+            assert _flat(masks[role]) == sorted(own[role].tolist()), (n, role)
+    neurons = {0: [2], 3: [5]}
+    for stage in ("stage1", "stage2"):
+        mask, meant = (release_model_masks(neurons, 5, H, F, stage, transposed=t) for t in (False, True))
+        assert trained_count(mask) == trained_count(meant)
+        assert [bool(meant[i]["up"].all()) for i in range(5)] == [bool(mask[i]["up"].all()) for i in range(5)]
+        assert [bool(meant[i]["gate"].any()) for i in range(5)] == [bool(mask[i]["gate"].any()) for i in range(5)]
+
+
 def test_union_of_neurons_and_gate_rule():
     both = release_layer_masks([1, 4], H, F, train_gate=False)
     want = sorted(release_positions(1, H, F)["up"].tolist() + release_positions(4, H, F)["up"].tolist())

@@ -90,12 +90,13 @@ def test_learning_rate_grid_widens_at_a_winning_edge():
     assert selection.widen_lr([(1e-4, 0.3), (3e-4, 0.4)], SelectionConfig(lrs=[1e-4, 3e-4])) is None  # widen 0
 
 
-def test_every_random_control_names_a_mined_arm_that_trains_the_same_stages():
+def test_every_control_names_the_arm_it_controls_and_trains_the_same_stages():
     from neurorit import methods
 
     controls = {m.name: m.control_of for m in methods.METHODS.values() if m.control_of}
     assert controls == {"random_neurons": "neurorit", "random_neurons_only": "neurons_only",
-                        "random_layers": "layer_tuning", "random_hard_deactivation": "neurorit_hard_deactivation"}
+                        "random_layers": "layer_tuning", "random_hard_deactivation": "neurorit_hard_deactivation",
+                        "release_masks_transposed": "neurorit_release_masks"}
     for name, mined in controls.items():
         assert list(methods.get(name).stages) == list(methods.get(mined).stages)
 

@@ -181,10 +181,13 @@ class ReleaseMasks(Recipe):
     weights of every layer under the release's gradient masks, built with a reshape where a transpose was meant,
     for the neurons of ``groups``; ``stage`` picks the release's stage rule (``stage2``: gates frozen, up / down
     of the last three layers in full). Whole weights enter the optimizer, with weight decay 0 their masked
-    positions never move. Gated layouts only; at most ZeRO-2 (the masks are full-shape)."""
+    positions never move. ``transposed``: the same with the masks transposed as meant (the neurons' own rows and
+    columns), the control that isolates the reshape. Gated layouts only; at most ZeRO-2 (the masks are
+    full-shape)."""
 
     groups: tuple = ()
     stage: str = "stage2"
+    transposed: bool = False
     needs_map = True
     max_zero_stage = 2  # full-shape gradient masks: ZeRO-3 would hand the hooks partitioned gradients
 
@@ -199,13 +202,14 @@ class ReleaseMasks(Recipe):
                 neurons.setdefault(int(layer), []).extend(int(n) for n in ids)
         layers = layout.layers(ctx.model)
         masks = release_masks.release_model_masks(neurons, len(layers), layout.hidden_size,
-                                                  layout.intermediate_size, self.stage)
+                                                  layout.intermediate_size, self.stage, transposed=self.transposed)
         weights = {i: layout.weights(layout.ffn_module(layer)) for i, layer in enumerate(layers)}
         release_masks.attach_grad_masks(weights, masks)
         params = [p for p in ctx.model.parameters() if p.requires_grad]
         count = release_masks.trained_count(masks)
         return Trainable(params=params, other_count=count,
-                         description=f"{count:,} weights under the release's gradient masks ({self.stage} rule)")
+                         description=f"{count:,} weights under the release's gradient masks ({self.stage} rule"
+                                     f"{', transposed' if self.transposed else ''})")
 
 
 @recipe("nothing")
