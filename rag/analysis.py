@@ -259,7 +259,8 @@ def _primary_lines(family: dict) -> list[str]:
     lines = [f"## Primary comparisons (fixed in {family['fixed_in']} before any test number; Holm-adjusted over "
              f"{family['size']}, alpha {family['alpha']})", "",
              f"A minus B, match in points, paired over the same questions; p: {family['test']}.", "",
-             "| A vs B | cell | n | A - B [95% interval] | p | p (Holm) | verdict |", "|---|---|---:|---|---:|---:|---|"]
+             "| A vs B | cell | n | A - B [95% interval] | p | p (Holm) | verdict |",
+             "|---|---|---:|---|---:|---:|---|"]
     for c in family["comparisons"]:
         head = f"| {c['a']} vs {c['b']} | {c['kind']}/{c['setting']} | {c['n']} | "
         if c["p"] is None:
