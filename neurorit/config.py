@@ -219,7 +219,8 @@ class AnalysisConfig:
     # primary comparisons "A:B" (method A minus method B, names of neurorit/methods.py), each in every
     # primary_cells cell; Holm's correction over that family; every other number of the analysis is exploratory
     primary: list[str] = field(default_factory=lambda: list(PRIMARY_COMPARISONS))
-    # the cells of each primary comparison, "kind/setting": a question meta.kind and a neurorit/settings.py name
+    # the cells of each primary comparison, "kind/setting": a question meta.kind (all = every question) and a
+    # neurorit/settings.py name
     primary_cells: list[str] = field(default_factory=lambda: ["known/noise_only", "known/top5"])
     alpha: float = 0.05  # family-wise error rate of the Holm-corrected primary family
 

@@ -3,7 +3,7 @@
 writes them first; every other number it writes is exploratory).
 
 Each comparison ``A:B`` in each cell ``kind/setting`` is the mean of ``match_A - match_B`` over the questions of
-that kind both methods answered in that setting, with the paired bootstrap 95% interval of ``neurorit/metrics.py``
+that kind (``all``: every question) both methods answered in that setting, with the paired bootstrap 95% interval of ``neurorit/metrics.py``
 (seed 0) and the p-value of an **exact two-sided paired sign-flip permutation test**: under "no difference" each
 question's difference is as likely to have either sign, so over the ``m`` questions where the two answers' match
 differs (match is 0 or 1, so each such difference is +1 or -1; ties carry no sign) the count of +1 is
@@ -25,6 +25,7 @@ from neurorit.errors import UserError
 from neurorit.metrics import bootstrap_ci, mean
 
 MISSING = "missing"
+ALL_KINDS = "all"  # the kind of a cell over every question
 
 
 def paired_diffs(a: dict, b: dict, setting: str, kind: str = "") -> list[float]:
@@ -62,7 +63,7 @@ def comparison(preds: dict, pair: str, cell: str, n_resamples: int = 1000) -> di
     kind, setting = cell.split("/", 1)
     out = {"a": a, "b": b, "kind": kind, "setting": setting}
     absent = [name for name in (a, b) if name not in preds]
-    diffs = [] if absent else paired_diffs(preds[a], preds[b], setting, kind)
+    diffs = [] if absent else paired_diffs(preds[a], preds[b], setting, "" if kind == ALL_KINDS else kind)
     if not diffs:
         reason = f"no predictions of {', '.join(absent)}" if absent else f"no {kind} question in {setting} of both"
         return {**out, "n": 0, "diff": None, "ci95": None, "p": None, "p_holm": None, "verdict": MISSING,

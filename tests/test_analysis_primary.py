@@ -85,12 +85,16 @@ def test_the_primary_family_of_a_run(tmp_path):
 def test_the_family_is_the_configs(tmp_path):
     run = primary_run(tmp_path)
     config = write_yaml(str(tmp_path / "x.yaml"), {"analysis": {"primary": ["neurorit:layer_tuning"],
-                                                                "primary_cells": ["fresh/top5"], "alpha": 0.01}})
+                                                                "primary_cells": ["fresh/top5", "all/top5"],
+                                                                "alpha": 0.01}})
     family = analysis.main(["--run", run, "--config", config])["primary"]
-    assert family["fixed_in"] == config and family["size"] == 1 and family["alpha"] == 0.01
-    (only,) = family["comparisons"]
-    assert (only["kind"], only["setting"], only["n"], only["diff"]) == ("fresh", "top5", 10, -0.5)
-    assert only["p_holm"] == only["p"] == sign_flip_p([-1.0, 0.0] * 5)
+    assert family["fixed_in"] == config and family["size"] == 2 and family["alpha"] == 0.01
+    fresh, every = family["comparisons"]
+    assert (fresh["kind"], fresh["setting"], fresh["n"], fresh["diff"]) == ("fresh", "top5", 10, -0.5)
+    assert (every["kind"], every["n"], every["diff"]) == ("all", 50, -0.5)
+    assert fresh["p"] == sign_flip_p([-1.0, 0.0] * 5) and every["p"] == sign_flip_p([-1.0, 0.0] * 25)
+    assert every["p_holm"] == 2 * every["p"] and fresh["p_holm"] == fresh["p"]  # step-down: the larger p x 1
+    assert (every["verdict"], fresh["verdict"]) == ("B better", "no difference")
 
 
 def test_the_config_refuses_an_unknown_primary_arm_or_cell():
