@@ -23,7 +23,7 @@ run folder):
   setting, the share of the questions both answered where the two answer strings are equal;
 - **what training did**: per trained stage (``<run>/<method>/<stage>`` and ``<run>/variants/...``) its trainable
   parameters and its training loss at the first and last step (TensorBoard's ``train/loss``), and where those
-  parameters sit: per mined group, target-layer FFNs and anything else, and per layer (``rag/trainable_breakdown.py``);
+  parameters sit: per mined group, whole-FFN layers and anything else, and per layer (``rag/trainable_breakdown.py``);
 - with ``--compare-map``: how far another map (e.g. mined with ``mining.target answer_logprob``) agrees with the
   run's, per group (shared neurons, Jaccard) and in its target layers.
 """
@@ -46,7 +46,7 @@ from neurorit.neuron_map import GROUPS, NeuronMap
 from neurorit.settings import names as setting_names
 from rag.primary import paired_diffs, primary_family
 from rag.report import ordered
-from rag.trainable_breakdown import stage_breakdown
+from rag.trainable_breakdown import UNMAPPED, stage_breakdown
 
 
 def _method_of(fname: str) -> str:
@@ -290,9 +290,9 @@ def _parameter_lines(parameters: dict) -> list[str]:
     if not parameters:
         return []
     seen = {g for p in parameters.values() for g in p["groups"]}
-    groups = [g for g in (*GROUPS, "random_neurons", "ffn_layers", "other") if g in seen]
-    lines = ["", "## Where the trainable parameters sit (recounted from the map, the stage config and the export's "
-             "model config; other = recorded minus the rest)", "",
+    groups = [g for g in (*GROUPS, UNMAPPED, "ffn_layers", "other") if g in seen]
+    lines = ["", "## Where the trainable parameters sit (each stage's train_summary.json, its neurons by the map's "
+             "groups)", "",
              "| stage | recorded | " + " | ".join(groups) + " | per layer: neurons with deltas / whole FFN |",
              "|---|---:|" + "---:|" * len(groups) + "---|"]
     for name, p in parameters.items():

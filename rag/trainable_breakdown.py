@@ -1,85 +1,64 @@
-"""Where a trained stage's trainable parameters sit, recomputed from the files a run leaves (``rag/analysis.py``).
+"""Where a trained stage's trainable parameters sit, from the files a run leaves (``rag/analysis.py``).
 
-``train_summary.json`` records a stage's method, stage and total ``trainable_params`` (and, for ``random_layers``,
-the layers drawn). The breakdown rebuilds the trainable set the way training chose it, from files only:
+Training records the split of its count in ``train_summary.json`` (``trainable``, from
+``train/trainable.py: Trainable.breakdown``): the ids of the neurons given deltas, per layer; the layers whose whole
+FFN trains; and the parameters of the deltas, of those FFNs and of anything else (LoRA adapters, full tuning, the
+release masks' weights). The breakdown divides that by the run's neuron map (``<run>/mining``):
 
-- the method registry (``neurorit/methods.py``) gives the stage's rule; for the ``neurons`` recipe,
-  ``train/trainable.py: neuron_spec`` applied to the run's neuron map (``<run>/mining``) gives the neurons with
-  deltas per layer and the layers whose whole FFN trains, with the seed (``runtime.seed``) and
-  ``stage<N>.train_gate`` of the stage's own ``config.yaml``;
-- the stage's export ``config.json`` gives the hidden size, the map's fingerprint the FFN width;
-- a neuron's delta is a gate row, an up row and a down column (``3 x hidden``; ``2 x hidden`` with frozen gates), a
-  whole FFN ``3 x hidden x width`` (``2 x``) (``neurorit/memory.py``).
+- per group: a neuron with a delta counts for the map's group that holds it (``relevant_only``,
+  ``irrelevant_only``, ``shared``), else ``unmapped_neurons`` (a random arm's draws that the map does not hold);
+  each neuron carries ``delta_params / neurons`` parameters (a gate row, an up row and a down column: ``3 x
+  hidden``, ``2 x hidden`` with frozen gates); ``ffn_layers`` is the whole-FFN count, ``other`` the rest;
+- per layer: the neurons with deltas and their parameters, and the whole-FFN parameters (the FFN count split
+  evenly over its layers: every layer's FFN has one size in the supported families).
 
-Groups: ``relevant_only`` / ``irrelevant_only`` / ``shared`` (the mined neurons outside the FFN layers; a random
-arm's draws are ``random_neurons``), ``ffn_layers`` (the whole FFNs) and ``other``: the recorded total minus all of
-these, i.e. whatever the map does not explain (everything of LoRA or full tuning; 0 for a neuron-level stage whose
-FFN is the gated kind counted here; non-zero there says the recount disagrees with training).
+The groups add up to the recorded ``trainable_params``. A summary written before training recorded the split holds
+the total only: it is reported as ``other`` with ``"recorded_split": false``.
 """
 from __future__ import annotations
 
 import json
-import os
 
-import yaml
-
-from neurorit import methods
-from neurorit.memory import ffn_params, neuron_params
-from neurorit.neuron_map import NeuronMap
+from neurorit.neuron_map import GROUPS, NeuronMap
 from neurorit.run_layout import StageFiles
 
-EXPORT_CONFIG = "config.json"  # Hugging Face's model config inside an export
+UNMAPPED = "unmapped_neurons"
 
 
-def _read(path: str, loader) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        return loader(fh) or {}
-
-
-def stage_breakdown(files: StageFiles, nmap: NeuronMap | None) -> dict:
-    """``{"recorded", "groups": {group: params}, "per_layer": {layer: {...}}, "ffn_layers"}`` of one finished stage
-    (see the module docstring)."""
-    summary = _read(files.summary, json.load)
+def stage_breakdown(files: StageFiles, nmap: NeuronMap) -> dict:
+    """``{"recorded", "recorded_split", "groups": {group: params}, "per_layer": {layer: {...}}, "ffn_layers"}`` of
+    one finished stage (see the module docstring)."""
+    with open(files.summary, encoding="utf-8") as fh:
+        summary = json.load(fh)
     recorded = int(summary.get("trainable_params") or 0)
-    rule = methods.METHODS.get(summary.get("method", ""))
-    rule = rule.stages.get(summary.get("stage", "")) if rule else None
-    export_config = os.path.join(files.export, EXPORT_CONFIG)
-    if rule is None or rule.recipe != "neurons" or nmap is None or not os.path.isfile(export_config):
-        return {"recorded": recorded, "groups": {"other": recorded}, "per_layer": {}, "ffn_layers": []}
-    hidden = _read(export_config, json.load)["hidden_size"]
-    return _neuron_breakdown(files, (summary["stage"], rule), nmap, recorded, hidden)
+    split = summary.get("trainable")
+    if not split:
+        return {"recorded": recorded, "recorded_split": False, "groups": {"other": recorded}, "per_layer": {},
+                "ffn_layers": []}
+    neurons = {int(layer): ids for layer, ids in split["neurons"].items()}
+    total = sum(len(ids) for ids in neurons.values())
+    per_neuron = split["delta_params"] // total if total else 0
+    groups = {g: per_neuron * n for g, n in _group_counts(neurons, nmap).items()}
+    groups.update({"ffn_layers": split["ffn_params"], "other": split["other_params"]})
+    return {"recorded": recorded, "recorded_split": True, "groups": groups, "ffn_layers": split["ffn_layers"],
+            "per_layer": _per_layer(neurons, split, per_neuron)}
 
 
-def _neuron_breakdown(files: StageFiles, stage_rule: tuple, nmap: NeuronMap, recorded: int, hidden: int) -> dict:
-    """The breakdown of a ``neurons``-recipe stage, from its ``(stage, rule)``, the map and its own config."""
-    from train.recipes import build
-    from train.trainable import neuron_spec
-
-    stage, rule = stage_rule
-    cfg = _read(files.config, yaml.safe_load)
-    seed = int(cfg.get("runtime", {}).get("seed", 0))
-    gated = bool(cfg.get(stage, {}).get("train_gate", True))
-    width = int(nmap.fingerprint["intermediate_size"])
-    recipe = build(rule)
-    spec, full_layers = neuron_spec(recipe, nmap, width, seed)
-    per_neuron, per_ffn = (neuron_params(hidden, 1), ffn_params(hidden, width))
-    if not gated:
-        per_neuron, per_ffn = per_neuron * 2 // 3, per_ffn * 2 // 3
-    groups = _group_params(recipe, nmap, spec, per_neuron) if spec else {}
-    groups["ffn_layers"] = per_ffn * len(full_layers)
-    groups["other"] = recorded - sum(groups.values())
-    per_layer = {str(layer): {"neurons": int(ids.numel()), "neuron_params": per_neuron * int(ids.numel()),
-                              "ffn_params": 0} for layer, ids in spec.items()}
-    for layer in full_layers:
-        per_layer[str(layer)] = {"neurons": 0, "neuron_params": 0, "ffn_params": per_ffn}
-    return {"recorded": recorded, "groups": groups, "ffn_layers": full_layers,
-            "per_layer": dict(sorted(per_layer.items(), key=lambda kv: int(kv[0])))}
+def _group_counts(neurons: dict[int, list], nmap: NeuronMap) -> dict[str, int]:
+    """How many of ``neurons`` (``{layer: ids}``) each map group holds; the rest as ``unmapped_neurons``."""
+    owner = {(int(layer), int(i)): g for g in GROUPS for layer, ids in nmap.per_layer(g).items() for i in ids.tolist()}
+    counts = dict.fromkeys((*GROUPS, UNMAPPED), 0)
+    for layer, ids in neurons.items():
+        for i in ids:
+            counts[owner.get((layer, int(i)), UNMAPPED)] += 1
+    return counts
 
 
-def _group_params(recipe, nmap: NeuronMap, spec: dict, per_neuron: int) -> dict:
-    """Delta parameters per mined group in the layers of ``spec`` (the layers with deltas); a random recipe's draws
-    as ``random_neurons``."""
-    if recipe.random:
-        return {"random_neurons": per_neuron * sum(int(ids.numel()) for ids in spec.values())}
-    return {g: per_neuron * sum(len(ids) for layer, ids in nmap.per_layer(g).items() if int(layer) in spec)
-            for g in recipe.groups}
+def _per_layer(neurons: dict[int, list], split: dict, per_neuron: int) -> dict[str, dict]:
+    """``{layer: {"neurons", "neuron_params", "ffn_params"}}`` of the layers that train anything, in order."""
+    ffn_layers = split["ffn_layers"]
+    per_ffn = split["ffn_params"] // len(ffn_layers) if ffn_layers else 0
+    layers = sorted(set(neurons) | set(ffn_layers))
+    counts = {layer: len(neurons.get(layer, [])) for layer in layers}
+    return {str(layer): {"neurons": n, "neuron_params": per_neuron * n, "ffn_params": per_ffn if layer in ffn_layers
+                         else 0} for layer, n in counts.items()}

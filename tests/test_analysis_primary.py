@@ -13,10 +13,10 @@ from neurorit.errors import UserError
 from neurorit.run_layout import RunLayout, StageFiles, collect, committed_files, eval_files
 from rag import analysis
 from rag.primary import holm, sign_flip_p
-from rag.trainable_breakdown import stage_breakdown
+from rag.trainable_breakdown import UNMAPPED, stage_breakdown
 from tests.support.models import tiny_model
-from tests.support.workspaces import (hand_neuron_map, setup_trainable, training_neuron_map, write_predictions,
-                                      write_yaml)
+from tests.support.workspaces import (GROUPS, TARGET_LAYERS, hand_neuron_map, setup_trainable, training_neuron_map,
+                                      write_predictions, write_yaml)
 
 HAND_P = [0.01, 0.04, 0.03, 0.005]
 # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
@@ -121,6 +121,15 @@ def test_identical_answer_shares(tmp_path):
     assert "neurons_only:random_neurons_only" not in shares  # a primary pair never evaluated
 
 
+def write_stage(folder: str, summary: dict) -> StageFiles:
+    """A finished stage folder holding only ``train_summary.json``."""
+    files = StageFiles(folder)
+    os.makedirs(files.root)
+    with open(files.summary, "w") as fh:
+        json.dump(summary, fh)
+    return files
+
+
 @pytest.mark.parametrize("method,stage,train_gate", [("neurorit", "stage2", True), ("neurorit", "stage2", False),
                                                       ("random_neurons", "stage2", True), ("neurorit", "stage1", True),
                                                       ("random_layers", "stage2", True), ("lora", "stage2", True)])
@@ -128,35 +137,35 @@ def test_the_parameter_breakdown_adds_up_to_what_training_counts(tmp_path, metho
     model = tiny_model("llama", layers=2)
     nmap = training_neuron_map(model)
     trainable, _ = setup_trainable(model, method, stage, nmap, train_gate)
-    files = StageFiles(str(tmp_path / method / stage))
-    os.makedirs(files.export)
-    model.config.to_json_file(os.path.join(files.export, "config.json"))
-    write_yaml(files.config, {"runtime": {"seed": 0}, stage: {"train_gate": train_gate}})
-    with open(files.summary, "w") as fh:
-        json.dump({"method": method, "stage": stage, "trainable_params": trainable.count}, fh)
+    files = write_stage(str(tmp_path / method / stage), {"method": method, "stage": stage,
+                                                         "trainable_params": trainable.count,
+                                                         "trainable": trainable.breakdown()})
     got = stage_breakdown(files, nmap)
     assert got["recorded"] == trainable.count == sum(got["groups"].values())
     assert got["groups"]["other"] == (trainable.count if method == "lora" else 0)
     assert got["ffn_layers"] == trainable.full_layers
+    per_neuron = (3 if train_gate else 2) * model.config.hidden_size
+    assert all(v["neuron_params"] == per_neuron * v["neurons"] for v in got["per_layer"].values())
     assert {int(k): v["neurons"] for k, v in got["per_layer"].items() if v["neurons"]} == \
         {layer: int(ids.numel()) for layer, ids in trainable.neurons.items()}
+    if method == "neurorit" and stage == "stage2":  # every mined neuron outside the target layer, by its group
+        outside = {g: sum(1 for layer, _ in rows if layer not in TARGET_LAYERS) for g, rows in GROUPS.items()}
+        assert {g: got["groups"][g] // per_neuron for g in GROUPS} == outside and got["groups"][UNMAPPED] == 0
 
 
 def test_the_parameter_breakdown_per_group_by_hand(tmp_path):
-    nmap = hand_neuron_map([(1, 2), (1, 4), (2, 0)], targets=(1,))  # width 8; hidden 4 below
-    files = StageFiles(str(tmp_path / "neurorit" / "stage2"))
-    os.makedirs(files.export)
-    with open(os.path.join(files.export, "config.json"), "w") as fh:
-        json.dump({"hidden_size": 4}, fh)
-    write_yaml(files.config, {"runtime": {"seed": 0}, "stage2": {"train_gate": True}})
-    with open(files.summary, "w") as fh:
-        json.dump({"method": "neurorit", "stage": "stage2", "trainable_params": 132}, fh)
-    got = stage_breakdown(files, nmap)
-    # outside target layer 1: relevant (0, 1), (2, 3); irrelevant (2, 0); shared (1, 5) is inside: 12 per neuron
-    assert got["groups"] == {"relevant_only": 24, "irrelevant_only": 12, "shared": 0, "ffn_layers": 96, "other": 0}
-    assert got["per_layer"] == {"0": {"neurons": 1, "neuron_params": 12, "ffn_params": 0},
+    nmap = hand_neuron_map([(1, 2), (1, 4), (2, 0)], targets=(1,))
+    # a random arm's draw: (0, 1) is the map's relevant neuron, (2, 0) its irrelevant one, (0, 6) and (2, 7) no one's
+    split = {"delta_params": 4 * 12, "ffn_params": 96, "other_params": 0, "neurons": {"0": [1, 6], "2": [0, 7]},
+             "ffn_layers": [1]}
+    got = stage_breakdown(write_stage(str(tmp_path / "s"), {"trainable_params": 144, "trainable": split}), nmap)
+    assert got["groups"] == {"relevant_only": 12, "irrelevant_only": 12, "shared": 0, UNMAPPED: 24,
+                             "ffn_layers": 96, "other": 0}
+    assert got["per_layer"] == {"0": {"neurons": 2, "neuron_params": 24, "ffn_params": 0},
                                 "1": {"neurons": 0, "neuron_params": 0, "ffn_params": 96},
                                 "2": {"neurons": 2, "neuron_params": 24, "ffn_params": 0}}
+    old = stage_breakdown(write_stage(str(tmp_path / "old"), {"trainable_params": 144}), nmap)
+    assert old["groups"] == {"other": 144} and old["recorded_split"] is False
 
 
 def test_per_question_answers_round_trip_through_collect(tmp_path):
