@@ -297,7 +297,8 @@ def _parameter_lines(parameters: dict) -> list[str]:
              "|---|---:|" + "---:|" * len(groups) + "---|"]
     for name, p in parameters.items():
         layers = ", ".join(f"L{layer} " + (f"{v['neurons']}n" if v["neurons"] else "FFN")
-                           for layer, v in p["per_layer"].items()) or "-"
+                           for layer, v in p["per_layer"].items()) or ("-" if p["recorded_split"] else
+                                                                       "(its summary records the total only)")
         cells = [f"{p['groups'][g]:,}" if g in p["groups"] else "-" for g in groups]
         lines.append(f"| {name} | {p['recorded']:,} | " + " | ".join(cells) + f" | {layers} |")
     return lines

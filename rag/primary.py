@@ -3,8 +3,8 @@
 writes them first; every other number it writes is exploratory).
 
 Each comparison ``A:B`` in each cell ``kind/setting`` is the mean of ``match_A - match_B`` over the questions of
-that kind (``all``: every question) both methods answered in that setting, with the paired bootstrap 95% interval of ``neurorit/metrics.py``
-(seed 0) and the p-value of an **exact two-sided paired sign-flip permutation test**: under "no difference" each
+that kind (``all``: every question) both methods answered in that setting, with the paired bootstrap 95% interval
+of ``neurorit/metrics.py`` (seed 0) and the p-value of an **exact two-sided paired sign-flip permutation test**: under "no difference" each
 question's difference is as likely to have either sign, so over the ``m`` questions where the two answers' match
 differs (match is 0 or 1, so each such difference is +1 or -1; ties carry no sign) the count of +1 is
 Binomial(m, 1/2), and p is the probability of a count at least as far from m/2 as the one observed (McNemar's
