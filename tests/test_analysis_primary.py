@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from neurorit import methods
 from neurorit.config import load_config
 from neurorit.errors import UserError
 from neurorit.run_layout import RunLayout, StageFiles, collect, committed_files, eval_files
@@ -100,6 +101,7 @@ def test_the_family_is_the_configs(tmp_path):
 def test_the_config_refuses_an_unknown_primary_arm_or_cell():
     assert load_config(None).analysis.primary == ["neurons_only:random_neurons_only", "layer_tuning:random_layers",
                                                   "neurorit:random_neurons"]
+    assert all(methods.get(b).control_of == a for a, b in (p.split(":") for p in load_config(None).analysis.primary))
     for key, value in (("primary", "neurorit:nobody"), ("primary", "neurorit"), ("primary_cells", "known/nowhere"),
                        ("primary_cells", "top5"), ("alpha", "0")):
         with pytest.raises(UserError, match=f"analysis.{key}"):
