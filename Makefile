@@ -88,5 +88,5 @@ experiment-smollm-why: real-model
 # the analysis (paired differences) of experiment-smollm and a copy of what it measured (no weights) in
 # results/smollm2 for committing
 results-smollm: experiment-smollm
-	$(PY) scripts/analyze_run.py --run $$($(PY) -m neurorit.run_layout root --config configs/smollm2.yaml)
+	$(PY) scripts/analyze_run.py --config configs/smollm2.yaml --run $$($(PY) -m neurorit.run_layout root --config configs/smollm2.yaml)
 	$(PY) -m neurorit.run_layout collect results/smollm2 --config configs/smollm2.yaml

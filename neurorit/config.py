@@ -1,7 +1,8 @@
 """One config for a whole experiment.
 
-Typed dataclasses (model, data, mining, stage1, stage2, eval, runtime) loaded from a YAML file, overridden from
-the command line with dotted keys (``--stage1.lr 2e-5`` or ``--stage1.lr=2e-5``), validated after parsing.
+Typed dataclasses (model, data, mining, stage1, stage2, eval, selection, evidence, analysis, runtime) loaded from a
+YAML file, overridden from the command line with dotted keys (``--stage1.lr 2e-5`` or ``--stage1.lr=2e-5``),
+validated after parsing.
 Every error names the bad key and what is allowed. ``save_config`` writes the resolved config next to an output.
 
 Paths (``PATH_KEYS``): a relative path written in a config file is relative to that file's folder, whatever the
@@ -74,6 +75,8 @@ class DataConfig:
 # words) - log P(no words) there; answer_logprob = log P(gold answer's first token); answer_seq_logprob = log P(whole
 # gold answer), teacher-forced.
 ATTRIBUTION_TARGETS = ("yes_prob", "yes_no_margin", "answer_logprob", "answer_seq_logprob")
+# each mined arm against its random twin (issue 27): the default primary family of analysis.primary
+PRIMARY_COMPARISONS = ("neurons_only:random_neurons_only", "layer_tuning:random_layers", "neurorit:random_neurons")
 RENAMED_KEYS = {"mining.method": "mining.algorithm"}  # old key -> new key, refused with the new name
 
 
@@ -216,6 +219,19 @@ class SelectionConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """``rag/analysis.py``: the primary comparisons, named before any test number is seen (``rag/primary.py``)."""
+
+    # primary comparisons "A:B" (method A minus method B, names of neurorit/methods.py), each in every
+    # primary_cells cell; Holm's correction over that family; every other number of the analysis is exploratory
+    primary: list[str] = field(default_factory=lambda: list(PRIMARY_COMPARISONS))
+    # the cells of each primary comparison, "kind/setting": a question meta.kind (all = every question) and a
+    # neurorit/settings.py name
+    primary_cells: list[str] = field(default_factory=lambda: ["known/noise_only", "known/top5"])
+    alpha: float = 0.05  # family-wise error rate of the Holm-corrected primary family
+
+
+@dataclass
 class RuntimeConfig:
     output_dir: str = "outputs/run"  # every stage's outputs go under this folder (docs/DESIGN.md §4)
     seed: int = 0  # seeds data order, random neurons, LoRA init and the benchmark split
@@ -241,6 +257,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
@@ -452,7 +469,25 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
                         f"{', '.join(RECORD_FIELDS)} to your column names")
     if cfg.data.num_docs < 0:
         raise UserError(f"config key 'data.num_docs' must be >= 0, got {cfg.data.num_docs}")
+    _validate_analysis(cfg.analysis)
     return cfg
+
+
+def _validate_analysis(an: AnalysisConfig) -> None:
+    """``analysis.primary`` holds ``A:B`` pairs of registered methods, ``analysis.primary_cells`` ``kind/setting``
+    cells of registered settings, ``analysis.alpha`` is in (0, 1)."""
+    for pair in an.primary:
+        names = pair.split(":")
+        if len(names) != 2 or names[0] == names[1] or any(n not in methods.METHODS for n in names):
+            raise UserError(f"config key 'analysis.primary': {pair!r} is not two different method names as A:B; "
+                            f"use names of {', '.join(methods.METHODS)}")
+    for cell in an.primary_cells:
+        kind, _, name = cell.partition("/")
+        if not kind or name not in setting_registry.REGISTRY:
+            raise UserError(f"config key 'analysis.primary_cells': {cell!r} is not kind/setting (a question "
+                            f"meta.kind, then one of {', '.join(setting_registry.names())})")
+    if not 0 < an.alpha < 1:
+        raise UserError(f"config key 'analysis.alpha' must be in (0, 1), got {an.alpha}")
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:

@@ -18,6 +18,10 @@ Under ``runtime.output_dir`` (each overridable by its ``<section>.output_dir`` k
 - ``results.json`` / ``results.md`` / ``results.png`` from the report; ``analysis.json`` / ``analysis.md`` from the
   run analysis.
 
+A committed result folder (``collect``: ``results/<name>/``, no weights) also holds every test evaluation's
+per-question answers, gzip-compressed: ``predictions/<name>.predictions.jsonl.gz`` (``predictions/eval_<instruction>/``
+and ``predictions/variants/`` for the other instructions and the ``--why`` variants); ``rag/analysis.py`` reads them.
+
 Every TensorBoard folder is called ``tensorboard/`` (``TENSORBOARD``).
 
     python -m neurorit.run_layout export stage2 --config configs/x.yaml [overrides]    # prints <out>/stage2/export
@@ -38,6 +42,8 @@ from typing import Optional
 SUMMARY = "train_summary.json"
 EVAL_SUFFIX = ".eval.json"
 PREDICTIONS_SUFFIX = ".predictions.jsonl"
+COMMITTED_PREDICTIONS_SUFFIX = PREDICTIONS_SUFFIX + ".gz"  # the per-question answers a result folder commits
+COMMITTED_PREDICTIONS = "predictions"  # their folder in a result folder
 CONFIG = "config.yaml"
 TENSORBOARD = "tensorboard"
 WANDB, MLRUNS = "wandb", "mlruns"  # the other trackers' folders, beside tensorboard/ in a stage's folder
@@ -272,6 +278,17 @@ class RunLayout:
         """``selection/selection.json``: the dev selection's rules, trials and choices (the report copies it)."""
         return self.selection("selection.json")
 
+    def test_evaluations(self) -> dict:
+        """``{folder in a result folder: evaluation folder}`` of every test evaluation of the run: the headline one
+        (``predictions``), each other instruction's (``predictions/eval_<instruction>``) and the ``--why``
+        variants' (``predictions/variants``)."""
+        root = self.root
+        others = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
+                        if n.startswith("eval_") and os.path.isdir(os.path.join(root, n)))
+        return {COMMITTED_PREDICTIONS: self.evaluation(),
+                **{os.path.join(COMMITTED_PREDICTIONS, n): os.path.join(root, n) for n in others},
+                os.path.join(COMMITTED_PREDICTIONS, "variants"): self.variants_evaluation}
+
 
 def committed_files(layout: RunLayout) -> dict:
     """What a committed result folder (``results/<run>/``) holds of a finished run, no weights:
@@ -289,17 +306,28 @@ def committed_files(layout: RunLayout) -> dict:
     trials = layout.selection("stage1")
     for tag in sorted(os.listdir(trials)) if os.path.isdir(trials) else []:
         files[os.path.join("stage1_probes", tag + ".json")] = StageFiles(os.path.join(trials, tag)).probe
+    for into, folder in layout.test_evaluations().items():
+        files.update({os.path.join(into, n + COMMITTED_PREDICTIONS_SUFFIX): eval_files(folder, n).predictions
+                      for n in evaluated_names(folder)})
     return {dest: src for dest, src in files.items() if os.path.isfile(src)}
 
 
 def collect(layout: RunLayout, into: str) -> list[str]:
-    """Copy ``committed_files(layout)`` into the folder ``into``; returns the copied names."""
+    """Copy ``committed_files(layout)`` into the folder ``into`` (per-question answers gzip-compressed, with no
+    time stamp so the same answers give the same bytes); returns the copied names."""
+    import gzip
     import shutil
 
     copied = []
     for dest, src in sorted(committed_files(layout).items()):
-        os.makedirs(os.path.dirname(os.path.join(into, dest)), exist_ok=True)
-        shutil.copyfile(src, os.path.join(into, dest))
+        target = os.path.join(into, dest)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if dest.endswith(".gz") and not src.endswith(".gz"):
+            with open(src, "rb") as fh, open(target, "wb") as raw, \
+                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as out:
+                shutil.copyfileobj(fh, out)
+        else:
+            shutil.copyfile(src, target)
         copied.append(dest)
     return copied
 

@@ -1,19 +1,29 @@
 """Why a run's numbers are what they are: measurements over the files a finished run left on disk.
 
-    python scripts/analyze_run.py --run outputs/smollm2 [--eval-dir DIR ...] [--compare-map MAP]
+    python scripts/analyze_run.py --run outputs/smollm2 [--config configs/smollm2.yaml] [--eval-dir DIR ...]
+        [--compare-map MAP]
     (the same as python -m rag.analysis ...)
 
-Reads the run's neuron map (``<run>/mining``) and its evaluations (``<run>/eval/<method>.predictions.jsonl``) and
-writes ``analysis.json`` and ``analysis.md`` (to ``--out``, default the run folder):
+Reads the run's neuron map (``<run>/mining``) and its evaluations (``<run>/eval/<method>.predictions.jsonl``, or
+the committed ``.predictions.jsonl.gz``) and writes ``analysis.json`` and ``analysis.md`` (to ``--out``, default the
+run folder):
 
+- **primary comparisons** (``primary`` in analysis.json, first in analysis.md): the family the config's
+  ``analysis.primary`` x ``analysis.primary_cells`` fixed before any test number, each with n, the paired
+  difference, its interval, an exact sign-flip p-value and the Holm-adjusted p-value and verdict at
+  ``analysis.alpha`` (``rag/primary.py``); everything below is **exploratory** (analysis.json lists those keys
+  under ``exploratory``), not corrected for the many comparisons it makes;
 - **where the neurons sit**: per group, how many neurons each layer holds, and the target layers;
 - **paired differences**: ``--method`` (default ``neurorit``) minus each other method, per setting, on the same
   questions, with a paired bootstrap 95% interval; an interval that excludes 0 is a difference beyond noise
   (the per-cell intervals of results.md overlap more often than a paired test does);
 - **what the answers look like**: per method and setting, the match, the share of empty answers (stage 1 teaches
   EOS on noise, so an empty answer is an abstention) and the share of answers that differ from ``base``'s;
+- **identical answers**: per pair of methods (``--method`` against each other one, and each primary pair) and
+  setting, the share of the questions both answered where the two answer strings are equal;
 - **what training did**: per trained stage (``<run>/<method>/<stage>`` and ``<run>/variants/...``) its trainable
-  parameters and its training loss at the first and last step (TensorBoard's ``train/loss``);
+  parameters and its training loss at the first and last step (TensorBoard's ``train/loss``), and where those
+  parameters sit: per mined group, whole-FFN layers and anything else, and per layer (``rag/trainable_breakdown.py``);
 - with ``--compare-map``: how far another map (e.g. mined with ``mining.target answer_logprob``) agrees with the
   run's, per group (shared neurons, Jaccard) and in its target layers.
 """
@@ -21,33 +31,47 @@ from __future__ import annotations
 
 import argparse
 import glob
+import gzip
 import json
 import os
 from collections import defaultdict
 
+from neurorit.config import load_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.metrics import bootstrap_ci, mean
-from neurorit.run_layout import PREDICTIONS_SUFFIX, SUMMARY, RunLayout, StageFiles, analysis_files
+from neurorit.run_layout import (COMMITTED_PREDICTIONS_SUFFIX, PREDICTIONS_SUFFIX, SUMMARY, RunLayout, StageFiles,
+                                 analysis_files)
 from neurorit.neuron_map import GROUPS, NeuronMap
 from neurorit.settings import names as setting_names
+from rag.primary import paired_diffs, primary_family
 from rag.report import ordered
+from rag.trainable_breakdown import UNMAPPED, stage_breakdown
 
+
+def _method_of(fname: str) -> str:
+    """The method whose predictions ``fname`` holds (``<method>.predictions.jsonl`` or its committed ``.gz``), or
+    "" for another file."""
+    for suffix in (PREDICTIONS_SUFFIX, COMMITTED_PREDICTIONS_SUFFIX):
+        if fname.endswith(suffix):
+            return fname[: -len(suffix)]
+    return ""
 
 
 def load_predictions(eval_dirs: list[str]) -> dict[str, dict[tuple[str, str], dict]]:
-    """``{method: {(setting, question id): prediction row}}`` from every ``*.predictions.jsonl`` in ``eval_dirs``
-    (a method name may appear in one folder only)."""
+    """``{method: {(setting, question id): prediction row}}`` from every ``*.predictions.jsonl`` (or committed
+    ``*.predictions.jsonl.gz``) in ``eval_dirs`` (a method name may appear once only)."""
     out: dict[str, dict] = {}
     for eval_dir in eval_dirs:
         if not os.path.isdir(eval_dir):
             raise UserError(f"evaluation folder not found: {eval_dir}")
         for fname in sorted(os.listdir(eval_dir)):
-            if fname.endswith(PREDICTIONS_SUFFIX):
-                name = fname[: -len(PREDICTIONS_SUFFIX)]
+            name = _method_of(fname)
+            if name:
                 if name in out:
-                    raise UserError(f"method {name!r} has predictions in more than one of {', '.join(eval_dirs)}")
-                with open(os.path.join(eval_dir, fname), encoding="utf-8") as fh:
+                    raise UserError(f"method {name!r} has predictions more than once in {', '.join(eval_dirs)}")
+                path = os.path.join(eval_dir, fname)
+                with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as fh:
                     rows = [json.loads(line) for line in fh if line.strip()]
                 out[name] = {(r["setting"], r["id"]): r for r in rows}
     if not out:
@@ -69,11 +93,10 @@ def settings_of(preds: dict[tuple[str, str], dict]) -> list[str]:
 def paired_difference(a: dict, b: dict, setting: str, kind: str = "", n_resamples: int = 1000) -> dict:
     """Mean of ``match_a - match_b`` over the questions both answered in ``setting`` (of ``meta.kind`` ``kind``
     when given), with its bootstrap interval."""
-    keys = sorted(k for k in a if k[0] == setting and k in b and (not kind or a[k].get("kind") == kind))
-    diffs = [a[k]["match"] - b[k]["match"] for k in keys]
+    diffs = paired_diffs(a, b, setting, kind)
     lo, hi = bootstrap_ci(diffs, n_resamples)
     verdict = "above" if lo > 0 else "below" if hi < 0 else "inside"
-    return {"diff": mean(diffs), "ci95": [lo, hi], "n": len(keys), "verdict": verdict}
+    return {"diff": mean(diffs), "ci95": [lo, hi], "n": len(diffs), "verdict": verdict}
 
 
 def kinds_of(rows: dict) -> list[str]:
@@ -118,13 +141,18 @@ def map_overlap(a: NeuronMap, b: NeuronMap) -> dict:
                            if k in ("target", "num_examples", "steps")}}
 
 
+def stage_folders(run: str) -> dict[str, StageFiles]:
+    """``{"<method>/<stage>" (relative to ``run``): StageFiles}`` of every finished stage under ``run``."""
+    summaries = sorted(glob.glob(os.path.join(run, "**", SUMMARY), recursive=True))
+    return {os.path.relpath(os.path.dirname(p), run): StageFiles(os.path.dirname(p)) for p in summaries}
+
+
 def training_losses(run: str) -> dict[str, dict]:
     """``{"<method>/<stage>": {"trainable_params", "first_loss", "last_loss", "steps"}}`` of every finished stage."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = {}
-    for summary in sorted(glob.glob(os.path.join(run, "**", SUMMARY), recursive=True)):
-        files = StageFiles(os.path.dirname(summary))
+    for name, files in stage_folders(run).items():
         with open(files.summary, encoding="utf-8") as fh:
             info = json.load(fh)
         losses = []
@@ -132,35 +160,63 @@ def training_losses(run: str) -> dict[str, dict]:
             acc = EventAccumulator(files.tensorboard)
             acc.Reload()
             losses = [e.value for e in acc.Scalars("train/loss")] if "train/loss" in acc.Tags()["scalars"] else []
-        out[os.path.relpath(files.root, run)] = {"trainable_params": info["trainable_params"], "steps": len(losses),
-                                             "first_loss": losses[0] if losses else None,
-                                             "last_loss": losses[-1] if losses else None}
+        out[name] = {"trainable_params": info["trainable_params"], "steps": len(losses),
+                     "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
     return out
 
 
-def analyze(run: str, eval_dirs: tuple[str, ...] = (), method: str = "neurorit", compare_map: str = "") -> dict:
+def identical_answers(preds: dict, pairs: list[str]) -> dict[str, dict[str, dict]]:
+    """``{"A:B": {setting: {"share", "n"}}}``: per pair of evaluated methods and setting, the share of the
+    questions both answered where A's answer string equals B's."""
+    out = {}
+    for pair in pairs:
+        a, b = (preds.get(name) for name in pair.split(":"))
+        if a is None or b is None:
+            continue
+        per = {}
+        for setting in settings_of(a):
+            keys = [k for k in a if k[0] == setting and k in b]
+            if keys:
+                per[setting] = {"share": mean([float(a[k]["answer"] == b[k]["answer"]) for k in keys]), "n": len(keys)}
+        out[pair] = per
+    return out
+
+
+def analyze(run: str, eval_dirs: tuple[str, ...] = (), method: str = "neurorit", compare_map: str = "",
+            config: str = "") -> dict:
+    """Every measurement of the module docstring; the primary family from the ``analysis`` section of ``config``
+    (an experiment YAML; empty = the defaults)."""
+    plan = load_config(config or None).analysis
     layout = RunLayout(run)
     nmap = NeuronMap.load(layout.mining.root)
     preds = load_predictions(list(eval_dirs) or [layout.evaluation()])
     if method not in preds:
         raise UserError(f"no predictions of method {method!r} in the evaluation folder (have: {', '.join(preds)})")
+    pairs = list(dict.fromkeys([f"{method}:{other}" for other in ordered(preds) if other != method] + plan.primary))
     result = {
+        "primary": {**primary_family(preds, plan.primary, plan.primary_cells, plan.alpha),
+                    "fixed_in": config or "the defaults of neurorit/config.py"},
         "neurons": {"sizes": {g: len(nmap.groups[g]) for g in GROUPS}, "per_layer": nmap.layer_counts(),
                     "target_layers": nmap.target_layers, "provenance": nmap.provenance},
         "method": method,
         "paired": paired_table(preds, method),
         "paired_by_kind": {k: paired_table(preds, method, k) for k in kinds_of(preds[method])},
         "answers": answer_shapes(preds),
+        "identical_answers": identical_answers(preds, pairs),
         "training": training_losses(run),
+        "parameters": {name: stage_breakdown(files, nmap) for name, files in stage_folders(run).items()},
     }
     if compare_map:
         result["map_overlap"] = map_overlap(nmap, NeuronMap.load(compare_map))
+    result["exploratory"] = [k for k in result if k not in ("primary", "method")]
     return result
 
 
 def render_markdown(res: dict) -> str:
     n = res["neurons"]
-    lines = ["# Analysis", "", "## Where the mined neurons sit", "",
+    lines = ["# Analysis", ""] + _primary_lines(res["primary"]) + [
+             "", "# Exploratory: everything below (not corrected for the many comparisons it makes)", "",
+             "## Where the mined neurons sit", "",
              f"Sizes: {n['sizes']}; target layers: {n['target_layers']}.", "",
              "| group | " + " | ".join(f"L{i}" for i in range(len(n["per_layer"][GROUPS[0]]))) + " |",
              "|---|" + "---|" * len(n["per_layer"][GROUPS[0]])]
@@ -187,6 +243,7 @@ def render_markdown(res: dict) -> str:
         for name, t in res["training"].items():
             first, last = (f"{t[k]:.3f}" if t[k] is not None else "-" for k in ("first_loss", "last_loss"))
             lines.append(f"| {name} | {t['trainable_params']:,} | {first} | {last} |")
+    lines += _identical_lines(res["identical_answers"], settings) + _parameter_lines(res["parameters"])
     if "map_overlap" in res:
         o = res["map_overlap"]
         lines += ["", f"## Overlap with another map ({o['mining_b']})", "",
@@ -195,6 +252,56 @@ def render_markdown(res: dict) -> str:
         lines += [f"| {g} | {v['size_a']} | {v['size_b']} | {v['both']} | {v['jaccard']:.2f} |"
                   for g, v in o["groups"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _primary_lines(family: dict) -> list[str]:
+    """The primary family's section of analysis.md."""
+    lines = [f"## Primary comparisons (fixed in {family['fixed_in']} before any test number; Holm-adjusted over "
+             f"{family['size']}, alpha {family['alpha']})", "",
+             f"A minus B, match in points, paired over the same questions; p: {family['test']}.", "",
+             "| A vs B | cell | n | A - B [95% interval] | p | p (Holm) | verdict |",
+             "|---|---|---:|---|---:|---:|---|"]
+    for c in family["comparisons"]:
+        head = f"| {c['a']} vs {c['b']} | {c['kind']}/{c['setting']} | {c['n']} | "
+        if c["p"] is None:
+            lines.append(head + f"- | - | - | missing: {c['missing']} |")
+            continue
+        lo, hi = (100 * x for x in c["ci95"])
+        better = {"A better": f"{c['a']} better", "B better": f"{c['b']} better"}.get(c["verdict"], c["verdict"])
+        lines.append(head + f"{100 * c['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}] | {c['p']:.3g} | {c['p_holm']:.3g} | "
+                     f"{better} |")
+    return lines
+
+
+def _identical_lines(shares: dict, settings: list[str]) -> list[str]:
+    """The identical-answer section of analysis.md."""
+    if not shares:
+        return []
+    lines = ["", "## Identical answers: share of the questions where A's answer string equals B's (%)", "",
+             "| A vs B | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for pair, per in shares.items():
+        cells = [f"{100 * per[s]['share']:.1f} (n={per[s]['n']})" if s in per else "-" for s in settings]
+        lines.append(f"| {pair.replace(':', ' vs ')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _parameter_lines(parameters: dict) -> list[str]:
+    """The trainable-parameter breakdown section of analysis.md."""
+    if not parameters:
+        return []
+    seen = {g for p in parameters.values() for g in p["groups"]}
+    groups = [g for g in (*GROUPS, UNMAPPED, "ffn_layers", "other") if g in seen]
+    lines = ["", "## Where the trainable parameters sit (each stage's train_summary.json, its neurons by the map's "
+             "groups)", "",
+             "| stage | recorded | " + " | ".join(groups) + " | per layer: neurons with deltas / whole FFN |",
+             "|---|---:|" + "---:|" * len(groups) + "---|"]
+    for name, p in parameters.items():
+        layers = ", ".join(f"L{layer} " + (f"{v['neurons']}n" if v["neurons"] else "FFN")
+                           for layer, v in p["per_layer"].items()) or ("-" if p["recorded_split"] else
+                                                                       "(its summary records the total only)")
+        cells = [f"{p['groups'][g]:,}" if g in p["groups"] else "-" for g in groups]
+        lines.append(f"| {name} | {p['recorded']:,} | " + " | ".join(cells) + f" | {layers} |")
+    return lines
 
 
 def _paired_lines(table: dict, settings: list[str]) -> list[str]:
@@ -216,13 +323,15 @@ def _paired_lines(table: dict, settings: list[str]) -> list[str]:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a run's output_dir (holds mining/ and eval/)")
+    p.add_argument("--config", default="", help="the experiment YAML whose analysis section names the primary "
+                                                "comparisons (default: the config defaults)")
     p.add_argument("--eval-dir", action="append", default=[],
                    help="a folder of evaluations to read; repeat for several (default: <run>/eval)")
     p.add_argument("--method", default="neurorit", help="the method compared with every other (default: neurorit)")
     p.add_argument("--compare-map", default="", help="another neuron map (folder or file) to compare with the run's")
     p.add_argument("--out", default="", help="folder for analysis.json / analysis.md (default: --run)")
     args = p.parse_args(argv)
-    res = analyze(args.run, args.eval_dir, args.method, args.compare_map)
+    res = analyze(args.run, args.eval_dir, args.method, args.compare_map, args.config)
     out = args.out or args.run
     os.makedirs(out, exist_ok=True)
     files = analysis_files(out)

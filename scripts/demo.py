@@ -329,7 +329,8 @@ class Pipeline:
             export = self.train("neurorit", stage, init_from, StageFiles(self.layout.variants(variant, stage)), extra)
             self.evaluate(variant, export, self.instructions[0], evals)
         self.step("analysis", "", [PY, os.path.join(ROOT, "scripts/analyze_run.py"), "--run", self.layout.root,
-                                   "--eval-dir", self.eval_folder(self.instructions[0]), "--eval-dir", evals,
+                                   "--config", self.config, "--eval-dir", self.eval_folder(self.instructions[0]),
+                                   "--eval-dir", evals,
                                    "--compare-map", mined.root])
 
     def print_summary(self) -> None:

@@ -4,33 +4,11 @@ import json
 import os
 
 import pytest
-import torch
 
-from neurorit.neuron_map import NeuronMap
 from neurorit.run_layout import StageFiles
 from rag import analysis as analyze_run
-from tests.support.workspaces import write_jsonl
-
-FINGERPRINT = {"architecture": "LlamaForCausalLM", "num_layers": 3, "intermediate_size": 8}
-
-
-def neuron_map(irrelevant_rows, targets=(1,)) -> NeuronMap:
-    def rows(pairs):
-        return torch.tensor([[layer, neuron, 1, 1] for layer, neuron in pairs], dtype=torch.long).reshape(-1, 4)
-    return NeuronMap({"relevant_only": rows([(0, 1), (2, 3)]), "irrelevant_only": rows(irrelevant_rows),
-                      "shared": rows([(1, 5)])}, list(targets), FINGERPRINT)
-
-
-def predictions(path, matches: dict[str, list[float]], answers: dict[str, list[str]] | None = None,
-                kinds: list[str] | None = None):
-    rows = []
-    for setting, values in matches.items():
-        for i, m in enumerate(values):
-            answer = answers[setting][i] if answers else ("right" if m else "wrong")
-            rows.append({"id": f"q{i}", "setting": setting, "answer": answer, "output": answer, "match": m,
-                         "kind": kinds[i] if kinds else ""})
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_jsonl(path, rows)
+from tests.support.workspaces import hand_neuron_map as neuron_map
+from tests.support.workspaces import write_predictions as predictions
 
 
 def write_summary_and_losses(folder, losses):

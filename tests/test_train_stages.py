@@ -76,6 +76,8 @@ def test_stages_train_exactly_their_sets(workspace):
     exported1 = weights(s1["export_dir"])
     assert_only(weights(cfg.model.path), exported1, trained_slices(stage1_spec, []))
     assert s1["trainable_params"] == 3 * 64 * len(GROUPS["irrelevant_only"])
+    assert s1["trainable"] == {"delta_params": s1["trainable_params"], "ffn_params": 0, "other_params": 0,
+                               "neurons": {str(k): v for k, v in sorted(stage1_spec.items())}, "ffn_layers": []}
 
     s2 = run_stage("stage2", cfg)
     assert s2["init_from"] == s1["export_dir"]

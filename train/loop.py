@@ -298,7 +298,7 @@ def _finish(run: StageRun, ctx: StageContext, trainable: Trainable, tokenizer, l
               fold_deactivation=True)  # what before_export switched off
     summary = {"stage": run.stage, "method": run.st.method, "step": last["step"], "finished": True,
                "final_loss": last["loss"], "optimizer": last.get("optimizer"), "trainable_params": trainable.count,
-               "init_from": run.init_from,
+               "trainable": trainable.breakdown(), "init_from": run.init_from,
                **trainable.details,
                "cpu_kernels": torch.backends.cpu.get_cpu_capability(),  # AVX2 vs AVX512 round differently
                "export_dir": export_dir, "neuron_map_hash": run.nmap.hash() if run.nmap else None, **extra}

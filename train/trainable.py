@@ -46,6 +46,13 @@ class Trainable:
     def count(self) -> int:
         return self.delta_count + self.ffn_count + self.other_count
 
+    def breakdown(self) -> dict:
+        """How ``count`` splits, for ``train_summary.json`` (``rag/trainable_breakdown.py`` reads it): the neuron
+        ids with deltas per layer, the layers whose whole FFN trains, and the three counts."""
+        return {"delta_params": self.delta_count, "ffn_params": self.ffn_count, "other_params": self.other_count,
+                "neurons": {str(layer): [int(i) for i in ids.tolist()] for layer, ids in sorted(self.neurons.items())},
+                "ffn_layers": [int(layer) for layer in self.full_layers]}
+
     def describe(self, hidden: int) -> str:
         n = sum(int(v.numel()) for v in self.neurons.values())
         if self.description:

@@ -9,6 +9,8 @@ wrote, read back.
   tokenizer whose end-of-sequence row is boosted (generations stop at different lengths), a few test questions of
   the embedded benchmark (world and fresh kinds, with counterfactual passages), and a YAML with tiny eval sizes.
 - ``scalars(tb_dir)``: the TensorBoard scalars in a folder, ``{tag: [(step, value), ...]}``.
+- ``hand_neuron_map(...)``, ``write_predictions(path, ...)``: a 3-layer neuron map and an evaluation's
+  ``<method>.predictions.jsonl`` written by hand, for the run analysis (``rag/analysis.py``).
 """
 from __future__ import annotations
 
@@ -37,6 +39,32 @@ def write_jsonl(path: str, rows) -> str:
     with open(path, "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     return path
+
+
+HAND_FINGERPRINT = {"architecture": "LlamaForCausalLM", "num_layers": 3, "intermediate_size": 8}
+
+
+def hand_neuron_map(irrelevant_rows, targets=(1,)) -> NeuronMap:
+    """A map of ``HAND_FINGERPRINT``: relevant-only (0, 1) and (2, 3), shared (1, 5), the given irrelevant-only
+    ``(layer, neuron)`` pairs and target layers."""
+    def rows(pairs):
+        return torch.tensor([[layer, neuron, 1, 1] for layer, neuron in pairs], dtype=torch.long).reshape(-1, 4)
+    return NeuronMap({"relevant_only": rows([(0, 1), (2, 3)]), "irrelevant_only": rows(irrelevant_rows),
+                      "shared": rows([(1, 5)])}, list(targets), HAND_FINGERPRINT)
+
+
+def write_predictions(path, matches: dict[str, list[float]], answers: dict[str, list[str]] | None = None,
+                      kinds: list[str] | None = None) -> str:
+    """``{setting: [match of question q0, q1, ...]}`` as prediction rows (answer "right" / "wrong" unless
+    ``answers`` gives ``{setting: [answer, ...]}``; ``kinds`` the questions' ``meta.kind``)."""
+    rows = []
+    for setting, values in matches.items():
+        for i, m in enumerate(values):
+            answer = answers[setting][i] if answers else ("right" if m else "wrong")
+            rows.append({"id": f"q{i}", "setting": setting, "answer": answer, "output": answer, "match": m,
+                         "kind": kinds[i] if kinds else ""})
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return write_jsonl(path, rows)
 
 
 def save_checkpoint(model, tokenizer, directory: str) -> str:
