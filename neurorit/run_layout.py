@@ -306,10 +306,24 @@ def committed_files(layout: RunLayout) -> dict:
     trials = layout.selection("stage1")
     for tag in sorted(os.listdir(trials)) if os.path.isdir(trials) else []:
         files[os.path.join("stage1_probes", tag + ".json")] = StageFiles(os.path.join(trials, tag)).probe
+    files[os.path.join("stage1_probes", "random_neurons.json")] = layout.stage("stage1", "random_neurons").probe
     for into, folder in layout.test_evaluations().items():
         files.update({os.path.join(into, n + COMMITTED_PREDICTIONS_SUFFIX): eval_files(folder, n).predictions
                       for n in evaluated_names(folder)})
+    # what the analysis recomputes the parameter breakdown and the neuron tables from
+    from neurorit.neuron_map import MAP_JSON
+
+    files["neuron_map.json"] = os.path.join(mining.root, MAP_JSON)
+    files.update({os.path.join("stages", name, SUMMARY): stage.summary for name, stage in stage_folders(run).items()})
     return {dest: src for dest, src in files.items() if os.path.isfile(src)}
+
+
+def stage_folders(run: str) -> dict[str, StageFiles]:
+    """``{"<method>/<stage>" (relative to ``run``): StageFiles}`` of every finished stage under ``run``."""
+    import glob
+
+    summaries = sorted(glob.glob(os.path.join(run, "**", SUMMARY), recursive=True))
+    return {os.path.relpath(os.path.dirname(p), run): StageFiles(os.path.dirname(p)) for p in summaries}
 
 
 def collect(layout: RunLayout, into: str) -> list[str]:

@@ -30,7 +30,6 @@ run folder):
 from __future__ import annotations
 
 import argparse
-import glob
 import gzip
 import json
 import os
@@ -40,8 +39,8 @@ from neurorit.config import load_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.metrics import bootstrap_ci, mean
-from neurorit.run_layout import (COMMITTED_PREDICTIONS_SUFFIX, PREDICTIONS_SUFFIX, SUMMARY, RunLayout, StageFiles,
-                                 analysis_files)
+from neurorit.run_layout import (COMMITTED_PREDICTIONS_SUFFIX, PREDICTIONS_SUFFIX, RunLayout, analysis_files,
+                                 stage_folders)
 from neurorit.neuron_map import GROUPS, NeuronMap
 from neurorit.settings import names as setting_names
 from rag.primary import paired_diffs, primary_family
@@ -139,12 +138,6 @@ def map_overlap(a: NeuronMap, b: NeuronMap) -> dict:
     return {"groups": groups, "target_layers_a": a.target_layers, "target_layers_b": b.target_layers,
             "mining_b": {k: v for k, v in b.provenance.get("mining", {}).items()
                            if k in ("target", "num_examples", "steps")}}
-
-
-def stage_folders(run: str) -> dict[str, StageFiles]:
-    """``{"<method>/<stage>" (relative to ``run``): StageFiles}`` of every finished stage under ``run``."""
-    summaries = sorted(glob.glob(os.path.join(run, "**", SUMMARY), recursive=True))
-    return {os.path.relpath(os.path.dirname(p), run): StageFiles(os.path.dirname(p)) for p in summaries}
 
 
 def training_losses(run: str) -> dict[str, dict]:

@@ -194,3 +194,18 @@ def test_per_question_answers_round_trip_through_collect(tmp_path):
     finished = analysis.load_predictions([layout.evaluation()])
     assert from_results == {k: v for k, v in finished.items() if k != "unfinished"}
     assert from_results["neurorit"][("top5", "q1")]["answer"] == ""
+
+
+def test_collect_commits_the_map_and_every_stage_summary(tmp_path):
+    """The parameter breakdown and the neuron tables need the map's JSON and the stages' summaries: both travel."""
+    layout = RunLayout(str(tmp_path / "run"))
+    os.makedirs(layout.mining.root)
+    (tmp_path / "run" / "mining" / "neuron_map.json").write_text("{}")
+    for stage in (layout.stage("stage1", "neurorit"), StageFiles(layout.selection("neurorit", "lr0.001", "stage2"))):
+        os.makedirs(stage.root)
+        with open(stage.summary, "w") as fh:
+            json.dump({"trainable_params": 3}, fh)
+    committed = committed_files(layout)
+    assert committed["neuron_map.json"] == os.path.join(layout.mining.root, "neuron_map.json")
+    assert {d for d in committed if d.startswith("stages/")} == {
+        "stages/neurorit/stage1/train_summary.json", "stages/selection/neurorit/lr0.001/stage2/train_summary.json"}
