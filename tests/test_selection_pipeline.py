@@ -41,9 +41,10 @@ def test_demo_chooses_on_dev_and_reports_it(tmp_path):
     assert summary["step"] == 3, summary
     # stage 2: each trained method at every lr, one more beyond an edge that wins, scored on dev; the test
     # evaluation reads the chosen export. The controls ran (--controls): neurons_only and its random twin share
-    # one choice scored by their mean; random_layers' mined arm (layer_tuning, a baseline) is not in --quick.
-    assert set(record["stage2"]) == {"neurorit", "neurorit_release_masks", "neurons_only", "random_neurons_only",
-                                     "random_layers"}
+    # one choice scored by their mean, as do the release's arm and its transposed control; random_layers' mined
+    # arm (layer_tuning, a baseline) is not in --quick.
+    assert set(record["stage2"]) == {"neurorit", "neurorit_release_masks", "release_masks_transposed",
+                                     "neurons_only", "random_neurons_only", "random_layers"}
     for name, m in record["stage2"].items():
         tried = [s[0] for s in m["scores"]]
         assert tried[:2] == LRS and len(tried) == 3 and m["chosen"] in tried and m["key"] == "stage2.lr"
@@ -61,5 +62,6 @@ def test_demo_chooses_on_dev_and_reports_it(tmp_path):
     assert record["stage2"]["neurons_only"]["shared_with"] == "random_neurons_only"
     assert record["stage2"]["random_neurons_only"]["shared_with"] == "neurons_only"
     assert record["stage2"]["neurons_only"]["scores"] == record["stage2"]["random_neurons_only"]["scores"]
-    assert "shared_with" not in record["stage2"]["random_layers"]
+    assert record["stage2"]["release_masks_transposed"]["shared_with"] == "neurorit_release_masks"
+    assert "shared_with" not in record["stage2"]["random_layers"] and "shared_with" not in record["stage2"]["neurorit"]
     assert json.loads((out / "results.json").read_text())["selection"] == record
