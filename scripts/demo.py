@@ -57,9 +57,18 @@ def launch(ranks: int, script: str, args: list[str]) -> list[str]:
     return [PY, script, *args]
 
 
+def runs(method: methods.Method, baselines: bool, controls: bool, only: tuple[str, ...]) -> bool:
+    """Whether the demo runs ``method``: the names in ``only`` when given; else the reported methods (no trained
+    baselines without ``baselines``), and the map's controls with ``controls``."""
+    if only:
+        return method.name in only
+    return (method.reported and (baselines or method.role != "baseline")) or (controls and method.role == "control")
+
+
 class Pipeline:
     def __init__(self, config: str, overrides: list[str], ranks: int, baselines: bool = True,
-                 instructions: tuple[str, ...] = ("two_step", "answer_only"), controls: bool = False):
+                 instructions: tuple[str, ...] = ("two_step", "answer_only"), controls: bool = False,
+                 only: tuple[str, ...] = ()):
         # every step runs in the caller's working directory, so a relative path means the same in this process
         # (done markers) and in its steps; the config file's own paths are relative to the file (neurorit/config.py)
         self.config, self.overrides, self.ranks, self.baselines = os.path.abspath(config), overrides, ranks, baselines
@@ -76,10 +85,7 @@ class Pipeline:
         self.chosen: dict[tuple[str, str], str] = {}  # (method, stage) -> the export the dev selection chose
         self.stage1_extra: tuple = ()  # the chosen stage-1 point's overrides, for every stage 1
         self.record: dict = {"stage1": {}, "stage2": {}}  # -> selection/selection.json
-        # the methods this run trains and reports, in registry order: the reported ones (no trained baselines
-        # without ``baselines``), and the map's controls with ``controls``
-        self.run_names = [m.name for m in methods.METHODS.values()
-                          if (m.reported and (baselines or m.role != "baseline")) or (controls and m.role == "control")]
+        self.run_names = [m.name for m in methods.METHODS.values() if runs(m, baselines, controls, only)]
 
     def args(self, *extra: str) -> list[str]:
         return ["--config", self.config, *self.overrides, *extra]
@@ -365,6 +371,9 @@ def main(argv=None) -> None:
     p.add_argument("--controls", action="store_true",
                    help="also the map's controls (neurons_only, random_neurons_only, random_layers, "
                         "random_hard_deactivation), trained, evaluated and reported like the methods")
+    p.add_argument("--methods", default="",
+                   help="comma-separated methods to run instead (names of neurorit/methods.py, e.g. "
+                        "base,neurorit,neurons_only,random_neurons_only); overrides --controls and --quick's choice")
     p.add_argument("--instructions", default="",
                    help="comma-separated inference instructions to evaluate; the first is the headline, reported in "
                         "runtime.output_dir, the others in output_dir/<instruction> (default: two_step,answer_only; "
@@ -375,8 +384,11 @@ def main(argv=None) -> None:
         (("two_step",) if args.quick else ("two_step", "answer_only"))
     if not set(instructions) <= {"two_step", "answer_only"} or len(set(instructions)) != len(instructions):
         raise UserError(f"--instructions {args.instructions!r}: two_step and/or answer_only, each once")
+    only = tuple(n for n in args.methods.split(",") if n)
+    for name in only:
+        methods.get(name)  # an unknown name: one line listing the registry's
     pipeline = Pipeline(args.config, overrides, args.ranks, baselines=not args.quick, instructions=instructions,
-                        controls=args.controls)
+                        controls=args.controls, only=only)
     pipeline.run()
     if args.why:
         pipeline.why()
