@@ -1,9 +1,9 @@
-"""The demo's dev selection end to end (``scripts/demo.py --quick`` on the embedded model, 1 rank, tiny sizes, about
-4 minutes: ``make test-pipeline``): the stage-1 grid is tried in order on Neuro-RIT's stage 1 with its probe and
-dev gold-only evaluation; every stage 1 then trains at the chosen point; each trained method's stage 2 runs at every
+"""The demo's dev selection end to end (``scripts/demo.py --quick`` on the embedded model, 1 rank, tiny sizes, about 4
+minutes: ``make test-pipeline``): the stage-1 grid is tried in order on Neuro-RIT's stage 1 with its probe and dev
+gold-only evaluation; every stage 1 then trains at the chosen point; each trained method's stage 2 runs at every
 learning rate of the grid, and one more beyond a winning edge, and is scored on dev; a random control and its mined
-arm share one learning rate; ``--methods`` runs the methods named and no other; the test evaluation reads the chosen exports; results.json carries the record. Tests
-run no script by import: the demo is a subprocess."""
+arm share one learning rate; ``--methods`` runs the methods named and no other; the test evaluation reads the chosen
+exports; results.json carries the record. Tests run no script by import: the demo is a subprocess."""
 from __future__ import annotations
 
 import json
