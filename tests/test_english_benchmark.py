@@ -196,7 +196,8 @@ def test_cli_without_probe(tmp_path):
                                                "--data.test_file", str(tmp_path / "test.jsonl"),
                                                "--data.benchmark_questions", "40"])
     paths = write_benchmark(cfg, probe=False)
-    assert [len(load_records(paths[s])) for s in ("train", "dev", "test")] == [20, 6, 14]
+    assert cfg.data.benchmark_fractions == [0.4, 0.25, 0.35]  # the SmolLM2 config's: a larger dev
+    assert [len(load_records(paths[s])) for s in ("train", "dev", "test")] == [16, 10, 14]
 
 
 def test_probe_without_model_is_a_clear_error(tmp_path):
