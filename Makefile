@@ -28,9 +28,9 @@ test-slow: setup
 test-gpu-check: setup
 	$(PY) -m pytest -q -m slow tests/test_gpu_check.py
 
-# the demo's dev selection end to end (tiny sizes, about 4 minutes)
+# the demo's dev selection end to end (tiny sizes) and README's own-model commands as written (~8 minutes)
 test-pipeline: setup
-	$(PY) -m pytest -q -m slow tests/test_selection_pipeline.py
+	$(PY) -m pytest -q -m slow tests/test_selection_pipeline.py tests/test_real_data_path.py
 
 test-all: setup
 	$(PY) -m pytest -q -m "" tests

@@ -80,18 +80,18 @@ def release_layer_masks(neurons: Iterable[int], hidden: int, ffn: int, train_gat
 
 
 def release_model_masks(neurons_by_layer: dict[int, Iterable[int]], num_layers: int, hidden: int, ffn: int,
-                        stage: str, unmasked_last: Optional[int] = None,
-                        full_layers: Optional[Iterable[int]] = None,
+                        stage: str, *, full_layers: Optional[Iterable[int]] = None,
                         transposed: bool = False) -> dict[int, dict[str, torch.Tensor]]:
     """Every layer's masks for a released stage. ``stage1``: gate and up share the ``_in`` mask, every layer
-    masked. ``stage2``: gates frozen, the last ``unmasked_last`` (default 3, as released) layers' up / down
-    unmasked, or exactly ``full_layers`` when given (e.g. the mined target layers instead of the last three).
+    masked. ``stage2``: gates frozen, up / down unmasked in the last ``RELEASE_UNMASKED_LAST`` layers (as
+    released), or in exactly ``full_layers`` when given (e.g. the mined target layers; ``()``: none).
     ``transposed``: see ``release_layer_masks``."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
-    last = (RELEASE_UNMASKED_LAST if unmasked_last is None else unmasked_last) if stage == "stage2" else 0
-    full = set(full_layers) if full_layers is not None and stage == "stage2" else set(
-        range(num_layers - last, num_layers))
+    if stage == "stage1":
+        full: set = set()
+    else:
+        full = set(range(num_layers - RELEASE_UNMASKED_LAST, num_layers)) if full_layers is None else set(full_layers)
     return {layer: release_layer_masks(neurons_by_layer.get(layer, ()), hidden, ffn,
                                        train_gate=stage == "stage1", full=layer in full, transposed=transposed)
             for layer in range(num_layers)}

@@ -95,11 +95,13 @@ def test_two_rank_zero3_equals_one_process(single, zero3):
 @pytest.mark.distributed
 def test_auto_replicates_a_model_that_fits_with_the_same_map(single, zero3, tmp_path, run_ranks):
     """mining.zero_stage auto (the default) keeps a whole copy per rank when it fits, and mines the same map as
-    ZeRO-3 and as one process."""
+    ZeRO-3 and as one process; its progress bar counts every rank's examples and ends at 100%."""
     cfg, _ = single
     out = str(tmp_path / "replicated")
     printed = run_ranks("attribution/mine.py", "--config", cfg, "--mining.output_dir", out)
     assert "mining.zero_stage auto: a whole copy per rank" in printed.stderr
+    bars = [part for part in printed.stderr.replace("\r", "\n").splitlines() if part.startswith("mining:")]
+    assert bars and bars[-1].startswith("mining: 100%"), bars[-3:]
     assert NeuronMap.load(out).hash() == NeuronMap.load(zero3).hash() == NeuronMap.load(single[1]).hash()
 
 

@@ -48,7 +48,7 @@ def readme_commands() -> list[list[str]]:
     return [words for words in lines if words and words[0] != "cd"]
 
 
-@pytest.mark.distributed
+@pytest.mark.slow  # ~2 minutes of launcher starts: make test-pipeline (in .ci/run)
 def test_own_model_own_dump_end_to_end(tmp_path, tiny_model, word_tokenizer):
     from neurorit.prompts import PAPER
 

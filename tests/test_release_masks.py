@@ -74,7 +74,7 @@ def test_stage_rules():
     assert [bool(s2[layer]["down"].all()) for layer in range(5)] == [False, False, True, True, True]
     assert _flat(s2[0]["down"]) == release_positions(2, H, F)["down"].tolist()
     assert trained_count(s2) == 2 * H + 3 * 2 * H * F  # two masked neurons (up + down) + 3 full layers
-    assert trained_count(release_model_masks(neurons, 5, H, F, "stage2", unmasked_last=0)) == 2 * 2 * H
+    assert trained_count(release_model_masks(neurons, 5, H, F, "stage2", full_layers=())) == 2 * 2 * H
     chosen = release_model_masks(neurons, 5, H, F, "stage2", full_layers=[1])
     assert [bool(chosen[layer]["up"].all()) for layer in range(5)] == [False, True, False, False, False]
     assert not release_model_masks(neurons, 5, H, F, "stage1", full_layers=[1])[1]["up"].any()  # stage 1: none
@@ -85,7 +85,7 @@ def test_hooks_train_exactly_the_masked_weights(tiny_model):
     layout = get_ffn_layout(model)
     model.requires_grad_(False)
     weights = {i: layout.weights(layout.ffn_module(layer)) for i, layer in enumerate(layout.layers(model))}
-    masks = release_model_masks({0: [3], 1: [7]}, 2, 8, 12, "stage2", unmasked_last=1)
+    masks = release_model_masks({0: [3], 1: [7]}, 2, 8, 12, "stage2", full_layers=[1])
     handles = attach_grad_masks(weights, masks)
     model(torch.randint(0, 97, (2, 5))).logits.square().mean().backward()
     for layer, roles in weights.items():

@@ -355,15 +355,6 @@ def test_mining_no_questions_is_refused():
     assert "'mining.num_examples' must be >= 1" in str(err.value)
 
 
-def test_the_mining_bar_reaches_100_percent_on_2_ranks(tmp_path, run_ranks):
-    from tests.support.workspaces import mining_workspace
-
-    cfg = mining_workspace(str(tmp_path), n=7)
-    proc = run_ranks("attribution/mine.py", "--config", cfg, "--mining.zero_stage", "0")
-    bars = [part for part in proc.stderr.replace("\r", "\n").splitlines() if part.startswith("mining:")]
-    assert bars and bars[-1].startswith("mining: 100%"), bars[-3:]
-
-
 def test_the_closed_book_probe_covers_only_the_benchmarks_facts(tmp_path, monkeypatch):
     """``data.benchmark_questions 40``: the probe asks about the real facts of those 40 questions, not all of
     them, and the labelled records equal a build with those labels."""
