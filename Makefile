@@ -53,9 +53,12 @@ clean:
 test-slurm: setup
 	bash scripts/slurm/test_local_cluster.sh
 
-# kill -9 / corruption / full-disk / NaN cases over every stage (tests/faults)
+# kill -9 / corruption / full-disk / NaN cases over every stage (tests/faults), and the kill / resume / clean-exit
+# checks of real ranks kept beside the code they test (marked slow there)
+RANK_CHECKS = tests/test_resume_other_world.py tests/test_gpu_paths.py tests/test_attribution_mine.py \
+	tests/test_evaluate_resume.py tests/test_dist_exit.py tests/test_dist_shm.py
 test-faults: setup
-	$(PY) -m pytest -q -m "" tests/faults
+	$(PY) -m pytest -q -m slow tests/faults $(RANK_CHECKS)
 
 # the oldest supported transformers (model_patches/compat.py TRANSFORMERS_OLDEST) in .venv-tf5.17.0
 test-transformers-oldest:

@@ -105,6 +105,7 @@ def test_auto_replicates_a_model_that_fits_with_the_same_map(single, zero3, tmp_
     assert NeuronMap.load(out).hash() == NeuronMap.load(zero3).hash() == NeuronMap.load(single[1]).hash()
 
 
+@pytest.mark.slow  # a kill / resume / clean-exit check of real ranks: make test-faults (in .ci/run)
 @pytest.mark.distributed
 def test_killed_rank_then_rerun_gives_identical_statistics(single, zero3, tmp_path, run_ranks):
     cfg, out_single = single

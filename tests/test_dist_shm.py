@@ -7,6 +7,7 @@ import pytest
 from tests.support.ranks import run_ranks
 
 
+@pytest.mark.slow  # a kill / resume / clean-exit check of real ranks: make test-faults (in .ci/run)
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this OS")
 def test_a_two_rank_run_leaves_no_shm_buffer():
     out = run_ranks("tests/dist_scripts/all_reduce.py").stdout

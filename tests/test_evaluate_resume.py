@@ -93,6 +93,7 @@ def _n_batches(ws) -> int:
     return len(ws["ref_lines"].splitlines())  # batch size 1
 
 
+@pytest.mark.slow  # a kill / resume / clean-exit check of real ranks: make test-faults (in .ci/run)
 @pytest.mark.distributed
 def test_kill_on_one_rank_then_rerun_gives_the_same_predictions(workspace):
     ws, name = workspace, "killed_one"
@@ -108,6 +109,7 @@ def test_kill_on_one_rank_then_rerun_gives_the_same_predictions(workspace):
     _check_same_as_reference(ws, name, json.loads((ws["out"] / f"{name}.eval.json").read_text()))
 
 
+@pytest.mark.slow  # a kill / resume / clean-exit check of real ranks: make test-faults (in .ci/run)
 @pytest.mark.distributed
 def test_kill_on_two_ranks_then_rerun_gives_the_same_predictions(workspace, run_ranks):
     ws, name = workspace, "killed_two"

@@ -59,6 +59,7 @@ def _stage1(run_ranks, config, *extra):
     return run_ranks("train/stage1.py", "--config", config, *extra).stdout
 
 
+@pytest.mark.slow  # a kill / resume / clean-exit check of real ranks: make test-faults (in .ci/run)
 @pytest.mark.distributed
 def test_8bit_adam_under_two_rank_zero3_resumes_exactly(tmp_path, run_ranks):
     """bitsandbytes' AdamW8bit over ZeRO-3's flat partitions: a run stopped after 2 of 4 steps and resumed from

@@ -23,6 +23,7 @@ def _export(out) -> dict:
     return load_file(path)
 
 
+@pytest.mark.slow  # a kill / resume / clean-exit check of real ranks: make test-faults (in .ci/run)
 @pytest.mark.distributed
 def test_resume_on_another_world_size(tmp_path, run_ranks):
     config = training_workspace(str(tmp_path), n_train=24, stage_overrides={"max_steps": 6, "save_every": 2})
