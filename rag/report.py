@@ -165,8 +165,10 @@ def _selection_lines(sel: dict) -> list[str]:
                        f"[{c['ci95'][0]:+.1%}, {c['ci95'][1]:+.1%}].")
         out.append("")
     if sel.get("stage2"):
+        dev = (f"at most {rules['dev_per_kind']} dev questions of each kind" if rules.get("dev_per_kind")
+               else f"{rules['dev_examples']} dev questions")
         out.append(f"Stage-2 learning rate: grid {', '.join(f'{v:g}' for v in rules['lrs'])}; criterion: mean dev "
-                   f"Match over {', '.join(rules['settings'])} ({rules['dev_examples']} dev questions).")
+                   f"Match over {', '.join(rules['settings'])} ({dev}).")
         out += ["", "| method | key | dev score per lr (tried in this order) | chosen | interior | shared with |",
                 "|---|---|---|---|---|---|"]
         out += [f"| {name} | {m['key']} | " + ", ".join(f"{lr:g}: {v * 100:.1f}" for lr, v in m["scores"]) +

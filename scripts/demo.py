@@ -71,7 +71,7 @@ class Pipeline:
                  only: tuple[str, ...] = ()):
         # every step runs in the caller's working directory, so a relative path means the same in this process
         # (done markers) and in its steps; the config file's own paths are relative to the file (neurorit/config.py)
-        self.config, self.overrides, self.ranks, self.baselines = os.path.abspath(config), overrides, ranks, baselines
+        self.config, self.overrides, self.ranks = os.path.abspath(config), overrides, ranks
         # the first instruction is the headline (its results go to output_dir); others to output_dir/<name>
         self.instructions = instructions
         self.cfg = load_config(config, overrides)
@@ -251,15 +251,16 @@ class Pipeline:
         picks (the paired arm's is recorded as chosen for it)."""
         sel = self.cfg.selection
         arms = self.lr_arms(method, init_from)
+        keys = {arm.name: build(arm.rule("stage2")).lr_key for arm, _ in arms}
         scores, exports, pending = [], {}, list(sel.lrs)
         while pending:
             lr = pending.pop(0)
             exports[lr], values = {}, []
             for arm, start in arms:
-                tag, key = f"lr{lr:g}", build(arm.rule("stage2")).lr_key
+                tag = f"lr{lr:g}"
                 exports[lr][arm.name] = self.train(arm.name, "stage2", start,
                                                    StageFiles(self.layout.selection(arm.name, tag, "stage2")),
-                                                   (f"--stage2.{key}", repr(lr)))
+                                                   (f"--stage2.{keys[arm.name]}", repr(lr)))
                 summary = self.dev_evaluate(f"{arm.name}_{tag}", exports[lr][arm.name], list(sel.settings))
                 values.append(selection.dev_score(summary, sel.settings))
             scores.append((lr, sum(values) / len(values)))
@@ -268,7 +269,7 @@ class Pipeline:
         chosen = selection.pick_lr(scores)
         for arm, _ in arms:
             shared = [a.name for a, _ in arms if a.name != arm.name]
-            self.record["stage2"][arm.name] = {"key": f"stage2.{build(arm.rule('stage2')).lr_key}",
+            self.record["stage2"][arm.name] = {"key": f"stage2.{keys[arm.name]}",
                                                "scores": [list(s) for s in scores], "chosen": chosen,
                                                "interior": selection.interior(scores),
                                                **({"shared_with": shared[0]} if shared else {})}
@@ -368,9 +369,9 @@ def main(argv=None) -> None:
                    help="then the measurements behind the numbers: mining with the other IG target, Neuro-RIT's "
                         "stage 2 with frozen gates, its stage 1 with 5x the steps, and scripts/analyze_run.py "
                         "(writes analysis.md)")
+    controls = ", ".join(m.name for m in methods.METHODS.values() if m.role == "control")
     p.add_argument("--controls", action="store_true",
-                   help="also the map's controls (neurons_only, random_neurons_only, random_layers, "
-                        "random_hard_deactivation), trained, evaluated and reported like the methods")
+                   help=f"also the map's controls ({controls}), trained, evaluated and reported like the methods")
     p.add_argument("--methods", default="",
                    help="comma-separated methods to run instead (names of neurorit/methods.py, e.g. "
                         "base,neurorit,neurons_only,random_neurons_only); overrides --controls and --quick's choice")

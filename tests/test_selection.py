@@ -130,6 +130,11 @@ def test_report_copies_the_record(tmp_path):
     assert "reached" in md and "| 20 | 0.01 | 60.0% |" in md and "Chosen: 20 steps at lr 0.01." in md
     assert "| lora | stage2.lora.lr | 0.0001: 50.0, 1e-05: 40.0 | 0.0001 |  |  |" in md
     assert "Best gap (noise-only minus gold end share): 60.0% at 20 steps, lr 0.01" in md
+    assert "(100 dev questions)" in md
+    per_kind = {**record, "rules": {**record["rules"], "dev_per_kind": 50}}
+    sel_file.write_text(json.dumps(per_kind))
+    md = open(report.report(str(evals), str(tmp_path), selection_file=str(sel_file))["md"]).read()
+    assert "(at most 50 dev questions of each kind)" in md
     with pytest.raises(UserError, match="no such file"):
         report.report(str(evals), str(tmp_path), selection_file=str(tmp_path / "missing.json"))
 
