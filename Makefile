@@ -79,8 +79,12 @@ check-reader-smollm: real-model
 	$(PY) scripts/check_reader.py --config configs/smollm2.yaml --json outputs/smollm2/reader.json
 
 # every method and the map's controls on the real model under the faithful protocol: dev selection of stage 1's
-# point and every method's stage-2 lr, then the test evaluation (slow, see the README for the measured minutes; resumes where it stopped)
+# point and every method's stage-2 lr, then the test evaluation (slow, see the README for the measured minutes;
+# resumes where it stopped). The primary family (configs' analysis.primary) runs first, to its own report; the
+# second call reuses every finished step and adds the other arms.
+PRIMARY = base,neurorit,random_neurons,layer_tuning,random_layers,neurons_only,random_neurons_only
 experiment-smollm: real-model
+	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --methods $(PRIMARY)
 	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --controls
 
 # after experiment-smollm (one command does both): mining with the other IG target, Neuro-RIT's stage 2 with

@@ -16,10 +16,13 @@ The rule behind ``mining.target: auto`` (fixed): the target with the largest rel
 ``mining.min_separation`` and relevant beats irrelevant in more than half of the questions; otherwise a map mined
 with any target is unlikely to hold relevance neurons. With a mining output already in place its fill and
 half-split stability (``diagnostics.json``) are quoted. Writes ``diagnosis.json`` and ``diagnosis.txt`` into the
-mining folder (``RunLayout.mining``); progress lines go to stderr while it runs.
+mining folder (``RunLayout.mining``); progress lines go to stderr while it runs. ``diagnosis.json`` keeps the
+probe's key (``probe_key``: model, dtype, pairs, prompt settings, algorithm, the registered targets), so mining with
+``auto`` after ``neurorit-diagnose`` reuses the choice instead of probing again (``reuse``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,7 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from attribution import targets
-from attribution.examples import ExampleBuilder
+from attribution.examples import ExampleBuilder, examples_digest
 from attribution.stats import OK
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -118,6 +121,28 @@ def diagnose(model, tokenizer, prompts, pairs, cfg) -> list[Separation]:
     return out
 
 
+def probe_key(cfg, pairs) -> str:
+    """What decides the probe's rows: the model (path, dtype), the mining pairs, the prompt settings, the IG
+    algorithm (which targets are usable) and the registered targets."""
+    d = cfg.data
+    body = {"model": os.path.abspath(cfg.model.path), "dtype": cfg.model.dtype, "pairs": examples_digest(pairs),
+            "prompt": [d.prompt_style, d.chat_template, d.max_length], "algorithm": cfg.mining.algorithm,
+            "targets": list(targets.TARGETS)}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def reuse(files, key: str) -> tuple[list[Separation], Separation] | None:
+    """The rows and choice of a ``diagnosis.json`` in ``files`` written for the same ``probe_key``, else None."""
+    if not os.path.isfile(files.diagnosis_json):
+        return None
+    with open(files.diagnosis_json) as fh:
+        body = json.load(fh)
+    if body.get("key") != key:
+        return None
+    rows = [Separation(**r) for r in body["targets"]]
+    return rows, next(r for r in rows if r.target == body["chosen"])
+
+
 def choose(rows: list[Separation]) -> Separation:
     """The rule of ``mining.target auto``: the largest relevance ``dz`` among the usable targets."""
     usable = [r for r in rows if r.usable and r.questions]
@@ -171,10 +196,12 @@ def map_facts(mining_root: str) -> str:
     return f"the map in {mining_root} (mined with {mined_with}): fill {fill}; half-split Jaccard {stable}"
 
 
-def write(rows: list[Separation], best: Separation, cfg, files) -> str:
-    """``diagnosis.json`` then ``diagnosis.txt`` (the text also printed); returns the text."""
+def write(rows: list[Separation], best: Separation, cfg, files, key: str) -> str:
+    """``diagnosis.json`` (with the probe's ``key``) then ``diagnosis.txt`` (the text also printed); returns the
+    text."""
     text = summary_text(rows, best, cfg, map_facts(files.root))
-    body = {"targets": [asdict(r) for r in rows], "chosen": best.target, "rule": "largest dz among usable targets",
+    body = {"key": key, "targets": [asdict(r) for r in rows], "chosen": best.target,
+            "rule": "largest dz among usable targets",
             "min_separation": cfg.mining.min_separation, "verdict": text.splitlines()[-1]}
     atomic_write_text(files.diagnosis_json, json.dumps(body, indent=1) + "\n")
     atomic_write_text(files.diagnosis, text + "\n")
@@ -203,7 +230,7 @@ def main(argv=None) -> None:
     model = load_causal_lm(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation).eval()
     tokenizer = load_tokenizer(cfg.model.path)
     rows = diagnose(model, tokenizer, prompt_builder(cfg.data, tokenizer), pairs, cfg)
-    write(rows, choose(rows), cfg, RunLayout.of(cfg).mining)
+    write(rows, choose(rows), cfg, RunLayout.of(cfg).mining, probe_key(cfg, pairs))
 
 
 def cli() -> None:

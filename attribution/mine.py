@@ -259,17 +259,26 @@ def write_outputs(cfg: ExperimentConfig, out: str, stats: NeuronStats, fingerpri
 
 
 def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs) -> tuple[ExperimentConfig, tuple]:
-    """``mining.target auto``: the config with the target ``attribution/diagnose.py``'s rule picks on these pairs
-    (every rank runs the same forward passes; rank 0 writes the diagnosis into the mining folder), and the
-    diagnosis (rows, choice)."""
+    """``mining.target auto``: the config with the target ``attribution/diagnose.py``'s rule picks on these pairs,
+    and the diagnosis (rows, choice, key). A ``diagnosis.json`` of the same probe (``neurorit-diagnose`` run
+    before) is reused; else every rank runs the same forward passes and rank 0 writes the diagnosis into the
+    mining folder."""
     from attribution import diagnose
 
-    rows = diagnose.diagnose(model, tokenizer, prompts, pairs, cfg)
-    best = diagnose.choose(rows)
+    files, key = RunLayout.of(cfg).mining, diagnose.probe_key(cfg, pairs)
+    found = diagnose.reuse(files, key)
+    if found:
+        rows, best = found
+        how = f"reusing {files.diagnosis_json}"
+    else:
+        rows = diagnose.diagnose(model, tokenizer, prompts, pairs, cfg)
+        best = diagnose.choose(rows)
+        how = "probed"
+        if parallel.is_main():
+            diagnose.write(rows, best, cfg, files, key)
     if parallel.is_main():
-        diagnose.write(rows, best, cfg, RunLayout.of(cfg).mining)
-        print(f"mining.target auto: {best.target}", file=sys.stderr, flush=True)
-    return dataclasses.replace(cfg, mining=dataclasses.replace(cfg.mining, target=best.target)), (rows, best)
+        print(f"mining.target auto: {best.target} ({how})", file=sys.stderr, flush=True)
+    return dataclasses.replace(cfg, mining=dataclasses.replace(cfg.mining, target=best.target)), (rows, best, key)
 
 
 @main_guard
@@ -324,7 +333,8 @@ def main(argv=None) -> None:
         if diagnosis is not None:  # again, now with the map's fill and half-split stability
             from attribution import diagnose
 
-            diagnose.write(*diagnosis, cfg, files)
+            rows, best, key = diagnosis
+            diagnose.write(rows, best, cfg, files, key)
     parallel.barrier()
 
 

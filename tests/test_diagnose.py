@@ -69,3 +69,22 @@ def test_mine_with_auto_target_mines_with_the_chosen_one(workspace, tmp_path):
     assert json.load(open(os.path.join(out, "neuron_map.json")))["provenance"]["mining"]["target"] == chosen
     text = open(os.path.join(out, "diagnosis.txt")).read()  # rewritten after mining: the map's fill quoted
     assert f"(mined with {chosen}): fill relevant_only 6/6" in text and "half-split Jaccard relevant_only" in text
+
+
+def test_mine_with_auto_reuses_a_diagnosis_of_the_same_probe_and_not_another(workspace, tmp_path, capsys):
+    out = str(tmp_path / "mining")
+    diagnose.main(["--config", workspace, "--mining.output_dir", out])
+    body = json.load(open(os.path.join(out, "diagnosis.json")))
+    capsys.readouterr()
+    mine_main(["--config", workspace, "--mining.target", "auto", "--mining.output_dir", out])
+    err = capsys.readouterr().err
+    assert f"mining.target auto: {body['chosen']} (reusing " in err and "diagnose: yes_prob:" not in err
+    assert json.load(open(os.path.join(out, "diagnosis.json")))["key"] == body["key"]
+    # another probe (a shorter context: other prompts) is not the one on disk: probed again
+    other = str(tmp_path / "other")
+    os.makedirs(other)
+    os.link(os.path.join(out, "diagnosis.json"), os.path.join(other, "diagnosis.json"))
+    mine_main(["--config", workspace, "--mining.target", "auto", "--mining.output_dir", other,
+               "--data.max_length", "200"])
+    err = capsys.readouterr().err
+    assert "diagnose: yes_prob:" in err and "(probed)" in err
