@@ -103,15 +103,20 @@ def separation(name: str, values: dict[str, list[float]], refusal: str) -> Separ
                       paired_effect([a - b for a, b in zip(irr, none)]))
 
 
+def refusal_of(cls, tokenizer, prompts, algorithm: str) -> str:
+    """Why ``mining.algorithm`` cannot mine with target ``cls`` here (its ``check``), or "" when it can."""
+    try:
+        cls.check(tokenizer, prompts, algorithm)
+    except UserError as err:
+        return str(err)
+    return ""
+
+
 def diagnose(model, tokenizer, prompts, pairs, cfg) -> list[Separation]:
     """Every registered target's separation on ``pairs`` (the config gives the context length and algorithm)."""
     out = []
     for name, cls in targets.TARGETS.items():
-        try:
-            cls.check(tokenizer, prompts, cfg.mining.algorithm)
-            refusal = ""
-        except UserError as err:
-            refusal = str(err)
+        refusal = refusal_of(cls, tokenizer, prompts, cfg.mining.algorithm)
         try:  # forward only: any target can be probed, also one the IG algorithm refuses
             builder = ExampleBuilder(tokenizer, prompts, name, "query", cfg.data.max_length, algorithm="reference")
         except UserError as err:
@@ -131,8 +136,9 @@ def probe_key(cfg, pairs) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def reuse(files, key: str) -> tuple[list[Separation], Separation] | None:
-    """The rows and choice of a ``diagnosis.json`` in ``files`` written for the same ``probe_key``, else None."""
+def reuse(files, key: str, tokenizer, prompts, algorithm: str) -> list[Separation] | None:
+    """The rows of a ``diagnosis.json`` in ``files`` written for the same ``probe_key``, else None; whether each
+    target is usable is asked again (``refusal_of``: cheap, and this code's answer, not the writer's)."""
     if not os.path.isfile(files.diagnosis_json):
         return None
     with open(files.diagnosis_json) as fh:
@@ -140,7 +146,11 @@ def reuse(files, key: str) -> tuple[list[Separation], Separation] | None:
     if body.get("key") != key:
         return None
     rows = [Separation(**r) for r in body["targets"]]
-    return rows, next(r for r in rows if r.target == body["chosen"])
+    for row in rows:
+        if row.questions:  # a target that built no example keeps its reason
+            row.refusal = refusal_of(targets.TARGETS[row.target], tokenizer, prompts, algorithm)
+            row.usable = not row.refusal
+    return rows
 
 
 def choose(rows: list[Separation]) -> Separation:

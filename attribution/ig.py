@@ -1,6 +1,6 @@
 """One entry to integrated gradients: ``integrated_gradients(model, patcher, inp, options, algorithm)``.
 
-``fast`` (default) is the exact cached path of ``ig_fast`` (targets read at the last prompt position only);
+``fast`` (default) is the exact cached path of ``ig_fast``;
 ``reference`` the naive full-sequence algorithm of ``ig_reference`` (every target). Both return an ``IGResult``
 with the same numbers up to float rounding (``mining.algorithm``). ``ig_fast`` is imported on first use: it
 registers an attention implementation with transformers, whose import (2-4 s) must not delay ``--help`` or a

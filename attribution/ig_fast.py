@@ -1,11 +1,13 @@
 """Fast exact integrated gradients over the cached prefix (docs/DESIGN.md §2, "the heart of the attribution speed").
 
-Only the last position is scaled and attention is causal, so keys, values and hidden states of every earlier
-position do not depend on the scaling. One prefill of the first ``T-1`` tokens caches the prefix keys and values
-of every layer; one unscaled pass of the last token over them gives the activations ``a`` and caches the last
-token's input hidden state at every layer. Every (layer ``l``, step ``k``) pair is then one *row*: below ``l`` it
-equals the unscaled pass, so it starts at layer ``l`` from the cached hidden state, runs ``l..L-1`` as a
-single-token pass with its layer scaled, and is differentiated back to ``l``.
+Only the scaled position (the last prompt token) is scaled and attention is causal, so keys, values and hidden
+states of every earlier position do not depend on the scaling. The input's *tail* is the scaled token and the
+target's teacher-forced continuation after it (``reads`` tokens; one for a target read at the scaled position
+only). One prefill of the tokens before the tail caches the prefix keys and values of every layer; one unscaled
+pass of the tail over them gives the activations ``a`` and caches the tail's input hidden states at every layer.
+Every (layer ``l``, step ``k``) pair is then one *row*: below ``l`` it equals the unscaled pass, so it starts at
+layer ``l`` from the cached hidden states, runs ``l..L-1`` as a pass of the tail with its layer scaled at the
+tail's first token, and is differentiated back to ``l``. A row costs about ``reads`` single-token rows.
 
 Rows are processed in layer-major chunks of ``chunk_rows`` (``row_chunks``). A chunk is one *staircase* sweep of
 the model: at layer ``j`` the batch holds the chunk's rows of layers ``<= j`` (rows of layer ``j`` join there), so
@@ -13,12 +15,12 @@ a layer below the chunk's first row is skipped, and every layer the chunk needs 
 ZeRO-3: gathered once per chunk). The chunk layout depends only on (layers, steps, chunk_rows), never on the
 data, so every rank runs the same passes and gathers.
 
-Attention of a row is computed against the shared prefix cache (one matrix product per layer for all rows and
-heads, the prefix is never copied per row) plus the row's own last-token key and value: a registered attention
-implementation (``neurorit_rows``) used only inside these passes; masks are not needed (the last token sees the
-whole prefix; sliding windows keep their last ``window - 1`` prefix keys, soft-capping is applied as in eager).
-Same numbers as ``ig_reference`` up to float rounding, for targets that read the scaled position only (a
-teacher-forced target, read at later positions too, is refused: use the reference path).
+Attention of a row is computed against the shared prefix cache (one matrix product per layer for all rows, heads
+and tail tokens; the prefix is never copied per row) plus the row's own tail keys and values, causally: a
+registered attention implementation (``neurorit_rows``) used only inside these passes, which builds its own mask
+(a single-token tail sees every key; sliding windows keep the last ``window - 1`` prefix keys and mask per tail
+token; soft-capping is applied as in eager). Same numbers as ``ig_reference`` up to float rounding, for every
+target.
 
 Precision: in a bf16 model the row attention (scores, softmax, weighted values; prefix keys and values kept in
 fp32) and the step interpolation ``a' + (k/m)(a - a')`` (``LayerControl.apply_scale``) run in fp32; the rest of
@@ -42,8 +44,8 @@ ATTN_NAME = "neurorit_rows"
 
 
 class _RowState:
-    """What the row passes share: the prefix keys / values per layer, the last token's input hidden state per
-    layer, and (during a chunk) how many rows are active at each layer (``None``: the unscaled capture pass)."""
+    """What the row passes share: the prefix keys / values per layer, the tail's input hidden states per layer,
+    and (during a chunk) how many rows are active at each layer (``None``: the unscaled capture pass)."""
 
     def __init__(self):
         self.prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -54,42 +56,60 @@ class _RowState:
 _STATE: Optional[_RowState] = None
 
 
+def _visible(prefix_len: int, kept: int, q_len: int, sliding_window, device) -> Optional[torch.Tensor]:
+    """Which keys each of a row's ``q_len`` queries may see, ``[q_len, kept + q_len]`` (the ``kept`` last prefix keys,
+    then the row's own): causal, and within ``sliding_window``; None when every key is visible (one query)."""
+    if q_len == 1:
+        return None
+    keys = torch.cat([torch.arange(prefix_len - kept, prefix_len), torch.arange(prefix_len, prefix_len + q_len)])
+    queries = torch.arange(prefix_len, prefix_len + q_len)[:, None]
+    visible = keys[None] <= queries
+    if sliding_window:
+        visible &= keys[None] > queries - sliding_window
+    return visible.to(device)
+
+
 def rows_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
                    sliding_window=None, softcap=None, **kwargs):
-    """Attention of single-token rows ``query [R, H, 1, d]`` (own key / value ``[R, Hkv, 1, d]``) over the shared
-    prefix of ``module.layer_idx``; returns ``([R, 1, H, d], None)`` like the eager implementation."""
+    """Attention of rows of ``q`` tokens, ``query [R, H, q, d]`` (own keys / values ``[R, Hkv, q, d]``), over the
+    shared prefix of ``module.layer_idx`` and, causally, the row's own tokens; returns ``([R, q, H, d], None)`` like
+    the eager implementation (the model's mask is not read: the row's own causal mask is built here)."""
     if _STATE is None:
         raise RuntimeError(f"attention implementation {ATTN_NAME!r} is only usable inside attribution.ig_fast")
     rows, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
-    if q_len != 1:
-        raise RuntimeError(f"{ATTN_NAME}: one token per row expected, got {q_len}")
     if scaling is None:
         scaling = dim ** -0.5
     keys, values = _STATE.prefix.get(module.layer_idx, (None, None))
-    if keys is not None and sliding_window:  # the last token sees keys at positions > T-1 - window
+    prefix_len = 0 if keys is None else keys.shape[1]
+    if keys is not None and sliding_window:  # the first row token sees keys at positions > P - window
         keys, values = keys[:, -(sliding_window - 1):], values[:, -(sliding_window - 1):]
-    # [Hkv, R*G, d]: all rows and query heads of one KV head in one matrix product with the shared prefix
+    kept = 0 if keys is None else keys.shape[1]
+    # [Hkv, R*G*q, d]: all rows, query heads and tokens of one KV head in one matrix product with the shared prefix
     # everything below in fp32 whatever the model's dtype: scores, softmax and the weighted sum of values (the
     # reference path's eager / sdpa attention does not round the scores to bf16 either); one cast back at the end
-    q = query.float().reshape(rows, kv_heads, groups, dim).permute(1, 0, 2, 3).reshape(kv_heads, rows * groups, dim)
-    k_self = key.float().reshape(rows, kv_heads, 1, dim).permute(1, 0, 2, 3)  # [Hkv, R, 1, d]
-    v_self = value.float().reshape(rows, kv_heads, 1, dim).permute(1, 0, 2, 3)
-    s_self = (q.view(kv_heads, rows, groups, dim) * k_self).sum(-1).reshape(kv_heads, rows * groups, 1)
-    scores = s_self if keys is None or keys.shape[1] == 0 else torch.cat([torch.matmul(q, keys.transpose(1, 2)),
-                                                                          s_self], dim=-1)
+    q = query.float().reshape(rows, kv_heads, groups, q_len, dim).permute(1, 0, 2, 3, 4)  # [Hkv, R, G, q, d]
+    k_self = key.float().reshape(rows, kv_heads, q_len, dim).permute(1, 0, 2, 3)  # [Hkv, R, q, d]
+    v_self = value.float().reshape(rows, kv_heads, q_len, dim).permute(1, 0, 2, 3)
+    # the row's own keys: [Hkv, R, G, q, q] (elementwise, as one token's dot product with itself was computed)
+    s_self = (q.unsqueeze(4) * k_self[:, :, None, None]).sum(-1).reshape(kv_heads, rows * groups * q_len, q_len)
+    q = q.reshape(kv_heads, rows * groups * q_len, dim)
+    scores = s_self if not kept else torch.cat([torch.matmul(q, keys.transpose(1, 2)), s_self], dim=-1)
     scores = scores * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
+    visible = _visible(prefix_len, kept, q_len, sliding_window, scores.device)
+    if visible is not None:
+        scores = scores.view(kv_heads, rows * groups, q_len, -1).masked_fill(~visible, float("-inf")).view_as(scores)
     probs = torch.softmax(scores, dim=-1)
-    prefix_len = scores.shape[-1] - 1
     # split, not two slices: its backward concatenates the two gradients instead of zero-filling twice
-    p_prefix, p_self = probs.split([prefix_len, 1], dim=-1)
-    out = (p_self.view(kv_heads, rows, groups, 1) * v_self).reshape(kv_heads, rows * groups, dim)
-    if prefix_len:
+    p_prefix, p_self = probs.split([kept, q_len], dim=-1)
+    p_self = p_self.reshape(kv_heads, rows, groups, q_len, q_len, 1)
+    out = (p_self * v_self[:, :, None, None]).sum(-2).reshape(kv_heads, rows * groups * q_len, dim)
+    if kept:
         out = out + torch.matmul(p_prefix, values)
-    out = out.view(kv_heads, rows, groups, dim).permute(1, 0, 2, 3).reshape(rows, 1, heads, dim)
+    out = out.view(kv_heads, rows, groups, q_len, dim).permute(1, 3, 0, 2, 4).reshape(rows, q_len, heads, dim)
     return out.to(query.dtype), None
 
 
@@ -165,23 +185,22 @@ def _prefix_kv(cache) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
 
 
 def fast_ig(model, patcher, inp: IGInput, options: IGOptions) -> IGResult:
-    if inp.target.reads != 1:
-        raise UserError(f"mining.algorithm fast reads the last prompt position only; target {inp.target.name} "
-                        f"reads {inp.target.reads} positions: set mining.algorithm reference")
     device = model_device(model)
     ids = inp.input_ids.view(1, -1).to(device)
-    last = ids[:, -1:]
-    position = torch.tensor([[ids.shape[1] - 1]], device=device)
+    reads = inp.target.reads
+    tail = ids[:, -reads:]  # the scaled position and the target's continuation: every row runs these tokens
+    position = torch.arange(ids.shape[1] - reads, ids.shape[1], device=device).view(1, -1)
     state = _RowState()
-    if ids.shape[1] > 1:
+    if ids.shape[1] > reads:
         with torch.no_grad():
-            state.prefix = _prefix_kv(output_cache(model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1)))
+            state.prefix = _prefix_kv(output_cache(model(input_ids=ids[:, :-reads], use_cache=True,
+                                                         logits_to_keep=1)))
     base = None
     if inp.baseline_ids is not None:  # full passes in the model's own attention: before row mode
         base = baseline_activations(model, patcher, inp, torch.empty(0))
     alphas, weights = step_grid(options)
     with row_mode(model, patcher, state):
-        acts, logits, _ = probe_scaled_position(model, patcher, last, position_ids=position, use_cache=False)
+        acts, logits, _ = probe_scaled_position(model, patcher, tail, reads, position_ids=position, use_cache=False)
         f_input = float(inp.target.value(logits)[0])
         if base is None:
             base = torch.zeros_like(acts)
@@ -202,10 +221,10 @@ def fast_ig(model, patcher, inp: IGInput, options: IGOptions) -> IGResult:
                 ks = torch.tensor([k for _, k in items])
                 scale[layer] = (rows, alphas[ks].to(device), rows_of(base[layer], len(items), device))
             state.counts = counts
-            patcher.set_scale(scale)
+            patcher.set_scale(scale, position=0)  # the row's first token: the scaled position
             try:
-                out = model(input_ids=last.expand(len(chunk), 1), position_ids=position, use_cache=False)
-                f = inp.target.fused_value(out.logits.view(len(chunk), 1, -1))  # a view: no zero-filled grad
+                out = model(input_ids=tail.expand(len(chunk), -1), position_ids=position, use_cache=False)
+                f = inp.target.fused_value(out.logits.view(len(chunk), reads, -1))  # a view: no zero-filled grad
                 grads = torch.autograd.grad(f.sum(), [patcher.scaled[layer] for layer in by_layer])
             finally:
                 patcher.clear_scale()

@@ -266,16 +266,12 @@ def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs)
     from attribution import diagnose
 
     files, key = RunLayout.of(cfg).mining, diagnose.probe_key(cfg, pairs)
-    found = diagnose.reuse(files, key)
-    if found:
-        rows, best = found
-        how = f"reusing {files.diagnosis_json}"
-    else:
-        rows = diagnose.diagnose(model, tokenizer, prompts, pairs, cfg)
-        best = diagnose.choose(rows)
-        how = "probed"
-        if parallel.is_main():
-            diagnose.write(rows, best, cfg, files, key)
+    rows = diagnose.reuse(files, key, tokenizer, prompts, cfg.mining.algorithm)
+    how = f"reusing the probe of {files.diagnosis_json}" if rows else "probed"
+    rows = rows or diagnose.diagnose(model, tokenizer, prompts, pairs, cfg)
+    best = diagnose.choose(rows)
+    if parallel.is_main():
+        diagnose.write(rows, best, cfg, files, key)
     if parallel.is_main():
         print(f"mining.target auto: {best.target} ({how})", file=sys.stderr, flush=True)
     return dataclasses.replace(cfg, mining=dataclasses.replace(cfg.mining, target=best.target)), (rows, best, key)

@@ -4,15 +4,14 @@ A target class owns its prompt (``prompt``), the token ids it scores for one exa
 positions it reads and its scalar (``value(logits)``). An instance is one example's target: ``token_ids`` (what
 it scores) and ``continuation`` (teacher-forced tokens appended after the prompt). The activation that IG scales
 is the last *prompt* token's; F reads the logits at that position and at every continuation token
-(``reads = len(continuation) + 1`` positions, the last ``reads`` of the input). A target that reads one position
-works on both IG paths; one that reads several needs ``mining.algorithm reference`` (``check`` refuses the fast
-path in one line: its cached single-token rows would miss the later positions' dependence on the scaled one).
+(``reads = len(continuation) + 1`` positions, the last ``reads`` of the input). Both IG paths run every target
+(the fast path's rows carry the continuation tokens after the scaled one).
 
 Registered (names also listed in ``neurorit/config.py`` ``ATTRIBUTION_TARGETS``, which the config validates):
 
 - ``yes_prob``: P(the whole YES word) after the verification prompt (docs/DESIGN.md §2). When the word is one
   token this is the softmax probability at the last prompt position (the paper's target); when it splits (SmolLM2:
-  " YES" = "Y" + "ES") the product of its tokens' probabilities, teacher-forced (reference path only).
+  "YES" = "Y" + "ES") the product of its tokens' probabilities, teacher-forced.
 - ``yes_no_margin``: log P(yes words) - log P(no words) after the verification prompt, at the last position; the
   words are the style's YES / NO word in upper, title and lower case, those that are one token.
 - ``answer_logprob``: log P(the gold answer's first token) after the answer-only prompt.
@@ -165,13 +164,8 @@ class YesProb(_TeacherForced):
 
     @classmethod
     def check(cls, tokenizer, prompts, algorithm):
-        ids = token_ids(tokenizer, prompts.yes_word)
-        if not ids:
+        if not token_ids(tokenizer, prompts.yes_word):
             raise UserError(f"the tokenizer gives no token for the YES word {prompts.yes_word!r}")
-        if len(ids) > 1 and algorithm == "fast":
-            raise UserError(f"mining.target {cls.name}: the YES word {prompts.yes_word!r} is {len(ids)} tokens for "
-                            f"this tokenizer and mining.algorithm fast reads one position; set mining.algorithm "
-                            f"reference, or another mining.target")
 
     def from_logprob(self, logp: torch.Tensor) -> torch.Tensor:
         return logp.exp()
@@ -233,14 +227,8 @@ class AnswerLogprob(_TeacherForced):
 
 @target("answer_seq_logprob")
 class AnswerSeqLogprob(_TeacherForced):
-    """log P(the whole gold answer) after the answer-only prompt, teacher-forced (reference path)."""
+    """log P(the whole gold answer) after the answer-only prompt, teacher-forced."""
 
     @classmethod
     def for_answer(cls, tokenizer, prompts, answer):
         return cls.of(token_ids(tokenizer, prompts.output_prefix + answer.strip()) if answer.strip() else [])
-
-    @classmethod
-    def check(cls, tokenizer, prompts, algorithm):
-        if algorithm == "fast":
-            raise UserError(f"mining.target {cls.name} reads every token of the gold answer and mining.algorithm "
-                            f"fast reads one position; set mining.algorithm reference, or another mining.target")

@@ -84,7 +84,7 @@ RENAMED_KEYS = {"mining.method": "mining.algorithm"}  # old key -> new key, refu
 class MiningConfig:
     file: str = ""  # records to mine on; empty = the training records (data.train_files each once, else train_file)
     num_examples: int = 400  # mining questions (the release used 389)
-    # fast = the exact single-token path; reference = full passes (slow; also targets read at several positions)
+    # fast = the exact path over the prompt's KV cache; reference = full passes per layer (slow; what tests compare to)
     algorithm: Literal["fast", "reference"] = "fast"
     steps: int = 20  # integrated-gradients steps m
     # standard = left Riemann sum; ircan = the release's end-point rule
@@ -94,7 +94,7 @@ class MiningConfig:
     # attribution/diagnose.py's separation probe ranks first on the mining split (largest paired effect dz)
     target: str = "yes_prob"
     min_separation: float = 0.5  # diagnose's verdict: a target separates when its paired effect dz is >= this
-    # (layer, step) rows per single-token sweep: bounds memory, and on a GPU fewer, larger sweeps are faster;
+    # (layer, step) rows per sweep of the fast path: bounds memory, and on a GPU fewer, larger sweeps are faster;
     # auto = 64 on CPU, on an accelerator every row of an example that fits (attribution/mine.py)
     chunk_rows: Literal["auto"] | int = "auto"
     threshold_ratio: float = 0.1  # keep scores >= ratio x the example's max

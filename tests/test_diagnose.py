@@ -53,7 +53,7 @@ def test_diagnose_command_on_a_tiny_model(workspace, tmp_path, capsys):
         assert f"| {name} | " in text
     usable = [r for r in body["targets"] if r["usable"] and r["questions"]]
     assert body["chosen"] == max(usable, key=lambda r: r["dz"])["target"]
-    assert {r["target"] for r in body["targets"] if not r["usable"]} == {"answer_seq_logprob"}  # fast: refused
+    assert all(r["usable"] for r in body["targets"])  # every target runs on the fast path
     assert all(r["questions"] == 7 for r in usable)
     lines = text.strip().splitlines()
     assert lines[-1] == body["verdict"] and lines[-1].startswith("verdict: ")
@@ -64,7 +64,7 @@ def test_mine_with_auto_target_mines_with_the_chosen_one(workspace, tmp_path):
     out = str(tmp_path / "mining")
     mine_main(["--config", workspace, "--mining.target", "auto", "--mining.output_dir", out])
     chosen = json.load(open(os.path.join(out, "diagnosis.json")))["chosen"]
-    assert chosen in TARGETS and chosen != "answer_seq_logprob"
+    assert chosen in TARGETS
     assert f"target: {chosen}" in open(os.path.join(out, "config.yaml")).read()
     assert json.load(open(os.path.join(out, "neuron_map.json")))["provenance"]["mining"]["target"] == chosen
     text = open(os.path.join(out, "diagnosis.txt")).read()  # rewritten after mining: the map's fill quoted
@@ -75,11 +75,16 @@ def test_mine_with_auto_reuses_a_diagnosis_of_the_same_probe_and_not_another(wor
     out = str(tmp_path / "mining")
     diagnose.main(["--config", workspace, "--mining.output_dir", out])
     body = json.load(open(os.path.join(out, "diagnosis.json")))
+    stale = dict(body, targets=[dict(r, usable=False, refusal="an older code's refusal") if r["target"] ==
+                                body["chosen"] else r for r in body["targets"]])
+    with open(os.path.join(out, "diagnosis.json"), "w") as fh:  # usability is asked again, not read
+        json.dump(stale, fh)
     capsys.readouterr()
     mine_main(["--config", workspace, "--mining.target", "auto", "--mining.output_dir", out])
     err = capsys.readouterr().err
-    assert f"mining.target auto: {body['chosen']} (reusing " in err and "diagnose: yes_prob:" not in err
-    assert json.load(open(os.path.join(out, "diagnosis.json")))["key"] == body["key"]
+    assert f"mining.target auto: {body['chosen']} (reusing the probe of " in err and "diagnose: yes_prob:" not in err
+    again = json.load(open(os.path.join(out, "diagnosis.json")))
+    assert again["key"] == body["key"] and again["targets"] == body["targets"]
     # another probe (a shorter context: other prompts) is not the one on disk: probed again
     other = str(tmp_path / "other")
     os.makedirs(other)

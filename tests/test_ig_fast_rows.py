@@ -1,7 +1,8 @@
 """Fast IG with rows that start at their own layer (the staircase sweep over the shared prefix cache).
 
-Fast == reference for every family, SmolLM2-135M's config (random weights, 2 layers), chunk layouts that cut a
-layer's steps, a one-token prompt, sdpa models; each row runs only from its own layer; the model is left as found.
+Fast == reference for every family (one scored token, and a teacher-forced word of three tokens whose rows carry
+the two after the scaled one), SmolLM2-135M's config (random weights, 2 layers), chunk layouts that cut a layer's
+steps, a one-token prompt, sdpa models; each row runs only from its own layer; the model is left as found.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ def _prompt(n: int = 24, q: int = 9, vocab: int = 97, seed: int = 7):
 
 
 def _check(model, prompt, query, options, target=TARGETS["yes_prob"]((11,)), tol=1e-4):
+    """``target`` after ``prompt`` (its continuation tokens appended): fast == reference."""
     patcher = patch_model(model)
-    inp = IGInput(prompt, query, target)
+    inp = IGInput(torch.cat([prompt, torch.tensor(target.continuation, dtype=prompt.dtype)]), query, target)
     ref = integrated_gradients(model, patcher, inp, options, "reference")
     fast = integrated_gradients(model, patcher, inp, options, "fast")
     assert _rel_err(fast.attributions, ref.attributions) <= tol
@@ -49,20 +51,22 @@ def smollm2_model(layers: int = 2, seed: int = 0) -> tf.PreTrainedModel:
     return tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").float().eval()
 
 
+@pytest.mark.parametrize("word", [(11,), (11, 40, 5)])
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_every_family_three_layers_chunks_cut_layers(family):
+def test_every_family_three_layers_chunks_cut_layers(family, word):
     """3 layers x 5 steps in chunks of 4: chunks start mid-layer and span layers."""
     model = tiny_model(family, layers=3).requires_grad_(False)
     prompt, query = _prompt()
-    _check(model, prompt, query, IGOptions(steps=5, chunk_rows=4))
+    _check(model, prompt, query, IGOptions(steps=5, chunk_rows=4), TARGETS["yes_prob"].of(list(word)))
 
 
 @pytest.mark.parametrize("rule", ["standard", "ircan"])
-@pytest.mark.parametrize("target", ["yes_prob", "answer_logprob"])
-def test_smollm2_config_two_layers(rule, target):
+@pytest.mark.parametrize("target,tokens", [("yes_prob", (17,)), ("answer_logprob", (17,)),
+                                           ("answer_seq_logprob", (17, 300, 4, 99))])
+def test_smollm2_config_two_layers(rule, target, tokens):
     model = smollm2_model(layers=2).requires_grad_(False)
     prompt, query = _prompt(40, 12, vocab=512)
-    _check(model, prompt, query, IGOptions(steps=6, ig_rule=rule, chunk_rows=7), TARGETS[target]((17,)))
+    _check(model, prompt, query, IGOptions(steps=6, ig_rule=rule, chunk_rows=7), TARGETS[target].of(list(tokens)))
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 10, 1000])

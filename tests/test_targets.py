@@ -1,6 +1,6 @@
 """Attribution targets (attribution/targets.py): the registry and the config, a target added inside a test and
-mined with, a teacher-forced (several-position) target on the reference path against a brute-force IG, the fast
-path equal to the reference for every target it accepts, and its one-line refusal of the others."""
+mined with, a teacher-forced (several-position) target on the reference path against a brute-force IG, and the fast
+path equal to the reference for every target, one position or several (also across a sliding window)."""
 from __future__ import annotations
 
 import math
@@ -111,9 +111,9 @@ def test_teacher_forced_target_on_the_reference_path_equals_brute_force_ig():
     first = integrated_gradients(model, patcher, IGInput(prompt, query, AnswerLogprob((answer[0],))), options,
                                  "reference")  # the later positions matter: not the first token's attribution
     assert float((first.attributions - ref.attributions).abs().max()) > 1e-3 * float(brute.abs().max())
-    with pytest.raises(UserError, match="mining.algorithm fast reads the last prompt position only; target "
-                                        "answer_seq_logprob reads 4 positions: set mining.algorithm reference"):
-        integrated_gradients(model, patcher, inp, options, "fast")
+    fast = integrated_gradients(model, patcher, inp, options, "fast")  # the rows carry the 3 continuation tokens
+    assert float((fast.attributions - brute).abs().max()) <= 1e-4 * float(brute.abs().max())
+    assert fast.f_input == pytest.approx(ref.f_input, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
@@ -142,12 +142,24 @@ def test_yes_no_margin_is_the_log_ratio_of_the_two_word_sets():
     assert torch.allclose(margin.value(logits), want, atol=1e-5)
 
 
-def test_fast_path_is_refused_in_one_line_for_a_several_position_target():
-    tok, prompts = mining_tokenizer(), PromptBuilder("compact")
-    with pytest.raises(UserError, match="mining.target answer_seq_logprob reads every token of the gold answer "
-                                        ".* set mining.algorithm reference"):
-        targets.get("answer_seq_logprob").check(tok, prompts, "fast")
-    targets.get("answer_seq_logprob").check(tok, prompts, "reference")
+@pytest.mark.parametrize("family,prompt_len", [("llama", 12), ("llama", 1), ("gemma2", 100)])
+def test_fast_path_equals_reference_for_a_several_position_target(family, prompt_len):
+    """A whole YES word of three tokens (two teacher-forced): fast == reference, with a prefix, with none (the
+    scaled token is the first), and past Gemma-2's sliding window of 64 (each tail token masks its own window)."""
+    model = tiny_model(family, layers=2).requires_grad_(False)
+    patcher = patch_model(model)
+    gen = torch.Generator().manual_seed(9)
+    prompt, query = torch.randint(3, 97, (prompt_len,), generator=gen), torch.randint(3, 97, (5,), generator=gen)
+    word = TARGETS["yes_prob"].of([23, 71, 8])
+    inp = IGInput(torch.cat([prompt, torch.tensor(word.continuation)]), query, word)
+    options = IGOptions(steps=5, chunk_rows=4)
+    ref = integrated_gradients(model, patcher, inp, options, "reference")
+    fast = integrated_gradients(model, patcher, inp, options, "fast")
+    scale = float(ref.attributions.abs().max())
+    assert scale > 0 and float((fast.attributions - ref.attributions).abs().max()) <= 1e-4 * scale
+    assert fast.f_input == pytest.approx(ref.f_input, rel=1e-5)
+    assert torch.allclose(fast.f_baseline, ref.f_baseline, rtol=1e-5)
+    targets.get("answer_seq_logprob").check(mining_tokenizer(), PromptBuilder("compact"), "fast")  # not refused
 
 
 def test_a_target_added_inside_a_test_is_mined_with(tmp_path, monkeypatch):
