@@ -84,8 +84,8 @@ check-reader-smollm: real-model
 # second call reuses every finished step and adds the other arms.
 PRIMARY = base,neurorit,random_neurons,layer_tuning,random_layers,neurons_only,random_neurons_only
 experiment-smollm: real-model
-	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --methods $(PRIMARY)
-	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --controls
+	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --diagnose --methods $(PRIMARY)
+	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --diagnose --controls
 
 # after experiment-smollm (one command does both): mining with the other IG target, Neuro-RIT's stage 2 with
 # frozen gates, its stage 1 with 5x the steps, and scripts/analyze_run.py -> outputs/smollm2/analysis.md

@@ -6,7 +6,9 @@
 Steps (each skipped when its output already exists, so a re-run continues where it stopped): the benchmark
 (``data.benchmark``: ``benchmarks/embedded`` or ``benchmarks/english``) -> the base model (embedded: the
 committed one, trained only if missing; otherwise ``model.path`` must hold one, e.g. from ``make real-model``)
--> mine (ZeRO-3 over ``--ranks`` ranks, launched with torchrun) -> every method of ``neurorit/methods.py``
+-> with ``--diagnose``, the separation probe of every attribution target (``attribution/diagnose.py``, one
+process; ``mining.target auto`` then reuses it) -> mine (ZeRO-3 over ``--ranks`` ranks, launched with torchrun) ->
+every method of ``neurorit/methods.py``
 (Neuro-RIT's stages, hard deactivation, the baselines), each in ``<output_dir>/<method>/<stage>`` ->
 evaluation of every method with the two-step instruction -> results.json, results.md and the chart in
 ``runtime.output_dir``; then the same with the answer-only instruction -> ``<output_dir>/answer_only/``; with
@@ -68,10 +70,11 @@ def runs(method: methods.Method, baselines: bool, controls: bool, only: tuple[st
 class Pipeline:
     def __init__(self, config: str, overrides: list[str], ranks: int, baselines: bool = True,
                  instructions: tuple[str, ...] = ("two_step", "answer_only"), controls: bool = False,
-                 only: tuple[str, ...] = ()):
+                 only: tuple[str, ...] = (), diagnose: bool = False):
         # every step runs in the caller's working directory, so a relative path means the same in this process
         # (done markers) and in its steps; the config file's own paths are relative to the file (neurorit/config.py)
         self.config, self.overrides, self.ranks = os.path.abspath(config), overrides, ranks
+        self.diagnose = diagnose
         # the first instruction is the headline (its results go to output_dir); others to output_dir/<name>
         self.instructions = instructions
         self.cfg = load_config(config, overrides)
@@ -297,6 +300,10 @@ class Pipeline:
         elif not os.path.exists(cfg.model.path):
             resolve_model(cfg.model.path)  # a Hub id through the Hub cache, or one line saying why not
         mining = self.layout.mining
+        if self.diagnose:
+            threads = self.ranks * cfg.runtime.torch_threads  # one process: the ranks' threads (0: torch's)
+            self.step("diagnose", mining.diagnosis_json, [PY, "-m", "attribution.diagnose", *self.args(
+                "--runtime.torch_threads", str(threads))])
         self.step("mine", mining.summary, launch(self.ranks, "attribution/mine.py", self.args()))
         print(open(mining.summary).read(), flush=True)
 
@@ -375,6 +382,9 @@ def main(argv=None) -> None:
     p.add_argument("--methods", default="",
                    help="comma-separated methods to run instead (names of neurorit/methods.py, e.g. "
                         "base,neurorit,neurons_only,random_neurons_only); overrides --controls and --quick's choice")
+    p.add_argument("--diagnose", action="store_true",
+                   help="first neurorit-diagnose (every attribution target's separation on the mining split, "
+                        "forward only) into the mining folder, with its minutes in timings.json")
     p.add_argument("--instructions", default="",
                    help="comma-separated inference instructions to evaluate; the first is the headline, reported in "
                         "runtime.output_dir, the others in output_dir/<instruction> (default: two_step,answer_only; "
@@ -389,7 +399,7 @@ def main(argv=None) -> None:
     for name in only:
         methods.get(name)  # an unknown name: one line listing the registry's
     pipeline = Pipeline(args.config, overrides, args.ranks, baselines=not args.quick, instructions=instructions,
-                        controls=args.controls, only=only)
+                        controls=args.controls, only=only, diagnose=args.diagnose)
     pipeline.run()
     if args.why:
         pipeline.why()

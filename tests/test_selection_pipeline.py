@@ -3,7 +3,8 @@ minutes: ``make test-pipeline``): the stage-1 grid is tried in order on Neuro-RI
 gold-only evaluation; every stage 1 then trains at the chosen point; each trained method's stage 2 runs at every
 learning rate of the grid, and one more beyond a winning edge, and is scored on dev; a random control and its mined
 arm share one learning rate; ``--methods`` runs the methods named and no other; the test evaluation reads the chosen
-exports; results.json carries the record. Tests run no script by import: the demo is a subprocess."""
+exports; results.json carries the record; ``--diagnose`` probes the targets first and ``mining.target auto`` mines
+with its choice without probing again. Tests run no script by import: the demo is a subprocess."""
 from __future__ import annotations
 
 import json
@@ -28,10 +29,14 @@ def test_demo_chooses_on_dev_and_reports_it(tmp_path):
            "--eval.num_examples", "12", "--eval.batch_size", "8", "--runtime.output_dir", str(out),
            "--selection.lrs", ",".join(map(str, LRS)), "--selection.stage1_steps", "3,4",
            "--selection.stage1_lrs", "1e-3", "--selection.stage1_noise_end", "0.0", "--selection.dev_examples", "8",
-           "--selection.widen", "1", "--selection.share_control_lr", "true",
+           "--selection.widen", "1", "--selection.share_control_lr", "true", "--diagnose", "--mining.target", "auto",
            "--methods", "base,neurorit_release_masks,neurons_only,random_neurons_only,random_layers"]
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(None), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    chosen = json.loads((out / "mining" / "diagnosis.json").read_text())["chosen"]
+    assert f"mining.target auto: {chosen} (reusing the probe of " in proc.stderr
+    assert json.loads((out / "mining" / "neuron_map.json").read_text())["provenance"]["mining"]["target"] == chosen
+    assert {"diagnose", "mine"} <= set(json.loads((out / "timings.json").read_text()))
     record = json.loads((out / "selection" / "selection.json").read_text())
     # stage 1: the first point passes (a share >= 0 always does, the gold bound holds at 3 steps): the grid stops there
     s1 = record["stage1"]
