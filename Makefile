@@ -6,7 +6,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: setup demo demo-quick test test-slow test-all test-pipeline test-gpu-check test-slurm test-faults test-vllm base-model benchmark \
 	test-transformers-oldest real-model check-reader-smollm experiment-smollm experiment-smollm-why \
-	results-smollm clean
+	experiment-smollm-paper results-smollm results-smollm-paper clean
 
 setup: $(STAMP)
 
@@ -87,6 +87,13 @@ experiment-smollm: real-model
 	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --diagnose --methods $(PRIMARY)
 	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --diagnose --controls
 
+# the same experiment with the paper's attribution target (P(the whole YES word)) in place of the one diagnose
+# picks, into outputs/smollm2_paper_target (the same benchmark, questions and protocol)
+PAPER_TARGET = --mining.target yes_prob --runtime.output_dir outputs/smollm2_paper_target
+experiment-smollm-paper: real-model
+	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --diagnose --methods $(PRIMARY) $(PAPER_TARGET)
+	$(PY) scripts/demo.py --config configs/smollm2.yaml --instructions answer_only --diagnose --controls $(PAPER_TARGET)
+
 # after experiment-smollm (one command does both): mining with the other IG target, Neuro-RIT's stage 2 with
 # frozen gates, its stage 1 with 5x the steps, and scripts/analyze_run.py -> outputs/smollm2/analysis.md
 experiment-smollm-why: real-model
@@ -97,3 +104,7 @@ experiment-smollm-why: real-model
 results-smollm: experiment-smollm
 	$(PY) scripts/analyze_run.py --config configs/smollm2.yaml --run $$($(PY) -m neurorit.run_layout root --config configs/smollm2.yaml)
 	$(PY) -m neurorit.run_layout collect results/smollm2 --config configs/smollm2.yaml
+
+results-smollm-paper: experiment-smollm-paper
+	$(PY) scripts/analyze_run.py --config configs/smollm2.yaml --run outputs/smollm2_paper_target
+	$(PY) -m neurorit.run_layout collect results/smollm2_paper_target --config configs/smollm2.yaml $(PAPER_TARGET)
