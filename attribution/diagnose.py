@@ -14,11 +14,13 @@ measures "a passage is there", not relevance).
 The rule behind ``mining.target: auto`` (fixed): the target with the largest relevance ``dz`` among those
 ``mining.algorithm`` can run (``Target.check``). The verdict: that target separates when its ``dz`` is at least
 ``mining.min_separation`` and relevant beats irrelevant in more than half of the questions; otherwise a map mined
-with any target is unlikely to hold relevance neurons. With a mining output already in place its fill and
-half-split stability (``diagnostics.json``) are quoted. Writes ``diagnosis.json`` and ``diagnosis.txt`` into the
-mining folder (``RunLayout.mining``); progress lines go to stderr while it runs. ``diagnosis.json`` keeps the
-probe's key (``probe_key``: model, dtype, pairs, prompt settings, algorithm, the registered targets), so mining with
-``auto`` after ``neurorit-diagnose`` reuses the choice instead of probing again (``reuse``).
+with any target is unlikely to hold relevance neurons. What the run folder already shows is quoted above the
+verdict: a mined map's fill and half-split stability (``diagnostics.json``), and after ``scripts/demo.py``'s dev
+selection, stage 1 with the mined irrelevant-only neurons against as many random ones at the chosen point
+(``selection.json``). Writes ``diagnosis.json`` and ``diagnosis.txt`` into the mining folder (``RunLayout.mining``);
+progress lines go to stderr while it runs. ``diagnosis.json`` keeps the probe's key (``probe_key``: model, dtype,
+pairs, prompt settings, algorithm, the registered targets): mining with ``auto``, and this command run again,
+reuse a probe of the same key instead of probing again (``reuse``; seconds).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from attribution.stats import OK
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.neuron_map import MAP_JSON
-from neurorit.run_layout import MiningFiles
+from neurorit.run_layout import MiningFiles, RunLayout
 
 SIDES = ("relevant", "irrelevant", "no_passage")
 
@@ -174,7 +176,7 @@ def _number(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1e-2 and x else f"{x:.4f}"
 
 
-def summary_text(rows: list[Separation], best: Separation, cfg, map_facts: str) -> str:
+def summary_text(rows: list[Separation], best: Separation, cfg, facts: list[str]) -> str:
     lines = [f"diagnose: {cfg.model.path}, {max(r.questions for r in rows)} mining questions (forward only; "
              f"no passage = the query-only prompt)",
              "| target | relevant | irrelevant | no passage | relevant > irrelevant | dz | irrelevant > no passage | "
@@ -185,8 +187,7 @@ def summary_text(rows: list[Separation], best: Separation, cfg, map_facts: str) 
                      f"{'yes' if r.usable else 'no: ' + r.refusal} |")
     lines.append(f"rule (mining.target auto): the largest dz among the targets mining.algorithm {cfg.mining.algorithm} "
                  f"can run -> {best.target}")
-    if map_facts:
-        lines.append(map_facts)
+    lines += facts
     lines.append(verdict(best, cfg.mining.min_separation))
     return "\n".join(lines)
 
@@ -206,10 +207,27 @@ def map_facts(mining_root: str) -> str:
     return f"the map in {mining_root} (mined with {mined_with}): fill {fill}; half-split Jaccard {stable}"
 
 
+def stage1_facts(record_path: str) -> str:
+    """Stage 1 with the mined irrelevant-only neurons against as many random ones, at the point the dev rule chose
+    (``selection.json``'s ``stage1.mined_vs_random``, from ``scripts/demo.py``), or "" before that run."""
+    if not os.path.isfile(record_path):
+        return ""
+    with open(record_path) as fh:
+        stage1 = json.load(fh).get("stage1", {})
+    found = stage1.get("mined_vs_random")
+    if not found:
+        return ""
+    point, (lo, hi) = stage1["chosen"], found["ci95"]
+    return (f"stage 1 at the dev-chosen point ({point['max_steps']} steps, lr {point['lr']:g}; {record_path}): "
+            f"noise-only minus gold-only end share, mined {found['mined_gap']:.3f} vs random {found['random_gap']:.3f}"
+            f" on {found['n']} dev questions, difference {found['difference']:+.3f} (95% CI {lo:+.3f} to {hi:+.3f})")
+
+
 def write(rows: list[Separation], best: Separation, cfg, files, key: str) -> str:
-    """``diagnosis.json`` (with the probe's ``key``) then ``diagnosis.txt`` (the text also printed); returns the
-    text."""
-    text = summary_text(rows, best, cfg, map_facts(files.root))
+    """``diagnosis.json`` (with the probe's ``key``) then ``diagnosis.txt`` (the text also printed, with what the
+    run folder already shows: the map's fill and stability, stage 1 mined vs random); returns the text."""
+    facts = [f for f in (map_facts(files.root), stage1_facts(RunLayout.of(cfg).selection_record)) if f]
+    text = summary_text(rows, best, cfg, facts)
     body = {"key": key, "targets": [asdict(r) for r in rows], "chosen": best.target,
             "rule": "largest dz among usable targets",
             "min_separation": cfg.mining.min_separation, "verdict": text.splitlines()[-1]}
@@ -228,7 +246,6 @@ def main(argv=None) -> None:
     from neurorit.config import parse_args
     from neurorit.prompts import prompt_builder
     from neurorit.records import mining_records
-    from neurorit.run_layout import RunLayout
 
     args, cfg = parse_args("Probe every attribution target on the mining split (forward only) and say whether a "
                            "neuron map is worth mining (docs/DESIGN.md §2).", argv)
@@ -237,10 +254,15 @@ def main(argv=None) -> None:
     pairs = offtopic_mining_pairs(mining_records(cfg), cfg.runtime.seed, limit=m.num_examples)
     if not pairs:
         raise UserError(f"no mining pairs in {m.file or cfg.data.train_file}")
-    model = load_causal_lm(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation).eval()
     tokenizer = load_tokenizer(cfg.model.path)
-    rows = diagnose(model, tokenizer, prompt_builder(cfg.data, tokenizer), pairs, cfg)
-    write(rows, choose(rows), cfg, RunLayout.of(cfg).mining, probe_key(cfg, pairs))
+    prompts, files, key = prompt_builder(cfg.data, tokenizer), RunLayout.of(cfg).mining, probe_key(cfg, pairs)
+    rows = reuse(files, key, tokenizer, prompts, m.algorithm)
+    if rows:  # the same probe, done: the verdict again, with what the run has measured since
+        print(f"diagnose: reusing the probe of {files.diagnosis_json}", file=sys.stderr, flush=True)
+    else:
+        model = load_causal_lm(cfg.model.path, cfg.model.dtype, cfg.model.attn_implementation).eval()
+        rows = diagnose(model, tokenizer, prompts, pairs, cfg)
+    write(rows, choose(rows), cfg, files, key)
 
 
 def cli() -> None:

@@ -314,6 +314,8 @@ class Pipeline:
             record = selection.selection_record(cfg.selection, self.record["stage1"], self.record["stage2"])
             atomic_write_text(self.layout.selection_record, json.dumps(record, indent=1) + "\n")
             report_extra = ["--selection", self.layout.selection_record]
+        if self.diagnose:  # the verdict again (the probe reused), now with the map and stage 1's mined vs random
+            self.step("diagnose (verdict)", "", [PY, "-m", "attribution.diagnose", *self.args()])
         for instruction in self.instructions:
             for name, model in runs:
                 self.evaluate(name, model, instruction)

@@ -93,3 +93,24 @@ def test_mine_with_auto_reuses_a_diagnosis_of_the_same_probe_and_not_another(wor
                "--data.max_length", "200"])
     err = capsys.readouterr().err
     assert "diagnose: yes_prob:" in err and "(probed)" in err
+
+
+def test_diagnose_again_reuses_its_probe_and_quotes_stage_one_mined_vs_random(workspace, tmp_path, capsys):
+    out, root = str(tmp_path / "run" / "mining"), tmp_path / "run"
+    args = ["--config", workspace, "--mining.output_dir", out, "--runtime.output_dir", str(root)]
+    diagnose.main(args)
+    first = json.load(open(os.path.join(out, "diagnosis.json")))
+    (root / "selection").mkdir()
+    mvr = {"n": 40, "mined_gap": 0.35, "random_gap": 0.05, "difference": 0.3, "ci95": [0.15, 0.45]}
+    (root / "selection" / "selection.json").write_text(json.dumps(
+        {"stage1": {"chosen": {"max_steps": 40, "lr": 0.0003}, "mined_vs_random": mvr}}))
+    capsys.readouterr()
+    diagnose.main(args)
+    captured = capsys.readouterr()
+    assert "diagnose: reusing the probe of" in captured.err and "diagnose: yes_prob:" not in captured.err
+    text = open(os.path.join(out, "diagnosis.txt")).read().strip().splitlines()
+    assert json.load(open(os.path.join(out, "diagnosis.json")))["targets"] == first["targets"]
+    assert text[-2] == (f"stage 1 at the dev-chosen point (40 steps, lr 0.0003; {root / 'selection' / 'selection.json'}"
+                        f"): noise-only minus gold-only end share, mined 0.350 vs random 0.050 on 40 dev questions, "
+                        f"difference +0.300 (95% CI +0.150 to +0.450)")
+    assert text[-1].startswith("verdict: ")
