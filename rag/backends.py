@@ -1,7 +1,7 @@
 """The generation seam of evaluation: one interface, three backends (``eval.backend``).
 
-- ``hf``: the model loaded whole on every rank; batched greedy decoding (``rag.generate``); rank r decodes
-  batches r, r+W, ... on its own.
+- ``hf``: the model loaded whole on every rank; batched greedy decoding (``rag.generate``); each rank decodes its
+  share of the batches on its own, the shares balanced by estimated cost (``rag.generate.balanced_shares``).
 - ``zero3``: the model partitioned over the ranks with DeepSpeed ZeRO-3 (``parallel.Strategy.for_inference``,
   ``eval.ds_config``), so a model larger than one device's memory can be evaluated. Ranks decode their own batches
   in lockstep: every rank runs the same number of rounds (a rank out of batches decodes a one-token stand-in) and
@@ -32,7 +32,7 @@ import torch
 
 from neurorit import memory, parallel, runtime
 from neurorit.errors import UserError
-from rag.generate import Decoding, greedy_generate
+from rag.generate import Decoding, balanced_shares, greedy_generate
 
 log = logging.getLogger("rag.backends")
 
@@ -71,7 +71,8 @@ class HFBackend:
     """Batched greedy decoding with a Hugging Face model held whole by this rank."""
 
     name = "hf"
-    splits_over_ranks = True  # rank r takes batches r, r+W, ...
+    splits_over_ranks = True  # each rank decodes its share of the batches
+    lockstep = False  # shares balanced by cost (a rank never waits for another's forward)
 
     def __init__(self, model):
         self.model = model
@@ -127,6 +128,9 @@ class Zero3Backend(HFBackend):
     """The model partitioned with ZeRO-3; generation in lockstep over the ranks."""
 
     name = "zero3"
+    # round-robin shares (rank r takes r, r+W, ...): a round costs its slowest rank's batch, and neighbours in the
+    # length order cost about the same
+    lockstep = True
 
     @classmethod
     def load(cls, path: str, cfg) -> "Zero3Backend":
@@ -246,7 +250,14 @@ def generate_resumably(backend, prompts: list, batches: list, decoding: Decoding
     import time
 
     done = store.open(batches, resume)
-    mine = parallel.shard_indices(len(batches)) if backend.splits_over_ranks else list(range(len(batches)))
+    if not backend.splits_over_ranks:
+        mine = list(range(len(batches)))
+    elif backend.lockstep:
+        mine = parallel.shard_indices(len(batches))
+    else:  # the batches still to decode, balanced over the ranks
+        left = [b for b in range(len(batches)) if b not in done]
+        shares = balanced_shares([batches[b] for b in left], prompts, decoding.max_new_tokens, parallel.world_size())
+        mine = [left[b] for b in shares[parallel.rank()]]
     todo = [b for b in mine if b not in done]
     if bar is not None and parallel.is_main():
         from tqdm import tqdm

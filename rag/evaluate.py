@@ -8,9 +8,10 @@ and per question kind (``meta.kind``: ``world`` / ``fresh`` in the embedded benc
 95% bootstrap interval. The model is always a plain Hugging Face checkpoint: every method's own rule (hard
 deactivation included) is folded into its export by ``train/``, so nothing is patched here.
 
-Distributed: prompts are cut into length-sorted batches that do not depend on the number of ranks; rank r
-generates batches r, r+W, ... (``parallel.shard_indices``); the outputs are gathered, so every rank holds the same
-result and it equals a one-rank run exactly. Rank 0 writes the files, TensorBoard scalars and a progress bar.
+Distributed: prompts are cut into length-sorted batches that do not depend on the number of ranks; each rank
+generates its share of them (``hf``: balanced by estimated cost, ``rag.generate.balanced_shares``; ``zero3``: rank r
+takes r, r+W, ...); the outputs are gathered, so every rank holds the same result and it equals a one-rank run
+exactly. Rank 0 writes the files, TensorBoard scalars and a progress bar.
 
     python -m rag.evaluate --config configs/embedded.yaml --model outputs/demo/stage2/export --name neurorit
     deepspeed --num_gpus 2 rag/evaluate.py --config ... --model ... --name base      # same numbers, faster
@@ -110,7 +111,7 @@ def evaluate_model(model, tokenizer, records: list[Record], cfg: ExperimentConfi
     """Generate, extract and score; return ``(summary, predictions)``. Collective.
 
     ``model``: a backend of ``rag/backends.py`` or a bare Hugging Face model (the ``hf`` backend). Batches go to
-    the ranks round-robin (``hf``, ``zero3``) or all to the one process (``vllm``); each finished batch goes to
+    the ranks (``hf``: shares balanced by cost; ``zero3``: round-robin) or all to the one process (``vllm``); each finished batch goes to
     ``store`` (``rag.resume.BatchStore``: on disk, resumable; default: in memory). Every rank returns the same
     objects. ``summary`` = ``{"settings": {setting: stats}, "by_kind": {kind: {setting: stats}}}`` with stats
     ``{"match", "em", "f1", "match_ci95", "n"}``; ``predictions`` = one dict per job in a fixed order (settings,

@@ -127,6 +127,25 @@ def length_batches(prompts: Sequence[Sequence[int]], batch_size: int) -> list[li
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+def balanced_shares(batches: Sequence[Sequence[int]], prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                    world: int) -> list[list[int]]:
+    """The batches (indices into ``batches``) each of ``world`` ranks decodes, balanced by an estimate of their
+    cost: rows x (longest prompt + ``max_new_tokens``), the positions the batch's cache holds at its end.
+    Longest-processing-time first: batches by falling cost (ties by index) each to the least loaded rank (ties
+    by rank). Depends only on its arguments, so every rank computes the same shares; a batch's contents, and so
+    its tokens, do not change, only which rank decodes it. Round-robin (rank r takes r, r+W, ...) hands rank 0
+    the longer batch of every pair of length-sorted batches: measured on SmolLM2's 300 dev prompts over 2 ranks,
+    round-robin 136 s against 123 s, these shares 154 s against 150 s (a busier machine), the same tokens."""
+    cost = [len(b) * (max(len(prompts[i]) for i in b) + max_new_tokens) for b in batches]
+    shares: list[list[int]] = [[] for _ in range(world)]
+    load = [0] * world
+    for b in sorted(range(len(batches)), key=lambda b: (-cost[b], b)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        shares[r].append(b)
+        load[r] += cost[b]
+    return shares
+
+
 def generate_all(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int,
                  eos_ids: Iterable[int], pad_id: int, progress=None) -> dict[int, list[int]]:
     """``{prompt index: new tokens}`` for every prompt, in length batches.

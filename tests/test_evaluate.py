@@ -9,7 +9,7 @@ import torch
 from neurorit.run_layout import eval_files
 from rag import evaluate, report
 from rag.evaluate import extract_answer
-from rag.generate import greedy_generate, length_batches
+from rag.generate import balanced_shares, greedy_generate, length_batches
 from tests.support.workspaces import (eval_checkpoint, eval_config, eval_model, eval_records, eval_tokenizer,
                                       unnamed_files)
 
@@ -83,6 +83,20 @@ def test_batches_do_not_depend_on_ranks():
     batches = length_batches(prompts, 3)
     assert batches == [[4, 1, 2], [6, 0, 3], [5]]
     assert sorted(i for b in batches for i in b) == list(range(len(prompts)))
+
+
+def test_shares_cover_every_batch_once_and_balance_the_cost():
+    # the length-sorted batches of 2 ranks: round-robin gives rank 0 the longer of every pair (cost 3 x (9 + 4) +
+    # 3 x (7 + 4) + 1 x (2 + 4) = 78 against 3 x (8 + 4) + 3 x (3 + 4) = 57); the shares balance it (66 / 69)
+    prompts = [[1] * n for n in (9, 8, 8, 7, 7, 7, 3, 3, 3, 3, 9, 8, 2)]
+    batches = length_batches(prompts, 3)
+    shares = balanced_shares(batches, prompts, 4, 2)
+    assert shares == [[0, 3, 4], [1, 2]]
+    cost = [len(b) * (max(len(prompts[i]) for i in b) + 4) for b in batches]
+    assert [sum(cost[b] for b in s) for s in shares] == [66, 69]
+    assert sorted(b for s in shares for b in s) == list(range(len(batches)))
+    assert balanced_shares(batches, prompts, 4, 1) == [[0, 1, 2, 3, 4]]
+    assert balanced_shares(batches, prompts, 4, 8)[5:] == [[], [], []]
 
 
 # ----------------------------------------------------------------------------------------- entry point
