@@ -93,6 +93,18 @@ class ExampleBuilder:
         return inp, inp
 
 
+def longest_tail(tokenizer, prompts: PromptBuilder, names, pairs) -> int:
+    """The most tokens a fast-IG row runs (``Target.reads``: the scaled token and the teacher-forced ones after it)
+    over ``pairs`` for any of the targets ``names``; 1 when none scores a continuation."""
+    reads = [1]
+    for name in names:
+        cls = targets.get(name)
+        for record, _, _ in pairs:
+            target = cls.for_answer(tokenizer, prompts, record.answers[0]) if record.answers else None
+            reads.append(target.reads if target is not None else 1)
+    return max(reads)
+
+
 def examples_digest(pairs) -> str:
     """Hash of what is mined (ids, question, answers, both passages) for the shard run fingerprint."""
     h = hashlib.sha256()

@@ -40,7 +40,7 @@ from attribution.selection import example_topk, neuron_map_from_stats
 from attribution.stats import (NON_FINITE, OK, ExampleResult, NeuronStats, RankStats, read_choices, record_choices,
                                reduce_stats, scan_shards, shard_path)
 from neurorit import memory, parallel, runtime
-from neurorit.config import ExperimentConfig, parse_args, save_config
+from neurorit.config import ATTRIBUTION_TARGETS, ExperimentConfig, parse_args, save_config
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
 from neurorit.run_layout import MiningFiles, RunLayout
@@ -81,7 +81,7 @@ def partitions_model(cfg: ExperimentConfig) -> bool:
     return need > FIT_SHARE * have
 
 
-def agreed_choices(cfg: ExperimentConfig, stats_dir: str) -> tuple[bool, int]:
+def agreed_choices(cfg: ExperimentConfig, stats_dir: str, tail: int = 1) -> tuple[bool, int]:
     """ZeRO-3 or not, and the rows of a chunk: the same on every rank (the smallest rank's memory decides), and
     for a folder that already holds this run's shards, what the run that wrote them recorded (``record_choices``):
     a requeued job whose GPUs have other free memory then mines as it did, and its fingerprint (which holds
@@ -95,16 +95,17 @@ def agreed_choices(cfg: ExperimentConfig, stats_dir: str) -> tuple[bool, int]:
         zero3 = bool(recorded["zero3"])
     else:
         zero3 = partitions_model(cfg)
-    rows = int(recorded["chunk_rows"]) if recorded and m.chunk_rows == "auto" else resolve_chunk_rows(cfg, zero3)
+    rows = int(recorded["chunk_rows"]) if recorded and m.chunk_rows == "auto" else resolve_chunk_rows(cfg, zero3, tail)
     return zero3, rows
 
 
-def resolve_chunk_rows(cfg: ExperimentConfig, zero3: bool) -> int:
+def resolve_chunk_rows(cfg: ExperimentConfig, zero3: bool, tail: int = 1) -> int:
     """``mining.chunk_rows``, with ``auto`` resolved: ``CPU_CHUNK_ROWS`` on CPU; on an accelerator, where every
-    sweep is a round of kernel launches (and under ZeRO-3 a gather of every layer), as many rows as fit in
-    ``FIT_SHARE`` of the rank's memory beside the model (all of it, or under ZeRO-3 its share plus one gathered
-    layer) and the prompt's KV cache, capped at every (layer, step) row of an example: one sweep per side. The
-    smallest rank's value, so that every rank mines with the same chunks (results move with them by rounding)."""
+    sweep is a round of kernel launches (and under ZeRO-3 a gather of every layer), as many rows of ``tail``
+    tokens (the longest a target runs per row, ``examples.longest_tail``) as fit in ``FIT_SHARE`` of the rank's
+    memory beside the model (all of it, or under ZeRO-3 its share plus one gathered layer) and the prompt's KV
+    cache, capped at every (layer, step) row of an example: one sweep per side. The smallest rank's value, so that
+    every rank mines with the same chunks (results move with them by rounding)."""
     m = cfg.mining
     if m.chunk_rows != "auto":
         return m.chunk_rows
@@ -114,7 +115,7 @@ def resolve_chunk_rows(cfg: ExperimentConfig, zero3: bool) -> int:
     shape, dtype_bytes = _mining_shape(cfg)
     tokens = cfg.data.max_length
     no_rows = memory.replicated_mining_bytes(shape, dtype_bytes, tokens, 0)
-    per_row = memory.replicated_mining_bytes(shape, dtype_bytes, tokens, 1) - no_rows
+    per_row = tail * (memory.replicated_mining_bytes(shape, dtype_bytes, tokens, 1) - no_rows)
     fixed = no_rows
     if zero3:
         fixed -= shape.total_params() * dtype_bytes * (1 - 1 / parallel.world_size())
@@ -279,7 +280,7 @@ def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs)
 
 @main_guard
 def main(argv=None) -> None:
-    from attribution.examples import offtopic_mining_pairs
+    from attribution.examples import longest_tail, offtopic_mining_pairs
     from neurorit.records import mining_records
 
     args, cfg = parse_args("Mine a neuron map with integrated gradients (docs/DESIGN.md §2).", argv)
@@ -293,14 +294,17 @@ def main(argv=None) -> None:
     if not pairs:
         raise UserError(f"no mining pairs in {m.file or cfg.data.train_file} (each record needs a passage holding its "
                         f"answer, and another question a passage without it)")
-    zero3, rows = agreed_choices(cfg, files.stats)
+    tokenizer = load_tokenizer(cfg.model.path)
+    prompts = prompt_builder(cfg.data, tokenizer)
+    # tokens per fast-IG row: the target's, or with auto (not chosen yet) the longest any target may run
+    tail = longest_tail(tokenizer, prompts, ATTRIBUTION_TARGETS if m.target == "auto" else (m.target,), pairs)
+    zero3, rows = agreed_choices(cfg, files.stats, tail)
     if m.chunk_rows == "auto" and parallel.is_main():
-        print(f"mining.chunk_rows auto: {rows} rows per sweep", file=sys.stderr, flush=True)
+        print(f"mining.chunk_rows auto: {rows} rows per sweep (up to {tail} tokens per row)", file=sys.stderr,
+              flush=True)
     cfg = dataclasses.replace(cfg, mining=dataclasses.replace(m, chunk_rows=rows))
     m = cfg.mining
     model, patcher = load_model(cfg, zero3)
-    tokenizer = load_tokenizer(cfg.model.path)
-    prompts = prompt_builder(cfg.data, tokenizer)
     diagnosis = None
     if m.target == "auto":
         cfg, diagnosis = resolve_auto_target(cfg, model, tokenizer, prompts, pairs)

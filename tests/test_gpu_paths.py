@@ -145,5 +145,7 @@ def test_mining_chunk_rows_auto_is_64_on_cpu_and_fills_an_accelerator(tmp_path, 
     assert rows_with(1e12) == all_rows
     assert rows_with((fixed + 5.5 * per_row) / mine.FIT_SHARE) == 5
     assert rows_with(fixed / mine.FIT_SHARE) == 1  # never 0: a run that does not fit fails on memory, not here
+    monkeypatch.setattr(memory, "rank_memory_bytes", lambda device: int((fixed + 5.5 * per_row) / mine.FIT_SHARE))
+    assert mine.resolve_chunk_rows(cfg, False, tail=2) == 2  # rows of two tokens: each costs two rows' memory
     explicit = load_config(cfg_path, ["--mining.chunk_rows", "7"])
     assert mine.resolve_chunk_rows(explicit, False) == 7

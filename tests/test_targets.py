@@ -185,3 +185,19 @@ def test_a_target_added_inside_a_test_is_mined_with(tmp_path, monkeypatch):
     assert all(0 < float(x) < 1 for x in new.f_input[ok].flatten())
     assert "target: answer_prob" in open(os.path.join(outs["answer_prob"], "config.yaml")).read()
     assert math.isfinite(float(new.topk_scores[ok].abs().sum()))
+
+
+def test_longest_tail_is_the_most_tokens_a_row_runs_over_the_targets_named():
+    from attribution.examples import longest_tail
+    from neurorit.records import Record
+
+    tok, prompts = mining_tokenizer(), PromptBuilder("compact")
+    records = [Record(id=str(i), question="q?", answers=[answer], ctxs=[])
+               for i, answer in enumerate(["alpha", "alpha beta gamma"])]
+    pairs = [(r, None, None) for r in records]
+    whole = targets.token_ids(tok, prompts.output_prefix + "alpha beta gamma")
+    assert len(whole) >= 3
+    assert longest_tail(tok, prompts, ["answer_logprob"], pairs) == 1
+    assert longest_tail(tok, prompts, ["answer_seq_logprob"], pairs) == len(whole)
+    assert longest_tail(tok, prompts, ["answer_logprob", "answer_seq_logprob"], pairs[:1]) == len(
+        targets.token_ids(tok, prompts.output_prefix + "alpha"))
