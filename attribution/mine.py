@@ -273,7 +273,6 @@ def resolve_auto_target(cfg: ExperimentConfig, model, tokenizer, prompts, pairs)
     best = diagnose.choose(rows)
     if parallel.is_main():
         diagnose.write(rows, best, cfg, files, key)
-    if parallel.is_main():
         print(f"mining.target auto: {best.target} ({how})", file=sys.stderr, flush=True)
     return dataclasses.replace(cfg, mining=dataclasses.replace(cfg.mining, target=best.target)), (rows, best, key)
 
@@ -333,8 +332,8 @@ def main(argv=None) -> None:
         if diagnosis is not None:  # again, now with the map's fill and half-split stability
             from attribution import diagnose
 
-            rows, best, key = diagnosis
-            diagnose.write(rows, best, cfg, files, key)
+            separations, best, key = diagnosis
+            diagnose.write(separations, best, cfg, files, key)
     parallel.barrier()
 
 
