@@ -5,7 +5,8 @@
 On the mining split only (the pairs ``attribution/mine.py`` mines: ``mining.file`` or ``data.train_file``, at
 most ``mining.num_examples`` questions), every registered attribution target (``attribution/targets.py``) is
 computed, without gradients, on three prompts per question: with the relevant passage, with the irrelevant
-(off-topic) one, and with no passage (the query-only prompt). Per target it reports the means, the share of
+(off-topic) one, and with no passage (the query-only prompt); targets whose inputs are prefixes of one
+another (the same prompt) share one forward pass (``read_values``). Per target it reports the means, the share of
 questions where relevant beats irrelevant, the standardized paired effect ``dz = mean(d) / sd(d)`` of
 ``d = F(relevant) - F(irrelevant)`` (0 when every difference is equal), and the with/without-passage contrast:
 the share where the *irrelevant* passage beats no passage, and its ``dz`` (a target that rises with any passage
@@ -71,27 +72,51 @@ def paired_effect(diffs: list[float]) -> float:
 
 
 @torch.no_grad()
-def target_value(model, ids: torch.Tensor, target) -> float:
-    """F of one input (prompt + the target's continuation), forward only."""
+def read_values(model, jobs: list[tuple[torch.Tensor, object]]) -> list[float]:
+    """F of every ``(ids, target)`` job (ids = prompt + the target's continuation), forward only. Jobs whose ids
+    are a prefix of another job's share its forward (attention is causal: the logits at a position do not depend
+    on later tokens): one pass per distinct longest sequence, e.g. the YES-word targets on one verification prompt,
+    or a first answer token and the whole answer on one answer prompt."""
     device = next(model.parameters()).device
-    reads = target.reads
-    out = model(input_ids=ids.view(1, -1).to(device), use_cache=False, logits_to_keep=reads)
-    return float(target.value(out.logits[:, -reads:])[0])
+    order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j][0]))
+    groups: list[tuple[torch.Tensor, list[int]]] = []  # (longest ids, the jobs it covers)
+    for j in order:
+        ids = jobs[j][0]
+        home = next((g for g in groups if len(g[0]) >= len(ids) and torch.equal(g[0][:len(ids)], ids)), None)
+        if home is None:
+            groups.append((ids, [j]))
+        else:
+            home[1].append(j)
+    values = [0.0] * len(jobs)
+    for ids, members in groups:
+        # logits from the first position any member reads to the end of the longest sequence
+        keep = max(len(ids) - len(jobs[j][0]) + jobs[j][1].reads for j in members)
+        logits = model(input_ids=ids.view(1, -1).to(device), use_cache=False, logits_to_keep=keep).logits
+        for j in members:
+            job_ids, target = jobs[j]
+            end = keep - (len(ids) - len(job_ids))  # the job's last position, within the kept logits
+            values[j] = float(target.value(logits[:, end - target.reads:end])[0])
+    return values
 
 
-def probe(model, builder: ExampleBuilder, pairs, name: str) -> dict[str, list[float]]:
-    """F on the three prompts of every pair the target can score: ``{side: [values]}``."""
-    values: dict[str, list[float]] = {side: [] for side in SIDES}
+def probe(model, builders: dict, pairs) -> dict[str, dict[str, list[float]]]:
+    """F on the three prompts of every pair, per target that can score it: ``{target: {side: [values]}}``."""
+    values = {name: {side: [] for side in SIDES} for name in builders}
     every = max(1, len(pairs) // 5)
     for i, pair in enumerate(pairs):
-        ex = builder.build(i, *pair)
-        if ex.status == OK:
-            rel, irr = ex.inputs
-            forced = rel.input_ids[rel.scaled_position + 1:]
-            for side, ids in zip(SIDES, (rel.input_ids, irr.input_ids, torch.cat([rel.baseline_ids, forced]))):
-                values[side].append(target_value(model, ids, rel.target))
+        jobs, owners = [], []
+        for name, builder in builders.items():
+            ex = builder.build(i, *pair)
+            if ex.status == OK:
+                rel, irr = ex.inputs
+                forced = rel.input_ids[rel.scaled_position + 1:]
+                for side, ids in zip(SIDES, (rel.input_ids, irr.input_ids, torch.cat([rel.baseline_ids, forced]))):
+                    jobs.append((ids, rel.target))
+                    owners.append((name, side))
+        for (name, side), value in zip(owners, read_values(model, jobs)):
+            values[name][side].append(value)
         if (i + 1) % every == 0 or i + 1 == len(pairs):
-            print(f"diagnose: {name}: {i + 1}/{len(pairs)} questions", file=sys.stderr, flush=True)
+            print(f"diagnose: {i + 1}/{len(pairs)} questions", file=sys.stderr, flush=True)
     return values
 
 
@@ -116,16 +141,17 @@ def refusal_of(cls, tokenizer, prompts, algorithm: str) -> str:
 
 def diagnose(model, tokenizer, prompts, pairs, cfg) -> list[Separation]:
     """Every registered target's separation on ``pairs`` (the config gives the context length and algorithm)."""
-    out = []
-    for name, cls in targets.TARGETS.items():
-        refusal = refusal_of(cls, tokenizer, prompts, cfg.mining.algorithm)
+    builders, refused = {}, {}
+    for name in targets.TARGETS:
         try:  # forward only: any target can be probed, also one the IG algorithm refuses
-            builder = ExampleBuilder(tokenizer, prompts, name, "query", cfg.data.max_length, algorithm="reference")
+            builders[name] = ExampleBuilder(tokenizer, prompts, name, "query", cfg.data.max_length,
+                                            algorithm="reference")
         except UserError as err:
-            out.append(separation(name, {side: [] for side in SIDES}, str(err)))
-            continue
-        out.append(separation(name, probe(model, builder, pairs, name), refusal))
-    return out
+            refused[name] = str(err)
+    values = probe(model, builders, pairs) if builders else {}
+    return [separation(name, {side: [] for side in SIDES}, refused[name]) if name in refused else
+            separation(name, values[name], refusal_of(cls, tokenizer, prompts, cfg.mining.algorithm))
+            for name, cls in targets.TARGETS.items()]
 
 
 def probe_key(cfg, pairs) -> str:

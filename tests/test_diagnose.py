@@ -45,7 +45,7 @@ def test_diagnose_command_on_a_tiny_model(workspace, tmp_path, capsys):
     out = str(tmp_path / "mining")
     diagnose.main(["--config", workspace, "--mining.output_dir", out])
     captured = capsys.readouterr()
-    assert "diagnose: yes_prob: 7/7 questions" in captured.err
+    assert "diagnose: 7/7 questions" in captured.err
     text = open(os.path.join(out, "diagnosis.txt")).read()
     body = json.load(open(os.path.join(out, "diagnosis.json")))
     assert [r["target"] for r in body["targets"]] == list(TARGETS)
@@ -82,7 +82,7 @@ def test_mine_with_auto_reuses_a_diagnosis_of_the_same_probe_and_not_another(wor
     capsys.readouterr()
     mine_main(["--config", workspace, "--mining.target", "auto", "--mining.output_dir", out])
     err = capsys.readouterr().err
-    assert f"mining.target auto: {body['chosen']} (reusing the probe of " in err and "diagnose: yes_prob:" not in err
+    assert f"mining.target auto: {body['chosen']} (reusing the probe of " in err and "diagnose: 7/7 questions" not in err
     again = json.load(open(os.path.join(out, "diagnosis.json")))
     assert again["key"] == body["key"] and again["targets"] == body["targets"]
     # another probe (a shorter context: other prompts) is not the one on disk: probed again
@@ -92,7 +92,7 @@ def test_mine_with_auto_reuses_a_diagnosis_of_the_same_probe_and_not_another(wor
     mine_main(["--config", workspace, "--mining.target", "auto", "--mining.output_dir", other,
                "--data.max_length", "200"])
     err = capsys.readouterr().err
-    assert "diagnose: yes_prob:" in err and "(probed)" in err
+    assert "diagnose: 7/7 questions" in err and "(probed)" in err
 
 
 def test_diagnose_again_reuses_its_probe_and_quotes_stage_one_mined_vs_random(workspace, tmp_path, capsys):
@@ -107,10 +107,30 @@ def test_diagnose_again_reuses_its_probe_and_quotes_stage_one_mined_vs_random(wo
     capsys.readouterr()
     diagnose.main(args)
     captured = capsys.readouterr()
-    assert "diagnose: reusing the probe of" in captured.err and "diagnose: yes_prob:" not in captured.err
+    assert "diagnose: reusing the probe of" in captured.err and "diagnose: 7/7 questions" not in captured.err
     text = open(os.path.join(out, "diagnosis.txt")).read().strip().splitlines()
     assert json.load(open(os.path.join(out, "diagnosis.json")))["targets"] == first["targets"]
     assert text[-2] == (f"stage 1 at the dev-chosen point (40 steps, lr 0.0003; {root / 'selection' / 'selection.json'}"
                         f"): noise-only minus gold-only end share, mined 0.350 vs random 0.050 on 40 dev questions, "
                         f"difference +0.300 (95% CI +0.150 to +0.450)")
     assert text[-1].startswith("verdict: ")
+
+
+def test_shared_forwards_give_each_job_its_own_forwards_value():
+    """read_values runs one pass per longest sequence; each job's F equals a pass over its own ids."""
+    import torch
+
+    from tests.support.models import tiny_model
+
+    model = tiny_model("llama", layers=2)
+    gen = torch.Generator().manual_seed(4)
+    prompt, other = torch.randint(3, 97, (15,), generator=gen), torch.randint(3, 97, (11,), generator=gen)
+    word, first, seq = TARGETS["yes_prob"].of([5, 9]), TARGETS["answer_logprob"].of([31]), \
+        TARGETS["answer_seq_logprob"].of([31, 8, 60])
+    jobs = [(torch.cat([prompt, torch.tensor([5])]), word), (prompt, first),
+            (torch.cat([prompt, torch.tensor([31, 8])]), seq), (other, first)]
+    shared = diagnose.read_values(model, jobs)
+    with torch.no_grad():
+        alone = [float(t.value(model(input_ids=ids.view(1, -1)).logits[:, -t.reads:])[0]) for ids, t in jobs]
+    assert shared == pytest.approx(alone, rel=1e-5, abs=1e-6)
+    assert len(set(shared)) == 4
