@@ -144,3 +144,22 @@ def test_two_rank_zero3_gives_the_same_diagnostics(single, zero3):
     assert a["fill"] == b["fill"] and a["stability"] == b["stability"] and a["warnings"] == b["warnings"]
     for key, value in a["separation"].items():
         assert abs(value - b["separation"][key]) <= 1e-6 * max(1.0, abs(value)), key
+
+
+@pytest.mark.distributed
+def test_two_rank_zero3_mines_a_several_token_target_as_one_process(tmp_path, run_ranks):
+    """``answer_seq_logprob`` over answers of one and of two words: the ranks' rows carry tails of different
+    lengths, yet every rank runs the same passes (ZeRO-3 lockstep) and the map is one process's."""
+    cfg = mining_workspace(str(tmp_path), n=8)
+    path = tmp_path / "records.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for i, record in enumerate(records):
+        if i % 2:  # the passage holds "the <value> city": the two-word answer is still in the relevant one
+            record["answers"] = [record["answers"][0] + " city"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    single, zero3 = str(tmp_path / "single"), str(tmp_path / "zero3")
+    args = ["--config", cfg, "--mining.target", "answer_seq_logprob"]
+    mine_main([*args, "--mining.output_dir", single])
+    assert (_load(single)[0].status == OK).sum() >= 4
+    run_ranks("attribution/mine.py", *args, "--mining.output_dir", zero3, "--mining.zero_stage", "3")
+    assert_same(single, zero3, exact=False)
