@@ -15,7 +15,9 @@ measures "a passage is there", not relevance).
 The rule behind ``mining.target: auto`` (fixed): the target with the largest relevance ``dz`` among those
 ``mining.algorithm`` can run (``Target.check``). The verdict: that target separates when its ``dz`` is at least
 ``mining.min_separation`` and relevant beats irrelevant in more than half of the questions; otherwise a map mined
-with any target is unlikely to hold relevance neurons. What the run folder already shows is quoted above the
+with any target is unlikely to hold relevance neurons. A map already mined whose relevant- or irrelevant-only group
+differs between halves of the mining questions (half-split Jaccard below ``STABILITY_WARN``) turns "worth mining"
+into "not yet worth training on: mine more questions". What the run folder already shows is quoted above the
 verdict: a mined map's fill and half-split stability (``diagnostics.json``), and after ``scripts/demo.py``'s dev
 selection, stage 1 with the mined irrelevant-only neurons against as many random ones at the chosen point
 (``selection.json``). Writes ``diagnosis.json`` and ``diagnosis.txt`` into the mining folder (``RunLayout.mining``);
@@ -36,6 +38,7 @@ import torch
 
 from attribution import targets
 from attribution.examples import ExampleBuilder, examples_digest
+from attribution.diagnostics import STABILITY_WARN
 from attribution.stats import OK
 from neurorit.errors import UserError, main_guard
 from neurorit.files import atomic_write_text
@@ -189,9 +192,16 @@ def choose(rows: list[Separation]) -> Separation:
     return max(usable, key=lambda r: r.dz)
 
 
-def verdict(best: Separation, min_dz: float) -> str:
-    """One line: whether the chosen target separates relevant from irrelevant passages."""
+def verdict(best: Separation, min_dz: float, unstable: list[str] = ()) -> str:
+    """One line: whether the chosen target separates relevant from irrelevant passages, and, for a map already
+    mined, whether its groups hold between halves of the mining questions (``unstable``: the groups below
+    ``STABILITY_WARN``)."""
     facts = f"dz {best.dz:.2f}, relevant ahead in {100 * best.relevant_wins:.1f}% of {best.questions} questions"
+    if best.dz >= min_dz and best.relevant_wins > 0.5 and unstable:
+        return (f"verdict: worth mining, not yet worth training on: {best.target} separates relevant from "
+                f"irrelevant passages ({facts}), but the mined map's {', '.join(unstable)} differ between halves of "
+                f"the mining questions (half-split Jaccard < {STABILITY_WARN}): mine more questions "
+                f"(mining.num_examples) first")
     if best.dz >= min_dz and best.relevant_wins > 0.5:
         return f"verdict: worth mining: {best.target} separates relevant from irrelevant passages ({facts})"
     return (f"verdict: not worth mining: no target separates relevant from irrelevant passages on this model and "
@@ -202,7 +212,7 @@ def _number(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1e-2 and x else f"{x:.4f}"
 
 
-def summary_text(rows: list[Separation], best: Separation, cfg, facts: list[str]) -> str:
+def summary_text(rows: list[Separation], best: Separation, cfg, facts: list[str], unstable: list[str] = ()) -> str:
     lines = [f"diagnose: {cfg.model.path}, {max(r.questions for r in rows)} mining questions (forward only; "
              f"no passage = the query-only prompt)",
              "| target | relevant | irrelevant | no passage | relevant > irrelevant | dz | irrelevant > no passage | "
@@ -214,23 +224,26 @@ def summary_text(rows: list[Separation], best: Separation, cfg, facts: list[str]
     lines.append(f"rule (mining.target auto): the largest dz among the targets mining.algorithm {cfg.mining.algorithm} "
                  f"can run -> {best.target}")
     lines += facts
-    lines.append(verdict(best, cfg.mining.min_separation))
+    lines.append(verdict(best, cfg.mining.min_separation, unstable))
     return "\n".join(lines)
 
 
-def map_facts(mining_root: str) -> str:
+def map_facts(mining_root: str) -> tuple[str, list[str]]:
     """The fill and half-split stability of a map already mined in ``mining_root`` (its ``diagnostics.json``), with
-    the target it was mined with (``neuron_map.json``)."""
+    the target it was mined with (``neuron_map.json``), and its groups that are unstable (Jaccard below
+    ``STABILITY_WARN``); ``("", [])`` before mining."""
     diag_path, map_path = MiningFiles(mining_root).diagnostics, os.path.join(mining_root, MAP_JSON)
     if not (os.path.isfile(diag_path) and os.path.isfile(map_path)):
-        return ""
+        return "", []
     with open(diag_path) as fh:
         diag = json.load(fh)
     with open(map_path) as fh:
         mined_with = json.load(fh).get("provenance", {}).get("mining", {}).get("target", "?")
     fill = ", ".join(f"{g} {v['got']}/{v['requested']}" for g, v in diag["fill"].items())
-    stable = ", ".join(f"{g} {v['jaccard']:.2f}" for g, v in diag["stability"]["groups"].items())
-    return f"the map in {mining_root} (mined with {mined_with}): fill {fill}; half-split Jaccard {stable}"
+    groups = diag["stability"]["groups"]
+    stable = ", ".join(f"{g} {v['jaccard']:.2f}" for g, v in groups.items())
+    unstable = [g for g, v in groups.items() if diag["fill"][g]["requested"] and v["jaccard"] < STABILITY_WARN]
+    return f"the map in {mining_root} (mined with {mined_with}): fill {fill}; half-split Jaccard {stable}", unstable
 
 
 def stage1_facts(record_path: str) -> str:
@@ -252,8 +265,9 @@ def stage1_facts(record_path: str) -> str:
 def write(rows: list[Separation], best: Separation, cfg, files, key: str) -> str:
     """``diagnosis.json`` (with the probe's ``key``) then ``diagnosis.txt`` (the text also printed, with what the
     run folder already shows: the map's fill and stability, stage 1 mined vs random); returns the text."""
-    facts = [f for f in (map_facts(files.root), stage1_facts(RunLayout.of(cfg).selection_record)) if f]
-    text = summary_text(rows, best, cfg, facts)
+    mined, unstable = map_facts(files.root)
+    facts = [f for f in (mined, stage1_facts(RunLayout.of(cfg).selection_record)) if f]
+    text = summary_text(rows, best, cfg, facts, unstable)
     body = {"key": key, "targets": [asdict(r) for r in rows], "chosen": best.target,
             "rule": "largest dz among usable targets",
             "min_separation": cfg.mining.min_separation, "verdict": text.splitlines()[-1]}

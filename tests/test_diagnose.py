@@ -32,6 +32,10 @@ def test_rule_takes_the_largest_effect_among_usable_targets_and_the_verdict_foll
     assert verdict(choose(rows), 0.5).startswith("verdict: worth mining: c separates")
     assert verdict(choose(rows), 1.0).startswith("verdict: not worth mining: no target separates")
     assert verdict(_row("e", 0.9, wins=0.5), 0.5).startswith("verdict: not worth mining")
+    assert verdict(choose(rows), 0.5, ["relevant_only"]).startswith(
+        "verdict: worth mining, not yet worth training on: c separates")
+    assert "map's relevant_only differ between halves" in verdict(choose(rows), 0.5, ["relevant_only"])
+    assert verdict(choose(rows), 1.0, ["relevant_only"]).startswith("verdict: not worth mining")
     with pytest.raises(UserError, match="mining.target auto: no registered attribution target can be mined here"):
         choose([_row("b", 1.0, usable=False)])
 
