@@ -170,10 +170,7 @@ def test_mining_target_is_the_first_token_of_the_assistant_turn(case):
     assert b.yes_word == "YES" and b.output_prefix == ""
     rec = SimpleNamespace(id="q1", question=Q, answers=["Plimford"])
     word = tok("YES", add_special_tokens=False)["input_ids"]
-    if len(word) > 1:  # the whole word is scored, teacher-forced: the fast path refuses in one line
-        with pytest.raises(UserError, match=f"mining.target yes_prob: the YES word 'YES' is {len(word)} tokens"):
-            ExampleBuilder(tok, b, "yes_prob", "query", 4096)
-    yes = ExampleBuilder(tok, b, "yes_prob", "query", 4096, algorithm="reference")
+    yes = ExampleBuilder(tok, b, "yes_prob", "query", 4096)  # a split word too: its rows carry the later tokens
     ex = yes.build(0, rec, DOCS[0], DOCS[2])
     assert ex.status == OK
     rel, irr = ex.inputs
